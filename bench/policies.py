@@ -1,0 +1,260 @@
+"""Benchmark: every scaling policy on the HPC2N trace (C = 8 and 32) and on a short-job workload.
+
+    .venv/bin/python bench/policies.py            # writes bench/RESULTS.md's section and bench/busy_week.png
+
+Each (workload, node size, policy) runs in a fresh process, so its time and peak memory are its own;
+the baseline measured in the same run is reading the trace alone (time and peak memory).
+The HPC2N trace is read from ../shared/traces (never copied into the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from dpe_dagster.sim.run import POLICIES, Setup, simulate_policy  # noqa: E402
+from dpe_dagster.sim.schedules import parse_schedules, scheduled_runs  # noqa: E402
+from dpe_dagster.sim.trace import read_trace  # noqa: E402
+from dpe_dagster.sim.workload import build_workload  # noqa: E402
+
+HPC2N = ROOT.parent / "shared" / "traces" / "HPC2N-2002-2.1-cln.swf.gz"
+HPC2N_SHOWN = "../shared/traces/HPC2N-2002-2.1-cln.swf.gz"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+PNG = ROOT / "bench" / "busy_week.png"
+HEADING = "## Scaling policies on job traces (issue 5)"
+WORKERS = 4  # policies replayed at once, each in its own process
+SHORT_DAYS, SHORT_RATE = 2.0, 300.0  # the short-job workload: days, pipeline runs per hour at the peak
+# dpe as the skeleton had it: fixed 300 s idle timeout, first-fit, packing blind to where runs are
+PLAIN = "dpe-plain"
+PLAIN_SETUP = {"placement": "first-fit", "node_aware": False}
+# dpe as `dpe simulate` runs it by default
+AUTO = {"idle_timeout_s": 1800.0, "pool_extra": {"idle_timeout_mode": "auto"}}
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load(trace: str, schedules: str | None):
+    loaded = read_trace(trace)
+    runs = []
+    if schedules:
+        runs = scheduled_runs(parse_schedules(schedules), loaded.start_unix, loaded.arrival[0], loaded.arrival[-1])
+    return build_workload(loaded, runs)
+
+
+def one(args) -> None:
+    """Child process: one policy on one workload; prints a JSON line."""
+    began = time.process_time()
+    work = load(args.trace, args.schedules)
+    read_s = time.process_time() - began
+    read_mb = peak_mb()
+    if args.policy == "read-only":
+        print(json.dumps({"read_s": read_s, "peak_mb": read_mb}))
+        return
+    extra = PLAIN_SETUP if args.policy == PLAIN else AUTO
+    name = "dpe" if args.policy == PLAIN else args.policy
+    began = time.process_time()
+    row, _ = simulate_policy(name, work, Setup(node_cpus=args.cpus, **extra))
+    row.update(read_s=read_s, peak_mb=peak_mb(), cpu_s=time.process_time() - began)
+    print(json.dumps(row))
+
+
+def child(trace: str, cpus: float, policy: str, schedules: str | None) -> dict:
+    command = [sys.executable, __file__, "--one", "--trace", trace, "--cpus", str(cpus), "--policy", policy]
+    if schedules:
+        command += ["--schedules", schedules]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{model}, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def table(rows: dict[str, dict], baseline: dict) -> list[str]:
+    head = ("| policy | cost / lower bound | node-hours | utilization | wait p50 / p95 / p99 s | scale-ups | "
+            "idle / boot / fragmented node-h | sim CPU s (x read) | sim wall s | peak MB (x read) |")
+    out = [head, "|" + "|".join(["---"] * 10) + "|"]
+    for name, r in rows.items():
+        out.append(
+            f"| {name} | {r['cost_vs_lower_bound']:.3f} | {r['node_hours']:,.0f} | {r['utilization']:.1%} | "
+            f"{r['wait_p50_s']:.0f} / {r['wait_p95_s']:.0f} / {r['wait_p99_s']:.0f} | {r['scale_ups']:,} | "
+            f"{r['idle_node_hours']:,.0f} / {r['boot_node_hours']:,.0f} / {r['fragmented_node_hours']:,.0f} | "
+            f"{r['cpu_s']:.1f} ({r['cpu_s'] / baseline['read_s']:.1f}x) | {r['sim_seconds']:.1f} | "
+            f"{r['peak_mb']:.0f} ({r['peak_mb'] / baseline['peak_mb']:.2f}x) |"
+        )
+    return out
+
+
+def busy_week_png(trace: str, cpus: float) -> str:
+    """Nodes over time for dpe and reactive against demand, over the busiest week of the trace."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    work = load(trace, None)
+    arrival = np.asarray(work.arrival)
+    cpu_s = np.asarray(work.cpus) * np.asarray(work.duration)
+    week = 7 * 86400.0
+    ends = np.searchsorted(arrival, arrival + week)
+    load_per_week = np.concatenate([[0.0], np.cumsum(cpu_s)])
+    start_index = int(np.argmax(load_per_week[ends] - load_per_week[:len(arrival)]))
+    t0 = arrival[start_index]
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    demand_drawn = False
+    for name, style in (("dpe", "-"), ("reactive", "--")):
+        _, sim = simulate_policy(name, work, Setup(node_cpus=cpus, **(AUTO if name == "dpe" else {})), timeline=True)
+        t = np.array([p[0] for p in sim.timeline])
+        mask = (t >= t0) & (t <= t0 + week)
+        days = (t[mask] - t0) / 86400.0
+        ax.step(days, [p[1] for p, m in zip(sim.timeline, mask) if m], style, where="post", label=f"{name}: nodes")
+        if not demand_drawn:
+            ax.step(days, [p[2] / cpus for p, m in zip(sim.timeline, mask) if m], ":", where="post", color="gray",
+                    label="demand: CPUs of queued and running jobs / node CPUs")
+            demand_drawn = True
+    ax.set_xlabel("days into the busiest week")
+    ax.set_ylabel(f"nodes ({cpus:g} CPUs each)")
+    ax.set_title(f"HPC2N, busiest week (from day {t0 / 86400:.0f}): nodes paid for vs demand")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.text(0.01, 0.01, "Trace: Parallel Workloads Archive, HPC2N Seth log (Ake Sandgren, HPC2N); "
+             "Feitelson, Tsafrir, Krakov, JPDC 74(10) 2014.", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(PNG, dpi=110)
+    return f"day {t0 / 86400:.0f} to {t0 / 86400 + 7:.0f}"
+
+
+def write_section(text: str) -> None:
+    """Replace this benchmark's section of RESULTS.md, keeping any other section as it is."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if HEADING in old:
+        before, rest = old.split(HEADING, 1)
+        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        old = before.rstrip() + "\n\n" + text.rstrip() + "\n" + after
+    else:
+        old = old.rstrip() + "\n\n" + text.rstrip() + "\n"
+    RESULTS.write_text(old)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trace")
+    parser.add_argument("--cpus", type=float, default=8.0)
+    parser.add_argument("--policy")
+    parser.add_argument("--schedules")
+    args = parser.parse_args()
+    if args.one:
+        one(args)
+        return
+    if not HPC2N.exists():
+        sys.exit(f"the HPC2N trace is not at {HPC2N_SHOWN}; see ../shared/traces/README.md")
+    from workloads import SCHEDULES, generate, write_csv
+
+    policies = (PLAIN, *POLICIES)
+    out = [HEADING, ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        short = Path(tmp) / "short-jobs.csv"
+        write_csv(short, generate(days=SHORT_DAYS, dags_per_hour=SHORT_RATE, seed=1))
+        cron = Path(tmp) / "cron.txt"
+        cron.write_text(SCHEDULES)
+        runs = [("HPC2N", str(HPC2N), 8.0, None), ("HPC2N", str(HPC2N), 32.0, None),
+                ("short jobs + schedules", str(short), 8.0, str(cron))]
+        results = []
+        # children run side by side (each measures its own CPU time and peak memory)
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            jobs = {(k, policy): pool.submit(child, trace, cpus, policy, schedules)
+                    for k, (label, trace, cpus, schedules) in enumerate(runs)
+                    for policy in ("read-only", *policies)}
+            for k, (label, trace, cpus, schedules) in enumerate(runs):
+                baseline = jobs[(k, "read-only")].result()
+                rows = {}
+                for policy in policies:
+                    rows[policy] = jobs[(k, policy)].result()
+                    print(f"{label} C={cpus:g} {policy}: {rows[policy]['cost_vs_lower_bound']:.3f} "
+                          f"p95 {rows[policy]['wait_p95_s']} s, {rows[policy]['cpu_s']:.1f} CPU s", flush=True)
+                results.append((label, trace, cpus, schedules, baseline, rows))
+        week = busy_week_png(str(HPC2N), 8.0)
+    out += [
+        "Every policy replays the same jobs on the same nodes and prices (1 per node-hour, boot 120 s,",
+        "no spot interruptions); cost counts each node from its request to its removal. The lower bound",
+        "packs every job's CPU-seconds perfectly (no idle, no boot, no fragmentation). Jobs larger than",
+        "a node take whole nodes, so part of the gap to the bound is unavoidable: on HPC2N that",
+        "rounding alone is 1.035x at C = 8 and 1.095x at C = 32; with free, instant migration of",
+        "running jobs and no boot or idle at all, per-node packing would still cost 1.057x and 1.202x.",
+        "",
+        "- `dpe`: the production `plan_pool`, called as the launcher (at each arrival, scale-up only) and",
+        "  the sensor (30 s grid) call it, with `idle_timeout_mode: auto` (cap 1800 s), runs' nodes known",
+        "  to the plan, and placement by expected end (past runs of the same user and executable, else the",
+        "  requested time). `dpe-plain` is dpe before that work: fixed 300 s idle timeout, first fit.",
+        "- `reactive`: Cluster Autoscaler defaults; `consolidating`: Karpenter defaults; jobs are marked",
+        "  not evictable (`safe-to-evict: false` / `do-not-disrupt`), as batch jobs usually are.",
+        "- idle / boot / fragmented: paid node-hours with no job, while booting, and the unused share",
+        "  of busy nodes (including whole-node rounding).",
+        f"- sim CPU s: CPU time of the replay ({WORKERS} replays ran at once and the machine was shared with",
+        "  other work, so wall time, also shown, is much noisier); peak MB: peak resident memory of the",
+        "  process. Both also as a ratio",
+        "  to the baseline measured in the same run: reading and preparing the trace alone (CPU time,",
+        "  peak memory).",
+        "",
+        "Command (from the repository root): `.venv/bin/python bench/policies.py`",
+        "",
+        f"Machine: {machine()}.",
+        "",
+    ]
+    for label, trace, cpus, schedules, baseline, rows in results:
+        jobs = rows["dpe"].get("scheduled_runs")
+        out += [f"### {label}, C = {cpus:g} CPUs per node", ""]
+        out += [f"Baseline (read the trace): {baseline['read_s']:.1f} CPU s, {baseline['peak_mb']:.0f} MB."
+                + (f" Scheduled runs added: {jobs:,}." if jobs else ""), ""]
+        out += table(rows, baseline)
+        sched = {n: r["scheduled_wait_p95_s"] for n, r in rows.items() if "scheduled_wait_p95_s" in r}
+        if sched:
+            out += ["", "Scheduled runs, wait p95 (s): " + ", ".join(f"{n} {v:g}" for n, v in sched.items())]
+        out.append("")
+    out += [
+        f"![nodes over time against demand, busiest HPC2N week]({PNG.name})",
+        "",
+        f"`{PNG.name}`: nodes paid for by dpe and reactive against demand (CPUs of queued and running jobs",
+        f"divided by node CPUs), C = 8, over the busiest week of HPC2N ({week} of the trace).",
+        "",
+        f"The short-job workload is generated by `bench/workloads.py` ({SHORT_DAYS:g} days, {SHORT_RATE:g} pipeline runs",
+        "per hour at the daily peak, seed 1; bursts of tasks per pipeline stage, lognormal task durations,",
+        "median about 25 s) with the hourly and daily schedules that script writes (`--schedules`).",
+        "",
+        f"Trace: `{HPC2N_SHOWN}`, the HPC2N \"Seth\" log (cleaned version 2.1) from the Parallel Workloads",
+        "Archive, https://www.cs.huji.ac.il/labs/parallel/workload/ . Log provided by Ake Sandgren (HPC2N).",
+        "Cite: D. G. Feitelson, D. Tsafrir, D. Krakov, \"Experience with using the Parallel Workloads",
+        "Archive\", Journal of Parallel and Distributed Computing 74(10):2967-2982, 2014.",
+    ]
+    write_section("\n".join(out))
+    print(f"wrote {RESULTS} and {PNG}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""The `dpe` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+
+from dpe_dagster.config import ConfigError
+
+app = typer.Typer(help="dpe: on-demand node pools for Dagster runs, and what every run cost.", no_args_is_help=True,
+                  add_completion=False)
+# Reports are wide: keep them readable when the output is a file or a pipe.
+console = Console(width=None if sys.stdout.isatty() else 160)
+# Errors are never wrapped: a path or a field name stays whole on one line (and greppable).
+err = Console(stderr=True, soft_wrap=True)
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def _environment():
+    from resources import load_environment
+
+    try:
+        return load_environment()
+    except ConfigError as error:
+        err.print(f"[red]configuration error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+def _instance(must_exist: bool = True):
+    from dagster import DagsterInstance
+
+    from dpe_dagster.paths import dagster_home
+
+    home = dagster_home()
+    if must_exist and not (home / "dagster.yaml").exists():
+        err.print(f"[red]no dpe instance at {home}[/red]: run `dpe demo` (or `make demo`) first, or set DAGSTER_HOME")
+        raise typer.Exit(2)
+    return DagsterInstance.from_config(str(home))
+
+
+def _wait(what: str, done: Callable[[], str | None], timeout_s: float, detail: Callable[[], str] = lambda: "") -> str:
+    """Show a spinner until `done()` returns a message; fail after `timeout_s`."""
+    start = time.monotonic()
+    with console.status(what) as status:
+        while True:
+            message = done()
+            if message is not None:
+                console.print(f"[green]✓[/green] {what}: {message} [dim]({time.monotonic() - start:.0f}s)[/dim]")
+                return message
+            if time.monotonic() - start > timeout_s:
+                raise StepFailed(f"{what}: not done after {timeout_s:.0f}s ({detail()})")
+            status.update(f"{what} [dim]{time.monotonic() - start:.0f}s {detail()}[/dim]")
+            time.sleep(1)
+
+
+def _pool_summary(env) -> str:
+    from dpe_dagster.pools import open_pool
+
+    parts = []
+    for name, config in env.pools.items():
+        nodes = open_pool(config, env).nodes()
+        busy = sum(n.busy for n in nodes)
+        running = sum(n.state == "running" for n in nodes)
+        parts.append(f"{name}: {len(nodes)} node(s), {running} running, {busy} busy")
+    return "; ".join(parts)
+
+
+@contextmanager
+def _cloud_for(env):
+    """aws-sim runs against an AWS API emulator on loopback that lives as long as the demo."""
+    if env.name == "aws-sim":
+        from dpe_dagster.pools.aws_emulator import emulated_aws
+
+        with emulated_aws(env):
+            yield
+    else:
+        yield
+
+
+@app.command()
+def demo(
+    timeout: float = typer.Option(900, min=30, help="Seconds the whole cycle may take before it counts as failed."),
+    scale_factor: Optional[float] = typer.Option(None, min=0.001, max=100,
+                                                 help="TPC-H scale factor (default: the environment's)."),
+) -> None:
+    """Run the whole cycle for real: daemon up, pipeline queued, pool scaled up, pipeline run,
+    usage recorded, pool scaled down to its minimum, report printed, everything stopped."""
+    from dagster import DagsterRunStatus
+
+    from dpe_dagster.daemon import dagster_bin, start_daemon, stop_process_group
+    from dpe_dagster.instance import write_instance
+    from dpe_dagster.javaenv import JavaMissing, check_java
+    from dpe_dagster.paths import PROJECT_ROOT, dagster_home, dpe_home
+    from dpe_dagster.pools import open_pool
+    from dpe_dagster.pools.local_spark import spark_pids_of
+    from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
+    from dpe_dagster.usage.report import nodes_table, runs_table
+
+    if scale_factor is not None:
+        os.environ["DPE_TPCH_SCALE_FACTOR"] = f"{scale_factor:g}"
+    env = _environment()
+    try:
+        check_java()
+    except JavaMissing as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    home = dagster_home()
+    write_instance(home, env)
+    os.environ["DAGSTER_HOME"] = str(home)
+    # Every process the demo starts inherits DPE_HOME: that is how leftovers are found at the end.
+    os.environ["DPE_HOME"] = str(dpe_home())
+    console.print(f"dpe demo: environment [bold]{env.name}[/bold], TPC-H scale factor {env.tpch_scale_factor:g}, "
+                  f"instance {home}")
+    deadline = time.monotonic() + timeout
+    left = lambda: max(5.0, deadline - time.monotonic())  # noqa: E731
+    run_id = str(uuid.uuid4())
+    failed = None
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(_cloud_for(env))
+            instance = stack.enter_context(_instance())
+            daemon = start_daemon(home, dpe_home() / "logs" / "daemon.log")
+            stack.callback(stop_process_group, daemon)
+            console.print(f"[green]✓[/green] Dagster daemon started (pid {daemon.pid}, log {dpe_home() / 'logs'})")
+            launch = subprocess.run(
+                [dagster_bin("dagster"), "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-j", "tpch",
+                 "--run-id", run_id],
+                capture_output=True, text=True, env=dict(os.environ), cwd=PROJECT_ROOT, timeout=left(),
+            )
+            if launch.returncode != 0:
+                raise StepFailed(f"could not queue the tpch job: {launch.stderr.strip()[-2000:]}")
+            console.print(f"[green]✓[/green] queued run {run_id} of job tpch")
+
+            def status() -> DagsterRunStatus:
+                run = instance.get_run_by_id(run_id)
+                return run.status if run else DagsterRunStatus.NOT_STARTED
+
+            ended = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+            detail = lambda: f"run {status().value}; {_pool_summary(env)}"  # noqa: E731
+            _wait("scaling up for the queued run",
+                  lambda: (_pool_summary(env) if any(open_pool(c, env).nodes() for c in env.pools.values())
+                           else ("run ended before any node came up" if status() in ended else None)),
+                  left(), detail)
+            final = _wait("running the pipeline", lambda: status().value if status() in ended else None, left(), detail)
+            if final != DagsterRunStatus.SUCCESS.value:
+                raise StepFailed(f"run {run_id} ended {final}; see it in the Dagster UI (`dpe ui`)")
+            _wait("recording usage in the event log",
+                  lambda: next((f"{r.node_seconds:.1f} node-seconds, ${r.cost_usd:.6f}"
+                                for r in read_run_usage(instance) if r.run_id == run_id), None), left())
+            _wait("scaling down after the idle timeout",
+                  lambda: (_pool_summary(env) if all(
+                      len(open_pool(c, env).nodes()) <= c.min_size and open_pool(c, env).target() <= c.min_size
+                      for c in env.pools.values()) else None),
+                  left(), lambda: _pool_summary(env))
+            console.print(runs_table([r for r in read_run_usage(instance) if r.run_id == run_id]))
+            console.print(nodes_table(read_node_lifetimes(instance)[-10:]))
+        except (StepFailed, subprocess.TimeoutExpired, OSError) as error:
+            failed = str(error)
+        finally:
+            with console.status("stopping the daemon and every pool process"):
+                stack.close()
+                for config in env.pools.values():
+                    pool = open_pool(config, env)
+                    if hasattr(pool, "shutdown"):
+                        pool.shutdown()
+    leaked = spark_pids_of(dpe_home())
+    if leaked:
+        failed = (failed + "; " if failed else "") + f"Spark processes still alive after the demo: {sorted(leaked)}"
+    if failed:
+        err.print(f"[red]demo failed:[/red] {failed}")
+        raise typer.Exit(1)
+    console.print("[green]demo finished[/green]: every Spark process it started is stopped. "
+                  "`dpe usage` shows the ledger; `dpe ui` opens the Dagster UI.")
+
+
+@app.command()
+def usage(
+    by: str = typer.Option("run", "--by", help="Group by run, asset, pool, team or day."),
+    since: Optional[str] = typer.Option(None, help="Only runs that ended at or after this ISO date/time (UTC)."),
+    until: Optional[str] = typer.Option(None, help="Only runs that ended before this ISO date/time (UTC)."),
+    output: str = typer.Option("table", "--format", help="table, json or csv."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+) -> None:
+    """Print the usage ledger, read back from Dagster's event log."""
+    from dpe_dagster.usage.ledger import read_node_lifetimes, read_usage
+    from dpe_dagster.usage.report import nodes_table, rows_csv, rows_table, runs_table
+    from dpe_dagster.usage.summary import GROUPINGS, Window, parse_time, summarize
+
+    output = "json" if as_json else output
+    problems = []
+    if by not in GROUPINGS:
+        problems.append(f"--by: must be one of {', '.join(GROUPINGS)}; got {by!r}")
+    if output not in ("table", "json", "csv"):
+        problems.append(f"--format: must be one of table, json, csv; got {output!r}")
+    try:
+        window = Window(parse_time("--since", since), parse_time("--until", until))
+    except ValueError as error:
+        problems.append(str(error))
+    if problems:
+        err.print("[red]" + "\n".join(problems) + "[/red]")
+        raise typer.Exit(2)
+    with _instance() as instance:
+        records, nodes = read_usage(instance), read_node_lifetimes(instance)
+    rows = summarize(by, records, nodes, window)
+    if output == "json":
+        print(json.dumps(rows, indent=2))
+    elif output == "csv":
+        print(rows_csv(rows), end="")
+    elif by == "run":
+        console.print(runs_table([r for r in records if window.holds(r.ended_at)]))
+        console.print(nodes_table([n for n in nodes if window.holds(n.removed_at)]))
+    else:
+        console.print(rows_table(rows, f"dpe usage by {by} (from Dagster's event log)"))
+
+
+@app.command()
+def pools(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Show each node pool: min, max, target and its nodes, as the provider reports them."""
+    from rich.table import Table
+
+    from dpe_dagster.pools import open_pool
+
+    env = _environment()
+    out = []
+    for name, config in env.pools.items():
+        pool = open_pool(config, env)
+        nodes = pool.nodes()
+        out.append({
+            "pool": name, "provider": config.provider, "lifecycle": config.lifecycle,
+            "min": config.min_size, "max": config.max_size, "target": pool.target(),
+            "nodes": [{"id": n.id, "state": n.state, "busy": n.busy, "instance_type": n.instance_type,
+                       "lifecycle": n.lifecycle, "zone": n.zone, "launched_at": n.launched_at} for n in nodes],
+        })
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    table = Table(title=f"node pools of environment {env.name}")
+    for column in ("pool", "provider", "lifecycle", "min", "max", "target", "nodes"):
+        table.add_column(column)
+    for p in out:
+        nodes = ", ".join(f"{n['id']} ({n['state']}{', busy' if n['busy'] else ''})" for n in p["nodes"]) or "-"
+        table.add_row(p["pool"], p["provider"], p["lifecycle"], str(p["min"]), str(p["max"]), str(p["target"]), nodes)
+    console.print(table)
+
+
+@app.command()
+def down() -> None:
+    """Stop every local pool process (Spark master and workers), busy or not."""
+    from dpe_dagster.pools import open_pool
+
+    env = _environment()
+    for config in env.pools.values():
+        pool = open_pool(config, env)
+        if hasattr(pool, "shutdown"):
+            pool.shutdown()
+            console.print(f"pool {config.name}: stopped")
+
+
+@app.command()
+def ui(port: int = typer.Option(3000, min=1024, max=65535, help="Port of the Dagster UI.")) -> None:
+    """Open the Dagster UI (and daemon) on this environment's instance: `dagster dev`."""
+    from dpe_dagster.daemon import dagster_bin
+    from dpe_dagster.instance import write_instance
+    from dpe_dagster.paths import PROJECT_ROOT, dagster_home
+
+    env = _environment()
+    home = dagster_home()
+    write_instance(home, env)
+    console.print(f"Dagster UI on http://127.0.0.1:{port} (instance {home}); Ctrl-C stops it.")
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.chdir(PROJECT_ROOT)
+    os.execv(dagster_bin("dagster"), [dagster_bin("dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                                      "-p", str(port)])
+
+
+# -- subcommands defined next to their concept register here ---------------------------------
+def _register_subcommands() -> None:
+    from dpe_dagster.sim.command import register as register_simulate
+    register_simulate(app)
+
+
+_register_subcommands()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,38 @@
+"""Any container as an asset on a node pool: what KubernetesPodOperator gave the seed's users.
+
+`PoolContainers` is one resource with one method, `run(context, pool=..., image=..., command=...,
+cpus=..., memory=...)`, speaking Dagster Pipes, so logs, metadata and asset checks come back from
+the container. An asset names a pool, never pod settings. Per environment (`pool_containers`):
+
+- `KubernetesPoolContainers` (staging, prod): asks the pool for room first (the same `plan_pool`
+  as the sensor and the launchers, fallback pools included), then creates the pod through
+  dagster-k8s's `PipesK8sClient` with the pool's nodeSelector, tolerations and do-not-evict
+  annotations (`dpe_dagster.launch.pod_spec`) and the requests; it waits for a node at most
+  `node_wait_s` (default: the pool's boot timeout) and then fails, saying why the pool did not
+  grow, instead of hanging.
+- `LocalPoolContainers` (local, aws-sim): the command runs on this machine as a subprocess through
+  `PipesSubprocessClient`; the image is ignored.
+
+Either way the container's time is written into the ledger like a run's (`usage/pods.py`),
+attributed to the asset that ran it, and the returned `ContainerRun.materialize_result()` carries
+the container's reported metadata plus its cost.
+"""
+
+from __future__ import annotations
+
+from dpe_dagster.containers.local import LocalPoolContainers
+from dpe_dagster.containers.resource import ContainerRun, PoolContainers, python_with_pipes
+from dpe_dagster.containers.k8s import KubernetesPoolContainers
+
+KUBERNETES_ENVIRONMENTS = ("staging", "prod")
+
+
+def pool_containers(environment: str) -> PoolContainers:
+    """The variant for an environment: pods where there is Kubernetes, subprocesses elsewhere."""
+    if environment in KUBERNETES_ENVIRONMENTS:
+        return KubernetesPoolContainers(environment=environment)
+    return LocalPoolContainers(environment=environment)
+
+
+__all__ = ["ContainerRun", "KubernetesPoolContainers", "LocalPoolContainers", "PoolContainers", "pool_containers",
+           "python_with_pipes"]

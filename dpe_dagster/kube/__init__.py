@@ -1,0 +1,1 @@
+"""Kubernetes side of node pools: which nodes are busy, which instance is which node, cordoning."""

@@ -1,0 +1,114 @@
+"""Which of a pool's instances are busy, as Kubernetes sees them; cordoning before removal.
+
+- An instance is a node when a Node's `spec.providerID` names it (`aws:///us-east-1a/i-0abc...`).
+- A node is ready to take work when its `Ready` condition is True and it is not cordoned.
+- A node is busy when any pod that is not a DaemonSet's (nor a static/mirror pod) and has not
+  finished runs on it: such a pod is a run, an executor or a user's workload, and removing the node
+  would kill it. DaemonSet pods run on every node and go with it.
+- An instance with no Node yet (still booting, not joined) is not ready and not busy.
+
+Reads use field selectors (`spec.nodeName=...`), one list call per node of the pool, so the cost
+grows with the pool, not the cluster. No Kubernetes API server can run on the development
+machine: the tests serve Kubernetes-format JSON over HTTP on loopback to the real client.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+PROVIDER_ID = re.compile(r"^aws:///(?P<zone>[^/]*)/(?P<instance>i-[0-9a-f]+)$")
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+
+
+def instance_id(provider_id: str | None) -> str | None:
+    """The EC2 instance id in a node's providerID, or None for another provider's node."""
+    match = PROVIDER_ID.match(provider_id or "")
+    return match.group("instance") if match else None
+
+
+def is_ready(node: Any) -> bool:
+    if node.spec is not None and node.spec.unschedulable:
+        return False
+    conditions = (node.status.conditions or []) if node.status is not None else []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def holds_work(pod: Any) -> bool:
+    """A pod whose node must not be removed under it."""
+    if pod.status is not None and pod.status.phase in ("Succeeded", "Failed"):
+        return False
+    if MIRROR_ANNOTATION in ((pod.metadata.annotations or {}) if pod.metadata else {}):
+        return False
+    owners = (pod.metadata.owner_references or []) if pod.metadata else []
+    return not any(owner.kind == "DaemonSet" for owner in owners)
+
+
+class KubeNodes:
+    """The kubernetes client's view of the nodes behind a pool's instances."""
+
+    def __init__(self, core_api: Any, label_selector: str | None = None):
+        self.core = core_api
+        self.label_selector = label_selector
+
+    @classmethod
+    def from_environment(cls, labels: Mapping[str, str] | None = None) -> "KubeNodes":
+        """In a pod: the service account (in-cluster config); elsewhere: KUBECONFIG / ~/.kube/config."""
+        from kubernetes import client, config
+
+        api_client = client.ApiClient(configuration=client.Configuration())
+        try:
+            if os.environ.get("KUBERNETES_SERVICE_HOST"):
+                config.load_incluster_config(client_configuration=api_client.configuration)
+            else:
+                # KUBECONFIG is read now, not when the kubernetes package was imported.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                        client_configuration=api_client.configuration)
+        except config.ConfigException as error:
+            from dpe_dagster.pools.base import PoolError
+
+            raise PoolError(f"busy_source kubernetes: no Kubernetes API to ask ({error}); run dpe in the cluster "
+                            "(service account) or set KUBECONFIG") from error
+        selector = ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or None
+        return cls(client.CoreV1Api(api_client), selector)
+
+    def nodes_by_instance(self) -> dict[str, Any]:
+        kwargs = {"label_selector": self.label_selector} if self.label_selector else {}
+        found = {}
+        for node in self.core.list_node(**kwargs).items:
+            iid = instance_id(node.spec.provider_id if node.spec else None)
+            if iid:
+                found[iid] = node
+        return found
+
+    def pods_on(self, node_name: str) -> list[Any]:
+        return self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node_name},{ACTIVE_PODS}").items
+
+    def busy_by_instance(self, instance_ids: Iterable[str]) -> dict[str, tuple[bool, bool]]:
+        """instance id -> (ready to take work, busy). Errors propagate: the caller treats a node it
+        cannot see as busy."""
+        nodes = self.nodes_by_instance()
+        out = {}
+        for iid in instance_ids:
+            node = nodes.get(iid)
+            if node is None:
+                out[iid] = (False, False)
+                continue
+            busy = any(holds_work(pod) for pod in self.pods_on(node.metadata.name))
+            out[iid] = (is_ready(node), busy)
+        return out
+
+    def cordon_instances(self, instance_ids: Sequence[str], cordoned: bool = True) -> list[str]:
+        """Mark the nodes of these instances unschedulable (or schedulable again); returns the node
+        names changed. An instance with no node has nothing to cordon."""
+        nodes = self.nodes_by_instance()
+        changed = []
+        for iid in instance_ids:
+            node = nodes.get(iid)
+            if node is None:
+                continue
+            self.core.patch_node(node.metadata.name, {"spec": {"unschedulable": cordoned}})
+            changed.append(node.metadata.name)
+        return changed

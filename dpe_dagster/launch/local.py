@@ -1,0 +1,34 @@
+"""The run launcher for environments without Kubernetes: Dagster's default launcher (each run a
+subprocess of its code server), plus an immediate scale-up of the run's node pool."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from dagster import DefaultRunLauncher, Field, StringSource
+from dagster._core.launcher.base import LaunchRunContext
+from dagster._serdes.config_class import ConfigurableClassData
+
+from dpe_dagster.launch.capacity import ask_for_capacity
+
+
+class PoolRunLauncher(DefaultRunLauncher):
+    def __init__(self, inst_data: ConfigurableClassData | None = None, environment: str | None = None):
+        super().__init__(inst_data=inst_data)
+        self._environment = environment
+
+    @classmethod
+    def config_type(cls):
+        return {"environment": Field(StringSource, is_required=False,
+                                     description="dpe environment name; DPE_ENV (default local) when unset")}
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
+        return cls(inst_data=inst_data, environment=config_value.get("environment"))
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        from resources import load_environment
+
+        env = load_environment(self._environment)
+        if ask_for_capacity(self._instance, context.dagster_run, env):
+            super().launch_run(context)

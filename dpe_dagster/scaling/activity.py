@@ -1,0 +1,57 @@
+"""What a pool's recent activity is, for the policy's `auto` idle timeout: how many CPUs arriving
+runs ask for per second (a decaying average), and how long a node takes to boot. The simulator and
+the production sensor keep it with the same code."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from dpe_dagster.scaling.policy import PoolActivity, RunDemand
+
+ARRIVAL_RATE_WINDOW_S = 1800.0  # "recent" arrivals: an exponentially decaying average over this time
+# A node's typical boot when nothing better is known: an EC2 instance takes about one to two minutes
+# to join; a pool whose boot timeout is shorter boots at most that long.
+TYPICAL_BOOT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ArrivalRate:
+    """CPUs asked per second by arriving runs, decaying over ARRIVAL_RATE_WINDOW_S."""
+
+    rate: float = 0.0
+    at: float = 0.0  # when `rate` was last updated (unix s)
+
+    def at_time(self, now: float) -> float:
+        return self.rate * math.exp(-max(0.0, now - self.at) / ARRIVAL_RATE_WINDOW_S)
+
+    def add(self, cpus: float, now: float) -> "ArrivalRate":
+        return ArrivalRate(self.at_time(now) + cpus / ARRIVAL_RATE_WINDOW_S, now)
+
+
+@dataclass(frozen=True)
+class PoolArrivals:
+    """The sensor's memory of a pool's arrivals between ticks: the rate, and the runs already
+    counted (the pool's active runs at the last tick), so a run is counted once however many ticks
+    it waits or runs."""
+
+    rate: ArrivalRate = ArrivalRate()
+    counted: frozenset[str] = field(default_factory=frozenset)
+
+    def see(self, demand: Iterable[RunDemand], now: float) -> "PoolArrivals":
+        demand = list(demand)
+        new = [run for run in demand if run.run_id not in self.counted]
+        rate = self.rate.add(sum(run.cpus for run in new), now) if new else self.rate
+        return PoolArrivals(rate, frozenset(run.run_id for run in demand))
+
+    def activity(self, boot_timeout_s: float, now: float) -> PoolActivity:
+        return PoolActivity(self.rate.at_time(now), min(TYPICAL_BOOT_S, boot_timeout_s))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rate": self.rate.rate, "at": self.rate.at, "counted": sorted(self.counted)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "PoolArrivals":
+        return cls(ArrivalRate(float(raw.get("rate", 0.0)), float(raw.get("at", 0.0))),
+                   frozenset(str(run_id) for run_id in raw.get("counted", ())))

@@ -1,0 +1,214 @@
+"""Applying plans to real pools: the imperative shell around the pure policy.
+
+`scale_pool` is one pass of the control loop for one pool (the sensor calls it each tick);
+`request_capacity` is the launcher's scale-up-only pass. Both read the pool's real state from its
+provider first, so after a crash nothing depends on what the last process remembered.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dagster import DagsterInstance
+
+from dpe_dagster.config import Environment, PoolConfig
+from dpe_dagster.pools import NodePool, open_pool
+from dpe_dagster.pools.base import Node
+from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.scaling.policy import Plan, PoolActivity, PoolState, RunDemand, plan_pool
+from dpe_dagster.usage.ledger import record_node_lifetime
+from dpe_dagster.usage.lock import instance_lock
+from dpe_dagster.usage.budget import alert_once, budget_block, hold_or_release, spent_today
+from dpe_dagster.usage.pricing import Price, node_price, pricer_for
+from dpe_dagster.usage.records import NodeLifetime
+
+
+@dataclass
+class NodeMemory:
+    """What the control loop has seen of one node; lives in the sensor cursor, so it survives
+    restarts. Losing it only delays a scale-down (idle time restarts from the next tick).
+
+    It also keeps what the ledger needs to charge the node if it disappears without this loop
+    removing it (a spot interruption, or a scale-down whose process died after terminating the
+    instance and before writing its record): see `vanished`."""
+
+    idle_since: float | None = None
+    busy_seconds: float = 0.0
+    last_seen: float | None = None
+    launched_at: float | None = None
+    lifecycle: str = "on-demand"
+    instance_type: str = "unknown"
+    zone: str = ""
+
+    def to_json(self) -> list:
+        return [self.idle_since, round(self.busy_seconds, 3), self.last_seen, self.launched_at, self.lifecycle,
+                self.instance_type, self.zone]
+
+    @classmethod
+    def from_json(cls, raw: list) -> "NodeMemory":
+        return cls(raw[0], float(raw[1]), raw[2], *raw[3:7])  # cursors from before have 3 fields
+
+
+def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dict[str, NodeMemory]:
+    """Fold this tick's view of the nodes into what was seen before."""
+    seen = {}
+    for node in nodes:
+        mem = memory.get(node.id) or NodeMemory(last_seen=None)
+        if node.busy:
+            if mem.last_seen is not None:
+                mem.busy_seconds += max(0.0, now - mem.last_seen)
+            mem.idle_since = None
+        elif mem.idle_since is None:
+            # Counted from the first tick that sees it idle: it may have been idle a little
+            # longer, never shorter, so the idle timeout is never cut short.
+            mem.idle_since = now
+        mem.last_seen = now
+        mem.launched_at, mem.lifecycle, mem.instance_type, mem.zone = (
+            node.launched_at, node.lifecycle, node.instance_type, node.zone)
+        seen[node.id] = mem
+    return seen
+
+
+def vanished(instance: DagsterInstance, config: PoolConfig, nodes: list[Node], memory: dict[str, NodeMemory],
+             pricer: Callable[[PoolConfig, Node], Price]) -> list[NodeLifetime]:
+    """Record the lifetime of every remembered node the provider no longer lists. The ledger writes
+    each node once, so a node this or another controller already recorded is not doubled. It is
+    charged up to the last tick that saw it (never more than it ran). If writing fails, the tick
+    fails before the cursor is saved, and the next tick tries again."""
+    listed = {node.id for node in nodes}
+    out = []
+    for node_id, mem in memory.items():
+        if node_id in listed or mem.launched_at is None or mem.last_seen is None:
+            continue
+        node = Node(id=node_id, state="gone", launched_at=mem.launched_at, busy=False, lifecycle=mem.lifecycle,
+                    instance_type=mem.instance_type, zone=mem.zone)
+        price = pricer(config, node)
+        lifetime = NodeLifetime(
+            node_id=node_id, pool=config.name, lifecycle=mem.lifecycle, instance_type=mem.instance_type,
+            launched_at=mem.launched_at, removed_at=max(mem.last_seen, mem.launched_at),
+            busy_seconds=mem.busy_seconds, price_per_node_hour=price.usd_per_hour, price_source=price.source,
+        )
+        if record_node_lifetime(instance, lifetime):
+            out.append(lifetime)
+    return out
+
+
+@dataclass
+class PoolTick:
+    pool: str
+    plan: Plan
+    state: PoolState
+    demand: list[RunDemand]
+    removed: list[NodeLifetime] = field(default_factory=list)
+    # Nodes that disappeared without this loop removing them, recorded this tick.
+    lost: list[NodeLifetime] = field(default_factory=list)
+
+
+def scale_pool(
+    instance: DagsterInstance,
+    config: PoolConfig,
+    pool: NodePool,
+    demand: list[RunDemand],
+    memory: dict[str, NodeMemory],
+    now: float,
+    pricer: Callable[[PoolConfig, Node], Price] | None = None,
+    fresh_demand: Callable[[], list[RunDemand]] | None = None,
+    activity: PoolActivity | None = None,
+) -> tuple[PoolTick, dict[str, NodeMemory]]:
+    """One pass of the control loop for one pool. A plan that changes something is made again
+    under the pool's lock, from the provider's state and the demand read afresh (`fresh_demand`),
+    and applied while the lock is held: two controllers (two daemons, a sensor and a launcher)
+    can never act on the same stale view, e.g. remove a node a just-launched run was given.
+    `activity`: the pool's recent arrivals (see scaling/activity.py), for the `auto` idle timeout."""
+    pricer = pricer or node_price
+
+    def look(demand: list[RunDemand]) -> tuple[PoolState, Plan, list[Node]]:
+        nodes = pool.nodes()
+        lost.extend(vanished(instance, config, nodes, memory, pricer))
+        seen = observe(nodes, memory, now)
+        memory.clear()
+        memory.update(seen)
+        state = PoolState(
+            target=pool.target(),
+            nodes=tuple(nodes),
+            idle_since={node_id: m.idle_since for node_id, m in memory.items() if m.idle_since is not None},
+            scale_up_blocked=check_budget(instance, config, nodes, pricer, now),
+            activity=activity,
+        )
+        return state, plan_pool(config, state, demand, now), nodes
+
+    memory = dict(memory)
+    lost: list[NodeLifetime] = []
+    state, plan, nodes = look(demand)
+    if not plan.changes(state):
+        return PoolTick(config.name, plan, state, demand, lost=lost), memory
+    with instance_lock(instance, f"pool:{config.name}"):
+        if fresh_demand is not None:
+            demand = fresh_demand()
+        state, plan, nodes = look(demand)
+        tick = PoolTick(config.name, plan, state, demand, lost=lost)
+        if plan.remove:
+            _remove(instance, config, pool, plan.remove, nodes, memory, pricer, tick)
+        elif plan.target > state.target:
+            pool.set_target(plan.target)
+    return tick, memory
+
+
+def _remove(instance: DagsterInstance, config: PoolConfig, pool: NodePool, node_ids: tuple[str, ...],
+            nodes: list[Node], memory: dict[str, NodeMemory], pricer: Callable[[PoolConfig, Node], Price],
+            tick: PoolTick) -> None:
+    by_id = {node.id: node for node in nodes}
+    pool.remove_nodes(node_ids)
+    removed_at = time.time()
+    for node_id in node_ids:
+        node = by_id[node_id]
+        price = pricer(config, node)
+        lifetime = NodeLifetime(
+            node_id=node_id,
+            pool=config.name,
+            lifecycle=node.lifecycle,
+            instance_type=node.instance_type,
+            launched_at=node.launched_at,
+            removed_at=removed_at,
+            busy_seconds=memory.pop(node_id).busy_seconds,
+            price_per_node_hour=price.usd_per_hour,
+            price_source=price.source,
+        )
+        record_node_lifetime(instance, lifetime)
+        tick.removed.append(lifetime)
+
+
+def check_budget(instance: DagsterInstance, config: PoolConfig, nodes: list[Node],
+                 pricer: Callable[[PoolConfig, Node], Price], now: float) -> str | None:
+    """The pool's budget block, if any; holds or releases its queued runs and alerts once a day."""
+    if config.daily_budget_usd is None:
+        return None
+    spent = spent_today(instance, config, nodes, pricer, now)
+    block = budget_block(config, spent)
+    hold_or_release(instance, config, block)
+    if block:
+        alert_once(instance, config, spent, block, now)
+    return block
+
+
+def request_capacity(
+    instance: DagsterInstance, env: Environment, pool_name: str, log: Callable[[str], None] = lambda _: None
+) -> Plan:
+    """Scale a pool up for the demand it has right now (never down): the launcher calls this the
+    moment it launches a run, so scale-up does not wait for the sensor's next tick."""
+    config = env.pool(pool_name)
+    pool = open_pool(config, env)
+    with instance_lock(instance, f"pool:{pool_name}"):
+        demand = read_demand(instance, env).of(pool_name)
+        nodes = pool.nodes()
+        now = time.time()
+        blocked = check_budget(instance, config, nodes, pricer_for(env), now) if config.daily_budget_usd else None
+        state = PoolState(target=pool.target(), nodes=tuple(nodes), scale_up_blocked=blocked)
+        plan = plan_pool(config, state, demand, now)
+        if plan.target > state.target:
+            pool.set_target(plan.target)
+        # Also when the pool has already grown (when the run was queued, or for other runs).
+        log(f"dpe: pool {pool_name}: {plan.reason}")
+    return plan

@@ -1,0 +1,236 @@
+"""The scaling policy: a pure function from (pool config, pool state, demand, now) to a plan.
+
+No I/O happens here. The Dagster sensor, the run launcher and the simulator all call `plan_pool`,
+so the rules below are tested once and measured everywhere.
+
+Rules:
+- demand is packed onto the pool's node shape (first-fit decreasing on CPU, then memory); a run
+  larger than one node takes whole nodes;
+- the wanted size is clamped to [min_size, max_size];
+- scale up at once when the wanted size exceeds the current one;
+- scale down only by removing nodes that are not busy and have been idle for at least the idle
+  timeout in force, longest idle first, never below the wanted size (so never below min_size).
+
+Optional knowledge, used when the caller has it (the defaults give the rules above unchanged):
+- a run's `node_id` (the node it already holds): packing then starts from where runs really are,
+  so a run that cannot fit in the room actually left gets a node even if a perfect repacking
+  would not need one;
+- the pool's recent `activity` (arrival rate, boot time), with `idle_timeout_mode: auto`: the
+  idle timeouts in force are decided per plan (see `idle_timeouts`), never above `idle_timeout_s`;
+  and with a queueing allowance, room that runs free within it (by `expected_end`) counts;
+- a run's `expected_end`, for `place_run`: which node a run should go to so that nodes empty whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from dpe_dagster.config import PoolConfig
+from dpe_dagster.pools.base import Node
+
+
+@dataclass(frozen=True)
+class RunDemand:
+    """One run that needs (or will need) room on a pool."""
+
+    run_id: str
+    cpus: float
+    memory_gb: float
+    node_id: str | None = None  # the node the run already holds; None: waiting, or not known
+    expected_end: float | None = None  # when the run should end (unix s), from past runs of the same job
+
+
+@dataclass(frozen=True)
+class PoolActivity:
+    """What the control loop saw of the pool lately."""
+
+    cpu_arrival_rate: float  # CPUs asked per second by runs arriving lately (a decaying average)
+    boot_s: float  # typical time from asking for a node to the node taking work
+    # A waiting run may wait this long for room that running runs free (by their expected ends)
+    # instead of a new node being booted for it; 0: always boot at once.
+    queue_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolState:
+    target: int
+    nodes: tuple[Node, ...]
+    # When each idle node was first seen idle; a node missing here counts as idle since `now`.
+    idle_since: Mapping[str, float] = field(default_factory=dict)
+    activity: PoolActivity | None = None
+    # Why the pool may not grow now (e.g. its daily budget is spent); None: it may.
+    scale_up_blocked: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: int
+    remove: tuple[str, ...]
+    wanted: int
+    reason: str
+    idle_timeout_s: float | None = None  # the idle timeout in force when this plan was made
+
+    def changes(self, state: PoolState) -> bool:
+        return bool(self.remove) or self.target != state.target
+
+
+def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: float,
+              ending: tuple[float, float] | None = None) -> int:
+    """How many nodes of this shape hold the demand, packed first-fit decreasing. Runs that name
+    the node they hold stay there; the others are packed into the room left, then onto new nodes.
+    `ending` = (now, by): a placed run expected to end within [now, by] leaves its room to the
+    waiting runs (one of them each), since a node asked for now would not be ready sooner."""
+    whole_nodes = 0
+    free: list[list[float]] = []  # [cpus, memory] left on each shared node
+    placed: dict[str, list[float]] = {}
+    waiting = []
+    for run in demand:
+        if run.cpus > node_cpus or run.memory_gb > node_memory_gb:
+            whole_nodes += max(math.ceil(run.cpus / node_cpus), math.ceil(run.memory_gb / node_memory_gb))
+        elif run.node_id is None:
+            waiting.append(run)
+        else:
+            room = placed.setdefault(run.node_id, [node_cpus, node_memory_gb])
+            if ending is not None and run.expected_end is not None and ending[0] <= run.expected_end <= ending[1]:
+                continue
+            room[0] -= run.cpus
+            room[1] -= run.memory_gb
+    free.extend(placed.values())
+    for run in sorted(waiting, key=lambda d: (d.cpus, d.memory_gb), reverse=True):
+        for room in free:
+            if room[0] >= run.cpus and room[1] >= run.memory_gb:
+                room[0] -= run.cpus
+                room[1] -= run.memory_gb
+                break
+        else:
+            free.append([node_cpus - run.cpus, node_memory_gb - run.memory_gb])
+    return whole_nodes + len(free)
+
+
+def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
+    """The idle timeouts in force, for the idle nodes ranked from the most recently idle (first)
+    to the longest idle (last). `fixed` (or no activity known): the pool's `idle_timeout_s` for all.
+
+    `auto`: keeping an idle node costs its price for as long as it waits; removing it costs, when
+    demand comes back, a paid boot, plus the runs that arrive meanwhile waiting that boot. Those
+    runs ask for about arrival rate * boot CPUs; the k-th idle node is needed
+    only if they fill k nodes, so its share of the wait is that amount / (node CPUs * k). Waiting
+    the break-even time, boot * (1 + share), and then removing never costs more than twice the
+    better choice made in hindsight (the ski-rental rule). Capped at `idle_timeout_s`."""
+    idle_nodes = sum(1 for node in state.nodes if not node.busy and node.state == "running")
+    activity = state.activity
+    if pool.idle_timeout_mode != "auto" or activity is None:
+        return [pool.idle_timeout_s] * idle_nodes
+    boot = max(0.0, activity.boot_s)
+    cpus_soon = max(0.0, activity.cpu_arrival_rate) * boot
+    return [min(pool.idle_timeout_s, boot * (1.0 + cpus_soon / (pool.node_cpus * k)))
+            for k in range(1, idle_nodes + 1)]
+
+
+def idle_timeout(pool: PoolConfig, state: PoolState) -> float:
+    """The longest idle timeout in force (the pool's when fixed)."""
+    return max(idle_timeouts(pool, state), default=pool.idle_timeout_s)
+
+
+def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
+    # Room that running runs free within the queueing allowance (never longer than a boot) counts.
+    activity = state.activity
+    ending = None
+    if activity is not None and activity.queue_s > 0:
+        ending = (now, now + min(activity.queue_s, activity.boot_s))
+    needed = nodes_for(demand, pool.node_cpus, pool.node_memory_gb, ending)
+    wanted = min(max(needed, pool.min_size), pool.max_size)
+    current = max(state.target, len(state.nodes))
+    capped = f" (capped at max_size {pool.max_size})" if needed > pool.max_size else ""
+    timeout = idle_timeout(pool, state)
+
+    if wanted > current and state.scale_up_blocked:
+        return Plan(state.target, (), wanted, f"held at {current} (want {wanted}): {state.scale_up_blocked}", timeout)
+    if wanted > current:
+        return Plan(
+            target=wanted,
+            remove=(),
+            wanted=wanted,
+            reason=f"scale up {current} -> {wanted}: {len(demand)} run(s) need {needed} node(s){capped}",
+            idle_timeout_s=timeout,
+        )
+    if wanted == current:
+        return Plan(state.target, (), wanted, f"steady at {current}: {len(demand)} run(s) need {needed} node(s){capped}",
+                    timeout)
+
+    idle_for = {
+        node.id: now - state.idle_since.get(node.id, now)
+        for node in state.nodes
+        if not node.busy and node.state == "running"
+    }
+    # most recently idle first: it gets the longest timeout, the longest idle the shortest
+    ranked = sorted(idle_for, key=lambda node_id: (idle_for[node_id], node_id))
+    limits = dict(zip(ranked, idle_timeouts(pool, state)))
+    expired = sorted((node_id for node_id, idle in idle_for.items() if idle >= limits[node_id]),
+                     key=lambda node_id: (-idle_for[node_id], node_id))
+    remove = tuple(expired[: current - wanted])
+    if not remove:
+        return Plan(
+            state.target, (), wanted,
+            f"holding {current} (want {wanted}): no node idle for {timeout:g}s yet",
+            timeout,
+        )
+    return Plan(
+        target=current - len(remove),
+        remove=remove,
+        wanted=wanted,
+        reason=f"scale down {current} -> {current - len(remove)}: {len(remove)} node(s) idle for "
+        f">= {timeout:g}s, {len(demand)} run(s) need {needed} node(s)",
+        idle_timeout_s=timeout,
+    )
+
+
+@dataclass(frozen=True)
+class NodeRoom:
+    """A ready node as `place_run` sees it."""
+
+    node_id: str
+    free_cpus: float
+    free_memory_gb: float
+    busy_until: float | None  # latest expected end of the runs on it; None: empty
+
+
+def place_run(run: RunDemand, nodes: Sequence[NodeRoom], now: float,
+              reserved: Sequence[RunDemand] = ()) -> str | None:
+    """The node a waiting run should go to, among those with room (None: no room anywhere).
+
+    `reserved`: runs about to start (a schedule about to fire, for which nodes were pre-warmed);
+    their room is set aside first (first fit, largest first), so a run arriving just before them
+    does not take it.
+
+    With an expected end, the node whose paid time the run extends least: a run that ends before
+    a node's other runs costs nothing there, a run on an empty node costs its whole length. Among
+    equals, the node that ends soonest after the run, then the tightest fit; so runs that end
+    together share nodes and nodes empty whole. Without one, the first node with room."""
+    if reserved:
+        rooms = {room.node_id: [room.free_cpus, room.free_memory_gb] for room in nodes}
+        for held in sorted(reserved, key=lambda d: (d.cpus, d.memory_gb), reverse=True):
+            for left in rooms.values():
+                if left[0] >= held.cpus and left[1] >= held.memory_gb:
+                    left[0] -= held.cpus
+                    left[1] -= held.memory_gb
+                    break
+        nodes = [NodeRoom(room.node_id, *rooms[room.node_id], room.busy_until) for room in nodes]
+    best, best_key = None, None
+    for room in nodes:
+        if room.free_cpus < run.cpus or room.free_memory_gb < run.memory_gb:
+            continue
+        if run.expected_end is None:
+            return room.node_id
+        end = max(run.expected_end, now)
+        if room.busy_until is None:
+            key = (end - now, 0.0, room.free_cpus)
+        else:
+            node_end = max(room.busy_until, now)
+            extension = max(0.0, end - node_end)
+            key = (extension, node_end - end if extension == 0.0 else 0.0, room.free_cpus)
+        if best_key is None or key < best_key:
+            best, best_key = room.node_id, key
+    return best

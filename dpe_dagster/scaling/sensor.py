@@ -1,0 +1,82 @@
+"""The autoscaler sensor: every tick, plan and apply each pool of the environment."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
+
+from dpe_dagster.config import Environment, PoolConfig
+from dpe_dagster.pools import NodePool, look_ahead, open_pool
+from dpe_dagster.scaling.activity import PoolArrivals
+from dpe_dagster.scaling.control import NodeMemory, scale_pool
+from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.usage.pricing import pricer_for
+
+AUTOSCALER_SENSOR = "dpe_autoscaler"
+
+
+def load_cursor(cursor: str | None) -> dict[str, dict[str, NodeMemory]]:
+    raw = json.loads(cursor) if cursor else {}
+    return {
+        pool: {node_id: NodeMemory.from_json(mem) for node_id, mem in nodes.items()}
+        for pool, nodes in raw.get("nodes", {}).items()
+    }
+
+
+def load_arrivals(cursor: str | None) -> dict[str, PoolArrivals]:
+    raw = json.loads(cursor) if cursor else {}
+    return {pool: PoolArrivals.from_json(value) for pool, value in raw.get("arrivals", {}).items()}
+
+
+def dump_cursor(memory: dict[str, dict[str, NodeMemory]], arrivals: dict[str, PoolArrivals] | None = None) -> str:
+    raw: dict = {"nodes": {pool: {n: m.to_json() for n, m in nodes.items()} for pool, nodes in memory.items()}}
+    if arrivals:
+        raw["arrivals"] = {pool: value.to_json() for pool, value in arrivals.items()}
+    return json.dumps(raw, sort_keys=True)
+
+
+def build_autoscaler_sensor(env: Environment):
+    # Provider objects live as long as the sensor (the code location), not one tick: opening one
+    # builds cloud SDK clients (an aws_asg pool: two boto3 clients, 0.1-1 s), which per pool and
+    # per tick dominated the tick (bench/tick_cost.py). They hold no state but clients: the
+    # provider stays the source of truth, read afresh every tick.
+    pools: dict[str, NodePool] = {}
+
+    def pool_for(config: PoolConfig) -> NodePool:
+        if config.name not in pools:
+            pools[config.name] = open_pool(config, env)
+        return pools[config.name]
+
+    @sensor(
+        name=AUTOSCALER_SENSOR,
+        minimum_interval_seconds=env.sensor_interval_s,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="dpe: sizes every node pool for the runs that are queued or running "
+        f"(environment {env.name}); scales down nodes idle past their pool's idle timeout.",
+    )
+    def dpe_autoscaler(context: SensorEvaluationContext):
+        memory = load_cursor(context.cursor)
+        arrivals = load_arrivals(context.cursor)
+        demand = read_demand(context.instance, env)
+        for run_id, problem in demand.rejected.items():
+            context.log.warning(f"run {run_id} asks for nothing: {problem}")
+        now = time.time()
+        pricer = pricer_for(env)
+        look_ahead(pool_for(config) for config in env.pools.values())
+        summary = []
+        for name, config in env.pools.items():
+            arrivals[name] = arrivals.get(name, PoolArrivals()).see(demand.of(name), now)
+            activity = arrivals[name].activity(config.boot_timeout_s, now) if config.idle_timeout_mode == "auto" else None
+            tick, memory[name] = scale_pool(
+                context.instance, config, pool_for(config), demand.of(name), memory.get(name, {}), now, pricer,
+                fresh_demand=lambda name=name: read_demand(context.instance, env).of(name), activity=activity,
+            )
+            if tick.plan.changes(tick.state):
+                context.log.info(f"pool {name}: {tick.plan.reason}")
+            summary.append(f"{name}: {tick.plan.reason}")
+        context.update_cursor(dump_cursor(memory, arrivals))
+        return SkipReason("; ".join(summary))
+
+    return dpe_autoscaler

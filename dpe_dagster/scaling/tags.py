@@ -1,0 +1,76 @@
+"""The run tags through which a run asks for room on a node pool, and their validation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from dpe_dagster.config import POOL_NAME, ConfigError, Environment
+
+POOL_TAG = "dpe/node_pool"
+CPU_TAG = "dpe/cpu"
+MEMORY_TAG = "dpe/memory"
+MAX_CPUS = 4096
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(g|gb|gi|m|mb|mi)?\s*$", re.IGNORECASE)
+
+
+class TagError(ConfigError):
+    """A run tag has a value dpe cannot use; the message names the tag and what is allowed."""
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    pool: str
+    cpus: float
+    memory_gb: float
+
+
+def parse_cpus(value: str) -> float:
+    try:
+        cpus = float(value)
+    except (TypeError, ValueError):
+        cpus = float("nan")
+    if not (0 < cpus <= MAX_CPUS):
+        raise TagError(f"tag {CPU_TAG}: must be a number of CPUs in (0, {MAX_CPUS}], like '2' or '0.5'; got {value!r}")
+    return cpus
+
+
+def parse_memory_gb(value: str) -> float:
+    match = _MEMORY.match(value or "")
+    if not match or float(match.group(1)) <= 0:
+        raise TagError(f"tag {MEMORY_TAG}: must be a positive size like '4g', '512m' or '2Gi' (a bare number is GB); "
+                       f"got {value!r}")
+    amount, unit = float(match.group(1)), (match.group(2) or "g").lower()
+    return amount / 1024 if unit.startswith("m") else amount
+
+
+def pool_request(tags: Mapping[str, str], env: Environment) -> PoolRequest | None:
+    """What a run with these tags asks of which pool; None when it names no pool."""
+    pool_name = tags.get(POOL_TAG)
+    if pool_name is None:
+        return None
+    if not POOL_NAME.match(pool_name) or pool_name not in env.pools:
+        raise TagError(f"tag {POOL_TAG}: {pool_name!r} is not a node pool of environment {env.name!r}; "
+                       f"allowed: {', '.join(sorted(env.pools))}")
+    pool = env.pools[pool_name]
+    cpus = parse_cpus(tags[CPU_TAG]) if CPU_TAG in tags else pool.default_run_cpus
+    memory = parse_memory_gb(tags[MEMORY_TAG]) if MEMORY_TAG in tags else pool.default_run_memory_gb
+    return PoolRequest(pool_name, cpus, memory)
+
+
+def pool_tags(pool: str, cpus: float | None = None, memory: str | None = None) -> dict[str, str]:
+    """Run tags that place a job on a node pool; checked here so a typo fails at load time."""
+    if not POOL_NAME.match(pool):
+        raise TagError(f"tag {POOL_TAG}: {pool!r} is not a valid pool name (lowercase letters, digits, '-')")
+    tags = {POOL_TAG: pool}
+    if cpus is not None:
+        parse_cpus(str(cpus))
+        tags[CPU_TAG] = f"{cpus:g}"
+    if memory is not None:
+        parse_memory_gb(memory)
+        tags[MEMORY_TAG] = memory
+    return tags
+
+
+TEAM_TAG = "dpe/team"

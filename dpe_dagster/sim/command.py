@@ -1,0 +1,156 @@
+"""`dpe simulate`: replay a job trace through every scaling policy and compare what each cost."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dpe_dagster.config import ConfigError
+from dpe_dagster.sim.boot import BootTime
+from dpe_dagster.sim.engine import SimulationError
+from dpe_dagster.sim.run import POLICIES, Setup, simulate
+from dpe_dagster.sim.schedules import ScheduleError, parse_schedules, scheduled_runs
+from dpe_dagster.sim.trace import TraceError, read_trace
+from dpe_dagster.sim.workload import build_workload
+
+COLUMNS = (
+    ("cost", "cost", "{:,.0f}"),
+    ("x lower bound", "cost_vs_lower_bound", "{:.3f}"),
+    ("node-hours", "node_hours", "{:,.0f}"),
+    ("utilization", "utilization", "{:.1%}"),
+    ("wait p50 s", "wait_p50_s", "{:,.0f}"),
+    ("wait p95 s", "wait_p95_s", "{:,.0f}"),
+    ("wait p99 s", "wait_p99_s", "{:,.0f}"),
+    ("scale-ups", "scale_ups", "{:,}"),
+    ("scale-downs", "scale_downs", "{:,}"),
+    ("sim s", "sim_seconds", "{:.1f}"),
+)
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code=2)
+
+
+def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        _fail(f"{name}: must be a finite number {'>= 0' if allow_zero else '> 0'}; got {value:g}")
+
+
+def parse_idle_timeout(text: str) -> dict:
+    """`--idle-timeout SECONDS` (fixed) or `auto` (decided by the policy, capped at the pool's)."""
+    if text == "auto":
+        return {"idle_timeout_s": 1800.0, "idle_timeout_mode": "auto"}
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        _fail(f"--idle-timeout: must be a number of seconds >= 0 or 'auto'; got {text!r}")
+    return {"idle_timeout_s": seconds}
+
+
+def render_table(result: dict, console: Console) -> None:
+    bound = result["lower_bound"]
+    table = Table(title=f"{result['trace']}: {result['jobs']:,} jobs; lower bound {bound['cost']:,.0f} "
+                        f"({bound['node_hours']:,.0f} node-hours)")
+    table.add_column("policy")
+    for title, _, _ in COLUMNS:
+        table.add_column(title, justify="right")
+    for name, row in result["policies"].items():
+        table.add_row(name, *[fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS])
+    console.print(table)
+    extra = {name: row["scheduled_wait_p95_s"] for name, row in result["policies"].items()
+             if "scheduled_wait_p95_s" in row}
+    if extra:
+        console.print("scheduled runs, wait p95 s: " + ", ".join(f"{k} {v:g}" for k, v in extra.items()))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("simulate")
+    def simulate_command(
+        trace: Path = typer.Option(..., "--trace", help="Job trace: .swf or .csv, gzipped or not."),
+        node_cpus: float = typer.Option(8.0, "--node-cpus", help="CPUs per node."),
+        node_memory_gb: Optional[float] = typer.Option(
+            None, "--node-memory-gb", help="Memory per node; by default memory is not modelled."),
+        boot_seconds: str = typer.Option(
+            "120", "--boot-seconds", help="Node boot time: SECONDS, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA."),
+        policy: Optional[list[str]] = typer.Option(
+            None, "--policy", help=f"Policy to run (repeatable); default all: {', '.join(POLICIES)}."),
+        price: float = typer.Option(1.0, "--price", help="Price per node-hour."),
+        spot_rate: float = typer.Option(
+            0.0, "--spot-interruptions-per-hour", help="Spot interruptions per node-hour (0: none)."),
+        fallback_price: Optional[float] = typer.Option(
+            None, "--fallback-price", help="Price per node-hour of the fallback pool used after an interruption."),
+        idle_timeout: str = typer.Option(
+            "auto", "--idle-timeout", help="dpe's idle timeout: SECONDS, or auto (decided by the policy)."),
+        schedules: Optional[Path] = typer.Option(
+            None, "--schedules", help="Cron schedules whose runs are added on top of the trace."),
+        skip_bad_lines: bool = typer.Option(
+            False, "--skip-bad-lines", help="Skip and count malformed trace lines instead of failing."),
+        placement: str = typer.Option(
+            "ending-together", "--placement", help="dpe's placement: ending-together (by expected end) or first-fit."),
+        evictable: bool = typer.Option(
+            False, "--evictable", help="Let reactive and consolidating evict running jobs (they restart) "
+            "to remove underused nodes; by default jobs are marked not evictable."),
+        seed: int = typer.Option(0, "--seed", help="Seed for boot times and interruptions."),
+        as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    ) -> None:
+        """Replay a job trace through every scaling policy on the same nodes and prices."""
+        chosen = tuple(policy) if policy else POLICIES
+        unknown = [p for p in chosen if p not in POLICIES]
+        if unknown:
+            _fail(f"--policy: {', '.join(map(repr, unknown))} is not a policy; allowed: {', '.join(POLICIES)}")
+        if placement not in ("ending-together", "first-fit"):
+            _fail(f"--placement: must be one of ending-together, first-fit; got {placement!r}")
+        _positive("--node-cpus", node_cpus)
+        _positive("--node-memory-gb", node_memory_gb)
+        _positive("--price", price, allow_zero=True)
+        _positive("--spot-interruptions-per-hour", spot_rate, allow_zero=True)
+        _positive("--fallback-price", fallback_price, allow_zero=True)
+        try:
+            boot = BootTime.parse(boot_seconds)
+        except ValueError as error:
+            _fail(str(error))
+        extra = parse_idle_timeout(idle_timeout)
+        try:
+            loaded = read_trace(trace, skip_bad_lines=skip_bad_lines)
+            runs = []
+            if schedules is not None:
+                runs = scheduled_runs(parse_schedules(schedules), loaded.start_unix, loaded.arrival[0],
+                                      loaded.arrival[-1])
+            work = build_workload(loaded, runs, memory=node_memory_gb is not None)
+            setup = Setup(node_cpus=node_cpus, node_memory_gb=node_memory_gb, price=price, boot=boot,
+                          spot_rate_per_hour=spot_rate, fallback_price=fallback_price, seed=seed, evictable=evictable, placement=placement,
+                          idle_timeout_s=extra.pop("idle_timeout_s"), pool_extra=extra)
+            setup.pool()
+        except (TraceError, ScheduleError, ConfigError) as error:
+            _fail(str(error))
+        console = Console(stderr=True)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            tasks = {name: bar.add_task(f"replaying {name}", total=1.0) for name in chosen}
+            try:
+                result = simulate(work, setup, chosen, progress=lambda name, f: bar.update(tasks[name], completed=f))
+            except SimulationError as error:
+                _fail(str(error))
+        result["skipped_bad_lines"] = loaded.bad_lines
+        result["excluded_jobs"] = loaded.excluded
+        if schedules is not None:
+            result["scheduled_runs"] = len(runs)
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            out = Console()
+            render_table(result, out if out.is_terminal else Console(width=160))
+            if loaded.bad_lines:
+                typer.echo(f"skipped {loaded.bad_lines} malformed line(s)")

@@ -1,0 +1,146 @@
+"""Run the policies side by side on one workload, with the same nodes and prices, and score them."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dpe_dagster.config import PoolConfig, parse_pool
+from dpe_dagster.sim.boot import BootTime
+from dpe_dagster.sim.consolidating import ConsolidatingScaler
+from dpe_dagster.sim.dpe import DpeScaler
+from dpe_dagster.sim.engine import PoolShape, Simulation
+from dpe_dagster.sim.reactive import ReactiveScaler
+from dpe_dagster.sim.static import StaticScaler, static_sizes
+from dpe_dagster.sim.workload import Workload, cpu_seconds
+
+POLICIES = ("dpe", "dpe-prewarm", "reactive", "consolidating", "static-peak", "static-p95")
+UNBOUNDED_POOL = 1_000_000  # the simulated pool may grow as far as demand asks
+UNMODELLED_MEMORY_GB = 1e12
+
+
+@dataclass(frozen=True)
+class Setup:
+    node_cpus: float = 8.0
+    node_memory_gb: float | None = None  # None: memory is not modelled
+    price: float = 1.0
+    boot: BootTime = BootTime.fixed(120.0)
+    spot_rate_per_hour: float = 0.0
+    fallback_price: float | None = None
+    idle_timeout_s: float = 300.0
+    sensor_interval_s: float = 30.0
+    seed: int = 0
+    evictable: bool = False  # may the baselines evict running jobs (which then restart)?
+    placement: str = "ending-together"  # dpe's placement: ending-together or first-fit
+    node_aware: bool = True  # dpe's plans know which node each running job holds
+    pool_extra: dict = field(default_factory=dict)  # more pool fields for dpe (parsed by parse_pool)
+
+    def shape(self) -> PoolShape:
+        memory = math.inf if self.node_memory_gb is None else self.node_memory_gb
+        return PoolShape(self.node_cpus, memory, self.price, self.boot, self.spot_rate_per_hour, self.fallback_price)
+
+    def pool(self) -> PoolConfig:
+        raw: dict[str, Any] = {
+            "provider": "local",
+            "min_size": 0,
+            "max_size": UNBOUNDED_POOL,
+            "node_cpus": self.node_cpus,
+            "node_memory_gb": self.node_memory_gb or UNMODELLED_MEMORY_GB,
+            "lifecycle": "spot" if self.spot_rate_per_hour > 0 else "on-demand",
+            "price_per_node_hour": self.price,
+            "idle_timeout_s": self.idle_timeout_s,
+            "boot_timeout_s": max(self.boot.typical() * 2, 1.0),
+            **self.pool_extra,
+        }
+        return parse_pool("sim", raw)
+
+
+def lower_bound(work: Workload, setup: Setup) -> dict[str, float]:
+    """Every job's CPU-seconds packed perfectly onto nodes: no idle, no boot, no fragmentation."""
+    node_hours = cpu_seconds(work) / setup.node_cpus / 3600.0
+    return {"cost": node_hours * setup.price, "node_hours": node_hours}
+
+
+def make_scaler(name: str, work: Workload, setup: Setup, whole: list[int], lookahead_s: float):
+    if name in ("dpe", "dpe-prewarm"):
+        schedules = []
+        if name == "dpe-prewarm":
+            schedules = [(work.arrival[j], work.cpus[j], work.memory_gb[j]) for j in range(len(work)) if work.scheduled[j]]
+        return DpeScaler(setup.pool(), name=name, sensor_interval_s=setup.sensor_interval_s,
+                         placement=setup.placement, node_aware=setup.node_aware, boot_s=setup.boot.typical(),
+                         schedules=schedules, lookahead_s=lookahead_s)
+    if name == "reactive":
+        return ReactiveScaler(evictable=setup.evictable)
+    if name == "consolidating":
+        return ConsolidatingScaler(evictable=setup.evictable)
+    if name in ("static-peak", "static-p95"):
+        return StaticScaler(name, static_sizes(work, whole, setup.node_cpus)[name])
+    raise ValueError(f"--policy: {name!r} is not a policy; allowed: {', '.join(POLICIES)}")
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    if not values:
+        return 0.0, 0.0, 0.0
+    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def summarize(sim: Simulation, seconds: float, bound: dict[str, float], setup: Setup) -> dict[str, Any]:
+    work = sim.work
+    waits = [s - a for s, a in zip(sim.start, work.arrival)]
+    p50, p95, p99 = percentiles(waits)
+    node_hours = sim.paid_node_seconds / 3600.0
+    cost = sim.cost_node_seconds / 3600.0
+    result = {
+        "cost": round(cost, 3),
+        "cost_vs_lower_bound": round(cost / bound["cost"], 4) if bound["cost"] > 0 else None,
+        "node_hours": round(node_hours, 3),
+        "utilization": round(cpu_seconds(work) / (sim.paid_node_seconds * setup.node_cpus), 4)
+        if sim.paid_node_seconds > 0 else 0.0,
+        "wait_p50_s": round(p50, 1),
+        "wait_p95_s": round(p95, 1),
+        "wait_p99_s": round(p99, 1),
+        "scale_ups": sim.scale_ups,
+        "scale_downs": sim.scale_downs,
+        "sim_seconds": round(seconds, 2),
+        "nodes_launched": sim.nodes_launched,
+        "peak_nodes": sim.peak_nodes,
+        "evictions": sim.evictions,
+        "lost_cpu_hours": round(sim.lost_cpu_seconds / 3600.0, 1),
+        "interruptions": sim.interruptions,
+        # where the paid node-hours went: booting, idle (ready, no job), and busy nodes' unused CPUs
+        "boot_node_hours": round(sim.boot_node_seconds / 3600.0, 1),
+        "idle_node_hours": round((sim.paid_node_seconds - sim.boot_node_seconds - sim.busy_node_seconds) / 3600.0, 1),
+        "fragmented_node_hours": round(sim.busy_node_seconds / 3600.0 - cpu_seconds(work) / setup.node_cpus / 3600.0, 1),
+    }
+    scheduled = [w for w, s in zip(waits, work.scheduled) if s]
+    if scheduled:
+        result["scheduled_runs"] = len(scheduled)
+        result["scheduled_wait_p95_s"] = round(percentiles(scheduled)[1], 1)
+    return result
+
+
+def simulate_policy(name: str, work: Workload, setup: Setup, *, progress: Callable[[float], None] | None = None,
+                    timeline: bool = False) -> tuple[dict[str, Any], Simulation]:
+    bound = lower_bound(work, setup)
+    shape = setup.shape()
+    began = time.perf_counter()
+    sim = Simulation(work, shape, None, seed=setup.seed, progress=progress, timeline=timeline)
+    sim.scaler = make_scaler(name, work, setup, sim.whole, setup.boot.typical() + setup.sensor_interval_s)
+    sim.run()
+    return summarize(sim, time.perf_counter() - began, bound, setup), sim
+
+
+def simulate(work: Workload, setup: Setup, policies: tuple[str, ...] = POLICIES,
+             progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"trace": work.name, "jobs": len(work), "lower_bound": lower_bound(work, setup),
+                           "policies": {}}
+    out["lower_bound"] = {k: round(v, 3) for k, v in out["lower_bound"].items()}
+    for name in policies:
+        report = (lambda f, name=name: progress(name, f)) if progress else None
+        out["policies"][name], _ = simulate_policy(name, work, setup, progress=report)
+    return out

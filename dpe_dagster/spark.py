@@ -1,0 +1,95 @@
+"""The Spark resource: one SparkSession per run, shared by all of the run's steps.
+
+Runs use Dagster's in-process executor, so every asset of a run talks to the same driver JVM:
+starting a JVM per step would cost seconds per asset. The session's executors land on the run's
+node pool; the session asks for as many cores as the run's `dpe/cpu` tag requests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+
+from dpe_dagster.javaenv import check_java, spark_process_env
+from dpe_dagster.scaling.tags import CPU_TAG
+
+
+def _wait_for_port(url: str, timeout_s: float) -> None:
+    host, port = url.removeprefix("spark://").split(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Spark master {url} is not reachable after {timeout_s:g}s: the node pool did not come up "
+                    "(is the dpe_autoscaler sensor running, and the daemon?)"
+                ) from None
+            time.sleep(0.5)
+
+
+def _driver_address(master: str) -> tuple[str, str]:
+    """Where executors reach the driver. Locally: loopback. On Kubernetes the driver runs in the
+    run's pod: executors reach it at the pod's IP (POD_IP, set by the Helm values from the
+    downward API), and it listens on every interface of the pod."""
+    if master.startswith("k8s://"):
+        return os.environ.get("POD_IP") or socket.gethostbyname(socket.gethostname()), "0.0.0.0"
+    return "127.0.0.1", "127.0.0.1"
+
+
+class SparkResource(ConfigurableResource):
+    master: str = Field(description="Spark master URL: spark://host:port, local[N], or k8s://...")
+    app_name: str = "dpe"
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark configuration")
+    wait_for_master_s: float = Field(default=120.0, description="How long to wait for a spark:// master")
+
+    _session: Any = PrivateAttr(default=None)
+    _cores: str | None = PrivateAttr(default=None)
+    _run_id: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is not None:
+            self._run_id = run.run_id
+            cpus = run.tags.get(CPU_TAG)
+            if cpus:
+                self._cores = str(max(1, int(float(cpus))))
+
+    def session(self):
+        """The run's SparkSession, created on first use."""
+        if self._session is None:
+            check_java()
+            for key, value in spark_process_env().items():
+                if key in ("JAVA_HOME", "SPARK_HOME", "SPARK_LOCAL_IP"):
+                    os.environ.setdefault(key, value)
+            if self.master.startswith("spark://"):
+                _wait_for_port(self.master, self.wait_for_master_s)
+            from pyspark.sql import SparkSession
+
+            host, bind = _driver_address(self.master)
+            builder = (
+                SparkSession.builder.master(self.master)
+                .appName(f"{self.app_name}-{self._run_id[:8]}" if self._run_id else self.app_name)
+                .config("spark.driver.host", host)
+                .config("spark.driver.bindAddress", bind)
+                .config("spark.ui.enabled", "false")
+                .config("spark.sql.session.timeZone", "UTC")
+            )
+            if self._cores and not self.master.startswith("local"):
+                builder = builder.config("spark.cores.max", self._cores)
+            for key, value in self.conf.items():
+                builder = builder.config(key, value)
+            self._session = builder.getOrCreate()
+        return self._session
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._session is not None:
+            self._session.stop()
+            self._session = None

@@ -1,0 +1,95 @@
+"""Spark on Kubernetes for staging/prod: executors on the spot pool, the driver on an on-demand pool.
+
+Pure: (pools, image, namespace...) -> the Spark configuration and the executor pod template.
+
+- The driver is the Dagster run's own pod (client mode: the SparkSession lives in the run), which
+  the k8s run launcher puts on the on-demand driver pool; the `spark.kubernetes.driver.*`
+  selector is set too, for cluster-mode submissions.
+- Executors get the spot pool's node selector from Spark's own settings and its tolerations from
+  the executor pod template (Spark has no toleration setting). They carry no do-not-evict
+  annotation: losing one is what graceful decommissioning is for.
+- Graceful decommissioning (`spark.decommission.enabled` with shuffle and RDD block migration)
+  moves an executor's blocks away when its spot node gets the two-minute interruption notice
+  (the node's termination handler drains it, SIGPWR reaches the executor).
+- Dynamic allocation with shuffle tracking (no external shuffle service on Kubernetes): executors
+  come and go with the work; one that holds shuffle data is kept until the shuffle-tracking
+  timeout, so idle executors, and then idle nodes, do not linger forever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from dpe_dagster.config import ConfigError, PoolConfig
+from dpe_dagster.launch.pod_spec import merge_pod_template, pod_placement
+
+EXECUTOR_TEMPLATE_PATH = "/opt/dpe/spark/executor-pod-template.yaml"
+IN_CLUSTER_MASTER = "k8s://https://kubernetes.default.svc:443"
+
+
+@dataclass(frozen=True)
+class SparkOnK8s:
+    conf: dict[str, str]
+    executor_pod_template: dict[str, Any]
+
+
+def executor_shape(pool: PoolConfig) -> tuple[int, int]:
+    """(cores, memory MiB) of one executor filling one node of the pool, leaving room for the
+    kubelet, DaemonSets and Spark's memory overhead (10%)."""
+    cores = max(1, math.floor(pool.node_cpus) - (1 if pool.node_cpus >= 4 else 0))
+    usable_mib = pool.node_memory_gb * 1024 * 0.80 - 512  # system reserve and DaemonSets
+    memory = int(usable_mib / 1.10)
+    if memory < 512:
+        raise ConfigError(f"pools.{pool.name}.node_memory_gb: {pool.node_memory_gb:g} GB nodes leave no room for a "
+                          "Spark executor; use nodes of at least 2 GB")
+    return cores, memory
+
+
+def spark_on_k8s(executor_pool: PoolConfig, driver_pool: PoolConfig, *, image: str, namespace: str,
+                 service_account: str, shuffle_tracking_timeout_s: int = 600, executor_idle_timeout_s: int = 60,
+                 template_path: str = EXECUTOR_TEMPLATE_PATH, master: str = IN_CLUSTER_MASTER) -> SparkOnK8s:
+    if driver_pool.lifecycle != "on-demand":
+        raise ConfigError(f"pools.{driver_pool.name}.lifecycle: the Spark driver's pool must be on-demand "
+                          f"(a spot interruption of the driver fails the whole run); got {driver_pool.lifecycle!r}")
+    executors = pod_placement(executor_pool, evictable=True)
+    driver = pod_placement(driver_pool)
+    cores, memory_mib = executor_shape(executor_pool)
+    conf = {
+        "spark.master": master,
+        "spark.submit.deployMode": "client",
+        "spark.kubernetes.namespace": namespace,
+        "spark.kubernetes.container.image": image,
+        "spark.kubernetes.authenticate.driver.serviceAccountName": service_account,
+        "spark.kubernetes.executor.podTemplateFile": template_path,
+        "spark.kubernetes.executor.podTemplateContainerName": "spark-executor",
+        "spark.executor.cores": str(cores),
+        "spark.executor.memory": f"{memory_mib}m",
+        "spark.kubernetes.executor.request.cores": str(cores),
+        # Executors
+        "spark.dynamicAllocation.enabled": "true",
+        "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+        "spark.dynamicAllocation.shuffleTracking.timeout": f"{shuffle_tracking_timeout_s}s",
+        "spark.dynamicAllocation.executorIdleTimeout": f"{executor_idle_timeout_s}s",
+        "spark.dynamicAllocation.minExecutors": "0",
+        "spark.dynamicAllocation.maxExecutors": str(executor_pool.max_size),
+        # Graceful decommissioning on spot interruption
+        "spark.decommission.enabled": "true",
+        "spark.storage.decommission.enabled": "true",
+        "spark.storage.decommission.shuffleBlocks.enabled": "true",
+        "spark.storage.decommission.rddBlocks.enabled": "true",
+        "spark.executor.decommission.forceKillTimeout": "100s",  # inside the 2-minute spot notice
+    }
+    for key, value in executors.node_selector.items():
+        conf[f"spark.kubernetes.executor.node.selector.{key}"] = value
+    for key, value in driver.node_selector.items():
+        conf[f"spark.kubernetes.driver.node.selector.{key}"] = value
+    for key, value in executors.labels.items():
+        conf[f"spark.kubernetes.executor.label.{key}"] = value
+    template = merge_pod_template({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"labels": {"app.kubernetes.io/name": "dpe-spark-executor"}},
+        "spec": {"containers": [{"name": "spark-executor"}], "terminationGracePeriodSeconds": 120},
+    }, executors)
+    return SparkOnK8s(conf, template)

@@ -1,0 +1,73 @@
+"""Daily budgets per pool: once a pool has paid its budget today (UTC), it stops scaling up, its
+queued runs are held in the queue with a visible reason, and one alert is written; it resumes the
+next day, or as soon as the budget is raised.
+
+Runs are held through Dagster's own run queue: the instance's run coordinator never dequeues a run
+tagged `dpe/hold=budget` (a tag concurrency limit of 0, see `dpe_dagster.instance`)."""
+
+from __future__ import annotations
+
+from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, MetadataValue, RunsFilter
+
+from dpe_dagster.config import PoolConfig
+from dpe_dagster.pools.base import Node
+from dpe_dagster.scaling.tags import POOL_TAG
+from dpe_dagster.usage.ledger import Pricer, read_node_lifetimes
+from dpe_dagster.usage.lock import instance_lock
+from dpe_dagster.usage.summary import day_start
+
+HOLD_TAG = "dpe/hold"
+HOLD_REASON_TAG = "dpe/hold_reason"
+BUDGET_HOLD = "budget"
+RELEASED = "released"
+BUDGET_ALERTS_KEY = AssetKey(["dpe", "budget_alerts"])
+
+
+def spent_today(instance: DagsterInstance, pool: PoolConfig, live: list[Node], pricer: Pricer, now: float) -> float:
+    """What the pool has paid since midnight UTC: removed nodes from the ledger, live ones priced now."""
+    day = day_start(now)
+    spent = 0.0
+    for node in read_node_lifetimes(instance, since=day):
+        if node.pool == pool.name:
+            spent += node.price_per_node_hour * max(0.0, node.removed_at - max(node.launched_at, day)) / 3600
+    for node in live:
+        spent += pricer(pool, node).usd_per_hour * max(0.0, now - max(node.launched_at, day)) / 3600
+    return spent
+
+
+def budget_block(pool: PoolConfig, spent: float) -> str | None:
+    if pool.daily_budget_usd is None or spent < pool.daily_budget_usd:
+        return None
+    return (f"pool {pool.name} has spent ${spent:.4f} of its daily budget of ${pool.daily_budget_usd:.4f}; "
+            "it scales up again tomorrow (00:00 UTC) or when the budget is raised")
+
+
+def hold_or_release(instance: DagsterInstance, pool: PoolConfig, block: str | None) -> list[str]:
+    """Tag the pool's queued runs as held (block) or release held ones (no block). Returns run ids changed."""
+    changed = []
+    if block:
+        for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED], tags={POOL_TAG: pool.name})):
+            if run.tags.get(HOLD_TAG) != BUDGET_HOLD:
+                instance.add_run_tags(run.run_id, {HOLD_TAG: BUDGET_HOLD, HOLD_REASON_TAG: block})
+                changed.append(run.run_id)
+    else:
+        for run in instance.get_runs(RunsFilter(tags={POOL_TAG: pool.name, HOLD_TAG: BUDGET_HOLD})):
+            instance.add_run_tags(run.run_id, {HOLD_TAG: RELEASED, HOLD_REASON_TAG: "budget available again"})
+            changed.append(run.run_id)
+    return changed
+
+
+def alert_once(instance: DagsterInstance, pool: PoolConfig, spent: float, block: str, now: float) -> bool:
+    """One alert per pool per day, written to the event log; False if today's was already written."""
+    with instance_lock(instance, "budget-alerts"):
+        today = instance.fetch_observations(AssetRecordsFilter(asset_key=BUDGET_ALERTS_KEY,
+                                                               after_timestamp=day_start(now)), limit=1000).records
+        if any(r.asset_observation.metadata["pool"].value == pool.name for r in today):
+            return False
+        instance.report_runless_asset_event(AssetObservation(
+            asset_key=BUDGET_ALERTS_KEY, description=block,
+            metadata={"pool": MetadataValue.text(pool.name), "spent_usd": MetadataValue.float(spent),
+                      "budget_usd": MetadataValue.float(pool.daily_budget_usd or 0.0),
+                      "message": MetadataValue.text(block)},
+        ))
+        return True

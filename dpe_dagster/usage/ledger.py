@@ -1,0 +1,274 @@
+"""The usage ledger, kept in Dagster's event log and read back only from there.
+
+A run's record is an observation of the `dpe/run_usage` asset written into that run's own event
+log, so the run page shows it and the asset's history lists every run; each asset the run planned
+gets an observation with its part of the cost. Each is written once: the check for an existing
+record and the write happen under a lock shared by every writer of the instance, so repeated,
+replayed or concurrent ticks neither lose nor double a record.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Callable, Iterable, Mapping, Sequence
+
+from dagster import (
+    AssetKey, AssetObservation, AssetRecordsFilter, DagsterEventType, DagsterInstance, MetadataValue, RunsFilter,
+)
+from dagster._core.events import AssetObservationData, DagsterEvent
+from dagster._core.storage.dagster_run import RunRecord
+
+from dpe_dagster.config import Environment, PoolConfig
+from dpe_dagster.pools.base import Node
+from dpe_dagster.scaling.demand import ACTIVE_STATUSES
+from dpe_dagster.scaling.tags import POOL_TAG, TEAM_TAG, TagError, pool_request
+from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute
+from dpe_dagster.usage.lock import instance_lock
+from dpe_dagster.usage.pricing import CONFIG, Price
+from dpe_dagster.usage.records import (
+    ASSET_COST, ASSET_NODE_SECONDS, ASSET_RUN_ID, NODE_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime, UsageRecord,
+)
+
+PAGE = 1000
+UNASSIGNED = "unassigned"
+STEP_EVENTS = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
+               DagsterEventType.ASSET_MATERIALIZATION_PLANNED}
+Pricer = Callable[[PoolConfig, Node], Price]
+Owners = Callable[[AssetKey], Sequence[str]]
+
+
+def node_share(cpus: float, memory_gb: float, pool: PoolConfig) -> float:
+    """Nodes of the pool's shape a run's requests occupy: a fraction of one node when it fits on
+    one, whole nodes when it does not."""
+    if cpus <= pool.node_cpus and memory_gb <= pool.node_memory_gb:
+        return max(cpus / pool.node_cpus, memory_gb / pool.node_memory_gb)
+    return float(max(math.ceil(cpus / pool.node_cpus), math.ceil(memory_gb / pool.node_memory_gb)))
+
+
+def run_span(record: RunRecord, env: Environment, now: float) -> RunSpan | None:
+    try:
+        request = pool_request(record.dagster_run.tags, env)
+    except TagError:
+        return None  # never placed: it used nothing
+    if request is None or record.start_time is None:
+        return None
+    share = node_share(request.cpus, request.memory_gb, env.pools[request.pool])
+    return RunSpan(record.dagster_run.run_id, request.pool, share, record.start_time, record.end_time or now)
+
+
+def _runs_overlapping(instance: DagsterInstance, pool: str, since: float) -> list[RunRecord]:
+    from datetime import datetime, timezone
+
+    ended = instance.get_run_records(RunsFilter(tags={POOL_TAG: pool},
+                                                updated_after=datetime.fromtimestamp(since, timezone.utc)))
+    active = instance.get_run_records(RunsFilter(tags={POOL_TAG: pool}, statuses=ACTIVE_STATUSES))
+    return list({r.dagster_run.run_id: r for r in (*ended, *active)}.values())
+
+
+def node_spans(instance: DagsterInstance, env: Environment, pool: str, since: float, until: float,
+               live: Iterable[Node], pricer: Pricer) -> list[tuple[NodeSpan, str]]:
+    """Every node of the pool alive at some time in [since, until): removed ones from the ledger,
+    live ones from the provider. Returned with their price source."""
+    spans = []
+    for lifetime in read_node_lifetimes(instance, since=since):
+        if lifetime.pool == pool:
+            spans.append((NodeSpan(lifetime.node_id, pool, lifetime.price_per_node_hour, lifetime.launched_at,
+                                   lifetime.removed_at), lifetime.price_source))
+    for node in live:
+        price = pricer(env.pools[pool], node)
+        spans.append((NodeSpan(node.id, pool, price.usd_per_hour, node.launched_at, until), price.source))
+    return spans
+
+
+def _steps(instance: DagsterInstance, run_id: str) -> tuple[dict[str, float], dict[AssetKey, str | None]]:
+    """Seconds spent in each step, and the step that plans each asset."""
+    started: dict[str, float] = {}
+    seconds: dict[str, float] = defaultdict(float)
+    planned: dict[AssetKey, str | None] = {}
+    for r in instance.get_records_for_run(run_id, of_type=STEP_EVENTS, limit=100_000).records:
+        entry = r.event_log_entry
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+            planned[event.asset_key] = entry.step_key
+        elif event.event_type == DagsterEventType.STEP_START:
+            started[entry.step_key] = entry.timestamp
+        elif entry.step_key in started:
+            seconds[entry.step_key] += entry.timestamp - started.pop(entry.step_key)
+    return dict(seconds), planned
+
+
+def split_by_step_time(cost: float, node_seconds: float, seconds: Mapping[str, float],
+                       planned: Mapping[AssetKey, str | None]) -> dict[AssetKey, tuple[float, float]]:
+    """The run's cost per asset: each step's share of the run's step time, split evenly among the
+    assets that step plans; a run that ran no step splits evenly among its planned assets."""
+    if not planned:
+        return {}
+    by_step: dict[str | None, list[AssetKey]] = defaultdict(list)
+    for key, step in planned.items():
+        by_step[step].append(key)
+    total = sum(seconds.get(step, 0.0) for step in by_step)
+    out = {}
+    for step, keys in by_step.items():
+        weight = seconds.get(step, 0.0) / total if total > 0 else len(keys) / len(planned)
+        for key in keys:
+            out[key] = (cost * weight / len(keys), node_seconds * weight / len(keys))
+    return out
+
+
+def _team_of(key: AssetKey, run_team: str | None, owners: Owners | None) -> str:
+    for owner in (owners(key) if owners else ()):
+        if owner.startswith("team:"):
+            return owner.removeprefix("team:")
+    return run_team or UNASSIGNED
+
+
+def usage_for_run(instance: DagsterInstance, record: RunRecord, env: Environment, live: Mapping[str, list[Node]],
+                  pricer: Pricer, owners: Owners | None = None, now: float | None = None) -> UsageRecord:
+    """What a run was charged, by the attribution rules in `attribution.py`."""
+    now = time.time() if now is None else now
+    run = record.dagster_run
+    pool_name = run.tags.get(POOL_TAG, "")
+    pool = env.pools.get(pool_name)
+    span = run_span(record, env, now)
+    cpus = memory = share = node_seconds = cost = 0.0
+    sources: set[str] = set()
+    if span is not None:
+        request = pool_request(run.tags, env)
+        cpus, memory, share = request.cpus, request.memory_gb, span.share
+        runs = [s for r in _runs_overlapping(instance, pool_name, span.start) if (s := run_span(r, env, now))]
+        nodes = node_spans(instance, env, pool_name, span.start, span.end, live.get(pool_name, []), pricer)
+        charges, _ = attribute(runs, [n for n, _ in nodes], since=span.start, until=span.end)
+        charge = charges.get(run.run_id)
+        if charge is not None:
+            node_seconds, cost = charge.node_seconds, charge.cost
+        sources = {source for n, source in nodes if n.start < span.end and n.end > span.start}
+    seconds, planned = _steps(instance, run.run_id)
+    run_team = run.tags.get(TEAM_TAG)
+    asset_costs = {
+        key.to_user_string(): {"cost_usd": c, "node_seconds": ns, "team": _team_of(key, run_team, owners)}
+        for key, (c, ns) in split_by_step_time(cost, node_seconds, seconds, planned).items()
+    }
+    teams = {v["team"] for v in asset_costs.values()}
+    return UsageRecord(
+        run_id=run.run_id,
+        job_name=run.job_name,
+        pool=pool_name,
+        team=run_team or (teams.pop() if len(teams) == 1 else UNASSIGNED),
+        status=run.status.value,
+        cpus=cpus,
+        memory_gb=memory,
+        node_share=share,
+        node_seconds=node_seconds,
+        price_per_node_hour=cost / node_seconds * 3600 if node_seconds else (pool.price_per_node_hour if pool else 0.0),
+        price_source="+".join(sorted(sources)) or CONFIG,
+        cost_usd=cost,
+        started_at=record.start_time,
+        ended_at=record.end_time,
+        lifecycle=pool.lifecycle if pool else "",
+        assets=tuple(sorted(asset_costs)),
+        asset_costs=asset_costs,
+    )
+
+
+def _observation_event(job_name: str, observation: AssetObservation) -> DagsterEvent:
+    return DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_OBSERVATION.value,
+        job_name=job_name,
+        event_specific_data=AssetObservationData(observation),
+        message=f"dpe usage: {observation.asset_key.to_user_string()}",
+    )
+
+
+def _recorded_keys(instance: DagsterInstance, run_id: str) -> set[AssetKey]:
+    """Asset keys that already carry this run's ledger observations."""
+    found = set()
+    for r in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION, limit=100_000).records:
+        event = r.event_log_entry.dagster_event
+        if event is None:
+            continue
+        observation = event.event_specific_data.asset_observation
+        if observation.asset_key == RUN_USAGE_KEY or ASSET_COST in observation.metadata:
+            found.add(observation.asset_key)
+    return found
+
+
+def record_run_usage(instance: DagsterInstance, record: RunRecord, env: Environment, live: Mapping[str, list[Node]],
+                     pricer: Pricer, owners: Owners | None = None) -> UsageRecord | None:
+    """Write the run's usage record and its per-asset parts, each at most once. Returns the record
+    if this call wrote it, None if it was already there."""
+    run = record.dagster_run
+    with instance_lock(instance, "ledger"):
+        done = _recorded_keys(instance, run.run_id)
+        if RUN_USAGE_KEY in done and all(AssetKey.from_user_string(a) in done for a in _planned(instance, run.run_id)):
+            return None
+        usage = usage_for_run(instance, record, env, live, pricer, owners)
+        wrote = None
+        if RUN_USAGE_KEY not in done:
+            observation = AssetObservation(asset_key=RUN_USAGE_KEY, metadata=usage.to_metadata(),
+                                           description=f"run {run.run_id} on pool {usage.pool}")
+            instance.report_dagster_event(_observation_event(run.job_name, observation), run_id=run.run_id)
+            wrote = usage
+        for name, part in usage.asset_costs.items():
+            key = AssetKey.from_user_string(name)
+            if key in done:
+                continue
+            observation = AssetObservation(asset_key=key, metadata={
+                ASSET_COST: MetadataValue.float(part["cost_usd"]),
+                ASSET_NODE_SECONDS: MetadataValue.float(part["node_seconds"]),
+                ASSET_RUN_ID: MetadataValue.text(run.run_id),
+                "dpe/pool": MetadataValue.text(usage.pool),
+                "dpe/team": MetadataValue.text(part["team"]),
+            })
+            instance.report_dagster_event(_observation_event(run.job_name, observation), run_id=run.run_id)
+        return wrote
+
+
+def _planned(instance: DagsterInstance, run_id: str) -> list[str]:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+                                           limit=100_000).records
+    return [r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records
+            if r.event_log_entry.dagster_event]
+
+
+def record_node_lifetime(instance: DagsterInstance, lifetime: NodeLifetime) -> bool:
+    """Write a removed node's lifetime once; False if it was already recorded."""
+    with instance_lock(instance, "ledger"):
+        recent = read_node_lifetimes(instance, since=lifetime.removed_at - 1)
+        if any(n.node_id == lifetime.node_id and n.launched_at == lifetime.launched_at for n in recent):
+            return False
+        instance.report_runless_asset_event(
+            AssetObservation(asset_key=NODE_USAGE_KEY, metadata=lifetime.to_metadata(),
+                             description=f"node {lifetime.node_id} of pool {lifetime.pool} removed")
+        )
+        return True
+
+
+def _observations(instance: DagsterInstance, key: AssetKey, since: float | None = None):
+    cursor = None
+    records_filter = AssetRecordsFilter(asset_key=key, after_timestamp=since) if since is not None else key
+    while True:
+        result = instance.fetch_observations(records_filter, limit=PAGE, cursor=cursor, ascending=True)
+        yield from result.records
+        if not result.has_more:
+            return
+        cursor = result.cursor
+
+
+def read_run_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
+    return [UsageRecord.from_metadata(r.asset_observation.metadata) for r in _observations(instance, RUN_USAGE_KEY, since)]
+
+
+def read_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
+    """Everything charged: runs, and the containers (pods) that assets ran on pools."""
+    from dpe_dagster.usage.pods import read_pod_usage
+
+    return read_run_usage(instance, since) + read_pod_usage(instance, since)
+
+
+def read_node_lifetimes(instance: DagsterInstance, since: float | None = None) -> list[NodeLifetime]:
+    return [NodeLifetime.from_metadata(r.asset_observation.metadata)
+            for r in _observations(instance, NODE_USAGE_KEY, since)]

@@ -1,0 +1,109 @@
+"""The `dpe/platform_usage` asset: a daily report of what the platform paid, what runs were
+charged, what stood idle, and what an always-on cluster sized for the same peak would have cost."""
+
+
+import json
+import time
+from pathlib import Path
+
+from dagster import (
+    AssetExecutionContext, AssetKey, AssetSelection, Config, DefaultScheduleStatus, MaterializeResult, MetadataValue,
+    ScheduleDefinition, asset, define_asset_job,
+)
+
+from dpe_dagster.paths import dpe_home
+from dpe_dagster.usage.ledger import read_node_lifetimes, read_usage
+from dpe_dagster.usage.summary import DAY, Window, always_on_cost, by_asset, by_day, by_pool, day_start
+
+PLATFORM_USAGE_KEY = AssetKey(["dpe", "platform_usage"])
+
+
+class PlatformUsageConfig(Config):
+    days: int = 7
+
+
+def _markdown(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "(nothing recorded)"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[c]:.6f}" if isinstance(row[c], float) else str(row[c])
+                                        for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def plot_days(days: list[dict], always_on_daily: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [d["day"] for d in days]
+    attributed = [d["attributed_usd"] for d in days]
+    idle = [d["idle_usd"] for d in days]
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    ax.bar(labels, attributed, label="attributed to runs", color="#4c72b0")
+    ax.bar(labels, idle, bottom=attributed, label="idle (paid, unused)", color="#dd8452")
+    ax.plot(labels, [d["paid_usd"] for d in days], "k.", label="paid")
+    if always_on_daily > 0:
+        ax.axhline(always_on_daily, color="#c44e52", linestyle="--", label="24x7 cluster for the same peak")
+    ax.set_ylabel("USD per day")
+    ax.set_title("dpe: paid vs attributed vs idle")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def build_report(records, nodes, window: Window) -> dict:
+    days = by_day(records, nodes, window)
+    always_on = always_on_cost(nodes, window, records)
+    return {
+        "window": {"since": window.since, "until": window.until},
+        "days": days,
+        "assets": by_asset(records, window),
+        "pools": by_pool(records, nodes, window),
+        "always_on": always_on,
+        "paid_usd": sum(d["paid_usd"] for d in days),
+        "attributed_usd": sum(d["attributed_usd"] for d in days),
+        "idle_usd": sum(d["idle_usd"] for d in days),
+    }
+
+
+@asset(key=PLATFORM_USAGE_KEY, group_name="dpe_platform", kinds={"python"},
+       description="Daily usage report from the ledger: paid vs attributed vs idle per day, cost per asset and "
+                   "pool, and what a 24x7 cluster sized for the same peak would have cost.")
+def platform_usage(context: AssetExecutionContext, config: PlatformUsageConfig) -> MaterializeResult:
+    if config.days < 1:
+        raise ValueError(f"days: must be an integer >= 1; got {config.days}")
+    now = time.time()
+    window = Window(day_start(now) - (config.days - 1) * DAY, now)
+    report = build_report(read_usage(context.instance), read_node_lifetimes(context.instance), window)
+    folder = dpe_home() / "reports"
+    stamp = time.strftime("%Y-%m-%d", time.gmtime(now))
+    (folder / f"platform_usage-{stamp}.json").parent.mkdir(parents=True, exist_ok=True)
+    (folder / f"platform_usage-{stamp}.json").write_text(json.dumps(report, indent=2))
+    days_covered = max(1e-9, report["always_on"]["hours"] / 24)
+    chart = plot_days(report["days"], report["always_on"]["cost_usd"] / days_covered,
+                      folder / f"platform_usage-{stamp}.png")
+    return MaterializeResult(metadata={
+        "paid_usd": MetadataValue.float(report["paid_usd"]),
+        "attributed_usd": MetadataValue.float(report["attributed_usd"]),
+        "idle_usd": MetadataValue.float(report["idle_usd"]),
+        "always_on_usd": MetadataValue.float(report["always_on"]["cost_usd"]),
+        "days": MetadataValue.md(_markdown(report["days"], ["day", "runs", "paid_usd", "attributed_usd", "idle_usd"])),
+        "assets": MetadataValue.json(report["assets"]),
+        "pools": MetadataValue.md(_markdown(report["pools"], ["pool", "runs", "paid_usd", "attributed_usd", "idle_usd"])),
+        "chart": MetadataValue.path(str(chart)),
+        "report": MetadataValue.path(str(folder / f"platform_usage-{stamp}.json")),
+    })
+
+
+platform_usage_job = define_asset_job("platform_usage_report", selection=AssetSelection.assets(PLATFORM_USAGE_KEY))
+platform_usage_daily = ScheduleDefinition(
+    name="platform_usage_daily", job=platform_usage_job, cron_schedule="15 0 * * *", execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+)

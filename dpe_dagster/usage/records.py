@@ -1,0 +1,135 @@
+"""What the ledger stores: one `UsageRecord` per ended run, one `NodeLifetime` per removed node.
+
+Both travel as Dagster asset-observation metadata; numbers stay numbers so the UI can plot them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from dagster import AssetKey, MetadataValue
+
+RUN_USAGE_KEY = AssetKey(["dpe", "run_usage"])
+NODE_USAGE_KEY = AssetKey(["dpe", "node_usage"])
+# Per-asset attribution, written on each asset the run materialized.
+ASSET_COST = "dpe/cost_usd"
+ASSET_NODE_SECONDS = "dpe/node_seconds"
+ASSET_RUN_ID = "dpe/run_id"
+
+
+def cost_of(node_seconds: float, price_per_node_hour: float) -> float:
+    return node_seconds / 3600.0 * price_per_node_hour
+
+
+def iso(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    run_id: str
+    job_name: str
+    pool: str
+    team: str
+    status: str
+    cpus: float
+    memory_gb: float
+    node_share: float  # nodes of the pool's shape that the run's requests occupy
+    node_seconds: float  # node-seconds charged to the run (its share of the nodes alive)
+    price_per_node_hour: float  # what those node-seconds cost on average
+    price_source: str  # where the price came from (see usage/pricing.py)
+    cost_usd: float
+    started_at: float | None
+    ended_at: float | None
+    lifecycle: str
+    assets: tuple[str, ...] = ()
+    # Per asset: {"cost_usd", "node_seconds", "team"}; the run's cost split by step time.
+    asset_costs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return _to_metadata(self)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> "UsageRecord":
+        return _from_metadata(cls, metadata)
+
+    def as_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["assets"] = list(self.assets)
+        out["asset_costs"] = {k: dict(v) for k, v in self.asset_costs.items()}
+        out["started_at"] = iso(self.started_at) or None
+        out["ended_at"] = iso(self.ended_at) or None
+        return out
+
+
+@dataclass(frozen=True)
+class NodeLifetime:
+    node_id: str
+    pool: str
+    lifecycle: str
+    instance_type: str
+    launched_at: float
+    removed_at: float
+    busy_seconds: float
+    price_per_node_hour: float
+    price_source: str = "config"
+
+    @property
+    def lifetime_seconds(self) -> float:
+        return max(0.0, self.removed_at - self.launched_at)
+
+    @property
+    def idle_seconds(self) -> float:
+        return max(0.0, self.lifetime_seconds - self.busy_seconds)
+
+    @property
+    def cost_usd(self) -> float:
+        return cost_of(self.lifetime_seconds, self.price_per_node_hour)
+
+    def to_metadata(self) -> dict[str, Any]:
+        metadata = _to_metadata(self)
+        metadata.update(
+            lifetime_seconds=MetadataValue.float(self.lifetime_seconds),
+            idle_seconds=MetadataValue.float(self.idle_seconds),
+            cost_usd=MetadataValue.float(self.cost_usd),
+        )
+        return metadata
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> "NodeLifetime":
+        return _from_metadata(cls, metadata)
+
+
+def _to_metadata(record: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, tuple):
+            metadata[f.name] = MetadataValue.json(list(value))
+        elif isinstance(value, Mapping):
+            metadata[f.name] = MetadataValue.json({k: dict(v) for k, v in value.items()})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            metadata[f.name] = MetadataValue.float(float(value))
+        elif value is None:
+            metadata[f.name] = MetadataValue.null()
+        else:
+            metadata[f.name] = MetadataValue.text(str(value))
+    return metadata
+
+
+def _from_metadata(cls: type, metadata: Mapping[str, Any]) -> Any:
+    values = {}
+    for f in dataclasses.fields(cls):
+        raw = metadata.get(f.name)
+        value = getattr(raw, "value", raw)
+        if f.name == "assets":
+            value = tuple(value or ())
+        elif f.name == "asset_costs":
+            value = dict(value or {})
+        elif raw is None and f.default is not dataclasses.MISSING:
+            value = f.default
+        values[f.name] = value
+    return cls(**values)

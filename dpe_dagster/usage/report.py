@@ -1,0 +1,67 @@
+"""Turning the ledger into something a person reads: a table, or JSON for programs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich.table import Table
+
+from dpe_dagster.usage.records import NodeLifetime, UsageRecord, iso
+
+
+def runs_table(records: list[UsageRecord]) -> Table:
+    table = Table(title="dpe usage by run (from Dagster's event log)")
+    for column in ("run", "job", "pool", "status", "lifecycle", "started", "ended", "node-s", "$/node-h", "cost $"):
+        table.add_column(column, justify="right" if column in ("node-s", "$/node-h", "cost $") else "left")
+    for r in records:
+        table.add_row(r.run_id[:8], r.job_name, r.pool, r.status, r.lifecycle, iso(r.started_at), iso(r.ended_at),
+                      f"{r.node_seconds:.1f}", f"{r.price_per_node_hour:.4f}", f"{r.cost_usd:.6f}")
+    if records:
+        table.add_row("total", "", "", "", "", "", "", f"{sum(r.node_seconds for r in records):.1f}", "",
+                      f"{sum(r.cost_usd for r in records):.6f}", style="bold")
+    return table
+
+
+def nodes_table(lifetimes: list[NodeLifetime]) -> Table:
+    table = Table(title="node lifetimes (paid = busy + idle)")
+    for column in ("node", "pool", "type", "lifecycle", "launched", "removed", "busy s", "idle s", "paid $"):
+        table.add_column(column, justify="right" if column.endswith(("s", "$")) else "left")
+    for n in lifetimes:
+        table.add_row(n.node_id, n.pool, n.instance_type, n.lifecycle, iso(n.launched_at), iso(n.removed_at),
+                      f"{n.busy_seconds:.1f}", f"{n.idle_seconds:.1f}", f"{n.cost_usd:.6f}")
+    if lifetimes:
+        table.add_row("total", "", "", "", "", "", f"{sum(n.busy_seconds for n in lifetimes):.1f}",
+                      f"{sum(n.idle_seconds for n in lifetimes):.1f}", f"{sum(n.cost_usd for n in lifetimes):.6f}",
+                      style="bold")
+    return table
+
+
+def rows_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    columns = list(rows[0]) if rows else []
+    for column in columns:
+        table.add_column(column, justify="right" if isinstance(rows[0][column], (int, float)) else "left")
+    for row in rows:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}" if abs(value) < 100 else f"{value:.1f}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value) if len(json.dumps(value)) < 60 else f"({len(value)})"
+    return "" if value is None else str(value)
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+    return out.getvalue()

@@ -1,0 +1,85 @@
+"""The local pool: real Spark standalone processes, started and stopped; a busy worker is never stopped."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dpe_dagster.javaenv import spark_process_env
+from dpe_dagster.pools import open_pool
+from dpe_dagster.pools.base import PoolError
+from dpe_dagster.pools.local_spark import _alive
+from dpe_dagster.scaling.policy import PoolState, plan_pool
+from tests.conftest import local_environment
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate, timeout_s=60, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def pool(tmp_path):
+    env = local_environment(tmp_path)
+    pool = open_pool(env.pools["spot-etl"], env)
+    yield pool
+    pool.shutdown()
+    assert pool.pids() == []
+
+
+def test_workers_start_when_the_target_grows_and_stop_when_removed(pool):
+    assert pool.nodes() == [] and pool.target() == 0
+    pool.set_target(2)
+    nodes = wait_for(lambda: [n for n in pool.nodes() if n.state == "running"] if len(
+        [n for n in pool.nodes() if n.state == "running"]) == 2 else None, what="two running workers")
+    assert {n.id for n in nodes} == {"spot-etl-worker-1", "spot-etl-worker-2"}
+    assert not any(n.busy for n in nodes)
+    assert len(pool.pids()) == 3  # master + 2 workers, all alive
+    with pytest.raises(PoolError, match="scale in goes through remove_nodes"):
+        pool.set_target(1)
+
+    pool.remove_nodes(["spot-etl-worker-1"])
+    assert [n.id for n in pool.nodes()] == ["spot-etl-worker-2"]
+    assert pool.target() == 1
+    pool.remove_nodes(["spot-etl-worker-2"])
+    assert pool.nodes() == [] and pool.target() == 0
+    assert pool.pids() == []  # the master goes with the last worker
+
+
+def test_a_worker_running_executors_is_busy_and_never_stopped(pool, monkeypatch):
+    for key, value in spark_process_env().items():
+        if key in ("JAVA_HOME", "SPARK_HOME", "SPARK_LOCAL_IP"):
+            monkeypatch.setenv(key, value)
+    pool.set_target(1)
+    wait_for(lambda: any(n.state == "running" for n in pool.nodes()), what="a running worker")
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master(pool.master_url).appName("dpe-busy-test")
+             .config("spark.driver.host", "127.0.0.1").config("spark.ui.enabled", "false")
+             .config("spark.executor.memory", "512m").config("spark.cores.max", "1").getOrCreate())
+    try:
+        assert spark.range(1000).count() == 1000
+        node = wait_for(lambda: next((n for n in pool.nodes() if n.busy), None), what="the worker to be busy")
+        worker_pid = pool._worker_instances()[1]
+
+        # The policy will not pick it, however long it has been "idle" by the caller's memory...
+        config = pool.config
+        plan = plan_pool(config, PoolState(1, tuple(pool.nodes()), {node.id: 0.0}), [], now=time.time())
+        assert plan.remove == ()
+        # ...and the provider refuses it even when asked directly.
+        with pytest.raises(PoolError, match="refusing to remove busy node"):
+            pool.remove_nodes([node.id])
+        assert _alive(worker_pid, "org.apache.spark.deploy.worker.Worker")
+    finally:
+        spark.stop()
+    wait_for(lambda: not any(n.busy for n in pool.nodes()), what="the worker to become idle")
+    pool.remove_nodes([node.id])
+    assert not _alive(worker_pid, "org.apache.spark.deploy.worker.Worker")

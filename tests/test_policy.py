@@ -1,0 +1,97 @@
+"""The scaling policy's invariants, checked on generated pools, states and demand."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from dpe_dagster.config import parse_pool
+from dpe_dagster.pools.base import Node
+from dpe_dagster.scaling.policy import PoolState, RunDemand, nodes_for, plan_pool
+
+
+@st.composite
+def scenarios(draw):
+    min_size = draw(st.integers(0, 3))
+    max_size = draw(st.integers(max(min_size, 1), 8))
+    node_cpus = draw(st.sampled_from([1, 2, 4, 8]))
+    pool = parse_pool("spot-etl", {
+        "provider": "local", "min_size": min_size, "max_size": max_size, "node_cpus": node_cpus,
+        "node_memory_gb": node_cpus * 4, "price_per_node_hour": 0.1,
+        "idle_timeout_s": draw(st.sampled_from([0, 10, 60, 300])),
+    })
+    now = 10_000.0
+    n_nodes = draw(st.integers(0, 10))
+    nodes = tuple(
+        Node(id=f"n{i}", state=draw(st.sampled_from(["running", "running", "pending"])),
+             launched_at=now - draw(st.integers(0, 5000)), busy=draw(st.booleans()))
+        for i in range(n_nodes)
+    )
+    idle_since = {n.id: now - draw(st.integers(0, 1000)) for n in nodes if not n.busy and draw(st.booleans())}
+    target = draw(st.integers(len(nodes), len(nodes) + 3))
+    demand = [RunDemand(f"r{i}", draw(st.sampled_from([0.5, 1, 2, 3, 16])), draw(st.sampled_from([0.5, 2, 8, 40])))
+              for i in range(draw(st.integers(0, 12)))]
+    return pool, PoolState(target, nodes, idle_since), demand, now
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios())
+def test_plan_respects_bounds_and_never_removes_busy_or_fresh_nodes(scenario):
+    pool, state, demand, now = scenario
+    plan = plan_pool(pool, state, demand, now)
+    current = max(state.target, len(state.nodes))
+    by_id = {n.id: n for n in state.nodes}
+    # Never grows past max; never shrinks below min.
+    if plan.target > current:
+        assert plan.target <= pool.max_size
+        assert not plan.remove
+    assert plan.target >= min(pool.min_size, current)
+    # Removal only of existing, idle, running nodes idle for at least the idle timeout.
+    assert len(set(plan.remove)) == len(plan.remove)
+    for node_id in plan.remove:
+        node = by_id[node_id]
+        assert not node.busy and node.state == "running"
+        assert now - state.idle_since.get(node_id, now) >= pool.idle_timeout_s  # unseen = idle since now
+    # Removing lowers the target by exactly the removed nodes, and never below what demand needs.
+    if plan.remove:
+        assert plan.target == current - len(plan.remove)
+        assert plan.target >= plan.wanted >= pool.min_size
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_capacity_covers_demand_up_to_max(scenario):
+    pool, state, demand, now = scenario
+    plan = plan_pool(pool, state, demand, now)
+    needed = nodes_for(demand, pool.node_cpus, pool.node_memory_gb)
+    assert max(plan.target, len(state.nodes) - len(plan.remove)) >= min(needed, pool.max_size)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_a_repeated_plan_changes_nothing(scenario):
+    """Apply a plan, look again at the same moment: the second plan must be a no-op."""
+    pool, state, demand, now = scenario
+    plan = plan_pool(pool, state, demand, now)
+    kept = tuple(n for n in state.nodes if n.id not in plan.remove)
+    after = PoolState(plan.target, kept, {k: v for k, v in state.idle_since.items() if k not in plan.remove})
+    again = plan_pool(pool, after, demand, now)
+    assert not again.changes(after), again.reason
+
+
+def test_scale_up_is_immediate_and_scale_down_waits_for_the_idle_timeout():
+    pool = parse_pool("spot-etl", {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
+                                   "price_per_node_hour": 0.1, "idle_timeout_s": 60})
+    up = plan_pool(pool, PoolState(0, ()), [RunDemand("a", 2, 4), RunDemand("b", 1, 2), RunDemand("c", 1, 2)], 0)
+    assert (up.target, up.remove) == (2, ())
+    nodes = (Node("x", "running", 0, busy=False), Node("y", "running", 0, busy=True))
+    early = plan_pool(pool, PoolState(2, nodes, {"x": 100}), [], 159)
+    assert (early.target, early.remove) == (2, ())
+    late = plan_pool(pool, PoolState(2, nodes, {"x": 100}), [], 160)
+    assert (late.target, late.remove) == (1, ("x",))
+
+
+def test_packing_uses_whole_nodes_for_runs_larger_than_a_node():
+    assert nodes_for([RunDemand("big", 5, 1)], 2, 8) == 3
+    assert nodes_for([RunDemand("mem", 1, 20)], 2, 8) == 3
+    assert nodes_for([RunDemand(str(i), 1, 1) for i in range(5)], 2, 8) == 3
+    assert nodes_for([], 2, 8) == 0

@@ -1,0 +1,213 @@
+"""The simulation and its policies on small synthetic traces: what a reader of the results checks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dpe_dagster.scaling import policy
+from dpe_dagster.sim.boot import BootTime
+from dpe_dagster.sim.dpe import DpeScaler
+from dpe_dagster.sim.engine import Simulation, SimulationError
+from dpe_dagster.sim.run import POLICIES, Setup, lower_bound, make_scaler, simulate, simulate_policy
+from dpe_dagster.sim.static import static_sizes
+from dpe_dagster.sim.trace import Trace
+from dpe_dagster.sim.workload import build_workload, expected_durations
+
+
+def synthetic(jobs: int = 400, seed: int = 3, big: bool = True) -> Trace:
+    rng = random.Random(seed)
+    trace = Trace("synthetic")
+    t = 0.0
+    for i in range(jobs):
+        t += rng.expovariate(1 / 90)
+        cpus = rng.choice([1, 1, 2, 4, 6] + ([12, 16] if big and i % 10 == 0 else []))
+        trace.add(t, rng.lognormvariate(6, 1.2), cpus, key=f"u{i % 7}", requested_s=None)
+    return trace
+
+
+def test_dpe_policy_is_the_production_function_object():
+    setup = Setup()
+    work = build_workload(synthetic(10))
+    scaler = make_scaler("dpe", work, setup, [0] * len(work), 0.0)
+    assert scaler.plan is policy.plan_pool
+    assert make_scaler("dpe-prewarm", work, setup, [0] * len(work), 0.0).plan is policy.plan_pool
+
+
+def test_every_policy_costs_at_least_the_lower_bound_and_runs_every_job():
+    work = build_workload(synthetic())
+    for cpus in (8.0, 32.0):
+        result = simulate(work, Setup(node_cpus=cpus))
+        bound = result["lower_bound"]["cost"]
+        assert set(result["policies"]) == set(POLICIES)
+        for name, row in result["policies"].items():
+            assert row["cost"] >= bound, name
+            assert row["cost_vs_lower_bound"] >= 1.0, name
+            assert 0 < row["utilization"] <= 1.0, name
+            assert row["wait_p50_s"] <= row["wait_p95_s"] <= row["wait_p99_s"], name
+
+
+def test_lower_bound_is_cpu_seconds_over_node_cpus():
+    trace = Trace("x")
+    trace.add(0, 3600, 4)
+    trace.add(10, 1800, 8)
+    bound = lower_bound(build_workload(trace), Setup(node_cpus=8, price=2.0))
+    assert bound["node_hours"] == pytest.approx((4 * 3600 + 8 * 1800) / 8 / 3600)
+    assert bound["cost"] == pytest.approx(2 * bound["node_hours"])
+
+
+def test_a_lone_job_pays_boot_and_idle_timeout():
+    trace = Trace("one")
+    trace.add(0, 1000, 2)
+    setup = Setup(node_cpus=8, boot=BootTime.fixed(120), idle_timeout_s=300, sensor_interval_s=30)
+    row, sim = simulate_policy("dpe", build_workload(trace), setup)
+    assert row["wait_p50_s"] == 120  # the launcher asks at once; the job waits one boot
+    # paid from the request to the end of the replay (the job's end): boot + run
+    assert row["node_hours"] == pytest.approx(1120 / 3600, abs=1e-3)
+    assert row["scale_ups"] == 1
+
+
+def test_idle_node_is_reused_then_removed_after_the_timeout():
+    trace = Trace("two")
+    trace.add(0, 100, 2)
+    trace.add(250, 100, 2)  # arrives while the node idles: no second boot
+    trace.add(5000, 100, 2)  # arrives after the node left: a new boot
+    setup = Setup(node_cpus=8, idle_timeout_s=300, sensor_interval_s=30)
+    row, sim = simulate_policy("dpe", build_workload(trace), setup)
+    assert [s - a for s, a in zip(sim.start, sim.work.arrival)] == [120, 0, 120]
+    assert row["nodes_launched"] == 2 and row["scale_downs"] == 1
+    # first node: requested 0, idle from 350, removed at the first sensor tick >= 650 (660)
+    assert row["node_hours"] == pytest.approx((660 + 220) / 3600, abs=1e-3)
+
+
+def test_a_job_larger_than_a_node_takes_whole_nodes():
+    trace = Trace("big")
+    trace.add(0, 600, 20)
+    trace.add(1, 600, 2)
+    row, sim = simulate_policy("dpe", build_workload(trace), Setup(node_cpus=8))
+    assert sim.whole == [3, 0]
+    assert row["peak_nodes"] == 4
+
+
+def test_reactive_waits_for_its_scan_and_keeps_empty_nodes_ten_minutes():
+    trace = Trace("r")
+    trace.add(3, 100, 2)
+    trace.add(2000, 100, 2)
+    row, sim = simulate_policy("reactive", build_workload(trace), Setup(node_cpus=8))
+    # replay time starts at the first arrival: scan at 10 s, node ready at 130 s, job ends at 230 s;
+    # seen empty at the 240 s scan, removed at 840 s; the job at 1997 s waits for the 2000 s scan
+    # and a boot
+    assert [s - a for s, a in zip(sim.start, sim.work.arrival)] == [130, 123]
+    assert row["nodes_launched"] == 2
+    assert row["node_hours"] == pytest.approx((840 - 10 + 2220 - 2000) / 3600, abs=1e-3)  # paid from request
+
+
+def test_consolidating_batches_pending_pods():
+    trace = Trace("k")
+    for i in range(5):
+        trace.add(i * 0.5, 300, 4)
+    row, sim = simulate_policy("consolidating", build_workload(trace), Setup(node_cpus=8))
+    assert row["scale_ups"] == 1 and row["nodes_launched"] == 3  # one batch, five 4-CPU pods
+    assert min(s - a for s, a in zip(sim.start, sim.work.arrival)) >= 120
+
+
+def test_static_sizes_cover_peak_and_p95():
+    trace = Trace("s")
+    for i in range(100):
+        trace.add(i * 100, 50, 8)  # one node busy half the time
+    trace.add(20000, 10, 64)  # a brief spike of eight nodes
+    work = build_workload(trace)
+    sizes = static_sizes(work, [0] * 100 + [8], 8.0)
+    assert sizes == {"static-peak": 8, "static-p95": 8}  # never fewer nodes than the largest job
+    sizes = static_sizes(work, [0] * 101, 8.0)
+    assert sizes["static-p95"] == 1 and sizes["static-peak"] == 8
+
+
+def test_static_cluster_is_paid_around_the_clock():
+    trace = Trace("s")
+    trace.add(0, 100, 8)
+    trace.add(3600, 100, 8)
+    row, _ = simulate_policy("static-peak", build_workload(trace), Setup(node_cpus=8))
+    assert row["node_hours"] == pytest.approx(3700 / 3600, abs=1e-3)
+    assert row["wait_p95_s"] == 0
+
+
+def test_no_policy_removes_a_busy_node():
+    work = build_workload(synthetic(300, seed=9))
+    for name in ("dpe", "reactive", "consolidating"):
+        sim = Simulation(work, Setup(node_cpus=8).shape(), None)
+        sim.scaler = make_scaler(name, work, Setup(node_cpus=8), sim.whole, 0.0)
+        original = sim.remove_nodes
+        def guarded(nodes, original=original):
+            assert all(not n.jobs for n in nodes)
+            original(nodes)
+        sim.remove_nodes = guarded
+        sim.run()
+        assert sim.done == len(work)
+
+
+def test_evictable_baselines_restart_evicted_jobs():
+    work = build_workload(synthetic(300, seed=5, big=False))
+    row, sim = simulate_policy("consolidating", work, Setup(node_cpus=32, evictable=True))
+    assert row["evictions"] > 0 and row["lost_cpu_hours"] > 0
+    assert sim.done == len(work)
+
+
+def test_spot_interruptions_requeue_jobs_and_use_the_fallback_price():
+    work = build_workload(synthetic(200, seed=2, big=False))
+    setup = Setup(node_cpus=8, spot_rate_per_hour=2.0, price=0.3, fallback_price=1.0)
+    row, sim = simulate_policy("dpe", work, setup)
+    assert row["interruptions"] > 0 and row["evictions"] > 0
+    assert sim.done == len(work)
+    assert row["cost"] > 0.3 * row["node_hours"]  # some nodes came from the fallback pool
+
+
+def test_boot_time_distribution_parses_and_samples():
+    assert BootTime.parse("90").sample(random.Random(0)) == 90
+    uniform = BootTime.parse("uniform:60:180")
+    assert all(60 <= uniform.sample(random.Random(i)) <= 180 for i in range(20))
+    assert BootTime.parse("lognormal:120:0.2").typical() > 120
+    for bad in ("abc", "-5", "uniform:9:1", "lognormal:0:1", "gamma:1:2"):
+        with pytest.raises(ValueError, match="--boot-seconds"):
+            BootTime.parse(bad)
+
+
+def test_expected_durations_use_only_finished_runs_of_the_same_job():
+    trace = Trace("h")
+    trace.add(0, 100, 1, key="a", requested_s=500)
+    trace.add(10, 300, 1, key="a", requested_s=500)  # the first run has not finished yet
+    trace.add(400, 999, 1, key="a", requested_s=500)  # both finished: mean 200
+    trace.add(401, 50, 1, key=None, requested_s=None)
+    assert expected_durations(trace) == [500, 500, 200, 200]  # no key, no request: mean of finished runs
+
+
+def test_a_job_no_node_can_hold_is_a_clear_error():
+    trace = Trace("x")
+    trace.add(0, 10, 2)
+    work = build_workload(trace)
+    sim = Simulation(work, Setup(node_cpus=8).shape(), None)
+    sim.scaler = DpeScaler(Setup(node_cpus=8).pool())
+    sim.scaler.choose = lambda s, j, e: None  # a scheduler that never finds room
+    with pytest.raises(SimulationError, match="can never run"):
+        sim.run()
+
+
+def test_a_scaler_that_wakes_itself_forever_is_an_error():
+    class Restless(DpeScaler):
+        def step(self, sim, arrived, ticked, changed):
+            super().step(sim, arrived, ticked, changed)
+            sim.wake_at(sim.now)
+
+    work = build_workload(synthetic(5))
+    sim = Simulation(work, Setup(node_cpus=8).shape(), None)
+    sim.scaler = Restless(Setup(node_cpus=8).pool())
+    with pytest.raises(SimulationError, match="keeps waking itself"):
+        sim.run()
+
+
+def test_sensor_ticks_fall_on_the_grid_even_with_rounding():
+    from dpe_dagster.sim.dpe import grid_at_or_after
+
+    assert grid_at_or_after(4920150.0 + 1e-9, 30.0) > 4920150.0
+    assert grid_at_or_after(60.0, 30.0) == 60.0

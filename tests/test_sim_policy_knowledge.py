@@ -1,0 +1,115 @@
+"""The policy's optional knowledge (used by the simulator's dpe, and by production when it has it):
+node-aware packing, adaptive idle timeouts, placement by expected end. With defaults, nothing changes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dpe_dagster.config import ConfigError, parse_pool
+from dpe_dagster.pools.base import Node
+from dpe_dagster.scaling.policy import (NodeRoom, PoolActivity, PoolState, RunDemand, idle_timeouts, nodes_for,
+                                        place_run, plan_pool)
+
+BASE = {"provider": "local", "max_size": 20, "node_cpus": 8, "node_memory_gb": 32, "price_per_node_hour": 1.0}
+
+
+def pool(**extra):
+    return parse_pool("etl", {**BASE, **extra})
+
+
+def test_idle_timeout_mode_is_validated():
+    assert pool().idle_timeout_mode == "fixed"
+    assert pool(idle_timeout_mode="auto").idle_timeout_mode == "auto"
+    with pytest.raises(ConfigError, match=r"pools\.etl\.idle_timeout_mode: must be one of fixed, auto; got 'soon'"):
+        pool(idle_timeout_mode="soon")
+
+
+def test_runs_pinned_to_nodes_pack_into_the_room_really_left():
+    # two nodes each hold a 5-CPU run; a 6-CPU run waits. Repacked from scratch, 2 nodes would do;
+    # where the runs really are, the waiting run needs a third node.
+    blind = [RunDemand("a", 5, 1), RunDemand("b", 5, 1), RunDemand("w", 3, 1), RunDemand("x", 3, 1)]
+    assert nodes_for(blind, 8, 32) == 2
+    pinned = [RunDemand("a", 5, 1, node_id="n1"), RunDemand("b", 5, 1, node_id="n2"), RunDemand("w", 6, 1)]
+    assert nodes_for(pinned, 8, 32) == 3
+    nodes = (Node("n1", "running", 0, True), Node("n2", "running", 0, True))
+    assert plan_pool(pool(), PoolState(2, nodes), pinned, 100).target == 3
+
+
+def test_room_freed_within_the_queueing_allowance_counts():
+    nodes = (Node("n1", "running", 0, True),)
+    demand = [RunDemand("a", 6, 1, node_id="n1", expected_end=105), RunDemand("w", 6, 1)]
+    no_allowance = PoolState(1, nodes, activity=PoolActivity(0.0, 120.0))
+    assert plan_pool(pool(), no_allowance, demand, 100).target == 2
+    allowance = PoolState(1, nodes, activity=PoolActivity(0.0, 120.0, queue_s=10.0))
+    assert plan_pool(pool(), allowance, demand, 100).target == 1  # a ends in 5 s: w waits for it
+    late = [RunDemand("a", 6, 1, node_id="n1", expected_end=150), RunDemand("w", 6, 1)]
+    assert plan_pool(pool(), allowance, late, 100).target == 2  # 50 s away: boot a node
+
+
+def test_fixed_mode_ignores_activity_and_auto_adapts():
+    nodes = (Node("i1", "running", 0, False), Node("i2", "running", 0, False))
+    quiet = PoolState(2, nodes, activity=PoolActivity(cpu_arrival_rate=0.0, boot_s=120.0))
+    busy = PoolState(2, nodes, activity=PoolActivity(cpu_arrival_rate=1.0, boot_s=120.0))
+    assert idle_timeouts(pool(idle_timeout_s=300), busy) == [300, 300]
+    auto = pool(idle_timeout_s=1800, idle_timeout_mode="auto")
+    assert idle_timeouts(auto, quiet) == [120, 120]  # nothing arrives: wait one boot, then go
+    # 120 CPUs arrive per boot: the most recently idle node is kept longest (1920 s, capped)
+    assert idle_timeouts(auto, busy) == [1800, pytest.approx(120 * (1 + 120 / 16))]
+    assert idle_timeouts(pool(idle_timeout_s=600, idle_timeout_mode="auto"), busy)[0] == 600  # capped
+
+
+def test_auto_mode_removes_the_longest_idle_node_first_and_only_after_its_timeout():
+    auto = pool(idle_timeout_s=1800, idle_timeout_mode="auto")
+    nodes = (Node("old", "running", 0, False), Node("new", "running", 0, False))
+    state = PoolState(2, nodes, {"old": 0.0, "new": 500.0}, PoolActivity(cpu_arrival_rate=0.1, boot_s=120.0))
+    limits = idle_timeouts(auto, state)  # [new, old]
+    plan = plan_pool(auto, state, [], limits[1] + 1)
+    assert plan.remove == ("old",)
+    assert plan.idle_timeout_s == max(limits)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    min_size=st.integers(0, 2),
+    idle=st.lists(st.integers(0, 3000), max_size=6),
+    busy=st.integers(0, 4),
+    rate=st.floats(0, 5),
+    cap=st.sampled_from([0, 60, 600, 1800]),
+    runs=st.lists(st.sampled_from([1, 2, 4, 8, 12]), max_size=8),
+)
+def test_auto_mode_keeps_the_policy_rules(min_size, idle, busy, rate, cap, runs):
+    auto = pool(min_size=min_size, idle_timeout_s=cap, idle_timeout_mode="auto")
+    now = 10_000.0
+    nodes = tuple(Node(f"i{k}", "running", 0, False) for k in range(len(idle)))
+    nodes += tuple(Node(f"b{k}", "running", 0, True) for k in range(busy))
+    state = PoolState(len(nodes), nodes, {f"i{k}": now - s for k, s in enumerate(idle)},
+                      PoolActivity(cpu_arrival_rate=rate, boot_s=120.0, queue_s=10.0))
+    demand = [RunDemand(f"r{k}", c, 1, node_id=f"b{k}" if k < busy else None, expected_end=now + 5 * k)
+              for k, c in enumerate(runs)]
+    plan = plan_pool(auto, state, demand, now)
+    assert plan.target <= max(auto.max_size, len(nodes))
+    if plan.remove:
+        assert plan.target >= auto.min_size
+        for node_id in plan.remove:
+            assert node_id.startswith("i")  # never a busy node
+            assert now - state.idle_since[node_id] >= min(cap, 120.0)  # at least one boot (or the cap)
+
+
+def test_place_run_groups_runs_that_end_together():
+    rooms = [NodeRoom("long", 4, 16, busy_until=10_000), NodeRoom("short", 4, 16, busy_until=400),
+             NodeRoom("empty", 8, 32, busy_until=None)]
+    assert place_run(RunDemand("r", 2, 1, expected_end=300), rooms, 0) == "short"  # ends before it: free
+    assert place_run(RunDemand("r", 2, 1, expected_end=5_000), rooms, 0) == "long"
+    assert place_run(RunDemand("r", 2, 1, expected_end=20_000), rooms, 0) == "long"  # extends it least
+    assert place_run(RunDemand("r", 6, 1, expected_end=300), rooms, 0) == "empty"  # only room
+    assert place_run(RunDemand("r", 9, 1, expected_end=300), rooms, 0) is None
+    assert place_run(RunDemand("r", 2, 1), rooms, 0) == "long"  # no estimate: first with room
+
+
+def test_place_run_keeps_room_for_runs_about_to_start():
+    rooms = [NodeRoom("a", 4, 16, busy_until=1_000), NodeRoom("b", 8, 32, busy_until=None)]
+    scheduled = [RunDemand("s", 8, 1)]
+    assert place_run(RunDemand("r", 4, 1, expected_end=5_000), rooms, 0) == "a"
+    assert place_run(RunDemand("r", 6, 1, expected_end=500), rooms, 0) == "b"
+    assert place_run(RunDemand("r", 6, 1, expected_end=500), rooms, 0, reserved=scheduled) is None
