@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import time
+from contextlib import closing
 
 import pytest
 
@@ -52,6 +54,20 @@ def test_workers_start_when_the_target_grows_and_stop_when_removed(pool):
     pool.remove_nodes(["spot-etl-worker-2"])
     assert pool.nodes() == [] and pool.target() == 0
     assert pool.pids() == []  # the master goes with the last worker
+
+
+def test_a_worker_whose_port_is_taken_still_becomes_a_running_node(pool):
+    # Anything may hold the configured port (a client's ephemeral port, another program): Spark then
+    # listens on the next one, and the pool must still recognise its worker.
+    with closing(socket.socket()) as squatter:
+        squatter.bind(("127.0.0.1", pool.settings.worker_port_base + 1))
+        squatter.listen()
+        pool.set_target(1)
+        node = wait_for(lambda: next((n for n in pool.nodes() if n.state == "running"), None),
+                        what="the worker on the next free port to register")
+    assert node.id == "spot-etl-worker-1" and not node.busy
+    pool.remove_nodes([node.id])
+    assert pool.pids() == []
 
 
 def test_a_worker_running_executors_is_busy_and_never_stopped(pool, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -93,6 +94,9 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+_WORKER_PORT_LINE = re.compile(r"Successfully started service 'sparkWorker' on port (\d+)")
+
+
 class LocalSparkPool:
     """A `NodePool` whose nodes are Spark standalone workers on this machine."""
 
@@ -146,7 +150,7 @@ class LocalSparkPool:
         by_port = {w.get("port"): w for w in (status or {}).get("workers", []) if w.get("state") == "ALIVE"}
         nodes = []
         for instance, pid in sorted(self._worker_instances().items()):
-            registered = by_port.get(self.settings.worker_port_base + instance)
+            registered = by_port.get(self._worker_port(instance))
             nodes.append(
                 Node(
                     id=self._node_id(instance),
@@ -233,6 +237,20 @@ class LocalSparkPool:
             else:
                 path.unlink(missing_ok=True)  # a worker that died is no node
         return found
+
+    def _worker_port(self, instance: int) -> int:
+        """The port this worker really listens on: Spark moves to the next port when the configured
+        one is taken (by anything, even a client's ephemeral port), so its log has the last word."""
+        for path in self.log_dir.glob(f"spark-{self.ident}-{WORKER_CLASS}-{instance}-*.out"):
+            try:
+                with path.open(errors="replace") as log:
+                    head = log.read(256 * 1024)
+            except OSError:
+                continue
+            found = _WORKER_PORT_LINE.search(head)
+            if found:
+                return int(found.group(1))
+        return self.settings.worker_port_base + instance
 
     def _master_status(self) -> dict | None:
         try:
