@@ -69,6 +69,10 @@ def render_table(result: dict, console: Console) -> None:
     for name, row in result["policies"].items():
         table.add_row(name, *[fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS])
     console.print(table)
+    seer = result.get("clairvoyant")
+    if seer:
+        console.print(f"clairvoyant pool (knows every arrival, boots ahead, packs perfectly): "
+                      f"{seer['cost']:,.0f}, {seer['cost_vs_lower_bound']:.3f}x the lower bound")
     extra = {name: row["scheduled_wait_p95_s"] for name, row in result["policies"].items()
              if "scheduled_wait_p95_s" in row}
     if extra:

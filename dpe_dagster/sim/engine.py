@@ -29,6 +29,15 @@ from dpe_dagster.sim.workload import Workload
 COMPLETE, INTERRUPT, READY, TICK = 0, 1, 2, 3
 
 
+def whole_nodes(work: Workload, shape: PoolShape) -> list[int]:
+    """Per job, the whole nodes it takes (0: it fits on one node, which it may share)."""
+    return [
+        max(math.ceil(c / shape.cpus), math.ceil(m / shape.memory_gb) if math.isfinite(shape.memory_gb) else 0)
+        if c > shape.cpus or m > shape.memory_gb else 0
+        for c, m in zip(work.cpus, work.memory_gb)
+    ]
+
+
 class SimulationError(RuntimeError):
     """The replay cannot finish (a job larger than the pool can ever hold)."""
 
@@ -89,11 +98,7 @@ class Simulation:
         self.progress = progress
         self.now = 0.0
         n = len(work)
-        self.whole = [
-            max(math.ceil(c / shape.cpus), math.ceil(m / shape.memory_gb) if math.isfinite(shape.memory_gb) else 0)
-            if c > shape.cpus or m > shape.memory_gb else 0
-            for c, m in zip(work.cpus, work.memory_gb)
-        ]
+        self.whole = whole_nodes(work, shape)
         self.nodes: dict[str, SimNode] = {}  # alive (booting or ready), in launch order
         self.ready_nodes: list[SimNode] = []
         self.idle_nodes: dict[SimNode, None] = {}  # ready and empty

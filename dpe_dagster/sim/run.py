@@ -13,8 +13,9 @@ from dpe_dagster.config import PoolConfig, parse_pool
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.consolidating import ConsolidatingScaler
 from dpe_dagster.sim.dpe import DpeScaler
-from dpe_dagster.sim.engine import PoolShape, Simulation
+from dpe_dagster.sim.engine import PoolShape, Simulation, whole_nodes
 from dpe_dagster.sim.reactive import ReactiveScaler
+from dpe_dagster.sim.reference import clairvoyant_node_seconds
 from dpe_dagster.sim.static import StaticScaler, static_sizes
 from dpe_dagster.sim.workload import Workload, cpu_seconds
 
@@ -63,6 +64,17 @@ def lower_bound(work: Workload, setup: Setup) -> dict[str, float]:
     """Every job's CPU-seconds packed perfectly onto nodes: no idle, no boot, no fragmentation."""
     node_hours = cpu_seconds(work) / setup.node_cpus / 3600.0
     return {"cost": node_hours * setup.price, "node_hours": node_hours}
+
+
+def clairvoyant(work: Workload, setup: Setup) -> dict[str, float]:
+    """What a pool that knew every arrival ahead would pay, booting nodes ahead of need and packing
+    perfectly (see `sim.reference`): the part of the gap to the lower bound that boots make."""
+    shape = setup.shape()
+    seconds = clairvoyant_node_seconds(work, shape.cpus, whole_nodes(work, shape), setup.boot.typical())
+    bound = lower_bound(work, setup)
+    cost = seconds / 3600.0 * setup.price
+    return {"cost": cost, "node_hours": seconds / 3600.0,
+            "cost_vs_lower_bound": cost / bound["cost"] if bound["cost"] > 0 else math.nan}
 
 
 def make_scaler(name: str, work: Workload, setup: Setup, whole: list[int], lookahead_s: float):
@@ -140,6 +152,7 @@ def simulate(work: Workload, setup: Setup, policies: tuple[str, ...] = POLICIES,
     out: dict[str, Any] = {"trace": work.name, "jobs": len(work), "lower_bound": lower_bound(work, setup),
                            "policies": {}}
     out["lower_bound"] = {k: round(v, 3) for k, v in out["lower_bound"].items()}
+    out["clairvoyant"] = {k: round(v, 4) for k, v in clairvoyant(work, setup).items()}
     for name in policies:
         report = (lambda f, name=name: progress(name, f)) if progress else None
         out["policies"][name], _ = simulate_policy(name, work, setup, progress=report)
