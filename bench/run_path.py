@@ -2,7 +2,7 @@
 one plain PySpark script, on the same generated tables, at each scale factor.
 
 Per repeat, interleaved in one session: the plain script (`bench/plain_tpch.py`, local[2], 2g),
-then dpe with the pool at zero (cold: the launcher starts the Spark master and two 1-core workers),
+then dpe with the pool at zero (cold: the launcher starts the Spark master and one 2-core worker),
 then dpe again while the workers are still up (warm). dpe's wall time is the run's RUN_ENQUEUED
 to RUN_SUCCESS (its event log); the plain script's is its process from start to exit. Both runs
 skip the DuckDB asset checks (dpe's run is submitted without them), so both do exactly the four

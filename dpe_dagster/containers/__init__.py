@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dpe_dagster.containers.local import LocalPoolContainers
 from dpe_dagster.containers.resource import ContainerRun, PoolContainers, python_with_pipes
-from dpe_dagster.containers.k8s import KubernetesPoolContainers
 
 KUBERNETES_ENVIRONMENTS = ("staging", "prod")
 
@@ -30,8 +29,20 @@ KUBERNETES_ENVIRONMENTS = ("staging", "prod")
 def pool_containers(environment: str) -> PoolContainers:
     """The variant for an environment: pods where there is Kubernetes, subprocesses elsewhere."""
     if environment in KUBERNETES_ENVIRONMENTS:
+        from dpe_dagster.containers.k8s import KubernetesPoolContainers
+
         return KubernetesPoolContainers(environment=environment)
     return LocalPoolContainers(environment=environment)
+
+
+def __getattr__(name: str):
+    # The Kubernetes variant imports dagster-k8s and the Kubernetes client (about 1.4 s): only
+    # where it is used, not in every process that loads the code location (run workers included).
+    if name == "KubernetesPoolContainers":
+        from dpe_dagster.containers.k8s import KubernetesPoolContainers
+
+        return KubernetesPoolContainers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ContainerRun", "KubernetesPoolContainers", "LocalPoolContainers", "PoolContainers", "pool_containers",
