@@ -9,7 +9,7 @@ skip the DuckDB asset checks (dpe's run is submitted without them), so both do e
 queries. Peak memory is the summed RSS of every process each side started (daemon, code server,
 run worker, Spark master/workers/executors for dpe; Python and its JVM for plain).
 
-    .venv/bin/python bench/run_path.py --scale-factors 0.1,1 --repeats 3
+    .venv/bin/python bench/run_path.py --scale-factors 1,10 --repeats 3
     .venv/bin/python bench/run_path.py --quick
 """
 
@@ -136,7 +136,7 @@ def plain_run(data_root: Path, scale_factor: float, timeout_s: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale-factors", default="0.1,1", help="comma-separated TPC-H scale factors (default 0.1,1)")
+    parser.add_argument("--scale-factors", default="1,10", help="comma-separated TPC-H scale factors (default 1,10)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per scale factor (default 3)")
     parser.add_argument("--no-warm", action="store_true", help="skip the warm-pool dpe run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take (default 1800)")
