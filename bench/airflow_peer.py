@@ -38,16 +38,26 @@ DAG_ID = "tpch_airflow"
 STEPS = ("tables", "q1", "q3", "q5", "q6")
 
 
+def uv_command() -> list[str]:
+    """uv as the Makefile finds it: on PATH, else as a module of a Python that has it (`make setup`
+    installs it with `pip install --user`, whose scripts folder may not be on PATH)."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    for python in (sys.executable, shutil.which("python3")):
+        if python and subprocess.run([python, "-m", "uv", "--version"], capture_output=True).returncode == 0:
+            return [python, "-m", "uv"]
+    raise BenchError("uv is needed to create Airflow's own virtual environment (make setup installs it)")
+
+
 def ensure_airflow(venv: Path, console) -> Path:
     airflow = venv / "bin" / "airflow"
     if airflow.exists():
         return airflow
-    uv = shutil.which("uv")
-    if not uv:
-        raise BenchError("uv is needed to create Airflow's own virtual environment (pip install uv)")
+    uv = uv_command()
     console.print(f"installing {AIRFLOW_SPEC} into {venv} (once)")
-    subprocess.run([uv, "venv", "--python", "3.11", str(venv)], check=True, capture_output=True)
-    result = subprocess.run([uv, "pip", "install", "--python", str(venv / "bin" / "python"), AIRFLOW_SPEC],
+    subprocess.run([*uv, "venv", "--python", "3.11", str(venv)], check=True, capture_output=True)
+    result = subprocess.run([*uv, "pip", "install", "--python", str(venv / "bin" / "python"), AIRFLOW_SPEC],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise BenchError(f"installing {AIRFLOW_SPEC} failed: {result.stderr.strip()[-2000:]}")

@@ -58,6 +58,17 @@ def machine() -> str:
             f"Python {platform.python_version()}, {java_version()}; load average at start {load}")
 
 
+def scale_factors(parser, text: str) -> list[float]:
+    """`--scale-factors`: comma-separated TPC-H scale factors, each in (0, 10] (2 cores, 24 GiB)."""
+    try:
+        factors = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--scale-factors: must be comma-separated numbers; got {text!r}")
+    if not factors or any(not 0 < f <= 10 for f in factors):
+        parser.error("--scale-factors: each must be in (0, 10] (2 cores, 24 GiB)")
+    return factors
+
+
 def wait_for(what: str, check: Callable[[], object], timeout_s: float, interval_s: float = 0.05):
     deadline = time.monotonic() + timeout_s
     while True:

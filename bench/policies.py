@@ -35,6 +35,7 @@ HPC2N_SHOWN = "../shared/traces/HPC2N-2002-2.1-cln.swf.gz"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 PNG = ROOT / "bench" / "busy_week.png"
 HEADING = "## Scaling policies on job traces (issue 5)"
+GOALS = "### Goals, against the tables above"
 WORKERS = 4  # policies replayed at once, each in its own process
 SHORT_DAYS, SHORT_RATE = 2.0, 300.0  # the short-job workload: days, pipeline runs per hour at the peak
 # dpe as the skeleton had it: fixed 300 s idle timeout, first-fit, packing blind to where runs are
@@ -151,12 +152,15 @@ def busy_week_png(trace: str, cpus: float) -> str:
 
 
 def write_section(text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md, keeping any other section as it is."""
+    """Replace this benchmark's section of RESULTS.md, keeping any other section as it is, and the
+    hand-written goals paragraph of this one (to be checked against the new figures)."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if HEADING in old:
         before, rest = old.split(HEADING, 1)
-        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        old = before.rstrip() + "\n\n" + text.rstrip() + "\n" + after
+        end = rest.find("\n## ") if "\n## " in rest else len(rest)
+        after = rest[end:]
+        hand = rest[rest.find(GOALS):end].rstrip() + "\n" if GOALS in rest[:end] else ""
+        old = before.rstrip() + "\n\n" + text.rstrip() + "\n" + ("\n" + hand if hand else "") + after
     else:
         old = old.rstrip() + "\n\n" + text.rstrip() + "\n"
     RESULTS.write_text(old)

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (run_main, write_report, OUT, ROOT, TAG_VAR, BenchError, PeakMemory, RunSubmitter, daemon,  # noqa: E402
-                          event_times, machine, median, step_events, wait_for)
+                          event_times, machine, median, scale_factors, step_events, wait_for)
 
 TARGET_RATIO = 1.15
 
@@ -145,12 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.scale_factors, args.repeats = "0.01", 1
-    try:
-        factors = [float(x) for x in args.scale_factors.split(",") if x.strip()]
-    except ValueError:
-        parser.error(f"--scale-factors: must be comma-separated numbers; got {args.scale_factors!r}")
-    if not factors or any(not 0 < f <= 10 for f in factors):
-        parser.error("--scale-factors: each must be in (0, 10] (2 cores, 24 GiB)")
+    factors = scale_factors(parser, args.scale_factors)
     if args.repeats < 1:
         parser.error("--repeats: must be >= 1")
 

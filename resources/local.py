@@ -3,7 +3,7 @@ stopped on demand; the Dagster instance is SQLite under `.dpe/dagster`.
 
 A node is one worker of 2 CPUs running one 2-core executor: a run's tasks then share one executor
 JVM (as they share one JVM in a plain `local[2]` script) instead of shuffling between two 1-core
-executors, which measured 1.29x against 1.10x of plain PySpark at scale factor 5 (bench/RESULTS.md).
+executors, which measured 1.27x against 1.11x of plain PySpark at scale factor 5 (bench/RESULTS.md).
 
 Prices are what the same node would cost in the cloud, so the ledger shows realistic money:
 one 2-vCPU node is priced as an m6i.large spot instance (spot about $0.035/h in us-east-1,
