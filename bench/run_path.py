@@ -117,17 +117,22 @@ class DpeSide:
                 "after_last_step_s": done - max(starts[k] + steps[k.removeprefix("tpch_")] for k in starts)}
 
 
-def plain_run(data_root: Path, scale_factor: float, timeout_s: float) -> dict:
+def plain_run(data_root: Path, scale_factor: float, timeout_s: float, master: str = "local[2]",
+              conf: dict[str, str] | None = None) -> dict:
+    """The four queries in one plain PySpark process (`bench/plain_tpch.py`) on `master`. Peak memory
+    counts that process and its driver JVM (not a standalone cluster's daemons)."""
     tag = f"plain-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, **{TAG_VAR: tag})
+    command = [sys.executable, str(ROOT / "bench" / "plain_tpch.py"), "--scale-factor", f"{scale_factor:g}",
+               "--data-root", str(data_root), "--master", master, "--steps", "q1,q3,q5,q6"]
+    for key, value in (conf or {}).items():
+        command += ["--conf", f"{key}={value}"]
     with PeakMemory(tag) as memory:
         started = time.time()
-        result = subprocess.run([sys.executable, str(ROOT / "bench" / "plain_tpch.py"), "--scale-factor",
-                                 f"{scale_factor:g}", "--data-root", str(data_root), "--steps", "q1,q3,q5,q6"],
-                                capture_output=True, text=True, env=env, timeout=timeout_s, cwd=ROOT)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s, cwd=ROOT)
         wall = time.time() - started
     if result.returncode != 0:
-        raise BenchError(f"plain_tpch.py failed: {result.stderr.strip()[-2000:]}")
+        raise BenchError(f"plain_tpch.py on {master} failed: {result.stderr.strip()[-2000:]}")
     report = json.loads(result.stdout.strip().splitlines()[-1])
     return {"wall_s": wall, "peak_mib": memory.peak_mib, "steps": report["steps"],
             "session_start_s": report["session_start_s"], "import_s": report["import_s"]}

@@ -12,8 +12,6 @@ the sides run one after the other in one session; the ratio is against `local[2]
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, ROOT, BenchError, machine, run_main, scale_factors, wait_for, write_report  # noqa: E402
+from bench.common import OUT, machine, run_main, scale_factors, wait_for, write_report  # noqa: E402
+from bench.run_path import plain_run  # noqa: E402
+
+TIMEOUT_S = 1800  # one side's four queries
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -29,19 +30,6 @@ def parse_shape(text: str) -> tuple[int, int]:
     if not (workers.isdigit() and cores.isdigit()) or int(workers) < 1 or int(cores) < 1:
         raise ValueError(text)
     return int(workers), int(cores)
-
-
-def queries(data_root: Path, sf: float, master: str, conf: dict[str, str]) -> dict:
-    command = [sys.executable, str(ROOT / "bench" / "plain_tpch.py"), "--scale-factor", f"{sf:g}",
-               "--data-root", str(data_root), "--master", master, "--steps", "q1,q3,q5,q6"]
-    for key, value in conf.items():
-        command += ["--conf", f"{key}={value}"]
-    started = time.time()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1800)
-    if done.returncode != 0:
-        raise BenchError(f"plain_tpch.py on {master} failed: {done.stderr.strip()[-2000:]}")
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"wall_s": time.time() - started, "steps": report["steps"], "session_start_s": report["session_start_s"]}
 
 
 def on_pool(data_root: Path, sf: float, workers: int, cores: int, state_dir: Path) -> dict:
@@ -57,9 +45,9 @@ def on_pool(data_root: Path, sf: float, workers: int, cores: int, state_dir: Pat
         pool.set_target(workers)
         wait_for(f"{workers} worker(s) to register",
                  lambda: sum(n.state == "running" for n in pool.nodes()) == workers, timeout_s=120, interval_s=0.5)
-        return queries(data_root, sf, pool.master_url, {"spark.executor.memory": f"{cores}g",
-                                                        "spark.executor.cores": str(cores),
-                                                        "spark.cores.max": str(workers * cores)})
+        return plain_run(data_root, sf, TIMEOUT_S, pool.master_url, {"spark.executor.memory": f"{cores}g",
+                                                                     "spark.executor.cores": str(cores),
+                                                                     "spark.cores.max": str(workers * cores)})
     finally:
         pool.shutdown()
 
@@ -87,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root = args.out / "data"
         print(f"sf {sf:g}: generating tables", flush=True)
         TpchData(scale_factor=sf, root=str(data_root)).generate()
-        baseline = queries(data_root, sf, "local[2]", {})
+        baseline = plain_run(data_root, sf, TIMEOUT_S)
         rows.append({"scale_factor": sf, "side": "local[2]", **baseline, "ratio": 1.0})
         print(f"sf {sf:g} local[2]: {baseline['wall_s']:.1f} s", flush=True)
         for workers, cores in shapes:

@@ -20,7 +20,8 @@ def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedPr
                           timeout=timeout)
 
 
-@pytest.mark.parametrize("script", ["latency.py", "tick_cost.py", "run_path.py", "airflow_peer.py", "plain_tpch.py"])
+@pytest.mark.parametrize("script", ["latency.py", "tick_cost.py", "run_path.py", "airflow_peer.py", "plain_tpch.py",
+                                    "spark_shapes.py"])
 def test_bad_flags_are_refused_with_a_message(script):
     required = ["--scale-factor", "1", "--data-root", "x"] if script == "plain_tpch.py" else []
     result = run(script, *required, "--no-such-flag", timeout=60)
@@ -33,6 +34,9 @@ def test_flag_values_are_checked():
     assert "--paths: unknown phase" in run("latency.py", "--paths", "nope", timeout=60).stderr
     assert "--storages: allowed values" in run("tick_cost.py", "--storages", "mysql", timeout=60).stderr
     assert "--scale-factors: each must be" in run("run_path.py", "--scale-factors", "0", timeout=60).stderr
+    assert "--scale-factors: must be comma-separated numbers" in run("spark_shapes.py", "--scale-factors", "a",
+                                                                     timeout=60).stderr
+    assert "--shapes: 2y1 is not WORKERSxCORES" in run("spark_shapes.py", "--shapes", "2y1", timeout=60).stderr
     assert "--steps: unknown step" in run("plain_tpch.py", "--scale-factor", "1", "--data-root", "x", "--steps", "q2",
                                           timeout=60).stderr
 
