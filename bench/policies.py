@@ -41,6 +41,8 @@ SHORT_DAYS, SHORT_RATE = 2.0, 300.0  # the short-job workload: days, pipeline ru
 # dpe as the skeleton had it: fixed 300 s idle timeout, first-fit, packing blind to where runs are
 PLAIN = "dpe-plain"
 PLAIN_SETUP = {"placement": "first-fit", "node_aware": False}
+# dpe told every job's true duration at arrival: what perfect estimates would buy its placement
+TRUE = "dpe-true-durations"
 # dpe as `dpe simulate` runs it by default
 AUTO = {"idle_timeout_s": 1800.0, "pool_extra": {"idle_timeout_mode": "auto"}}
 
@@ -68,7 +70,9 @@ def one(args) -> None:
         print(json.dumps({"read_s": read_s, "peak_mb": read_mb, "clairvoyant": seer["cost_vs_lower_bound"]}))
         return
     extra = PLAIN_SETUP if args.policy == PLAIN else AUTO
-    name = "dpe" if args.policy == PLAIN else args.policy
+    name = "dpe" if args.policy in (PLAIN, TRUE) else args.policy
+    if args.policy == TRUE:
+        work.expected = list(work.duration)
     began = time.process_time()
     row, _ = simulate_policy(name, work, Setup(node_cpus=args.cpus, **extra))
     row.update(read_s=read_s, peak_mb=peak_mb(), cpu_s=time.process_time() - began)
@@ -181,7 +185,7 @@ def main() -> None:
         sys.exit(f"the HPC2N trace is not at {HPC2N_SHOWN}; see ../shared/traces/README.md")
     from workloads import SCHEDULES, generate, write_csv
 
-    policies = (PLAIN, *POLICIES)
+    policies = (PLAIN, *POLICIES[:1], TRUE, *POLICIES[1:])
     out = [HEADING, ""]
     with tempfile.TemporaryDirectory() as tmp:
         short = Path(tmp) / "short-jobs.csv"
@@ -221,6 +225,8 @@ def main() -> None:
         "  the sensor (30 s grid) call it, with `idle_timeout_mode: auto` (cap 1800 s), runs' nodes known",
         "  to the plan, and placement by expected end (past runs of the same user and executable, else the",
         "  requested time). `dpe-plain` is dpe before that work: fixed 300 s idle timeout, first fit.",
+        f"  `{TRUE}` is `dpe` told every job's true duration at arrival (no scheduler has it): what",
+        "  perfect estimates would buy its placement and its queueing.",
         "- `reactive`: Cluster Autoscaler defaults; `consolidating`: Karpenter defaults; jobs are marked",
         "  not evictable (`safe-to-evict: false` / `do-not-disrupt`), as batch jobs usually are.",
         "- idle / boot / fragmented: paid node-hours with no job, while booting, and the unused share",

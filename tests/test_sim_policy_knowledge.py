@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from dpe_dagster.config import ConfigError, parse_pool
 from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.policy import (NodeRoom, PoolActivity, PoolState, RunDemand, idle_timeouts, nodes_for,
-                                        place_run, plan_pool)
+                                        extension_class, place_run, plan_pool)
 
 BASE = {"provider": "local", "max_size": 20, "node_cpus": 8, "node_memory_gb": 32, "price_per_node_hour": 1.0}
 
@@ -97,14 +97,24 @@ def test_auto_mode_keeps_the_policy_rules(min_size, idle, busy, rate, cap, runs)
 
 
 def test_place_run_groups_runs_that_end_together():
-    rooms = [NodeRoom("long", 4, 16, busy_until=10_000), NodeRoom("short", 4, 16, busy_until=400),
-             NodeRoom("empty", 8, 32, busy_until=None)]
-    assert place_run(RunDemand("r", 2, 1, expected_end=300), rooms, 0) == "short"  # ends before it: free
-    assert place_run(RunDemand("r", 2, 1, expected_end=5_000), rooms, 0) == "long"
-    assert place_run(RunDemand("r", 2, 1, expected_end=20_000), rooms, 0) == "long"  # extends it least
+    rooms = [NodeRoom("old", 4, 16, busy_until=2_000), NodeRoom("young", 4, 16, busy_until=10_000),
+             NodeRoom("empty", 8, 32, busy_until=None)]  # oldest first
+    assert place_run(RunDemand("r", 2, 1, expected_end=300), rooms, 0) == "old"  # ends before both: the oldest
+    assert place_run(RunDemand("r", 2, 1, expected_end=5_000), rooms, 0) == "young"  # ends before it: free
+    assert place_run(RunDemand("r", 2, 1, expected_end=20_000), rooms, 0) == "young"  # extends it least
     assert place_run(RunDemand("r", 6, 1, expected_end=300), rooms, 0) == "empty"  # only room
     assert place_run(RunDemand("r", 9, 1, expected_end=300), rooms, 0) is None
-    assert place_run(RunDemand("r", 2, 1), rooms, 0) == "long"  # no estimate: first with room
+    assert place_run(RunDemand("r", 2, 1), rooms, 0) == "old"  # no estimate: first with room
+
+
+def test_place_run_counts_extensions_within_a_factor_of_two_as_equal_and_then_takes_the_oldest_node():
+    # estimates are rough: 58 and 67 minutes more are the same cost; the older node is the better bet
+    rooms = [NodeRoom("older", 4, 16, busy_until=1_000), NodeRoom("newer", 4, 16, busy_until=1_500)]
+    assert place_run(RunDemand("r", 2, 1, expected_end=5_000), rooms, 0) == "older"
+    # 483 against 167 minutes more is a real difference
+    rooms = [NodeRoom("older", 4, 16, busy_until=1_000), NodeRoom("newer", 4, 16, busy_until=20_000)]
+    assert place_run(RunDemand("r", 2, 1, expected_end=30_000), rooms, 0) == "newer"
+    assert [extension_class(s) for s in (-5, 0, 15, 60, 3_600)] == [0, 0, 0, 1, 6]
 
 
 def test_place_run_keeps_room_for_runs_about_to_start():

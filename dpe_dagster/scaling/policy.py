@@ -197,18 +197,27 @@ class NodeRoom:
     busy_until: float | None  # latest expected end of the runs on it; None: empty
 
 
+def extension_class(seconds: float) -> int:
+    """How much a run lengthens a node's paid time, in powers of two of minutes (0: not at all).
+    Expected ends are rough (past runs of the same job, or the time it asked for, often off by 2x),
+    so finer differences than that are noise, not knowledge."""
+    return round(math.log2(1.0 + max(0.0, seconds) / 60.0))
+
+
 def place_run(run: RunDemand, nodes: Sequence[NodeRoom], now: float,
               reserved: Sequence[RunDemand] = ()) -> str | None:
     """The node a waiting run should go to, among those with room (None: no room anywhere).
+    `nodes` are listed oldest first.
 
     `reserved`: runs about to start (a schedule about to fire, for which nodes were pre-warmed);
     their room is set aside first (first fit, largest first), so a run arriving just before them
     does not take it.
 
-    With an expected end, the node whose paid time the run extends least: a run that ends before
-    a node's other runs costs nothing there, a run on an empty node costs its whole length. Among
-    equals, the node that ends soonest after the run, then the tightest fit; so runs that end
-    together share nodes and nodes empty whole. Without one, the first node with room."""
+    With an expected end, the node whose paid time the run extends least (`extension_class`): a run
+    that ends before a node's other runs costs nothing there, a run on an empty node costs its
+    whole length. Among equals, the oldest node: a node that has lived long holds long runs and is
+    the likeliest to outlive the estimate. So runs that end together share nodes and young nodes
+    empty whole. Without an expected end, the first (oldest) node with room."""
     if reserved:
         rooms = {room.node_id: [room.free_cpus, room.free_memory_gb] for room in nodes}
         for held in sorted(reserved, key=lambda d: (d.cpus, d.memory_gb), reverse=True):
@@ -218,19 +227,17 @@ def place_run(run: RunDemand, nodes: Sequence[NodeRoom], now: float,
                     left[1] -= held.memory_gb
                     break
         nodes = [NodeRoom(room.node_id, *rooms[room.node_id], room.busy_until) for room in nodes]
-    best, best_key = None, None
+    best, best_class = None, None
     for room in nodes:
         if room.free_cpus < run.cpus or room.free_memory_gb < run.memory_gb:
             continue
         if run.expected_end is None:
             return room.node_id
         end = max(run.expected_end, now)
-        if room.busy_until is None:
-            key = (end - now, 0.0, room.free_cpus)
-        else:
-            node_end = max(room.busy_until, now)
-            extension = max(0.0, end - node_end)
-            key = (extension, node_end - end if extension == 0.0 else 0.0, room.free_cpus)
-        if best_key is None or key < best_key:
-            best, best_key = room.node_id, key
+        node_end = now if room.busy_until is None else max(room.busy_until, now)
+        lengthens = extension_class(end - node_end)
+        if best_class is None or lengthens < best_class:
+            best, best_class = room.node_id, lengthens
+            if lengthens == 0:
+                break
     return best

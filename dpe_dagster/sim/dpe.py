@@ -89,7 +89,8 @@ class DpeScaler:
         return PoolState(target=len(nodes), nodes=nodes, idle_since=idle_since, activity=activity)
 
     def _place(self, sim, job: int, exclude):
-        """The launcher's choice of node for a waiting run: `place_run`, on the nodes with room."""
+        """The launcher's choice of node for a waiting run: `place_run`, on the nodes with room, in the
+        order they became ready (oldest first)."""
         work = sim.work
         cpus, mem = work.cpus[job], work.memory_gb[job]
         rooms = [n.room for n in sim.ready_nodes if n.free_cpus >= cpus and n.free_mem >= mem and n not in exclude]
