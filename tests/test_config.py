@@ -48,6 +48,8 @@ def test_unknown_environment_names_the_allowed_ones(monkeypatch):
          r"pools\.spot-etl\.taints\[0\]\.effect: must be one of NoSchedule, PreferNoSchedule, NoExecute"),
         ({"colour": "blue"}, r"pools\.spot-etl: unknown field\(s\) colour; allowed: .*max_size"),
         ({"settings": {"master_port": 80}}, r"pools\.spot-etl\.settings\.master_port: must be a port number"),
+        ({"settings": {"daemon_memory": "lots"}},
+         r"pools\.spot-etl\.settings\.daemon_memory: must be a JVM heap size such as 512m or 1g; got 'lots'"),
     ],
 )
 def test_bad_pool_fields_are_named(fields, message):

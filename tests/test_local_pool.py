@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from contextlib import closing
@@ -12,7 +14,7 @@ from dpe_dagster.javaenv import spark_process_env
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.pools.local_spark import _alive
-from dpe_dagster.scaling.policy import PoolState, plan_pool
+from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
 from tests.conftest import local_environment
 
 pytestmark = pytest.mark.slow
@@ -102,3 +104,42 @@ def test_a_worker_running_executors_is_busy_and_never_stopped(pool, monkeypatch)
     wait_for(lambda: not any(n.busy for n in pool.nodes()), what="the worker to become idle")
     pool.remove_nodes([node.id])
     assert not _alive(worker_pid, "org.apache.spark.deploy.worker.Worker")
+
+
+def test_a_worker_that_dies_is_replaced_by_the_next_scale_up(pool):
+    pool.set_target(1)
+    wait_for(lambda: any(n.state == "running" for n in pool.nodes()), what="a running worker")
+    dead = pool._worker_instances()[1]
+    os.kill(dead, signal.SIGKILL)
+    wait_for(lambda: not _alive(dead, "org.apache.spark.deploy.worker.Worker"), what="the worker to die")
+    # Like an instance an autoscaling group lost, the dead worker no longer counts toward the target...
+    assert pool.nodes() == [] and pool.target() == 0
+    # ...so a run that needs a node gets a new one.
+    plan = plan_pool(pool.config, PoolState(pool.target(), tuple(pool.nodes())), [RunDemand("r", 1, 0.5)], time.time())
+    assert plan.target == 1
+    pool.set_target(plan.target)
+    node = wait_for(lambda: next((n for n in pool.nodes() if n.state == "running"), None), what="the replacement")
+    assert pool._worker_instances()[1] != dead
+    assert pool.target() == 1 and not node.busy
+    # its log starts afresh; the dead worker's is kept beside it
+    assert list(pool.log_dir.glob("spark-*Worker-1-*.out.1"))
+
+
+def test_a_master_port_held_by_another_program_is_a_clear_error_and_starts_nothing(pool):
+    with closing(socket.socket()) as squatter:
+        squatter.bind(("127.0.0.1", pool.settings.master_port))
+        squatter.listen()
+        with pytest.raises(PoolError, match=rf"port {pool.settings.master_port} \(settings.master_port\) is taken"):
+            pool.set_target(1)
+    assert pool.pids() == [] and pool.nodes() == []
+
+
+def test_a_worker_waits_for_its_master_as_a_pending_node_and_gives_up_saying_why(pool):
+    worker = "org.apache.spark.deploy.worker.Worker"
+    # no master is started: the worker's JVM must not start (it would retry only after 5-15 s)
+    pid = pool._launch(worker, 1, [pool.master_url], after_port=pool.settings.master_port, wait_s=2)
+    assert [(n.id, n.state) for n in pool.nodes()] == [("spot-etl-worker-1", "pending")]
+    wait_for(lambda: not _alive(pid, worker), timeout_s=30, what="the worker to give up")
+    assert pool.nodes() == []
+    log = next(pool.log_dir.glob("spark-*Worker-1-*.out")).read_text()
+    assert f"nothing listened on port {pool.settings.master_port} (the Spark master) within 2s" in log

@@ -3,22 +3,32 @@
 The master starts with the first worker and stops with the last one. Each worker is one node; a
 worker that holds executors (cores in use, as the master reports them) is busy and is never stopped.
 The processes are the source of truth: the pool reads pid files and the master's JSON status, so any
-process (the daemon, a sensor, the CLI) sees the same pool.
+process (the daemon, a sensor, the CLI) sees the same pool. Like an autoscaling group, the pool
+holds its target: a worker that died (killed, out of memory) no longer counts toward it, so the
+next plan starts a new one.
+
+Daemons are started the way `spark-daemon.sh start` starts them (detached, `nohup`, a pid file, a
+rotated `.out` log under the same names), without that script's fixed wait of 2-3 s per daemon to
+see the JVM survive: a new worker is a pending node until it registers, as a booting instance is,
+and the master is waited for only until it listens. A pool brought up for a run therefore comes up
+while the run's own process starts, instead of before it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from dpe_dagster.config import ConfigError, PoolConfig
 from dpe_dagster.javaenv import spark_home, spark_process_env
@@ -58,17 +68,27 @@ class LocalSparkSettings:
         if "state_dir" in raw:
             values["state_dir"] = Path(raw["state_dir"])
         if "daemon_memory" in raw:
-            values["daemon_memory"] = str(raw["daemon_memory"])
+            memory = str(raw["daemon_memory"])
+            if not re.fullmatch(r"[1-9][0-9]*[kmgKMG]?", memory):
+                raise ConfigError(f"pools.{pool_name}.settings.daemon_memory: must be a JVM heap size such as "
+                                  f"512m or 1g; got {raw['daemon_memory']!r}")
+            values["daemon_memory"] = memory
         return cls(**values)
 
 
 def _alive(pid: int, expected_class: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    # A recycled pid belongs to another program: check it is still our JVM.
-    return expected_class in cmdline
+    # A recycled pid belongs to another program: check it is still our JVM. A process in the middle
+    # of an exec (nohup -> spark-class -> java, just after a start) briefly shows no command line;
+    # a kernel thread never shows one.
+    for _ in range(5):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        if cmdline:
+            return expected_class in cmdline
+        time.sleep(0.01)
+    return False
 
 
 def spark_pids_of(home: Path) -> set[int]:
@@ -93,6 +113,42 @@ def _read_pid(path: Path) -> int | None:
     except (OSError, ValueError):
         return None
 
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _rotate(log: Path, keep: int = 5) -> None:
+    """Keep the last `keep` logs of a daemon as log.1 .. log.N (as spark-daemon.sh does), so a
+    new worker's log never shows an old worker's lines."""
+    if not log.exists():
+        return
+    for n in range(keep - 1, 0, -1):
+        older = log.with_name(f"{log.name}.{n}")
+        if older.exists():
+            older.replace(log.with_name(f"{log.name}.{n + 1}"))
+    log.replace(log.with_name(f"{log.name}.1"))
+
+
+# Run by bash with the daemon's command as "$@": wait for $DPE_AFTER_PORT (if set) to listen, then
+# become the daemon (exec keeps the pid that the pool recorded).
+_WAIT_THEN_EXEC = """
+if [ -n "$DPE_AFTER_PORT" ]; then
+  deadline=$((SECONDS + DPE_WAIT_S))
+  until (: <>"/dev/tcp/127.0.0.1/$DPE_AFTER_PORT") 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "dpe: nothing listened on port $DPE_AFTER_PORT (the Spark master) within ${DPE_WAIT_S}s; not starting"
+      exit 1
+    fi
+    sleep 0.1
+  done
+fi
+exec "$@"
+"""
 
 _WORKER_PORT_LINE = re.compile(r"Successfully started service 'sparkWorker' on port (\d+)")
 
@@ -124,10 +180,13 @@ class LocalSparkPool:
 
     # -- NodePool -----------------------------------------------------------------------------
     def target(self) -> int:
+        """The workers asked for, less any that died since: a dead worker is replaced by the next
+        scale-up, as an autoscaling group replaces a lost instance."""
         try:
-            return int((self.state_dir / "target").read_text())
+            wanted = int((self.state_dir / "target").read_text())
         except (OSError, ValueError):
             return 0
+        return min(wanted, len(self._worker_instances()))
 
     def set_target(self, size: int) -> None:
         if size < 0 or size > self.config.max_size:
@@ -177,9 +236,10 @@ class LocalSparkPool:
         refused = sorted(set(wanted) & busy)
         if refused:
             raise PoolError(f"pool {self.name}: refusing to remove busy node(s) {', '.join(refused)}")
+        remaining = max(0, self.target() - len(wanted))
         for node_id, instance in wanted.items():
             self._stop(WORKER_CLASS, instance)
-        self._write_target(max(0, self.target() - len(wanted)))
+        self._write_target(remaining)
         if not self._worker_instances() and self.target() == 0:
             self._stop(MASTER_CLASS, 1)
 
@@ -198,15 +258,6 @@ class LocalSparkPool:
         if master and _alive(master, MASTER_CLASS):
             found.append(master)
         return found
-
-    def wait_for_master(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._master_status() is not None:
-                return
-            time.sleep(0.5)
-        raise PoolError(f"pool {self.name}: Spark master at {self.master_webui} did not come up within {timeout_s:g}s; "
-                        f"see logs in {self.log_dir}")
 
     def _node_id(self, instance: int) -> str:
         return f"{self.name}-worker-{instance}"
@@ -259,55 +310,64 @@ class LocalSparkPool:
         except (urllib.error.URLError, OSError, ValueError):
             return None
 
-    def _daemon(self, action: str, cls: str, instances: Sequence[int], *args: str | Callable[[int], str]) -> None:
-        """Run `spark-daemon.sh <action>` for these instances, concurrently (each start waits ~2 s)."""
+    def _log(self, cls: str, instance: int) -> Path:
+        return self.log_dir / f"spark-{self.ident}-{cls}-{instance}-{socket.gethostname()}.out"
+
+    def _launch(self, cls: str, instance: int, args: Sequence[str], after_port: int | None = None,
+                wait_s: float = 0.0) -> int:
+        """Start one Spark daemon JVM detached from the caller, as `spark-daemon.sh start` does:
+        the JVMs must outlive whichever process asked for them (sensor, launcher, CLI) and must not
+        receive its signals; `_stop` and `shutdown` are how they stop. Returns its pid at once.
+        `after_port`: the JVM starts only once something listens there (at most `wait_s` seconds,
+        else the process exits and says so in its log); until then the pid is a shell whose
+        command line already names the class, so the pool counts it as starting."""
         env = spark_process_env()
         env.update(
-            SPARK_PID_DIR=str(self.pid_dir),
-            SPARK_LOG_DIR=str(self.log_dir),
-            SPARK_IDENT_STRING=self.ident,
             SPARK_WORKER_DIR=str(self.state_dir / "work"),
             SPARK_DAEMON_MEMORY=self.settings.daemon_memory,
+            SPARK_PRINT_LAUNCH_COMMAND="1",
             DPE_HOME=str(dpe_home()),  # marks the JVMs as ours (see spark_pids_of)
+            DPE_SPARK_LOG=str(self._log(cls, instance)),
+            DPE_AFTER_PORT=str(after_port or ""),
+            DPE_WAIT_S=str(int(math.ceil(wait_s))),
         )
-        env.pop("SPARK_NO_DAEMONIZE", None)
         self.pid_dir.mkdir(parents=True, exist_ok=True)
-        script = spark_home() / "sbin" / "spark-daemon.sh"
-        # Own session: the JVMs must outlive whichever process asked for them (sensor, launcher)
-        # and must not receive that process's signals; `shutdown` is how they stop.
-        started = [
-            (instance, subprocess.Popen(
-                ["bash", str(script), action, cls, str(instance),
-                 *(arg(instance) if callable(arg) else arg for arg in args)],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            ))
-            for instance in instances
-        ]
-        failures = []
-        for instance, process in started:
-            out, _ = process.communicate(timeout=60)
-            if process.returncode != 0 or "failed to launch" in out:
-                failures.append(f"{cls} {instance}: {out.strip()[-1000:]}")
-        if failures:
-            raise PoolError(f"pool {self.name}: spark-daemon.sh {action} failed: {'; '.join(failures)}")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        _rotate(self._log(cls, instance))
+        command = [str(spark_home() / "bin" / "spark-class"), cls, *args]
+        started = subprocess.run(
+            ["bash", "-c", 'nohup -- bash -c "$0" dpe-spark-daemon "$@" >> "$DPE_SPARK_LOG" 2>&1 < /dev/null & echo $!',
+             _WAIT_THEN_EXEC, *command],
+            env=env, capture_output=True, text=True, start_new_session=True, timeout=30,
+        )
+        if started.returncode != 0 or not started.stdout.strip().isdigit():
+            raise PoolError(f"pool {self.name}: could not start {cls} {instance}: {started.stderr.strip()[-1000:]}")
+        pid = int(started.stdout.strip())
+        self._pid_file(cls, instance).write_text(f"{pid}\n")
+        return pid
 
     def _ensure_master(self) -> None:
         pid = _read_pid(self._pid_file(MASTER_CLASS, 1))
         if pid and _alive(pid, MASTER_CLASS):
             return
-        self._daemon("start", MASTER_CLASS, [1], "--host", "127.0.0.1",
-                     "--port", str(self.settings.master_port), "--webui-port", str(self.settings.master_webui_port))
+        if _listening(self.settings.master_port):
+            raise PoolError(f"pool {self.name}: port {self.settings.master_port} (settings.master_port) is taken "
+                            "by another program; choose a free port for the Spark master")
+        self._launch(MASTER_CLASS, 1, ["--host", "127.0.0.1", "--port", str(self.settings.master_port),
+                                       "--webui-port", str(self.settings.master_webui_port)])
 
     def _start_workers(self, instances: Sequence[int]) -> None:
-        self._daemon(
-            "start", WORKER_CLASS, instances,
-            "--host", "127.0.0.1",
-            "--cores", f"{max(1, int(self.config.node_cpus))}",
-            "--memory", f"{max(1, int(self.config.node_memory_gb * 1024))}m",
-            "--port", lambda i: str(self.settings.worker_port_base + i),
-            "--webui-port", lambda i: str(self.settings.worker_webui_port_base + i),
-            self.master_url,
-        )
+        """Start workers and return at once: each is a pending node until it registers. A worker's
+        JVM starts once the master listens (a worker that finds no master waits 5-15 s to retry)."""
+        for instance in instances:
+            self._launch(WORKER_CLASS, instance, [
+                "--host", "127.0.0.1",
+                "--cores", f"{max(1, int(self.config.node_cpus))}",
+                "--memory", f"{max(1, int(self.config.node_memory_gb * 1024))}m",
+                "--port", str(self.settings.worker_port_base + instance),
+                "--webui-port", str(self.settings.worker_webui_port_base + instance),
+                self.master_url,
+            ], after_port=self.settings.master_port, wait_s=max(self.config.boot_timeout_s, 10.0))
 
     def _stop(self, cls: str, instance: int, grace_s: float = 15.0) -> None:
         path = self._pid_file(cls, instance)
