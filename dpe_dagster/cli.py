@@ -149,8 +149,15 @@ def demo(
 
             ended = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
             detail = lambda: f"run {status().value}; {_pool_summary(env)}"  # noqa: E731
+            seen: set[str] = set()  # nodes that came up for the run: each must end with a lifetime record
+
+            def nodes_up() -> bool:
+                up = [node.id for c in env.pools.values() for node in open_pool(c, env).nodes()]
+                seen.update(up)
+                return bool(up)
+
             _wait("scaling up for the queued run",
-                  lambda: (_pool_summary(env) if any(open_pool(c, env).nodes() for c in env.pools.values())
+                  lambda: (_pool_summary(env) if nodes_up()
                            else ("run ended before any node came up" if status() in ended else None)),
                   left(), detail)
             final = _wait("running the pipeline", lambda: status().value if status() in ended else None, left(), detail)
@@ -162,7 +169,8 @@ def demo(
             _wait("scaling down after the idle timeout",
                   lambda: (_pool_summary(env) if all(
                       len(open_pool(c, env).nodes()) <= c.min_size and open_pool(c, env).target() <= c.min_size
-                      for c in env.pools.values()) else None),
+                      for c in env.pools.values()) and seen <= {n.node_id for n in read_node_lifetimes(instance)}
+                      else None),
                   left(), lambda: _pool_summary(env))
             console.print(runs_table([r for r in read_run_usage(instance) if r.run_id == run_id]))
             console.print(nodes_table(read_node_lifetimes(instance)[-10:]))

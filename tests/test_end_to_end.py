@@ -59,6 +59,8 @@ def test_demo_runs_the_cycle_and_leaves_nothing_behind(demo):
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "scaling up for the queued run" in demo.stdout and "scaling down after the idle timeout" in demo.stdout
     assert spark_pids_of(Path(isolated["DPE_HOME"])) == set(), "the demo left Spark processes running"
+    # the report it ends with lists the node it paid for (the sensor records it after removing it)
+    assert "spot-etl-worker-1" in demo.stdout.split("node lifetimes")[-1]
 
     usage = dpe("usage", "--json", env=isolated)
     assert usage.returncode == 0, usage.stderr
