@@ -149,12 +149,18 @@ def demo(
 
             ended = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
             detail = lambda: f"run {status().value}; {_pool_summary(env)}"  # noqa: E731
-            seen: set[str] = set()  # nodes that came up for the run: each must end with a lifetime record
+            seen: set[str] = set()  # nodes that came up for the run: each one removed must have its record
 
             def nodes_up() -> bool:
                 up = [node.id for c in env.pools.values() for node in open_pool(c, env).nodes()]
                 seen.update(up)
                 return bool(up)
+
+            def scaled_down() -> bool:
+                pools = [(c, open_pool(c, env)) for c in env.pools.values()]
+                alive = {node.id for _, pool in pools for node in pool.nodes()}
+                return (all(len(pool.nodes()) <= c.min_size and pool.target() <= c.min_size for c, pool in pools)
+                        and seen - alive <= {n.node_id for n in read_node_lifetimes(instance)})
 
             _wait("scaling up for the queued run",
                   lambda: (_pool_summary(env) if nodes_up()
@@ -166,11 +172,7 @@ def demo(
             _wait("recording usage in the event log",
                   lambda: next((f"{r.node_seconds:.1f} node-seconds, ${r.cost_usd:.6f}"
                                 for r in read_run_usage(instance) if r.run_id == run_id), None), left())
-            _wait("scaling down after the idle timeout",
-                  lambda: (_pool_summary(env) if all(
-                      len(open_pool(c, env).nodes()) <= c.min_size and open_pool(c, env).target() <= c.min_size
-                      for c in env.pools.values()) and seen <= {n.node_id for n in read_node_lifetimes(instance)}
-                      else None),
+            _wait("scaling down after the idle timeout", lambda: _pool_summary(env) if scaled_down() else None,
                   left(), lambda: _pool_summary(env))
             console.print(runs_table([r for r in read_run_usage(instance) if r.run_id == run_id]))
             console.print(nodes_table(read_node_lifetimes(instance)[-10:]))
