@@ -158,8 +158,9 @@ def demo(
 
             def scaled_down() -> bool:
                 pools = [(c, open_pool(c, env)) for c in env.pools.values()]
-                alive = {node.id for _, pool in pools for node in pool.nodes()}
-                return (all(len(pool.nodes()) <= c.min_size and pool.target() <= c.min_size for c, pool in pools)
+                nodes = [(c, pool, pool.nodes()) for c, pool in pools]
+                alive = {node.id for _, _, up in nodes for node in up}
+                return (all(len(up) <= c.min_size and pool.target() <= c.min_size for c, pool, up in nodes)
                         and seen - alive <= {n.node_id for n in read_node_lifetimes(instance)})
 
             _wait("scaling up for the queued run",

@@ -10,8 +10,8 @@ next plan starts a new one.
 Daemons are started the way `spark-daemon.sh start` starts them (detached, `nohup`, a pid file, a
 rotated `.out` log under the same names), without that script's fixed wait of 2-3 s per daemon to
 see the JVM survive: a new worker is a pending node until it registers, as a booting instance is,
-and the master is waited for only until it listens. A pool brought up for a run therefore comes up
-while the run's own process starts, instead of before it.
+and its JVM starts once the master listens (the caller never waits for either). A pool brought up
+for a run therefore comes up while the run's own process starts, instead of before it.
 """
 
 from __future__ import annotations
