@@ -38,13 +38,18 @@ HEADING = "## Scaling policies on job traces (issue 5)"
 GOALS = "### Goals, against the tables above"
 WORKERS = 4  # policies replayed at once, each in its own process
 SHORT_DAYS, SHORT_RATE = 2.0, 300.0  # the short-job workload: days, pipeline runs per hour at the peak
-# dpe as the skeleton had it: fixed 300 s idle timeout, first-fit, packing blind to where runs are
-PLAIN = "dpe-plain"
-PLAIN_SETUP = {"placement": "first-fit", "node_aware": False}
-# dpe told every job's true duration at arrival: what perfect estimates would buy its placement
+# `dpe` is the pool that production deploys, as it deploys it: this environment's pool, with only
+# the node shape set by the trace (and the price set to 1 per node-hour for every policy).
+DEPLOYED = ("prod", "spot-etl")
+# dpe told every job's true duration at arrival: what perfect estimates would buy it
 TRUE = "dpe-true-durations"
-# dpe as `dpe simulate` runs it by default
-AUTO = {"idle_timeout_s": 1800.0, "pool_extra": {"idle_timeout_mode": "auto"}}
+
+
+def deployed_setup(cpus: float) -> Setup:
+    from resources import load_environment
+
+    env = load_environment(DEPLOYED[0])
+    return Setup.from_pool(env.pool(DEPLOYED[1]), sensor_interval_s=env.sensor_interval_s, node_cpus=cpus, price=1.0)
 
 
 def peak_mb() -> float:
@@ -69,12 +74,11 @@ def one(args) -> None:
         seer = clairvoyant(work, Setup(node_cpus=args.cpus))
         print(json.dumps({"read_s": read_s, "peak_mb": read_mb, "clairvoyant": seer["cost_vs_lower_bound"]}))
         return
-    extra = PLAIN_SETUP if args.policy == PLAIN else AUTO
-    name = "dpe" if args.policy in (PLAIN, TRUE) else args.policy
+    name = "dpe" if args.policy == TRUE else args.policy
     if args.policy == TRUE:
         work.expected = list(work.duration)
     began = time.process_time()
-    row, _ = simulate_policy(name, work, Setup(node_cpus=args.cpus, **extra))
+    row, _ = simulate_policy(name, work, deployed_setup(args.cpus))
     row.update(read_s=read_s, peak_mb=peak_mb(), cpu_s=time.process_time() - began)
     print(json.dumps(row))
 
@@ -135,7 +139,7 @@ def busy_week_png(trace: str, cpus: float) -> str:
     fig, ax = plt.subplots(figsize=(12, 4.5))
     demand_drawn = False
     for name, style in (("dpe", "-"), ("reactive", "--")):
-        _, sim = simulate_policy(name, work, Setup(node_cpus=cpus, **(AUTO if name == "dpe" else {})), timeline=True)
+        _, sim = simulate_policy(name, work, deployed_setup(cpus), timeline=True)
         t = np.array([p[0] for p in sim.timeline])
         mask = (t >= t0) & (t <= t0 + week)
         days = (t[mask] - t0) / 86400.0
@@ -185,7 +189,7 @@ def main() -> None:
         sys.exit(f"the HPC2N trace is not at {HPC2N_SHOWN}; see ../shared/traces/README.md")
     from workloads import SCHEDULES, generate, write_csv
 
-    policies = (PLAIN, *POLICIES[:1], TRUE, *POLICIES[1:])
+    policies = (*POLICIES[:1], TRUE, *POLICIES[1:])
     out = [HEADING, ""]
     with tempfile.TemporaryDirectory() as tmp:
         short = Path(tmp) / "short-jobs.csv"

@@ -9,7 +9,7 @@ import json
 import pytest
 from dagster import build_sensor_context
 
-from dpe_dagster.config import parse_environment
+from dpe_dagster.config import parse_environment, parse_pool
 from dpe_dagster.scaling.activity import ARRIVAL_RATE_WINDOW_S, TYPICAL_BOOT_S, PoolArrivals
 from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.policy import PoolState, RunDemand, idle_timeout
@@ -17,17 +17,22 @@ from dpe_dagster.scaling.sensor import build_autoscaler_sensor, load_arrivals
 from tests.reliability.harness import queue_run
 
 
+def boot_timeout(seconds):
+    return parse_pool("p", {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 4,
+                            "price_per_node_hour": 1, "boot_timeout_s": seconds})
+
+
 def test_each_run_is_counted_once_and_the_rate_decays():
     runs = [RunDemand("a", 2, 4), RunDemand("b", 4, 8)]
     seen = PoolArrivals().see(runs, now=1000)
-    assert seen.activity(600, 1000).cpu_arrival_rate == pytest.approx(6 / ARRIVAL_RATE_WINDOW_S)
+    assert seen.activity(boot_timeout(600), 1000).cpu_arrival_rate == pytest.approx(6 / ARRIVAL_RATE_WINDOW_S)
     again = seen.see(runs, now=1010)  # the same runs, still waiting or running: nothing new
     assert again.rate == seen.rate
     later = again.see([*runs, RunDemand("c", 1, 1)], now=1000 + ARRIVAL_RATE_WINDOW_S)
     assert later.rate.rate == pytest.approx(6 / ARRIVAL_RATE_WINDOW_S / 2.718281828 + 1 / ARRIVAL_RATE_WINDOW_S)
-    assert later.activity(600, 1000 + 2 * ARRIVAL_RATE_WINDOW_S).cpu_arrival_rate < later.rate.rate
+    assert later.activity(boot_timeout(600), 1000 + 2 * ARRIVAL_RATE_WINDOW_S).cpu_arrival_rate < later.rate.rate
     assert PoolArrivals.from_json(json.loads(json.dumps(later.to_json()))) == later
-    assert seen.activity(30, 1000).boot_s == 30 and seen.activity(600, 1000).boot_s == TYPICAL_BOOT_S
+    assert seen.activity(boot_timeout(30), 1000).boot_s == 30 and seen.activity(boot_timeout(600), 1000).boot_s == TYPICAL_BOOT_S
 
 
 def test_the_auto_idle_timeout_follows_arrivals():
@@ -35,8 +40,8 @@ def test_the_auto_idle_timeout_follows_arrivals():
         "provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 4, "price_per_node_hour": 1,
         "idle_timeout_s": 900, "idle_timeout_mode": "auto"}}}).pool("p")
     idle = (Node("n1", "running", 0, False), Node("n2", "running", 0, False))
-    quiet = PoolArrivals().activity(600, 0)
-    busy = PoolArrivals().see([RunDemand(str(i), 2, 1) for i in range(200)], 0).activity(600, 0)
+    quiet = PoolArrivals().activity(boot_timeout(600), 0)
+    busy = PoolArrivals().see([RunDemand(str(i), 2, 1) for i in range(200)], 0).activity(boot_timeout(600), 0)
     timeouts = [idle_timeout(config, PoolState(2, idle, activity=a)) for a in (None, quiet, busy)]
     assert timeouts[0] == 900, "no activity known: the pool's fixed timeout"
     assert timeouts[1] == TYPICAL_BOOT_S, "nothing arriving: wait one boot, then remove"

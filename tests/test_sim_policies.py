@@ -6,11 +6,15 @@ import random
 
 import pytest
 
-from dpe_dagster.scaling import policy
+import dataclasses
+import inspect
+
+from dpe_dagster.config import POOL_FIELDS
+from dpe_dagster.scaling import control
 from dpe_dagster.sim.boot import BootTime
-from dpe_dagster.sim.dpe import DpeScaler
+from dpe_dagster.sim.dpe import DpeScaler, SimulatedPool
 from dpe_dagster.sim.engine import Simulation, SimulationError
-from dpe_dagster.sim.run import POLICIES, Setup, lower_bound, make_scaler, simulate, simulate_policy
+from dpe_dagster.sim.run import UNBOUNDED_POOL, POLICIES, Setup, lower_bound, make_scaler, simulate, simulate_policy
 from dpe_dagster.sim.static import static_sizes
 from dpe_dagster.sim.trace import Trace
 from dpe_dagster.sim.workload import build_workload, expected_durations
@@ -27,12 +31,33 @@ def synthetic(jobs: int = 400, seed: int = 3, big: bool = True) -> Trace:
     return trace
 
 
-def test_dpe_policy_is_the_production_function_object():
-    setup = Setup()
-    work = build_workload(synthetic(10))
+def test_the_simulators_dpe_is_an_environments_pool_run_by_the_production_control_step(monkeypatch):
+    from resources import load_environment
+
+    deployed = load_environment("prod").pool("spot-etl")
+    setup = Setup.from_pool(deployed, sensor_interval_s=15, node_cpus=8)
+    work = build_workload(synthetic(60))
     scaler = make_scaler("dpe", work, setup, [0] * len(work), 0.0)
-    assert scaler.plan is policy.plan_pool
-    assert make_scaler("dpe-prewarm", work, setup, [0] * len(work), 0.0).plan is policy.plan_pool
+    assert scaler.step_function is control.control_step  # the production function object, not a copy
+    replayed = scaler.pool
+    # every policy setting is the environment's; only the node shape (the trace's) and the
+    # capacity limit (lifted for the replay, as the baselines have none) differ
+    for name in POOL_FIELDS - {"fallback", "node_cpus", "node_memory_gb", "default_run_cpus", "default_run_memory_gb",
+                               "max_size", "taints"}:
+        assert getattr(replayed, name) == getattr(deployed, name), name
+    assert (replayed.node_cpus, replayed.max_size, replayed.taints) == (8, UNBOUNDED_POOL, deployed.taints)
+
+    # the replay acts through the provider protocol, as the sensor and the launcher do
+    calls = []
+    monkeypatch.setattr(SimulatedPool, "set_target", lambda self, size, real=SimulatedPool.set_target:
+                        (calls.append(size), real(self, size)))
+    row, sim = simulate_policy("dpe", work, setup)
+    assert calls and row["nodes_launched"] == sim.nodes_launched > 0
+
+    # no knob of its own: the scaler takes a pool, a sensor interval and the schedules, nothing else
+    assert set(inspect.signature(DpeScaler).parameters) == {"pool", "name", "sensor_interval_s", "schedules",
+                                                            "lookahead_s"}
+    assert {f.name for f in dataclasses.fields(Setup)} & {"placement", "node_aware", "queue_s"} == set()
 
 
 def test_every_policy_costs_at_least_the_lower_bound_and_runs_every_job():

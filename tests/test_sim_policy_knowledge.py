@@ -117,9 +117,10 @@ def test_place_run_counts_extensions_within_a_factor_of_two_as_equal_and_then_ta
     assert [extension_class(s) for s in (-5, 0, 15, 60, 3_600)] == [0, 0, 0, 1, 6]
 
 
-def test_place_run_keeps_room_for_runs_about_to_start():
-    rooms = [NodeRoom("a", 4, 16, busy_until=1_000), NodeRoom("b", 8, 32, busy_until=None)]
-    scheduled = [RunDemand("s", 8, 1)]
-    assert place_run(RunDemand("r", 4, 1, expected_end=5_000), rooms, 0) == "a"
-    assert place_run(RunDemand("r", 6, 1, expected_end=500), rooms, 0) == "b"
-    assert place_run(RunDemand("r", 6, 1, expected_end=500), rooms, 0, reserved=scheduled) is None
+def test_a_scheduled_run_about_to_fire_is_not_bet_on_estimated_ends():
+    nodes = (Node("n1", "running", 0, True),)
+    allowance = PoolState(1, nodes, activity=PoolActivity(0.0, 120.0, queue_s=10.0))
+    ending_soon = RunDemand("a", 6, 1, node_id="n1", expected_end=105)
+    assert plan_pool(pool(), allowance, [ending_soon, RunDemand("w", 6, 1)], 100).target == 1
+    upcoming = RunDemand("s", 6, 1, upcoming=True)
+    assert plan_pool(pool(), allowance, [ending_soon, upcoming], 100).target == 2

@@ -1,6 +1,6 @@
-"""What a pool's recent activity is, for the policy's `auto` idle timeout: how many CPUs arriving
-runs ask for per second (a decaying average), and how long a node takes to boot. The simulator and
-the production sensor keep it with the same code."""
+"""What a pool's recent activity is, for the policy's `auto` idle timeout and queueing allowance:
+how many CPUs arriving runs ask for per second (a decaying average), and how long a node takes to
+boot. The simulator and the production sensor keep it with the same code."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from dpe_dagster.config import PoolConfig
 from dpe_dagster.scaling.policy import PoolActivity, RunDemand
 
 ARRIVAL_RATE_WINDOW_S = 1800.0  # "recent" arrivals: an exponentially decaying average over this time
@@ -45,8 +46,8 @@ class PoolArrivals:
         rate = self.rate.add(sum(run.cpus for run in new), now) if new else self.rate
         return PoolArrivals(rate, frozenset(run.run_id for run in demand))
 
-    def activity(self, boot_timeout_s: float, now: float) -> PoolActivity:
-        return PoolActivity(self.rate.at_time(now), min(TYPICAL_BOOT_S, boot_timeout_s))
+    def activity(self, config: PoolConfig, now: float) -> PoolActivity:
+        return pool_activity(config, self.rate, now)
 
     def to_json(self) -> dict[str, Any]:
         return {"rate": self.rate.rate, "at": self.rate.at, "counted": sorted(self.counted)}
@@ -55,3 +56,15 @@ class PoolArrivals:
     def from_json(cls, raw: dict[str, Any]) -> "PoolArrivals":
         return cls(ArrivalRate(float(raw.get("rate", 0.0)), float(raw.get("at", 0.0))),
                    frozenset(str(run_id) for run_id in raw.get("counted", ())))
+
+
+def typical_boot_s(config: PoolConfig) -> float:
+    return min(TYPICAL_BOOT_S, config.boot_timeout_s)
+
+
+def pool_activity(config: PoolConfig, rate: ArrivalRate | None, now: float) -> PoolActivity:
+    """What the policy is told of a pool's recent activity: the arrival rate (the sensor keeps it;
+    a launcher, which keeps none, says 0: it never scales down, where the rate matters), a typical
+    boot, and the pool's queueing allowance."""
+    return PoolActivity(rate.at_time(now) if rate is not None else 0.0, typical_boot_s(config),
+                        config.queue_allowance_s)

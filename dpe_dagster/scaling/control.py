@@ -1,7 +1,8 @@
-"""Applying plans to real pools: the imperative shell around the pure policy.
+"""The control loop's step: observe -> plan -> act, the imperative shell around the pure policy.
 
-`scale_pool` is one pass of the control loop for one pool (the sensor calls it each tick);
-`request_capacity` is the launcher's scale-up-only pass. Both read the pool's real state from its
+`control_step` is one pass for one pool. The sensor runs it each tick (`scale_pool`), the launcher
+runs it scale-up-only when it launches a run (`request_capacity`), and the simulator runs it
+against a simulated provider (sim/dpe.py). Every pass reads the pool's real state from its
 provider first, so after a crash nothing depends on what the last process remembered.
 """
 
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, ContextManager, Protocol
 
 from dagster import DagsterInstance
 
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import NodePool, open_pool
 from dpe_dagster.pools.base import Node
+from dpe_dagster.scaling.activity import pool_activity
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import Plan, PoolActivity, PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.ledger import record_node_lifetime
@@ -71,8 +73,7 @@ def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dic
     return seen
 
 
-def vanished(instance: DagsterInstance, config: PoolConfig, nodes: list[Node], memory: dict[str, NodeMemory],
-             pricer: Callable[[PoolConfig, Node], Price]) -> list[NodeLifetime]:
+def vanished(books: "Books", config: PoolConfig, nodes: list[Node], memory: dict[str, NodeMemory]) -> list[NodeLifetime]:
     """Record the lifetime of every remembered node the provider no longer lists. The ledger writes
     each node once, so a node this or another controller already recorded is not doubled. It is
     charged up to the last tick that saw it (never more than it ran). If writing fails, the tick
@@ -84,15 +85,56 @@ def vanished(instance: DagsterInstance, config: PoolConfig, nodes: list[Node], m
             continue
         node = Node(id=node_id, state="gone", launched_at=mem.launched_at, busy=False, lifecycle=mem.lifecycle,
                     instance_type=mem.instance_type, zone=mem.zone)
-        price = pricer(config, node)
+        price = books.price(config, node)
         lifetime = NodeLifetime(
             node_id=node_id, pool=config.name, lifecycle=mem.lifecycle, instance_type=mem.instance_type,
             launched_at=mem.launched_at, removed_at=max(mem.last_seen, mem.launched_at),
             busy_seconds=mem.busy_seconds, price_per_node_hour=price.usd_per_hour, price_source=price.source,
         )
-        if record_node_lifetime(instance, lifetime):
+        if books.record_lifetime(lifetime):
             out.append(lifetime)
     return out
+
+
+class Books(Protocol):
+    """What a control step consults and writes besides the pool itself. In production that is the
+    Dagster instance (`DagsterBooks`: advisory or file locks, the usage ledger, budgets); in a
+    replay it is the simulator's memory. Everything else about a step is the same code."""
+
+    def lock(self, pool: str) -> ContextManager[Any]:
+        """Held while a plan is remade from fresh state and applied."""
+
+    def price(self, config: PoolConfig, node: Node) -> Price:
+        ...
+
+    def record_lifetime(self, lifetime: NodeLifetime) -> bool:
+        """Write a node's lifetime once; False if it was already written."""
+
+    def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
+        """Why the pool may not grow now (its budget is spent), or None."""
+
+    def clock(self) -> float:
+        """Now (unix s): when a removal is recorded, after the provider has acted."""
+
+
+class DagsterBooks:
+    """The books of a Dagster instance: pool locks, the usage ledger and budgets."""
+
+    def __init__(self, instance: DagsterInstance, pricer: Callable[[PoolConfig, Node], Price] | None = None):
+        self.instance = instance
+        self.price = pricer or node_price
+
+    def lock(self, pool: str) -> ContextManager[Any]:
+        return instance_lock(self.instance, f"pool:{pool}")
+
+    def record_lifetime(self, lifetime: NodeLifetime) -> bool:
+        return record_node_lifetime(self.instance, lifetime)
+
+    def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
+        return check_budget(self.instance, config, nodes, self.price, now)
+
+    def clock(self) -> float:
+        return time.time()
 
 
 @dataclass
@@ -106,6 +148,65 @@ class PoolTick:
     lost: list[NodeLifetime] = field(default_factory=list)
 
 
+def control_step(
+    books: Books,
+    config: PoolConfig,
+    pool: NodePool,
+    demand: list[RunDemand],
+    memory: dict[str, NodeMemory] | None,
+    now: float,
+    *,
+    fresh_demand: Callable[[], list[RunDemand]] | None = None,
+    activity: PoolActivity | None = None,
+) -> tuple[PoolTick, dict[str, NodeMemory]]:
+    """One pass of the control loop for one pool: observe -> plan -> act. The autoscaler sensor,
+    the run launcher and the simulator all run this function; only `books`, `pool` and where the
+    demand comes from differ.
+
+    `memory` is what earlier passes saw of each node (the sensor's cursor). With it the pass is
+    the sensor's: idle nodes past their timeout are removed and vanished nodes are charged. With
+    None it is the launcher's: scale up only, from the pool's state alone.
+
+    A plan that changes something is made again under the pool's lock, from the provider's state
+    and the demand read afresh (`fresh_demand`), and applied while the lock is held: two
+    controllers (two daemons, a sensor and a launcher) can never act on the same stale view, e.g.
+    remove a node a just-launched run was given. `activity`: the pool's recent arrivals (see
+    scaling/activity.py), for the `auto` idle timeout and the queueing allowance."""
+    sensing = memory is not None
+    memory = dict(memory or {})
+    lost: list[NodeLifetime] = []
+
+    def look(demand: list[RunDemand]) -> tuple[PoolState, Plan, list[Node]]:
+        nodes = pool.nodes()
+        idle_since: dict[str, float] = {}
+        if sensing:
+            lost.extend(vanished(books, config, nodes, memory))
+            seen = observe(nodes, memory, now)
+            memory.clear()
+            memory.update(seen)
+            idle_since = {node_id: m.idle_since for node_id, m in memory.items() if m.idle_since is not None}
+        state = PoolState(target=pool.target(), nodes=tuple(nodes), idle_since=idle_since,
+                          scale_up_blocked=books.scale_up_blocked(config, nodes, now), activity=activity)
+        plan = plan_pool(config, state, demand, now)
+        if not sensing and plan.remove:  # the launcher never scales down
+            plan = Plan(state.target, (), plan.wanted, plan.reason, plan.idle_timeout_s)
+        return state, plan, nodes
+
+    state, plan, nodes = look(demand)
+    if not plan.changes(state):
+        return PoolTick(config.name, plan, state, demand, lost=lost), memory
+    with books.lock(config.name):
+        if fresh_demand is not None:
+            demand = fresh_demand()
+        state, plan, nodes = look(demand)
+        tick = PoolTick(config.name, plan, state, demand, lost=lost)
+        if plan.remove:
+            _remove(books, config, pool, plan.remove, nodes, memory, now, tick)
+        elif plan.target > state.target:
+            pool.set_target(plan.target)
+    return tick, memory
+
+
 def scale_pool(
     instance: DagsterInstance,
     config: PoolConfig,
@@ -117,54 +218,19 @@ def scale_pool(
     fresh_demand: Callable[[], list[RunDemand]] | None = None,
     activity: PoolActivity | None = None,
 ) -> tuple[PoolTick, dict[str, NodeMemory]]:
-    """One pass of the control loop for one pool. A plan that changes something is made again
-    under the pool's lock, from the provider's state and the demand read afresh (`fresh_demand`),
-    and applied while the lock is held: two controllers (two daemons, a sensor and a launcher)
-    can never act on the same stale view, e.g. remove a node a just-launched run was given.
-    `activity`: the pool's recent arrivals (see scaling/activity.py), for the `auto` idle timeout."""
-    pricer = pricer or node_price
-
-    def look(demand: list[RunDemand]) -> tuple[PoolState, Plan, list[Node]]:
-        nodes = pool.nodes()
-        lost.extend(vanished(instance, config, nodes, memory, pricer))
-        seen = observe(nodes, memory, now)
-        memory.clear()
-        memory.update(seen)
-        state = PoolState(
-            target=pool.target(),
-            nodes=tuple(nodes),
-            idle_since={node_id: m.idle_since for node_id, m in memory.items() if m.idle_since is not None},
-            scale_up_blocked=check_budget(instance, config, nodes, pricer, now),
-            activity=activity,
-        )
-        return state, plan_pool(config, state, demand, now), nodes
-
-    memory = dict(memory)
-    lost: list[NodeLifetime] = []
-    state, plan, nodes = look(demand)
-    if not plan.changes(state):
-        return PoolTick(config.name, plan, state, demand, lost=lost), memory
-    with instance_lock(instance, f"pool:{config.name}"):
-        if fresh_demand is not None:
-            demand = fresh_demand()
-        state, plan, nodes = look(demand)
-        tick = PoolTick(config.name, plan, state, demand, lost=lost)
-        if plan.remove:
-            _remove(instance, config, pool, plan.remove, nodes, memory, pricer, tick)
-        elif plan.target > state.target:
-            pool.set_target(plan.target)
-    return tick, memory
+    """The sensor's pass over one pool, on a Dagster instance's books (see `control_step`)."""
+    return control_step(DagsterBooks(instance, pricer), config, pool, demand, memory, now,
+                        fresh_demand=fresh_demand, activity=activity)
 
 
-def _remove(instance: DagsterInstance, config: PoolConfig, pool: NodePool, node_ids: tuple[str, ...],
-            nodes: list[Node], memory: dict[str, NodeMemory], pricer: Callable[[PoolConfig, Node], Price],
-            tick: PoolTick) -> None:
+def _remove(books: Books, config: PoolConfig, pool: NodePool, node_ids: tuple[str, ...],
+            nodes: list[Node], memory: dict[str, NodeMemory], now: float, tick: PoolTick) -> None:
     by_id = {node.id: node for node in nodes}
     pool.remove_nodes(node_ids)
-    removed_at = time.time()
+    removed_at = books.clock()  # after the provider acted: removing takes time
     for node_id in node_ids:
         node = by_id[node_id]
-        price = pricer(config, node)
+        price = books.price(config, node)
         lifetime = NodeLifetime(
             node_id=node_id,
             pool=config.name,
@@ -176,7 +242,7 @@ def _remove(instance: DagsterInstance, config: PoolConfig, pool: NodePool, node_
             price_per_node_hour=price.usd_per_hour,
             price_source=price.source,
         )
-        record_node_lifetime(instance, lifetime)
+        books.record_lifetime(lifetime)
         tick.removed.append(lifetime)
 
 
@@ -200,15 +266,13 @@ def request_capacity(
     moment it launches a run, so scale-up does not wait for the sensor's next tick."""
     config = env.pool(pool_name)
     pool = open_pool(config, env)
-    with instance_lock(instance, f"pool:{pool_name}"):
-        demand = read_demand(instance, env).of(pool_name)
-        nodes = pool.nodes()
-        now = time.time()
-        blocked = check_budget(instance, config, nodes, pricer_for(env), now) if config.daily_budget_usd else None
-        state = PoolState(target=pool.target(), nodes=tuple(nodes), scale_up_blocked=blocked)
-        plan = plan_pool(config, state, demand, now)
-        if plan.target > state.target:
-            pool.set_target(plan.target)
-        # Also when the pool has already grown (when the run was queued, or for other runs).
-        log(f"dpe: pool {pool_name}: {plan.reason}")
-    return plan
+
+    def demand() -> list[RunDemand]:
+        return read_demand(instance, env).of(pool_name)
+
+    now = time.time()
+    tick, _ = control_step(DagsterBooks(instance, pricer_for(env)), config, pool, demand(), None, now,
+                           fresh_demand=demand, activity=pool_activity(config, None, now))
+    # Also when the pool has already grown (when the run was queued, or for other runs).
+    log(f"dpe: pool {pool_name}: {tick.plan.reason}")
+    return tick.plan

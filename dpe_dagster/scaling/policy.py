@@ -40,6 +40,7 @@ class RunDemand:
     memory_gb: float
     node_id: str | None = None  # the node the run already holds; None: waiting, or not known
     expected_end: float | None = None  # when the run should end (unix s), from past runs of the same job
+    upcoming: bool = False  # not a run yet: one that a schedule will start soon (pre-warming)
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,11 @@ def idle_timeout(pool: PoolConfig, state: PoolState) -> float:
 
 
 def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
-    # Room that running runs free within the queueing allowance (never longer than a boot) counts.
+    # Room that running runs free within the queueing allowance (never longer than a boot) counts,
+    # unless a scheduled run is about to fire: it must start on time, not bet on estimated ends.
     activity = state.activity
     ending = None
-    if activity is not None and activity.queue_s > 0:
+    if activity is not None and activity.queue_s > 0 and not any(run.upcoming for run in demand):
         ending = (now, now + min(activity.queue_s, activity.boot_s))
     needed = nodes_for(demand, pool.node_cpus, pool.node_memory_gb, ending)
     wanted = min(max(needed, pool.min_size), pool.max_size)
@@ -204,29 +206,15 @@ def extension_class(seconds: float) -> int:
     return round(math.log2(1.0 + max(0.0, seconds) / 60.0))
 
 
-def place_run(run: RunDemand, nodes: Sequence[NodeRoom], now: float,
-              reserved: Sequence[RunDemand] = ()) -> str | None:
+def place_run(run: RunDemand, nodes: Sequence[NodeRoom], now: float) -> str | None:
     """The node a waiting run should go to, among those with room (None: no room anywhere).
     `nodes` are listed oldest first.
-
-    `reserved`: runs about to start (a schedule about to fire, for which nodes were pre-warmed);
-    their room is set aside first (first fit, largest first), so a run arriving just before them
-    does not take it.
 
     With an expected end, the node whose paid time the run extends least (`extension_class`): a run
     that ends before a node's other runs costs nothing there, a run on an empty node costs its
     whole length. Among equals, the oldest node: a node that has lived long holds long runs and is
     the likeliest to outlive the estimate. So runs that end together share nodes and young nodes
     empty whole. Without an expected end, the first (oldest) node with room."""
-    if reserved:
-        rooms = {room.node_id: [room.free_cpus, room.free_memory_gb] for room in nodes}
-        for held in sorted(reserved, key=lambda d: (d.cpus, d.memory_gb), reverse=True):
-            for left in rooms.values():
-                if left[0] >= held.cpus and left[1] >= held.memory_gb:
-                    left[0] -= held.cpus
-                    left[1] -= held.memory_gb
-                    break
-        nodes = [NodeRoom(room.node_id, *rooms[room.node_id], room.busy_until) for room in nodes]
     best, best_class = None, None
     for room in nodes:
         if room.free_cpus < run.cpus or room.free_memory_gb < run.memory_gb:

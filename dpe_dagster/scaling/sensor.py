@@ -68,7 +68,7 @@ def build_autoscaler_sensor(env: Environment):
         summary = []
         for name, config in env.pools.items():
             arrivals[name] = arrivals.get(name, PoolArrivals()).see(demand.of(name), now)
-            activity = arrivals[name].activity(config.boot_timeout_s, now) if config.idle_timeout_mode == "auto" else None
+            activity = arrivals[name].activity(config, now)
             tick, memory[name] = scale_pool(
                 context.instance, config, pool_for(config), demand.of(name), memory.get(name, {}), now, pricer,
                 fresh_demand=lambda name=name: read_demand(context.instance, env).of(name), activity=activity,

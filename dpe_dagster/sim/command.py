@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dpe_dagster.config import ConfigError
+from dpe_dagster.config import PLACEMENTS, ConfigError, PoolConfig
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.engine import SimulationError
 from dpe_dagster.sim.run import POLICIES, Setup, simulate
@@ -59,6 +59,29 @@ def parse_idle_timeout(text: str) -> dict:
     return {"idle_timeout_s": seconds}
 
 
+def replayed_pool(environment: str | None, pool: str | None) -> tuple[PoolConfig, float]:
+    """The pool dpe replays with, exactly as that environment deploys it, and its sensor interval."""
+    from resources import ENVIRONMENTS, load_environment  # the project's environments (DPE_ENV, default local)
+
+    if environment is not None and environment not in ENVIRONMENTS:
+        raise ConfigError(f"--environment: unknown environment {environment!r}; "
+                          f"allowed: {', '.join(sorted(ENVIRONMENTS))}")
+    env = load_environment(environment)
+    if pool is not None and pool not in env.pools:
+        raise ConfigError(f"--pool: no pool {pool!r} in environment {env.name!r}; "
+                          f"allowed: {', '.join(sorted(env.pools))}")
+    config = env.pool(pool) if pool is not None else next(iter(env.pools.values()))
+    return config, float(env.sensor_interval_s)
+
+
+def replay_summary(deployed: PoolConfig, setup: Setup) -> dict:
+    """What `dpe` replayed: the deployed pool's settings, and the shape the trace was run on."""
+    pool = setup.pool()
+    return {"environment_pool": deployed.name, "node_cpus": pool.node_cpus, "sensor_interval_s": setup.sensor_interval_s,
+            **{name: getattr(pool, name) for name in ("idle_timeout_s", "idle_timeout_mode", "placement",
+                                                      "queue_allowance_s", "boot_timeout_s", "min_size")}}
+
+
 def render_table(result: dict, console: Console) -> None:
     bound = result["lower_bound"]
     table = Table(title=f"{result['trace']}: {result['jobs']:,} jobs; lower bound {bound['cost']:,.0f} "
@@ -69,6 +92,10 @@ def render_table(result: dict, console: Console) -> None:
     for name, row in result["policies"].items():
         table.add_row(name, *[fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS])
     console.print(table)
+    replayed = result.get("dpe_pool")
+    if replayed:
+        console.print("dpe replays pool " + replayed["environment_pool"] + " as deployed: "
+                      + ", ".join(f"{k} {v}" for k, v in replayed.items() if k != "environment_pool"), highlight=False)
     seer = result.get("clairvoyant")
     if seer:
         console.print(f"clairvoyant pool (knows every arrival, boots ahead, packs perfectly): "
@@ -83,26 +110,32 @@ def register(app: typer.Typer) -> None:
     @app.command("simulate")
     def simulate_command(
         trace: Path = typer.Option(..., "--trace", help="Job trace: .swf or .csv, gzipped or not."),
-        node_cpus: float = typer.Option(8.0, "--node-cpus", help="CPUs per node."),
+        environment: Optional[str] = typer.Option(
+            None, "--environment", help="Environment whose pool dpe replays with (default: DPE_ENV, else local)."),
+        pool_name: Optional[str] = typer.Option(
+            None, "--pool", help="Pool of that environment to replay (default: its first pool)."),
+        node_cpus: Optional[float] = typer.Option(
+            None, "--node-cpus", help="CPUs per node (default: the pool's node shape)."),
         node_memory_gb: Optional[float] = typer.Option(
             None, "--node-memory-gb", help="Memory per node; by default memory is not modelled."),
         boot_seconds: str = typer.Option(
             "120", "--boot-seconds", help="Node boot time: SECONDS, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA."),
         policy: Optional[list[str]] = typer.Option(
             None, "--policy", help=f"Policy to run (repeatable); default all: {', '.join(POLICIES)}."),
-        price: float = typer.Option(1.0, "--price", help="Price per node-hour."),
+        price: Optional[float] = typer.Option(None, "--price", help="Price per node-hour (default: the pool's)."),
         spot_rate: float = typer.Option(
             0.0, "--spot-interruptions-per-hour", help="Spot interruptions per node-hour (0: none)."),
         fallback_price: Optional[float] = typer.Option(
             None, "--fallback-price", help="Price per node-hour of the fallback pool used after an interruption."),
-        idle_timeout: str = typer.Option(
-            "auto", "--idle-timeout", help="dpe's idle timeout: SECONDS, or auto (decided by the policy)."),
+        idle_timeout: Optional[str] = typer.Option(
+            None, "--idle-timeout", help="Override the pool's idle timeout: SECONDS, or auto (decided by the "
+            "policy, capped at the pool's idle_timeout_s)."),
         schedules: Optional[Path] = typer.Option(
             None, "--schedules", help="Cron schedules whose runs are added on top of the trace."),
         skip_bad_lines: bool = typer.Option(
             False, "--skip-bad-lines", help="Skip and count malformed trace lines instead of failing."),
-        placement: str = typer.Option(
-            "ending-together", "--placement", help="dpe's placement: ending-together (by expected end) or first-fit."),
+        placement: Optional[str] = typer.Option(
+            None, "--placement", help="Override the pool's placement: ending-together (by expected end) or first-fit."),
         evictable: bool = typer.Option(
             False, "--evictable", help="Let reactive and consolidating evict running jobs (they restart) "
             "to remove underused nodes; by default jobs are marked not evictable."),
@@ -114,8 +147,8 @@ def register(app: typer.Typer) -> None:
         unknown = [p for p in chosen if p not in POLICIES]
         if unknown:
             _fail(f"--policy: {', '.join(map(repr, unknown))} is not a policy; allowed: {', '.join(POLICIES)}")
-        if placement not in ("ending-together", "first-fit"):
-            _fail(f"--placement: must be one of ending-together, first-fit; got {placement!r}")
+        if placement is not None and placement not in PLACEMENTS:
+            _fail(f"--placement: must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
         _positive("--node-cpus", node_cpus)
         _positive("--node-memory-gb", node_memory_gb)
         _positive("--price", price, allow_zero=True)
@@ -125,17 +158,23 @@ def register(app: typer.Typer) -> None:
             boot = BootTime.parse(boot_seconds)
         except ValueError as error:
             _fail(str(error))
-        extra = parse_idle_timeout(idle_timeout)
+        extra = parse_idle_timeout(idle_timeout) if idle_timeout is not None else {}
+        if placement is not None:
+            extra["placement"] = placement
         try:
+            config, interval = replayed_pool(environment, pool_name)
             loaded = read_trace(trace, skip_bad_lines=skip_bad_lines)
             runs = []
             if schedules is not None:
                 runs = scheduled_runs(parse_schedules(schedules), loaded.start_unix, loaded.arrival[0],
                                       loaded.arrival[-1])
             work = build_workload(loaded, runs, memory=node_memory_gb is not None)
-            setup = Setup(node_cpus=node_cpus, node_memory_gb=node_memory_gb, price=price, boot=boot,
-                          spot_rate_per_hour=spot_rate, fallback_price=fallback_price, seed=seed, evictable=evictable, placement=placement,
-                          idle_timeout_s=extra.pop("idle_timeout_s"), pool_extra=extra)
+            world = {"node_cpus": node_cpus, "price": price}
+            setup = Setup.from_pool(
+                config, sensor_interval_s=interval, node_memory_gb=node_memory_gb, boot=boot,
+                spot_rate_per_hour=spot_rate, fallback_price=fallback_price, seed=seed, evictable=evictable,
+                idle_timeout_s=extra.pop("idle_timeout_s", None), pool_extra=extra,
+                **{key: value for key, value in world.items() if value is not None})
             setup.pool()
         except (TraceError, ScheduleError, ConfigError) as error:
             _fail(str(error))
@@ -149,6 +188,7 @@ def register(app: typer.Typer) -> None:
                 _fail(str(error))
         result["skipped_bad_lines"] = loaded.bad_lines
         result["excluded_jobs"] = loaded.excluded
+        result["dpe_pool"] = replay_summary(config, setup)
         if schedules is not None:
             result["scheduled_runs"] = len(runs)
         if as_json:

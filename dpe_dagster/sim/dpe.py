@@ -1,24 +1,36 @@
-"""dpe in the simulator: the production policy, called the way the launcher and the sensor call it.
+"""dpe in the simulator: the production control step, run against a simulated provider.
 
-- the launcher, the moment runs are launched: `plan_pool` on the pool's nodes without idle memory,
-  scale up only (as `scaling.control.request_capacity` does);
-- the sensor, on its tick grid: `plan_pool` with the idle memory of every node, applying scale-up
-  and removals (as `scaling.control.scale_pool` does). Between events nothing changes, so only the
-  ticks that can decide something are simulated: when a node's idle timeout runs out, after an
-  interruption, and (`dpe-prewarm`) when a schedule is about to fire.
+The replay runs `scaling.control.control_step`, the function the autoscaler sensor and the run
+launcher run, with an environment's pool configuration and nothing else. What differs is only what
+the step observes and acts on: `SimulatedPool` (a `NodePool` over the simulation's nodes), the
+trace as the source of runs, and `ReplayBooks` (no locks, lifetimes kept in memory, no budgets).
+
+- the launcher, the moment runs arrive: the step without node memory (scale up only), as
+  `request_capacity` does when the launcher launches a run;
+- the sensor, on its tick grid (every `sensor_interval_s`): the step with the node memory that
+  production keeps in the sensor's cursor.
+
+Production's sensor ticks at every grid point. A tick at which nothing has changed since the last
+one is a no-op unless an idle node's timeout runs out, so only the others are simulated: the first
+tick after anything changed, every tick while runs wait, the first tick at which an idle node's
+timeout has run out, and the ticks at which a schedule's run enters the look-ahead.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from contextlib import nullcontext
+from typing import Sequence
 
 from dpe_dagster.config import PoolConfig
-from dpe_dagster.scaling.activity import ArrivalRate
-from dpe_dagster.scaling.policy import PoolActivity, PoolState, RunDemand, idle_timeouts, place_run, plan_pool
+from dpe_dagster.pools.base import Node, PoolError
+from dpe_dagster.scaling.activity import ArrivalRate, pool_activity
+from dpe_dagster.scaling.control import NodeMemory, control_step
+from dpe_dagster.scaling.policy import PoolActivity, PoolState, RunDemand, idle_timeouts, place_run
 from dpe_dagster.sim.placement import first_fit
-
-QUEUE_S = 10.0  # a run may wait this long for room freed by running runs rather than boot a node
+from dpe_dagster.usage.pricing import CONFIG, Price
+from dpe_dagster.usage.records import NodeLifetime
 
 
 def grid_at_or_after(t: float, interval: float) -> float:
@@ -27,18 +39,81 @@ def grid_at_or_after(t: float, interval: float) -> float:
     return tick if tick >= t else tick + interval
 
 
+class SimulatedPool:
+    """A `NodePool` whose nodes are the simulation's: what a provider would report of them."""
+
+    def __init__(self, config: PoolConfig, sim):
+        self.name = config.name
+        self.config = config
+        self.sim = sim
+
+    def target(self) -> int:
+        return len(self.sim.nodes)
+
+    def set_target(self, size: int) -> None:
+        if size > self.config.max_size:
+            raise PoolError(f"pool {self.name}: target {size} is above max_size {self.config.max_size}")
+        self.sim.add_nodes(size - len(self.sim.nodes))
+
+    def nodes(self) -> list[Node]:
+        return [node.view for node in self.sim.nodes.values()]
+
+    def remove_nodes(self, node_ids: Sequence[str]) -> None:
+        nodes = [self.sim.nodes[node_id] for node_id in node_ids]
+        busy = [node.id for node in nodes if node.jobs]
+        if busy:
+            raise PoolError(f"pool {self.name}: refusing to remove busy node(s) {', '.join(busy)}")
+        self.sim.remove_nodes(nodes)
+
+    def run_nodes(self) -> dict[str, str]:
+        return {run_id(job): nodes[0].id for job, nodes in self.sim.running.items()}
+
+
+class ReplayBooks:
+    """The control step's books in a replay: nothing to lock against, lifetimes kept in memory.
+    Budgets are not replayed (a pool's `daily_budget_usd` is ignored here)."""
+
+    def __init__(self, sim):
+        self.sim = sim
+        self.lifetimes: dict[str, NodeLifetime] = {}
+
+    def lock(self, pool: str):
+        return nullcontext()
+
+    def price(self, config: PoolConfig, node: Node) -> Price:
+        return Price(config.price_per_node_hour, CONFIG)
+
+    def record_lifetime(self, lifetime: NodeLifetime) -> bool:
+        if lifetime.node_id in self.lifetimes:
+            return False
+        self.lifetimes[lifetime.node_id] = lifetime
+        return True
+
+    def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
+        return None
+
+    def clock(self) -> float:
+        return self.sim.now
+
+
+def run_id(job: int) -> str:
+    return f"j{job}"
+
+
 class DpeScaler:
+    """The `dpe` policy of a replay: a pool configuration as an environment deploys it, driven by
+    the production control step at the launcher's and the sensor's moments."""
+
     def __init__(self, pool: PoolConfig, *, name: str = "dpe", sensor_interval_s: float = 30.0,
-                 placement: str = "first-fit", node_aware: bool = False, boot_s: float = 120.0,
                  schedules: list[tuple[float, float, float]] = (), lookahead_s: float = 0.0):
         self.name = name
         self.pool = pool
-        self.plan = plan_pool  # the production function object, unchanged
+        self.step_function = control_step  # the production function object, unchanged
         self.interval = sensor_interval_s
-        self.choose = self._place if placement == "ending-together" else first_fit
-        self.node_aware = node_aware  # tell the policy which node each running job holds
-        self.boot_s = boot_s
-        self._arrivals = ArrivalRate()  # CPUs asked per second lately, as the production sensor keeps it
+        self.choose = self._place if pool.placement == "ending-together" else first_fit
+        self._arrivals = ArrivalRate()  # CPUs asked per second lately, as the sensor keeps it
+        self._arrived_cpus = 0.0  # CPUs of runs arrived since the last sensor tick
+        self.memory: dict[str, NodeMemory] = {}  # the sensor's cursor
 
         # scheduled runs known ahead: (fire time, cpus, memory), by fire time
         self.schedules = sorted(schedules)
@@ -46,61 +121,40 @@ class DpeScaler:
         self.lookahead = lookahead_s
         self._demand: list[RunDemand | None] = []
         self._dirty = True
+        self._last_tick = -math.inf
 
     def start(self, sim) -> None:
+        self.provider = SimulatedPool(self.pool, sim)
+        self.books = ReplayBooks(sim)
         self._demand = [None] * len(sim.work)
         self._placed: list[RunDemand | None] = [None] * len(sim.work)
         for fire in self._fires:
             sim.wake_at(max(0.0, math.floor((fire - self.lookahead) / self.interval) * self.interval))
 
-    def _run_demand(self, sim, job: int) -> RunDemand:
-        demand = RunDemand(f"j{job}", sim.work.cpus[job], sim.work.memory_gb[job])
+    # -- the source of runs: what run storage and the provider say in production --------------
+    def _waiting_demand(self, sim, job: int) -> RunDemand:
+        demand = RunDemand(run_id(job), sim.work.cpus[job], sim.work.memory_gb[job])
         self._demand[job] = demand
         return demand
 
     def _placed_demand(self, sim, job: int, node_id: str) -> RunDemand:
         work = sim.work
-        demand = RunDemand(f"j{job}", work.cpus[job], work.memory_gb[job], node_id=node_id,
+        demand = RunDemand(run_id(job), work.cpus[job], work.memory_gb[job], node_id=node_id,
                            expected_end=sim.start[job] + (work.expected[job] or 0.0))
         self._placed[job] = demand
         return demand
 
     def demand(self, sim) -> list[RunDemand]:
-        cache, make = self._demand, self._run_demand
-        if self.node_aware:
-            placed, make_placed = self._placed, self._placed_demand
-            out = [cache[job] or make(sim, job) for job in sim.pending]
-            for job, nodes in sim.running.items():
-                known = placed[job]
-                out.append(known if known is not None and known.node_id == nodes[0].id
-                           else make_placed(sim, job, nodes[0].id))
-        else:
-            out = [cache[job] or make(sim, job) for job in sim.active_jobs()]
-        # runs that schedules will start within the look-ahead window (pre-warming)
+        """Active runs, each running one on the node it holds (as `read_demand` says in
+        production), plus runs that schedules will start within the look-ahead (pre-warming)."""
+        cache, placed = self._demand, self._placed
+        out = [cache[job] or self._waiting_demand(sim, job) for job in sim.pending]
+        for job, nodes in sim.running.items():
+            known = placed[job]
+            out.append(known if known is not None and known.node_id == nodes[0].id
+                       else self._placed_demand(sim, job, nodes[0].id))
         out += self._upcoming(sim.now, self.lookahead + self.interval)
         return out
-
-    def state(self, sim, *, idle_memory: bool) -> PoolState:
-        nodes = tuple([node.view for node in sim.nodes.values()])
-        activity = self.activity(sim.now)
-        if not idle_memory:
-            return PoolState(target=len(nodes), nodes=nodes, activity=activity)
-        idle_since = {node.id: node.idle_since for node in sim.ready_nodes if node.idle_since is not None}
-        return PoolState(target=len(nodes), nodes=nodes, idle_since=idle_since, activity=activity)
-
-    def _place(self, sim, job: int, exclude):
-        """The launcher's choice of node for a waiting run: `place_run`, on the nodes with room, in the
-        order they became ready (oldest first)."""
-        work = sim.work
-        cpus, mem = work.cpus[job], work.memory_gb[job]
-        rooms = [n.room for n in sim.ready_nodes if n.free_cpus >= cpus and n.free_mem >= mem and n not in exclude]
-        if not rooms:
-            return None
-        expected = work.expected[job]
-        run = RunDemand(f"j{job}", cpus, mem, expected_end=None if expected is None else sim.now + expected)
-        reserved = self._upcoming(sim.now, self.lookahead + self.interval) if not work.scheduled[job] else []
-        chosen = place_run(run, rooms, sim.now, reserved)
-        return None if chosen is None else sim.nodes[chosen]
 
     def _upcoming(self, now: float, within: float) -> list[RunDemand]:
         """Runs that schedules will start in (now, now + within]."""
@@ -108,60 +162,114 @@ class DpeScaler:
             return []
         lo = bisect.bisect_right(self._fires, now)
         hi = bisect.bisect_right(self._fires, now + within)
-        return [RunDemand(f"s{k}", cpus, mem) for k, (_, cpus, mem) in enumerate(self.schedules[lo:hi], lo)]
+        return [RunDemand(f"s{k}", cpus, mem, upcoming=True)
+                for k, (_, cpus, mem) in enumerate(self.schedules[lo:hi], lo)]
 
     def activity(self, now: float) -> PoolActivity:
-        # a scheduled run about to fire must start on time: its room is not bet on estimated ends
-        queue = QUEUE_S if self.node_aware and not self._upcoming(now, self.lookahead + self.interval) else 0.0
-        return PoolActivity(self._arrivals.at_time(now), self.boot_s, queue)
+        return pool_activity(self.pool, self._arrivals, now)
 
-    def _count_arrivals(self, sim) -> None:
-        self._arrivals = self._arrivals.add(sum(sim.work.cpus[j] for j in sim.arrivals), sim.now)
+    # -- where a waiting run goes: the scheduler's choice, by the pool's placement ---------------
+    def _place(self, sim, job: int, exclude):
+        """`place_run` on the nodes with room, in the order they became ready (oldest first)."""
+        work = sim.work
+        cpus, mem = work.cpus[job], work.memory_gb[job]
+        rooms = [n.room for n in sim.ready_nodes if n.free_cpus >= cpus and n.free_mem >= mem and n not in exclude]
+        if not rooms:
+            return None
+        expected = work.expected[job]
+        run = RunDemand(run_id(job), cpus, mem, expected_end=None if expected is None else sim.now + expected)
+        chosen = place_run(run, rooms, sim.now)
+        return None if chosen is None else sim.nodes[chosen]
 
+    # -- the control loop's moments --------------------------------------------------------------
     def step(self, sim, arrived: bool, ticked: bool, changed: bool) -> None:
         if arrived:
-            self._count_arrivals(sim)
+            self._arrived_cpus += sum(sim.work.cpus[j] for j in sim.arrivals)
             self._launcher(sim)
         if ticked:
             self._sensor(sim)
-        if arrived or changed:
+        elif arrived or changed:
             self._dirty = True
         self._next_tick(sim)
 
-    def on_interrupt(self, sim) -> None:
-        sim.wake_at(grid_at_or_after(sim.now, self.interval))
-
     def _launcher(self, sim) -> None:
-        state = self.state(sim, idle_memory=False)
-        plan = self.plan(self.pool, state, self.demand(sim), sim.now)
-        if plan.target > state.target:
-            sim.add_nodes(plan.target - len(state.nodes))
+        self.step_function(self.books, self.pool, self.provider, self.demand(sim), None, sim.now,
+                           activity=pool_activity(self.pool, None, sim.now))
 
     def _sensor(self, sim) -> None:
+        now = sim.now
+        if self._arrived_cpus:
+            self._arrivals = self._arrivals.add(self._arrived_cpus, now)
+            self._arrived_cpus = 0.0
         self._dirty = False
-        state = self.state(sim, idle_memory=True)
-        plan = self.plan(self.pool, state, self.demand(sim), sim.now)
-        if plan.remove:
-            sim.remove_nodes([sim.nodes[node_id] for node_id in plan.remove])
-        elif plan.target > state.target:
-            sim.add_nodes(plan.target - len(state.nodes))
+        self._last_tick = now
+        _, self.memory = self.step_function(self.books, self.pool, self.provider, self.demand(sim), self.memory,
+                                            now, activity=self.activity(now))
 
     def _next_tick(self, sim) -> None:
-        """Wake the sensor when the first idle node's timeout runs out (or at once if one already
-        has and something changed since the last tick)."""
-        if not sim.idle_nodes:
-            return
         now = sim.now
-        if self.pool.idle_timeout_mode == "auto":
-            idle = sorted(sim.idle_nodes, key=lambda n: -n.idle_since)  # most recently idle first
-            state = PoolState(len(sim.nodes), tuple(n.view for n in idle), activity=self.activity(now))
-            pairs = zip(idle, idle_timeouts(self.pool, state))
-        else:
-            pairs = ((node, self.pool.idle_timeout_s) for node in sim.idle_nodes)
-        soonest = math.inf
-        for node, limit in pairs:
-            expiry = node.idle_since + limit
-            if (expiry > now or self._dirty) and expiry < soonest:
-                soonest = expiry
-        if soonest < math.inf:
-            sim.wake_at(grid_at_or_after(max(soonest, now), self.interval))
+        after = grid_at_or_after(now, self.interval)
+        if after <= self._last_tick:
+            after = self._last_tick + self.interval
+        if self._dirty:
+            sim.wake_at(after)
+            return
+        wakes = [self._first_expiry(sim, after), self._allowance_ends(sim, after)]
+        soonest = min((t for t in wakes if t is not None), default=None)
+        if soonest is not None:
+            sim.wake_at(soonest)
+
+    def _allowance_ends(self, sim, after: float) -> float | None:
+        """While runs wait under a queueing allowance, the plan changes when a running run
+        outlives its expected end (its room no longer counts as about to be freed): the first
+        tick after the soonest such end."""
+        if not sim.pending or self.pool.queue_allowance_s <= 0:
+            return None
+        now, start, expected = sim.now, sim.start, sim.work.expected
+        ends = [start[job] + (expected[job] or 0.0) for job in sim.running]
+        future = [end for end in ends if end >= now]
+        if not future:
+            return None
+        return max(after, grid_at_or_after(min(future) + 1e-6, self.interval))
+
+    def _first_expiry(self, sim, after: float) -> float | None:
+        """The first grid tick at or after `after` at which an idle node (as the sensor saw it)
+        has been idle for its idle timeout. Timeouts only shrink while nothing arrives (the
+        arrival rate decays), so the earliest such tick is found by bisection between `after`
+        and the tick at which the current timeouts would run out."""
+        nodes = sim.nodes
+        idle = [(mem.idle_since, node_id) for node_id, mem in self.memory.items()
+                if mem.idle_since is not None and node_id in nodes and nodes[node_id].ready]
+        if not idle:
+            return None
+        idle.sort(key=lambda pair: (-pair[0], pair[1]))  # most recently idle first, as plan_pool ranks them
+        views = tuple(Node(node_id, "running", 0.0, False) for _, node_id in idle)
+
+        def limits(t: float) -> list[float]:
+            return idle_timeouts(self.pool, PoolState(len(views), views, activity=self.activity(t)))
+
+        # Nodes already past their timeout were kept for a reason (min_size, demand): only a
+        # change, which wakes the sensor anyway, can release them.
+        now = sim.now
+        waiting = [now - since < limit for (since, _), limit in zip(idle, limits(now))]
+        if not any(waiting):
+            return None
+
+        def expired(t: float) -> bool:
+            return any(wait and t - since >= limit
+                       for wait, (since, _), limit in zip(waiting, idle, limits(t)))
+
+        hi = grid_at_or_after(max(after, min(since + limit for wait, (since, _), limit
+                                             in zip(waiting, idle, limits(after)) if wait)), self.interval)
+        lo = after
+        if expired(lo):
+            return lo
+        while hi - lo > self.interval:  # invariant: not expired at lo, expired at hi
+            mid = grid_at_or_after(lo + (hi - lo) / 2, self.interval)
+            if mid >= hi:
+                break
+            if expired(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi

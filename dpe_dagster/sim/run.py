@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dpe_dagster.config import PoolConfig, parse_pool
+from dpe_dagster.config import POOL_FIELDS, PoolConfig, parse_pool
+from dpe_dagster.scaling.activity import typical_boot_s
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.consolidating import ConsolidatingScaler
 from dpe_dagster.sim.dpe import DpeScaler
@@ -26,38 +27,65 @@ UNMODELLED_MEMORY_GB = 1e12
 
 @dataclass(frozen=True)
 class Setup:
+    """One replay: the world (node shape, prices, boots, interruptions) and dpe's pool.
+
+    dpe's pool is `pool_config` as an environment deploys it (see `from_pool`), or, without one,
+    a pool with the package's defaults for every setting; `pool_extra` sets more pool fields
+    (validated by parse_pool, as in an environment). The shape and price of the replay are the
+    trace's (overridable), and the pool may grow as far as the trace asks: a capacity limit is
+    the cluster's, not the policy's, and the baselines have none."""
+
     node_cpus: float = 8.0
     node_memory_gb: float | None = None  # None: memory is not modelled
     price: float = 1.0
     boot: BootTime = BootTime.fixed(120.0)
     spot_rate_per_hour: float = 0.0
     fallback_price: float | None = None
-    idle_timeout_s: float = 300.0
+    idle_timeout_s: float | None = None  # None: the pool's (or the package default)
     sensor_interval_s: float = 30.0
     seed: int = 0
     evictable: bool = False  # may the baselines evict running jobs (which then restart)?
-    placement: str = "ending-together"  # dpe's placement: ending-together or first-fit
-    node_aware: bool = True  # dpe's plans know which node each running job holds
     pool_extra: dict = field(default_factory=dict)  # more pool fields for dpe (parsed by parse_pool)
+    pool_config: PoolConfig | None = None  # dpe's pool as an environment deploys it
+
+    @classmethod
+    def from_pool(cls, config: PoolConfig, *, sensor_interval_s: float, **world: Any) -> "Setup":
+        """A replay of an environment's pool: its shape, price and every policy setting, unless
+        `world` overrides the shape for the trace."""
+        world.setdefault("node_cpus", config.node_cpus)
+        world.setdefault("price", config.price_per_node_hour)
+        return cls(sensor_interval_s=sensor_interval_s, pool_config=config, **world)
 
     def shape(self) -> PoolShape:
         memory = math.inf if self.node_memory_gb is None else self.node_memory_gb
         return PoolShape(self.node_cpus, memory, self.price, self.boot, self.spot_rate_per_hour, self.fallback_price)
 
     def pool(self) -> PoolConfig:
-        raw: dict[str, Any] = {
-            "provider": "local",
-            "min_size": 0,
+        shape: dict[str, Any] = {
             "max_size": UNBOUNDED_POOL,
             "node_cpus": self.node_cpus,
             "node_memory_gb": self.node_memory_gb or UNMODELLED_MEMORY_GB,
-            "lifecycle": "spot" if self.spot_rate_per_hour > 0 else "on-demand",
             "price_per_node_hour": self.price,
-            "idle_timeout_s": self.idle_timeout_s,
-            "boot_timeout_s": max(self.boot.typical() * 2, 1.0),
-            **self.pool_extra,
         }
-        return parse_pool("sim", raw)
+        if self.pool_config is None:
+            raw: dict[str, Any] = {"provider": "local", "boot_timeout_s": max(self.boot.typical() * 2, 1.0),
+                                   "lifecycle": "spot" if self.spot_rate_per_hour > 0 else "on-demand", **shape}
+        else:
+            raw = {**pool_fields(self.pool_config), **shape}
+            raw["default_run_cpus"] = min(raw["default_run_cpus"], self.node_cpus)
+            raw["default_run_memory_gb"] = min(raw["default_run_memory_gb"], shape["node_memory_gb"])
+        if self.idle_timeout_s is not None:
+            raw["idle_timeout_s"] = self.idle_timeout_s
+        raw.update(self.pool_extra)
+        return parse_pool(self.pool_config.name if self.pool_config else "sim", raw)
+
+
+def pool_fields(config: PoolConfig) -> dict[str, Any]:
+    """A parsed pool as the raw fields that parse it again (the fallback is another pool's name:
+    the replay has no other pools, so it is left out)."""
+    raw = {name: getattr(config, name) for name in POOL_FIELDS if name not in ("fallback", "taints")}
+    raw["taints"] = [vars(taint) for taint in config.taints]
+    return raw
 
 
 def lower_bound(work: Workload, setup: Setup) -> dict[str, float]:
@@ -83,7 +111,6 @@ def make_scaler(name: str, work: Workload, setup: Setup, whole: list[int], looka
         if name == "dpe-prewarm":
             schedules = [(work.arrival[j], work.cpus[j], work.memory_gb[j]) for j in range(len(work)) if work.scheduled[j]]
         return DpeScaler(setup.pool(), name=name, sensor_interval_s=setup.sensor_interval_s,
-                         placement=setup.placement, node_aware=setup.node_aware, boot_s=setup.boot.typical(),
                          schedules=schedules, lookahead_s=lookahead_s)
     if name == "reactive":
         return ReactiveScaler(evictable=setup.evictable)
@@ -142,7 +169,8 @@ def simulate_policy(name: str, work: Workload, setup: Setup, *, progress: Callab
     shape = setup.shape()
     began = time.perf_counter()
     sim = Simulation(work, shape, None, seed=setup.seed, progress=progress, timeline=timeline)
-    sim.scaler = make_scaler(name, work, setup, sim.whole, setup.boot.typical() + setup.sensor_interval_s)
+    # one boot ahead as the pool knows it, plus a tick: what the production sensor looks ahead
+    sim.scaler = make_scaler(name, work, setup, sim.whole, typical_boot_s(setup.pool()) + setup.sensor_interval_s)
     sim.run()
     return summarize(sim, time.perf_counter() - began, bound, setup), sim
 
