@@ -15,6 +15,9 @@ PROVIDERS = ("local", "aws_asg")
 LIFECYCLES = ("spot", "on-demand")
 # fixed: remove a node idle for idle_timeout_s; auto: the policy decides, never above idle_timeout_s.
 IDLE_TIMEOUT_MODES = ("fixed", "auto")
+# first-fit: a waiting run goes to the oldest node with room; ending-together: to the node whose
+# paid time it lengthens least, by expected ends (scaling/policy.py `place_run`).
+PLACEMENTS = ("first-fit", "ending-together")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # A pool name is used as a Kubernetes label value, an ASG tag and a file name: keep it to the
 # intersection of what all three accept.
@@ -92,13 +95,14 @@ class PoolConfig:
     idle_timeout_mode: str = "fixed"
     # Optional: once the pool has paid this much today (UTC), it stops scaling up until tomorrow.
     daily_budget_usd: float | None = None
+    placement: str = "first-fit"
 
 
 POOL_FIELDS = {
     "provider", "min_size", "max_size", "node_cpus", "node_memory_gb", "lifecycle",
     "price_per_node_hour", "idle_timeout_s", "boot_timeout_s", "default_run_cpus",
     "default_run_memory_gb", "fallback", "labels", "taints", "settings", "idle_timeout_mode",
-    "daily_budget_usd",
+    "daily_budget_usd", "placement",
 }
 
 
@@ -172,6 +176,7 @@ def parse_pool(name: str, raw: Any) -> PoolConfig:
                           float(_number(f"{where}.daily_budget_usd", raw["daily_budget_usd"], minimum=0, strict=True))),
         idle_timeout_mode=_choice(f"{where}.idle_timeout_mode", raw.get("idle_timeout_mode", "fixed"),
                                   IDLE_TIMEOUT_MODES),
+        placement=_choice(f"{where}.placement", raw.get("placement", "first-fit"), PLACEMENTS),
     )
 
 
