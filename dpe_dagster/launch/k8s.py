@@ -113,9 +113,9 @@ class PoolK8sRunLauncher(K8sRunLauncher):
         if self._driver_pool:
             return None  # the run pod goes to the driver pool; the tagged pool holds executors
         request = pool_request(run.tags, env)
-        if request is None or env.pool(request.pool).placement != ENDING_TOGETHER:
+        pool = None if request is None else env.pool(request.pool)
+        if pool is None or pool.placement != ENDING_TOGETHER:
             return None
-        pool = env.pool(request.pool)
         try:
             nodes = open_pool(pool, env).nodes()
             active = read_demand(self._instance, env).of(pool.name)
@@ -132,7 +132,7 @@ class PoolK8sRunLauncher(K8sRunLauncher):
         if node_id is None:
             self._instance.report_engine_event(
                 f"dpe: no running node of pool {pool.name} has room for this run; the scheduler places it "
-                "(the pool grows for it)", run)
+                "(on a node the pool grows for it, when none frees up first)", run)
             return None
         kube_node = kube_nodes.get(node_id)
         if kube_node is None:
