@@ -185,5 +185,6 @@ def test_the_preferred_node_survives_dagster_k8s_job_construction_and_a_users_ow
     assert zone in preferred
     assert preferred_hosts(manifest) == [["ip-10-0-3-1.ec2.internal"]]
 
-    driver = pool_container_context(run, env, driver_pool="ondemand-etl", preferred_node_name="ip-10-0-3-1.ec2.internal")
+    driver = pool_container_context(run, env, driver_pool="ondemand-etl",
+                                    preferred_node_name="ip-10-0-3-1.ec2.internal")
     assert "affinity" not in driver.run_k8s_config.pod_spec_config
