@@ -7,6 +7,14 @@ tolerations, do-not-evict annotations and the run's resource requests to the run
 itself is built by dagster-k8s (`construct_dagster_k8s_job`), with this as one more layer of its
 user-defined k8s config, merged over the launcher's and the code location's.
 
+On a pool with `placement: ending-together` it also (3) chooses the node the run's pod should go
+to, as the simulator does (`dpe_dagster.launch.node_choice`), and adds it to the Job as a
+preferred node affinity. Only run pods on their own pool are placed so: with `driver_pool` set,
+the run pod goes to the driver pool and its executors, on the tagged pool, are left to the
+scheduler. Choosing needs the pool's nodes (its provider), the runs on it (run storage) and the
+Kubernetes node names; when any of these cannot be read, the event log says so and the run is
+launched without a preferred node.
+
 In `dagster.yaml` (the Helm chart's `runLauncher.customRunLauncher`, see deploy/):
 
     run_launcher:
@@ -17,6 +25,7 @@ In `dagster.yaml` (the Helm chart's `runLauncher.customRunLauncher`, see deploy/
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from dagster import Field, StringSource
@@ -27,17 +36,24 @@ from dagster_k8s.job import UserDefinedDagsterK8sConfig
 from dagster_k8s.launcher import K8sRunLauncher
 
 from dpe_dagster.config import Environment
+from dpe_dagster.kube.nodes import KubeNodes
 from dpe_dagster.launch.capacity import ask_for_capacity
+from dpe_dagster.launch.node_choice import ENDING_TOGETHER, preferred_node
 from dpe_dagster.launch.pod_spec import pod_placement, run_k8s_config
+from dpe_dagster.pools import open_pool
+from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.scaling.tags import TagError, pool_request
 
 
-def pool_container_context(run: DagsterRun, env: Environment, driver_pool: str | None = None
-                           ) -> K8sContainerContext | None:
+def pool_container_context(run: DagsterRun, env: Environment, driver_pool: str | None = None,
+                           preferred_node_name: str | None = None) -> K8sContainerContext | None:
     """The k8s config that puts this run's pod on its pool; None for a run that names no pool.
 
     With `driver_pool`, the run's pod is a Spark driver (client mode) whose executors use the
-    run's pool: the pod goes to the driver pool, with that pool's default requests."""
+    run's pool: the pod goes to the driver pool, with that pool's default requests, and
+    `preferred_node_name` (a node of the run's own pool) does not apply to it.
+    `preferred_node_name`: the Kubernetes node the pod should prefer on its pool."""
     request = pool_request(run.tags, env)
     if request is None:
         return None
@@ -45,7 +61,8 @@ def pool_container_context(run: DagsterRun, env: Environment, driver_pool: str |
         driver = env.pool(driver_pool)
         placement = pod_placement(driver, driver.default_run_cpus, driver.default_run_memory_gb)
     else:
-        placement = pod_placement(env.pool(request.pool), request.cpus, request.memory_gb)
+        placement = pod_placement(env.pool(request.pool), request.cpus, request.memory_gb,
+                                  preferred_node=preferred_node_name)
     return K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(run_k8s_config(placement)))
 
 
@@ -53,6 +70,9 @@ class PoolK8sRunLauncher(K8sRunLauncher):
     def __init__(self, environment: str | None = None, driver_pool: str | None = None, **kwargs: Any):
         self._environment = environment
         self._driver_pool = driver_pool
+        # run id -> the node name chosen at launch, read while dagster-k8s builds that run's Job
+        # (and only then: terminating or checking a run must not ask any API for a node).
+        self._preferred_node_names: dict[str, str] = {}
         super().__init__(**kwargs)
 
     @classmethod
@@ -79,12 +99,57 @@ class PoolK8sRunLauncher(K8sRunLauncher):
             return
         # Placement may have moved the run to a fallback pool: build the Job from its tags now.
         run = self._instance.get_run_by_id(run.run_id) or run
-        super().launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
+        node_name = self._choose_node(run, env)
+        if node_name:
+            self._preferred_node_names[run.run_id] = node_name
+        try:
+            super().launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
+        finally:
+            self._preferred_node_names.pop(run.run_id, None)
+
+    def _choose_node(self, run: DagsterRun, env: Environment) -> str | None:
+        """The name of the Kubernetes node this run's pod should prefer, or None (first-fit pool,
+        a driver pool in use, no node with room, or something could not be read)."""
+        if self._driver_pool:
+            return None  # the run pod goes to the driver pool; the tagged pool holds executors
+        request = pool_request(run.tags, env)
+        pool = None if request is None else env.pool(request.pool)
+        if pool is None or pool.placement != ENDING_TOGETHER:
+            return None
+        try:
+            nodes = open_pool(pool, env).nodes()
+            active = read_demand(self._instance, env).of(pool.name)
+            selector = ",".join(f"{key}={value}" for key, value in sorted(pool.labels.items())) or None
+            kube_nodes = KubeNodes(self._api_client.core_api, selector).nodes_by_instance()
+        except Exception as error:  # noqa: BLE001 - the scheduler can still place the pod on the pool
+            self._instance.report_engine_event(
+                f"dpe: pool {pool.name} places runs ending-together, but its nodes, runs or Kubernetes nodes could "
+                f"not be read ({type(error).__name__}: {error}); launching without a preferred node", run)
+            return None
+        this_run = next((d for d in active if d.run_id == run.run_id),
+                        RunDemand(run.run_id, request.cpus, request.memory_gb))
+        node_id = preferred_node(pool, nodes, active, this_run, time.time())
+        if node_id is None:
+            self._instance.report_engine_event(
+                f"dpe: no running node of pool {pool.name} has room for this run; the scheduler places it "
+                "(on a node the pool grows for it, when none frees up first)", run)
+            return None
+        kube_node = kube_nodes.get(node_id)
+        if kube_node is None:
+            self._instance.report_engine_event(
+                f"dpe: pool {pool.name} would place this run on node {node_id}, which Kubernetes does not list "
+                "(yet); launching without a preferred node", run)
+            return None
+        name = kube_node.metadata.name
+        self._instance.report_engine_event(
+            f"dpe: pool {pool.name} places runs ending-together: this run prefers node {name} ({node_id})", run)
+        return name
 
     def get_container_context_for_run(self, dagster_run: DagsterRun) -> K8sContainerContext:
         context = super().get_container_context_for_run(dagster_run)
         try:
-            pool_context = pool_container_context(dagster_run, self.environment(), self._driver_pool)
+            pool_context = pool_container_context(dagster_run, self.environment(), self._driver_pool,
+                                                  self._preferred_node_names.get(dagster_run.run_id))
         except TagError:
             return context  # such a run is failed by launch_run before any Job exists
         return context.merge(pool_context) if pool_context is not None else context

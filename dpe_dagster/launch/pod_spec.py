@@ -8,7 +8,10 @@ nodes carry and which taints keep other pods off them. This module turns that in
 - annotations that keep the node under a running pod: Cluster Autoscaler's
   `safe-to-evict: "false"` and Karpenter's `do-not-disrupt: "true"` (a run is a batch job that
   cannot move; dpe itself removes the node once the run is done);
-- resource requests from the run's `dpe/cpu` / `dpe/memory` (what the policy packed).
+- resource requests from the run's `dpe/cpu` / `dpe/memory` (what the policy packed);
+- for pools with `placement: ending-together`, a *preferred* node affinity for the node the
+  launcher chose (`launch/node_choice.py`): preferred, not required, so a pod whose node is gone
+  or full by the time it is scheduled lands elsewhere on the pool instead of waiting.
 
 The k8s run launcher uses it for run Jobs; the Spark settings and any later Pipes resource reuse it.
 """
@@ -21,6 +24,10 @@ from typing import Any, Mapping
 from dpe_dagster.config import ConfigError, PoolConfig
 
 POOL_LABEL = "dpe.io/pool"
+# The node label the kubelet sets to the node's name: what a pod can prefer a node by.
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+# The largest weight the API allows: among the pool's nodes, the chosen one wins outright.
+PREFERRED_NODE_WEIGHT = 100
 NOT_SAFE_TO_EVICT = {
     "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
     "karpenter.sh/do-not-disrupt": "true",
@@ -34,13 +41,27 @@ class PodPlacement:
     annotations: dict[str, str]
     labels: dict[str, str]
     requests: dict[str, str] = field(default_factory=dict)
+    preferred_node: str | None = None  # a Kubernetes node name
 
     def pod_spec(self) -> dict[str, Any]:
         """The Kubernetes (camelCase) pod spec fields."""
-        return {"nodeSelector": dict(self.node_selector), "tolerations": [dict(t) for t in self.tolerations]}
+        spec: dict[str, Any] = {"nodeSelector": dict(self.node_selector),
+                                "tolerations": [dict(t) for t in self.tolerations]}
+        if self.preferred_node:
+            spec["affinity"] = preferred_node_affinity(self.preferred_node)
+        return spec
 
     def metadata(self) -> dict[str, Any]:
         return {"annotations": dict(self.annotations), "labels": dict(self.labels)}
+
+
+def preferred_node_affinity(node_name: str) -> dict[str, Any]:
+    """A pod affinity that asks the scheduler for this node when it fits, any other node of the
+    pool's selector when not (the node left, filled up, or is cordoned)."""
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": PREFERRED_NODE_WEIGHT,
+        "preference": {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node_name]}]},
+    }]}}
 
 
 def _quantity_cpu(cpus: float) -> str:
@@ -52,9 +73,10 @@ def _quantity_memory(gb: float) -> str:
 
 
 def pod_placement(pool: PoolConfig, cpus: float | None = None, memory_gb: float | None = None,
-                  *, evictable: bool = False) -> PodPlacement:
+                  *, evictable: bool = False, preferred_node: str | None = None) -> PodPlacement:
     """How a pod is put on `pool`; `evictable=True` for pods that tolerate being moved (Spark
-    executors under graceful decommissioning), which then carry no do-not-evict annotations."""
+    executors under graceful decommissioning), which then carry no do-not-evict annotations.
+    `preferred_node`: the name of the Kubernetes node the pod should go to when it fits there."""
     if not pool.labels:
         raise ConfigError(f"pools.{pool.name}.labels: a pool that runs pods needs at least one node label to "
                           f"select its nodes by, e.g. {{{POOL_LABEL!r}: {pool.name!r}}}")
@@ -75,6 +97,7 @@ def pod_placement(pool: PoolConfig, cpus: float | None = None, memory_gb: float 
         annotations={} if evictable else dict(NOT_SAFE_TO_EVICT),
         labels={POOL_LABEL: pool.name},
         requests=requests,
+        preferred_node=preferred_node,
     )
 
 
