@@ -201,9 +201,9 @@ def request_capacity(
     config = env.pool(pool_name)
     pool = open_pool(config, env)
     with instance_lock(instance, f"pool:{pool_name}"):
-        demand = read_demand(instance, env).of(pool_name)
-        nodes = pool.nodes()
         now = time.time()
+        demand = read_demand(instance, env, {pool_name: pool}, now).of(pool_name)
+        nodes = pool.nodes()
         blocked = check_budget(instance, config, nodes, pricer_for(env), now) if config.daily_budget_usd else None
         state = PoolState(target=pool.target(), nodes=tuple(nodes), scale_up_blocked=blocked)
         plan = plan_pool(config, state, demand, now)

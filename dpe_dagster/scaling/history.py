@@ -1,0 +1,72 @@
+"""How long runs take, from Dagster's run storage: the median of a job's last few successes.
+
+A run is expected to take as long as the median of the last `RECENT` SUCCESS runs of the same job
+(start to end, from their run records), and of the same partition set (tag
+`dagster/partition_set`) when the run has one and such successes are among the job's last `SCAN`;
+otherwise the job's last `RECENT` successes, whatever their partition set. The median, not the
+mean: one run that waited on a slow source must not move every estimate. A job that never
+succeeded has no estimate (None).
+
+Cost: one run-storage query per distinct job, cached for the life of a `RunDurations` (one tick),
+each `RunsFilter(job_name=..., statuses=[SUCCESS])` with a limit. Run storage serves it from the
+`idx_runs_by_job` index (pipeline_name, id): the newest rows of that job are read in id order and
+the read stops at the limit, so it costs the same with 1k or 1M runs in storage. The partition set
+is matched here, not with a tag filter, which would join the run tags table and grow with history.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Iterable
+
+from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
+
+PARTITION_SET_TAG = "dagster/partition_set"
+RECENT = 7  # successes the estimate is the median of
+SCAN = 40  # a job's newest successes searched for those of the run's partition set
+
+
+def median_duration(spans: Iterable[tuple[float | None, float | None]]) -> float | None:
+    """Median of end - start over the spans that have both (seconds); None when none has."""
+    durations = [end - start for start, end in spans if start is not None and end is not None and end >= start]
+    return statistics.median(durations) if durations else None
+
+
+def expected_end(start_time: float | None, duration: float | None, now: float) -> float | None:
+    """When a run should end: a started run at its start + the expected duration (possibly already
+    past: then nothing counts on its room ending soon); a run not started yet (queued, starting)
+    at now + the duration, as if it started now."""
+    if duration is None:
+        return None
+    return (start_time if start_time is not None else now) + duration
+
+
+class RunDurations:
+    """Expected run durations for one tick: at most one run-storage query per job."""
+
+    def __init__(self, instance: DagsterInstance, recent: int = RECENT, scan: int = SCAN):
+        if recent < 1 or scan < recent:
+            raise ValueError(f"recent: must be >= 1 and scan >= recent; got recent={recent}, scan={scan}")
+        self.instance = instance
+        self.recent = recent
+        self.scan = scan
+        self._successes: dict[str, list[RunRecord]] = {}
+
+    def successes(self, job_name: str) -> list[RunRecord]:
+        """The job's newest successes, newest first (cached)."""
+        if job_name not in self._successes:
+            self._successes[job_name] = list(self.instance.get_run_records(
+                filters=RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.SUCCESS]), limit=self.scan))
+        return self._successes[job_name]
+
+    def expected(self, job_name: str, partition_set: str | None = None) -> float | None:
+        """Expected duration (seconds) of a run of this job (and partition set), or None."""
+        records = self.successes(job_name)
+        if partition_set is not None:
+            same = [r for r in records if r.dagster_run.tags.get(PARTITION_SET_TAG) == partition_set]
+            records = same or records
+        return median_duration((r.start_time, r.end_time) for r in records[: self.recent])
+
+    def expected_end(self, record: RunRecord, now: float) -> float | None:
+        run = record.dagster_run
+        return expected_end(record.start_time, self.expected(run.job_name, run.tags.get(PARTITION_SET_TAG)), now)
