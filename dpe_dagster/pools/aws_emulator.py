@@ -232,10 +232,13 @@ def _emulated_placement(pool: PoolConfig, instances: Sequence, instance=None) ->
 
     if instance is None:
         instance = _dagster_instance(str(dagster_home()))
-    runs = instance.get_runs(filters=RunsFilter(
-        statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED], tags={POOL_TAG: pool.name}))
+    # The pool tag is matched here, not in SQL: a tag filter walks every run that ever carried
+    # the tag, so the read grew with history (as in scaling/demand.py); the status filter is indexed.
+    runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
     requests = []
     for run in sorted(runs, key=lambda r: r.run_id):
+        if run.tags.get(POOL_TAG) != pool.name:
+            continue
         try:
             cpus = parse_cpus(run.tags[CPU_TAG]) if CPU_TAG in run.tags else pool.default_run_cpus
             memory = parse_memory_gb(run.tags[MEMORY_TAG]) if MEMORY_TAG in run.tags else pool.default_run_memory_gb
