@@ -8,10 +8,13 @@ mean: one run that waited on a slow source must not move every estimate. A job t
 succeeded has no estimate (None).
 
 Cost: one run-storage query per distinct job, cached for the life of a `RunDurations` (one tick),
-each `RunsFilter(job_name=..., statuses=[SUCCESS])` with a limit. Run storage serves it from the
-`idx_runs_by_job` index (pipeline_name, id): the newest rows of that job are read in id order and
-the read stops at the limit, so it costs the same with 1k or 1M runs in storage. The partition set
-is matched here, not with a tag filter, which would join the run tags table and grow with history.
+each `RunsFilter(job_name=..., statuses=[SUCCESS])` with a limit, newest first. Run storage's
+`idx_runs_by_job` index (pipeline_name, id) serves it (SQLite's query plan on a populated storage:
+`SEARCH runs USING INDEX idx_runs_by_job (pipeline_name=?)`): the job's rows are walked newest
+first, the status checked on each, until the limit; so the read grows with the job's failures since
+its last successes, never with the rest of history (measured: flat from 1k to 100k other jobs'
+successes). The partition set is matched here, not with a tag filter, which would join the run tags
+table and grow with history.
 """
 
 from __future__ import annotations
