@@ -20,9 +20,9 @@ table and grow with history.
 from __future__ import annotations
 
 import statistics
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 
 PARTITION_SET_TAG = "dagster/partition_set"
 RECENT = 7  # successes the estimate is the median of
@@ -70,6 +70,16 @@ class RunDurations:
             records = same or records
         return median_duration((r.start_time, r.end_time) for r in records[: self.recent])
 
-    def expected_end(self, record: RunRecord, now: float) -> float | None:
-        run = record.dagster_run
-        return expected_end(record.start_time, self.expected(run.job_name, run.tags.get(PARTITION_SET_TAG)), now)
+
+
+def expected_ends(instance: DagsterInstance, runs: Sequence[DagsterRun], now: float) -> dict[str, float]:
+    """Run id -> expected end (`expected_end`), for the runs whose job has an estimate. Reads one
+    history query per distinct job, plus one by run id (the unique index) for the start times of
+    the STARTED ones; a run not in storage (a caller's own demand) counts as not started."""
+    durations = RunDurations(instance)
+    expected = {run.run_id: durations.expected(run.job_name, run.tags.get(PARTITION_SET_TAG)) for run in runs}
+    started = [run.run_id for run in runs if run.status == DagsterRunStatus.STARTED and expected[run.run_id] is not None]
+    starts = {record.dagster_run.run_id: record.start_time
+              for record in (instance.get_run_records(filters=RunsFilter(run_ids=started)) if started else [])}
+    return {run_id: end for run_id, duration in expected.items()
+            if (end := expected_end(starts.get(run_id), duration, now)) is not None}
