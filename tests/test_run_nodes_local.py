@@ -12,14 +12,15 @@ import sys
 import time
 
 import pytest
-from dagster import DagsterRunStatus
+from dagster import DagsterRunStatus, build_sensor_context
 from dagster._core.test_utils import create_run_for_test
 
 from dpe_dagster.javaenv import spark_process_env
 from dpe_dagster.pools import open_pool
-from dpe_dagster.scaling.control import scale_pool
+from dpe_dagster.scaling.control import request_capacity, scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import PoolState, nodes_for, plan_pool
+from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.scaling.tags import pool_tags
 from dpe_dagster.spark import run_app_name, run_id_of_app
 from tests.conftest import local_environment
@@ -68,7 +69,7 @@ def test_app_names_carry_the_full_run_id():
 
 def test_a_run_that_fits_only_in_the_total_free_room_gets_a_third_node(sqlite_instance, tmp_path):
     instance = sqlite_instance
-    env = local_environment(tmp_path, node_cpus=2, node_memory_gb=2, max_size=3)
+    env = local_environment(tmp_path, node_cpus=2, node_memory_gb=2, max_size=3, idle_timeout_s=1)
     config = env.pools["spot-etl"]
     pool = open_pool(config, env)
     spark_runs = []
@@ -106,6 +107,19 @@ def test_a_run_that_fits_only_in_the_total_free_room_gets_a_third_node(sqlite_in
         assert tick.plan.target == 3, tick.plan.reason
         assert pool.target() == 3
         wait_for(lambda: sum(n.state == "running" for n in pool.nodes()) == 3, what="a third running worker")
+
+        # The launcher's pass and the sensor read the same knowledge: while the run waits for the
+        # third worker, it is wanted, even idle past the idle timeout (blind, it would be removed).
+        assert request_capacity(instance, env, "spot-etl").target == 3
+        sensor = build_autoscaler_sensor(env)
+        cursor = None
+        for _ in range(3):
+            context = build_sensor_context(instance=instance, cursor=cursor)
+            reason = sensor(context).skip_message
+            cursor = context.cursor
+            time.sleep(config.idle_timeout_s)
+        assert "steady at 3" in reason, reason
+        assert len(pool.nodes()) == 3 and pool.target() == 3
     finally:
         for process in spark_runs:
             stop_spark_run(process)
