@@ -409,8 +409,9 @@ class AwsAsgPool:
         """From the busy source (Kubernetes: the nodes of the runs' pods; aws-sim: the emulator's
         model). Reads the group like a look does, and hands the description on to the `nodes()`
         and `target()` that follow, so knowing the runs' nodes costs no extra group description.
-        A lookup that fails means no run is known to hold a node (the policy then packs as if
-        blind, which can only under-count room already taken, never remove a node)."""
+        A lookup that fails means no run is known to hold a node: the policy packs those runs as
+        it did before it knew (it may ask for fewer nodes this tick than where the runs really are
+        needs; busy-ness comes from `nodes()`, so no busy node is ever removed for it)."""
         group = self._group_for_look()
         self._view = (group, time.monotonic())
         alive = [inst for inst in self._instances(group) if self._alive(inst)]
