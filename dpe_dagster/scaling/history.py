@@ -1,20 +1,20 @@
 """How long runs take, from Dagster's run storage: the median of a job's last few successes.
 
 A run is expected to take as long as the median of the last `RECENT` SUCCESS runs of the same job
-(start to end, from their run records), and of the same partition set (tag
-`dagster/partition_set`) when the run has one and such successes are among the job's last `SCAN`;
-otherwise the job's last `RECENT` successes, whatever their partition set. The median, not the
-mean: one run that waited on a slow source must not move every estimate. A job that never
-succeeded has no estimate (None).
+(start to end, from their run records) among the job's last `SCAN` runs, and of the same partition
+set (tag `dagster/partition_set`) when the run has one and such successes are among them;
+otherwise of the job's successes whatever their partition set. The median, not the mean: one run
+that waited on a slow source must not move every estimate. A job with no success among its last
+`SCAN` runs (new, or failing lately) has no estimate (None).
 
-Cost: one run-storage query per distinct job, cached for the life of a `RunDurations` (one tick),
-each `RunsFilter(job_name=..., statuses=[SUCCESS])` with a limit, newest first. Run storage's
-`idx_runs_by_job` index (pipeline_name, id) serves it (SQLite's query plan on a populated storage:
-`SEARCH runs USING INDEX idx_runs_by_job (pipeline_name=?)`): the job's rows are walked newest
-first, the status checked on each, until the limit; so the read grows with the job's failures since
-its last successes, never with the rest of history (measured: flat from 1k to 100k other jobs'
-successes). The partition set is matched here, not with a tag filter, which would join the run tags
-table and grow with history.
+Cost: one run-storage query per distinct job, cached for the life of a `RunDurations` (one tick):
+`RunsFilter(job_name=...)` with limit `SCAN`, newest first, served by the `idx_runs_by_job` index
+(pipeline_name, id), so it reads at most `SCAN` rows whatever the history. The status is checked
+here, not in SQL: with `statuses=[SUCCESS]` as well, SQLite's planner may serve the query from
+`idx_run_status` (status, then row id) instead, walking every job's successes newest first until
+it finds enough of this one, and a job that never succeeded then walks the whole history (measured
+at 100k runs: 153 ms with the status filter, 14 ms without). The partition set is matched here too,
+not with a tag filter, which would join the run tags table and grow with history.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, Ru
 
 PARTITION_SET_TAG = "dagster/partition_set"
 RECENT = 7  # successes the estimate is the median of
-SCAN = 40  # a job's newest successes searched for those of the run's partition set
+SCAN = 40  # a job's newest runs searched for successes (of the run's partition set, if any)
 
 
 def median_duration(spans: Iterable[tuple[float | None, float | None]]) -> float | None:
@@ -56,10 +56,10 @@ class RunDurations:
         self._successes: dict[str, list[RunRecord]] = {}
 
     def successes(self, job_name: str) -> list[RunRecord]:
-        """The job's newest successes, newest first (cached)."""
+        """The successes among the job's newest `scan` runs, newest first (cached)."""
         if job_name not in self._successes:
-            self._successes[job_name] = list(self.instance.get_run_records(
-                filters=RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.SUCCESS]), limit=self.scan))
+            newest = self.instance.get_run_records(filters=RunsFilter(job_name=job_name), limit=self.scan)
+            self._successes[job_name] = [r for r in newest if r.dagster_run.status == DagsterRunStatus.SUCCESS]
         return self._successes[job_name]
 
     def expected(self, job_name: str, partition_set: str | None = None) -> float | None:
