@@ -53,6 +53,8 @@ def test_expected_duration_is_the_median_of_the_jobs_last_successes(instance):
     assert durations.expected("report") == 7
     assert durations.expected("never-ran") is None
     assert RunDurations(instance).expected("etl") == 40  # the default window: the last 7
+    # Only the job's newest `scan` runs are read (a bounded query): the failure takes a slot.
+    assert RunDurations(instance, recent=5, scan=5).expected("etl") == 35  # 20, 30, 40, 50
 
 
 def test_expected_duration_of_a_partition_set_comes_from_its_own_runs(instance):
