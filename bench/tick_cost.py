@@ -142,7 +142,9 @@ def measure(instance, env, ticks: int) -> dict:
         # Interleaved: dpe's demand read, then the read it replaced (active statuses AND the pool tag
         # in SQL), on the same storage and rows.
         started = time.perf_counter()
-        demand = read_demand(instance, env)
+        # The run-storage part of the sensor's read: the active runs and their jobs' recent
+        # successes (expected ends); no pool given, so no provider is asked where runs are.
+        demand = read_demand(instance, env, {}, time.time())
         read_times.append(time.perf_counter() - started)
         started = time.perf_counter()
         instance.get_runs(filters=RunsFilter(statuses=ACTIVE_STATUSES, tags={POOL_TAG: sorted(env.pools)}))

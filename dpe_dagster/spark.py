@@ -8,6 +8,7 @@ node pool; the session asks for as many cores as the run's `dpe/cpu` tag request
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from typing import Any
@@ -17,6 +18,21 @@ from pydantic import Field, PrivateAttr
 
 from dpe_dagster.javaenv import check_java, spark_process_env
 from dpe_dagster.scaling.tags import CPU_TAG
+
+# Dagster run ids are UUIDs (make_new_run_id); the app name ends with the full one.
+_RUN_ID_AT_END = re.compile(r"-(?P<run_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
+
+
+def run_app_name(prefix: str, run_id: str) -> str:
+    """The Spark application name of a run's session: readable, and naming the full run id, so
+    that a pool can tell from Spark itself which node a run holds (see `run_id_of_app`)."""
+    return f"{prefix}-{run_id}"
+
+
+def run_id_of_app(app_name: str) -> str | None:
+    """The Dagster run id in an application name made by `run_app_name`; None for other apps."""
+    found = _RUN_ID_AT_END.search(app_name or "")
+    return found.group("run_id") if found else None
 
 
 def _wait_for_port(url: str, timeout_s: float) -> None:
@@ -76,12 +92,17 @@ class SparkResource(ConfigurableResource):
             host, bind = _driver_address(self.master)
             builder = (
                 SparkSession.builder.master(self.master)
-                .appName(f"{self.app_name}-{self._run_id[:8]}" if self._run_id else self.app_name)
+                .appName(run_app_name(self.app_name, self._run_id) if self._run_id else self.app_name)
                 .config("spark.driver.host", host)
                 .config("spark.driver.bindAddress", bind)
                 .config("spark.ui.enabled", "false")
                 .config("spark.sql.session.timeZone", "UTC")
             )
+            if self._run_id and self.master.startswith("k8s://"):
+                from dpe_dagster.spark_k8s import executor_run_labels
+
+                for key, value in executor_run_labels(self._run_id).items():
+                    builder = builder.config(key, value)
             if self._cores and not self.master.startswith("local"):
                 builder = builder.config("spark.cores.max", self._cores)
             for key, value in self.conf.items():

@@ -25,6 +25,9 @@ from typing import Any
 from dpe_dagster.config import ConfigError, PoolConfig
 from dpe_dagster.launch.pod_spec import merge_pod_template, pod_placement
 
+# The label dagster-k8s puts on a run's pod; executors carry it too (set per session, see
+# `executor_run_labels`), so one label query finds every pod of a run and the nodes it holds.
+RUN_ID_LABEL = "dagster/run-id"
 EXECUTOR_TEMPLATE_PATH = "/opt/dpe/spark/executor-pod-template.yaml"
 IN_CLUSTER_MASTER = "k8s://https://kubernetes.default.svc:443"
 
@@ -33,6 +36,12 @@ IN_CLUSTER_MASTER = "k8s://https://kubernetes.default.svc:443"
 class SparkOnK8s:
     conf: dict[str, str]
     executor_pod_template: dict[str, Any]
+
+
+def executor_run_labels(run_id: str) -> dict[str, str]:
+    """Spark settings that label a run's executor pods with its Dagster run id. Per run, so set
+    when the run's session is built, not in the environment-wide `spark_on_k8s` settings."""
+    return {f"spark.kubernetes.executor.label.{RUN_ID_LABEL}": run_id}
 
 
 def executor_shape(pool: PoolConfig) -> tuple[int, int]:

@@ -7,6 +7,11 @@
   would kill it. DaemonSet pods run on every node and go with it.
 - An instance with no Node yet (still booting, not joined) is not ready and not busy.
 
+Which node a run holds: dagster-k8s labels a run's pod with `dagster/run-id`, and dpe's Spark
+session labels the run's executor pods the same way (spark_k8s.py), so one label query over the
+active pods finds every pod of every run. A run maps to the pool node where its pods request the
+most CPU (its executors, on an executor pool; its own pod, on the driver pool).
+
 Reads use field selectors (`spec.nodeName=...`), one list call per node of the pool, so the cost
 grows with the pool, not the cluster. No Kubernetes API server can run on the development
 machine: the tests serve Kubernetes-format JSON over HTTP on loopback to the real client.
@@ -20,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 PROVIDER_ID = re.compile(r"^aws:///(?P<zone>[^/]*)/(?P<instance>i-[0-9a-f]+)$")
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+RUN_ID_LABEL = "dagster/run-id"  # dagster-k8s's label on run pods; dpe puts it on executors too
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 
 
@@ -44,6 +50,21 @@ def holds_work(pod: Any) -> bool:
         return False
     owners = (pod.metadata.owner_references or []) if pod.metadata else []
     return not any(owner.kind == "DaemonSet" for owner in owners)
+
+
+def cpu_request(pod: Any) -> float:
+    """The CPUs a pod asks for (its containers' requests; a container that asks for none counts
+    as a little, so that a run's pod still places it when nothing else does)."""
+    total = 0.0
+    for container in (pod.spec.containers or []) if pod.spec is not None else []:
+        requests = (container.resources.requests or {}) if container.resources is not None else {}
+        total += _cpus(requests.get("cpu")) if "cpu" in requests else 0.001
+    return total
+
+
+def _cpus(quantity: Any) -> float:
+    text = str(quantity).strip()
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 class KubeNodes:
@@ -99,6 +120,22 @@ class KubeNodes:
             busy = any(holds_work(pod) for pod in self.pods_on(node.metadata.name))
             out[iid] = (is_ready(node), busy)
         return out
+
+    def run_instances(self, instance_ids: Iterable[str]) -> dict[str, str]:
+        """Dagster run id -> the instance (among these) whose node the run's active pods request
+        the most CPU on (ties: the lowest instance id). Two list calls: the pool's nodes and the
+        active pods carrying a run id label."""
+        wanted = set(instance_ids)
+        instance_of_node = {node.metadata.name: iid for iid, node in self.nodes_by_instance().items() if iid in wanted}
+        pods = self.core.list_pod_for_all_namespaces(label_selector=RUN_ID_LABEL, field_selector=ACTIVE_PODS).items
+        cpus: dict[str, dict[str, float]] = {}  # run id -> instance id -> CPUs requested there
+        for pod in pods:
+            run_id = ((pod.metadata.labels or {}) if pod.metadata else {}).get(RUN_ID_LABEL)
+            iid = instance_of_node.get(pod.spec.node_name if pod.spec else None)
+            if run_id and iid and holds_work(pod):
+                held = cpus.setdefault(run_id, {})
+                held[iid] = held.get(iid, 0.0) + cpu_request(pod)
+        return {run_id: min(held, key=lambda iid: (-held[iid], iid)) for run_id, held in cpus.items()}
 
     def cordon_instances(self, instance_ids: Sequence[str], cordoned: bool = True) -> list[str]:
         """Mark the nodes of these instances unschedulable (or schedulable again); returns the node

@@ -201,6 +201,7 @@ class ScaleUpHealth:
 
 
 BusyLookup = Callable[[Sequence["_Instance"]], dict[str, tuple[bool, bool]]]
+RunLookup = Callable[[Sequence["_Instance"]], dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -219,9 +220,11 @@ class AwsAsgPool:
     """A `NodePool` whose nodes are the instances of one Auto Scaling group."""
 
     def __init__(self, config: PoolConfig, settings: AsgSettings, aws: AwsSettings, autoscaling: Any, ec2: Any,
-                 busy_lookup: BusyLookup | None = None, cordon: Callable[..., Any] | None = None):
+                 busy_lookup: BusyLookup | None = None, cordon: Callable[..., Any] | None = None,
+                 run_lookup: RunLookup | None = None):
         # busy_lookup: instances -> {id: (ready to take work, busy)}; cordon(instance_ids, cordoned=True)
-        # marks the matching Kubernetes nodes (un)schedulable. Both come from the pool's busy_source.
+        # marks the matching Kubernetes nodes (un)schedulable; run_lookup: instances -> {run id:
+        # instance id it holds}. All come from the pool's busy_source.
         self.name = config.name
         self.config = config
         self.settings = settings
@@ -230,6 +233,7 @@ class AwsAsgPool:
         self.ec2 = ec2
         self._busy_lookup = busy_lookup
         self._cordon = cordon
+        self._run_lookup = run_lookup
         # (group, monotonic time): a group description the next look may use instead of asking
         # again; see describe_groups and _group_for_look.
         self._view: tuple[dict, float] | None = None
@@ -246,10 +250,12 @@ class AwsAsgPool:
             kube = KubeNodes.from_environment(pool.labels)
             pool_obj._busy_lookup = lambda instances: kube.busy_by_instance([i.id for i in instances])
             pool_obj._cordon = kube.cordon_instances
+            pool_obj._run_lookup = lambda instances: kube.run_instances([i.id for i in instances])
         else:
-            from dpe_dagster.pools.aws_emulator import busy_from_dagster_runs
+            from dpe_dagster.pools.aws_emulator import busy_from_dagster_runs, runs_on_instances
 
             pool_obj._busy_lookup = lambda instances: busy_from_dagster_runs(pool, instances)
+            pool_obj._run_lookup = lambda instances: runs_on_instances(pool, instances)
         return pool_obj
 
     # -- AWS calls ----------------------------------------------------------------------------
@@ -398,6 +404,26 @@ class AwsAsgPool:
         # One look reads the group once: the target() that follows uses this same description.
         self._view = (group, time.monotonic())
         return nodes
+
+    def run_nodes(self) -> dict[str, str]:
+        """From the busy source (Kubernetes: the nodes of the runs' pods; aws-sim: the emulator's
+        model). Reads the group like a look does, and hands the description on to the `nodes()`
+        and `target()` that follow, so knowing the runs' nodes costs no extra group description.
+        A lookup that fails means no run is known to hold a node: the policy packs those runs as
+        it did before it knew (it may ask for fewer nodes this tick than where the runs really are
+        needs; busy-ness comes from `nodes()`, so no busy node is ever removed for it)."""
+        group = self._group_for_look()
+        self._view = (group, time.monotonic())
+        alive = [inst for inst in self._instances(group) if self._alive(inst)]
+        if not alive or self._run_lookup is None:
+            return {}
+        try:
+            placed = self._run_lookup(alive)
+        except Exception as error:  # another system; its failure must not fail the tick
+            log.warning("pool %s: cannot tell which nodes the runs hold (%s); packing without it", self.name, error)
+            return {}
+        ids = {inst.id for inst in alive}
+        return {run_id: node_id for run_id, node_id in placed.items() if node_id in ids}
 
     def remove_nodes(self, node_ids: Sequence[str]) -> None:
         node_ids = list(dict.fromkeys(node_ids))

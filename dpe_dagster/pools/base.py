@@ -45,3 +45,9 @@ class NodePool(Protocol):
 
     def remove_nodes(self, node_ids: Sequence[str]) -> None:
         """Remove these nodes and lower the target by as many. Refuses a busy node (PoolError)."""
+
+    def run_nodes(self) -> dict[str, str]:
+        """Dagster run id -> id of the node of this pool that the run holds now, for the runs that
+        hold one (as the provider's own source of placement sees them). A run that holds room on
+        several nodes maps to the one where it holds the most. The policy packs waiting runs into
+        the room really left on each node instead of repacking every run from scratch."""

@@ -34,6 +34,7 @@ from dpe_dagster.config import ConfigError, PoolConfig
 from dpe_dagster.javaenv import spark_home, spark_process_env
 from dpe_dagster.paths import dpe_home
 from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolError
+from dpe_dagster.spark import run_id_of_app
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -223,6 +224,29 @@ class LocalSparkPool:
             )
         return nodes
 
+    def run_nodes(self) -> dict[str, str]:
+        """From Spark itself: the master lists the active applications (a run's session is named
+        after its run id, see `dpe_dagster.spark.run_app_name`) and the workers; each worker
+        that has cores in use lists its executors by application. A run's executors may span
+        workers: it maps to the worker holding most of its cores (ties: the lowest node id).
+        Idle workers are not asked, so a tick costs one master read plus one per busy worker."""
+        status = self._master_status()
+        if not status:
+            return {}
+        runs_by_app = {app.get("id"): run_id_of_app(app.get("name", "")) for app in status.get("activeapps", [])}
+        node_by_port = {self._worker_port(instance): self._node_id(instance) for instance in self._worker_instances()}
+        cores: dict[str, dict[str, int]] = {}  # run id -> node id -> cores its executors hold there
+        for worker in status.get("workers", []):
+            node_id = node_by_port.get(worker.get("port"))
+            if node_id is None or worker.get("state") != "ALIVE" or not worker.get("coresused"):
+                continue
+            for executor in self._worker_status(worker.get("webuiaddress", "")).get("executors", []):
+                run_id = runs_by_app.get(executor.get("appid"))
+                if run_id:
+                    held = cores.setdefault(run_id, {})
+                    held[node_id] = held.get(node_id, 0) + int(executor.get("cores", 0))
+        return {run_id: min(held, key=lambda node_id: (-held[node_id], node_id)) for run_id, held in cores.items()}
+
     def remove_nodes(self, node_ids: Sequence[str]) -> None:
         instances = self._worker_instances()
         wanted = {}
@@ -309,6 +333,18 @@ class LocalSparkPool:
                 return json.load(response)
         except (urllib.error.URLError, OSError, ValueError):
             return None
+
+    @staticmethod
+    def _worker_status(webui: str) -> dict:
+        """A worker's own JSON status (its executors); empty when it cannot be read (a worker
+        stopping): its runs then hold no node this tick, and the next tick sees them again."""
+        if not webui.startswith("http://"):
+            return {}
+        try:
+            with urllib.request.urlopen(f"{webui.rstrip('/')}/json/", timeout=2) as response:
+                return json.load(response)
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
 
     def _log(self, cls: str, instance: int) -> Path:
         return self.log_dir / f"spark-{self.ident}-{cls}-{instance}-{socket.gethostname()}.out"

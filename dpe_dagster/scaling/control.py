@@ -268,7 +268,7 @@ def request_capacity(
     pool = open_pool(config, env)
 
     def demand() -> list[RunDemand]:
-        return read_demand(instance, env).of(pool_name)
+        return read_demand(instance, env, {pool_name: pool}, time.time()).of(pool_name)
 
     now = time.time()
     tick, _ = control_step(DagsterBooks(instance, pricer_for(env)), config, pool, demand(), None, now,

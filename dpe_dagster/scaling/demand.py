@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from dpe_dagster.config import Environment
+from dpe_dagster.pools.base import NodePool
+from dpe_dagster.scaling.history import expected_ends
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
 
@@ -24,8 +29,16 @@ class Demand:
         return list(self.by_pool.get(pool, []))
 
 
-def read_demand(instance: DagsterInstance, env: Environment) -> Demand:
+def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str, NodePool] | None = None,
+                now: float | None = None) -> Demand:
     """Active runs tagged with a pool of this environment.
+
+    With `pools` (provider objects by pool name, the caller's own), the demand also knows what
+    the simulator's dpe knows: which node each run holds (`RunDemand.node_id`, from the pool's
+    `run_nodes`, asked only of pools with active runs) and when it should end
+    (`RunDemand.expected_end`, from past runs of its job: scaling/history.py, one indexed query per
+    distinct job, and one by run id for start times). Without, runs carry neither (the policy
+    packs them from scratch).
 
     Only the status filter goes to run storage: it is indexed, so a read costs what the active
     runs cost, not the history. The pool tag is matched here, not in SQL: a tag filter makes the
@@ -43,4 +56,17 @@ def read_demand(instance: DagsterInstance, env: Environment) -> Demand:
             continue
         if request is not None:
             demand.by_pool[request.pool].append(RunDemand(run.run_id, request.cpus, request.memory_gb))
+    if pools is not None:
+        add_nodes_and_expected_ends(demand, runs, pools, instance, time.time() if now is None else now)
     return demand
+
+
+def add_nodes_and_expected_ends(demand: Demand, runs: Sequence[DagsterRun], pools: Mapping[str, NodePool],
+                                instance: DagsterInstance, now: float) -> None:
+    """Give each run of the demand its expected end and the node it holds (see `read_demand`)."""
+    asking = {run.run_id for pool_runs in demand.by_pool.values() for run in pool_runs}
+    ends = expected_ends(instance, [run for run in runs if run.run_id in asking], now)
+    for name, pool_runs in demand.by_pool.items():
+        nodes = pools[name].run_nodes() if name in pools and pool_runs else {}
+        demand.by_pool[name] = [dataclasses.replace(run, node_id=nodes.get(run.run_id), expected_end=ends.get(run.run_id))
+                                for run in pool_runs]

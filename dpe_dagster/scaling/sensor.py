@@ -59,19 +59,21 @@ def build_autoscaler_sensor(env: Environment):
     def dpe_autoscaler(context: SensorEvaluationContext):
         memory = load_cursor(context.cursor)
         arrivals = load_arrivals(context.cursor)
-        demand = read_demand(context.instance, env)
+        now = time.time()
+        pools = {name: pool_for(config) for name, config in env.pools.items()}
+        look_ahead(pools.values())
+        demand = read_demand(context.instance, env, pools, now)
         for run_id, problem in demand.rejected.items():
             context.log.warning(f"run {run_id} asks for nothing: {problem}")
-        now = time.time()
         pricer = pricer_for(env)
-        look_ahead(pool_for(config) for config in env.pools.values())
         summary = []
         for name, config in env.pools.items():
             arrivals[name] = arrivals.get(name, PoolArrivals()).see(demand.of(name), now)
             activity = arrivals[name].activity(config, now)
             tick, memory[name] = scale_pool(
                 context.instance, config, pool_for(config), demand.of(name), memory.get(name, {}), now, pricer,
-                fresh_demand=lambda name=name: read_demand(context.instance, env).of(name), activity=activity,
+                fresh_demand=lambda name=name: read_demand(context.instance, env, {name: pools[name]}, now).of(name),
+                activity=activity,
             )
             if tick.plan.changes(tick.state):
                 context.log.info(f"pool {name}: {tick.plan.reason}")
