@@ -16,6 +16,11 @@ ARRIVAL_RATE_WINDOW_S = 1800.0  # "recent" arrivals: an exponentially decaying a
 TYPICAL_BOOT_S = 120.0
 
 
+def typical_boot_s(boot_timeout_s: float) -> float:
+    """How long a node of a pool with this boot timeout typically takes to take work."""
+    return min(TYPICAL_BOOT_S, boot_timeout_s)
+
+
 @dataclass(frozen=True)
 class ArrivalRate:
     """CPUs asked per second by arriving runs, decaying over ARRIVAL_RATE_WINDOW_S."""
@@ -46,7 +51,7 @@ class PoolArrivals:
         return PoolArrivals(rate, frozenset(run.run_id for run in demand))
 
     def activity(self, boot_timeout_s: float, now: float) -> PoolActivity:
-        return PoolActivity(self.rate.at_time(now), min(TYPICAL_BOOT_S, boot_timeout_s))
+        return PoolActivity(self.rate.at_time(now), typical_boot_s(boot_timeout_s))
 
     def to_json(self) -> dict[str, Any]:
         return {"rate": self.rate.rate, "at": self.rate.at, "counted": sorted(self.counted)}

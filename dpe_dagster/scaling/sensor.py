@@ -12,6 +12,8 @@ from dpe_dagster.pools import NodePool, look_ahead, open_pool
 from dpe_dagster.scaling.activity import PoolArrivals
 from dpe_dagster.scaling.control import NodeMemory, scale_pool
 from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.scaling.policy import RunDemand
+from dpe_dagster.scaling.schedules import look_ahead_s, scheduled_runs, upcoming_runs
 from dpe_dagster.usage.pricing import pricer_for
 
 AUTOSCALER_SENSOR = "dpe_autoscaler"
@@ -49,6 +51,18 @@ def build_autoscaler_sensor(env: Environment):
             pools[config.name] = open_pool(config, env)
         return pools[config.name]
 
+    def upcoming_demand(context: SensorEvaluationContext, now: float) -> dict[str, list[RunDemand]]:
+        """The runs this code location's running schedules start within each pool's look-ahead."""
+        if context.repository_def is None or not env.pools:
+            return {}
+        windows = {name: look_ahead_s(config, env.sensor_interval_s) for name, config in env.pools.items()}
+        schedules = scheduled_runs(context.instance, context.repository_def, context.code_location_origin, env,
+                                   now, now + max(windows.values()), warn=context.log.warning)
+        out: dict[str, list[RunDemand]] = {}
+        for name, within in windows.items():
+            out[name] = upcoming_runs([s for s in schedules if s.request.pool == name], now, within).get(name, [])
+        return out
+
     @sensor(
         name=AUTOSCALER_SENSOR,
         minimum_interval_seconds=env.sensor_interval_s,
@@ -65,13 +79,17 @@ def build_autoscaler_sensor(env: Environment):
         now = time.time()
         pricer = pricer_for(env)
         look_ahead(pool_for(config) for config in env.pools.values())
+        upcoming = upcoming_demand(context, now)
         summary = []
         for name, config in env.pools.items():
+            # Arrivals are real runs only: a scheduled run arrives once, when Dagster queues it.
             arrivals[name] = arrivals.get(name, PoolArrivals()).see(demand.of(name), now)
             activity = arrivals[name].activity(config.boot_timeout_s, now) if config.idle_timeout_mode == "auto" else None
             tick, memory[name] = scale_pool(
-                context.instance, config, pool_for(config), demand.of(name), memory.get(name, {}), now, pricer,
-                fresh_demand=lambda name=name: read_demand(context.instance, env).of(name), activity=activity,
+                context.instance, config, pool_for(config), demand.of(name) + upcoming.get(name, []),
+                memory.get(name, {}), now, pricer,
+                fresh_demand=lambda name=name: read_demand(context.instance, env).of(name) + upcoming.get(name, []),
+                activity=activity,
             )
             if tick.plan.changes(tick.state):
                 context.log.info(f"pool {name}: {tick.plan.reason}")
