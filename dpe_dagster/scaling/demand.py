@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dpe_dagster.config import Environment
+from dpe_dagster.scaling.admission import startable
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
 
@@ -33,6 +34,7 @@ def read_demand(instance: DagsterInstance, env: Environment) -> Demand:
     grows with history (measured in bench/tick_cost.py: ~0.7 s at 50k runs on SQLite)."""
     demand = Demand()
     runs = instance.get_runs(filters=RunsFilter(statuses=ACTIVE_STATUSES))
+    runs = startable(instance, runs)  # a run the run queue holds back would idle its node
     for run in runs:
         if run.tags.get(POOL_TAG) not in env.pools:
             continue  # no pool, or another environment's: not ours to size (nor to reject)
