@@ -3,6 +3,7 @@ schedule's timezone, and which schedules count (a real instance's instigator sta
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 
 import pytest
@@ -13,8 +14,11 @@ from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatu
 
 from dpe_dagster.scaling.activity import TYPICAL_BOOT_S
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.scaling.schedules import (ScheduledRuns, fire_times, look_ahead_s, scheduled_run_id, scheduled_runs,
-                                           upcoming_runs)
+from dagster._core.storage.tags import SCHEDULE_NAME_TAG, SCHEDULED_EXECUTION_TIME_TAG
+from dagster._core.test_utils import create_run_for_test
+
+from dpe_dagster.scaling.schedules import (SCHEDULER_GRACE_S, ScheduledRuns, fire_times, look_ahead_s,
+                                           scheduled_run_id, scheduled_runs, upcoming_runs)
 from dpe_dagster.scaling.tags import PoolRequest, pool_tags
 from tests.conftest import local_environment
 
@@ -107,8 +111,19 @@ def test_fire_times_exclude_the_start_and_include_the_end():
 LOCATION = RegisteredCodeLocationOrigin("dpe")
 
 
-def stored(instance, repository: str, name: str, status: InstigatorStatus) -> None:
-    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(LOCATION, repository), name)
+@pytest.fixture
+def location(instance):
+    """A code location of this test alone (the PostgreSQL database is shared, and its schedule
+    states are not wiped between tests); its states are deleted after."""
+    origin = RegisteredCodeLocationOrigin(f"dpe-test-{uuid.uuid4().hex[:10]}")
+    yield origin
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE):
+        if state.origin.repository_origin.code_location_origin.location_name == origin.location_name:
+            instance.delete_instigator_state(state.instigator_origin_id, state.selector_id)
+
+
+def stored(instance, location, repository: str, name: str, status: InstigatorStatus) -> None:
+    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(location, repository), name)
     instance.add_instigator_state(
         InstigatorState(origin, InstigatorType.SCHEDULE, status, ScheduleInstigatorData("* * * * *", 0.0)))
 
@@ -117,7 +132,7 @@ def schedule(name: str, status: DefaultScheduleStatus, **kwargs) -> ScheduleDefi
     return ScheduleDefinition(name=name, job=etl, cron_schedule="*/10 * * * *", default_status=status, **kwargs)
 
 
-def test_only_running_schedules_count_with_their_default_status_when_none_is_stored(instance, tmp_path):
+def test_only_running_schedules_count_with_their_default_status_when_none_is_stored(instance, location, tmp_path):
     env = local_environment(tmp_path)
     defs = Definitions(jobs=[etl], schedules=[
         schedule("default_running", DefaultScheduleStatus.RUNNING),
@@ -128,12 +143,12 @@ def test_only_running_schedules_count_with_their_default_status_when_none_is_sto
         schedule("default_changed", DefaultScheduleStatus.STOPPED),
     ])
     repository = defs.get_repository_def()
-    stored(instance, repository.name, "started_in_ui", InstigatorStatus.RUNNING)
-    stored(instance, repository.name, "stopped_in_ui", InstigatorStatus.STOPPED)
-    stored(instance, repository.name, "default_changed", InstigatorStatus.DECLARED_IN_CODE)
-    stored(instance, "another_repository", "default_stopped", InstigatorStatus.RUNNING)
+    stored(instance, location, repository.name, "started_in_ui", InstigatorStatus.RUNNING)
+    stored(instance, location, repository.name, "stopped_in_ui", InstigatorStatus.STOPPED)
+    stored(instance, location, repository.name, "default_changed", InstigatorStatus.DECLARED_IN_CODE)
+    stored(instance, location, "another_repository", "default_stopped", InstigatorStatus.RUNNING)
 
-    runs = scheduled_runs(instance, repository, LOCATION, env, utc(2026, 1, 1, 10, 1), utc(2026, 1, 1, 10, 25))
+    runs = scheduled_runs(instance, repository, location, env, utc(2026, 1, 1, 10, 1), utc(2026, 1, 1, 10, 25))
     assert sorted(s.schedule for s in runs) == ["default_running", "started_in_ui"]
     assert runs[0].request == PoolRequest("spot-etl", 1, 1)
     assert list(runs[0].fire_times) == [utc(2026, 1, 1, 10, 10), utc(2026, 1, 1, 10, 20)]
@@ -157,3 +172,27 @@ def test_a_schedule_with_several_cron_strings_fires_at_each(cron):
     fires = fire_times(s, utc(2026, 1, 5), utc(2026, 1, 6))  # a Monday
     expected = ["2026-01-05 09:00"] + (["2026-01-05 17:30"] if isinstance(cron, list) else [])
     assert [iso(t) for t in fires] == expected
+
+
+def test_a_fire_that_passed_counts_until_dagster_has_created_its_run(instance, location, tmp_path):
+    """Between a fire and the scheduler creating its run, the node booted for it must stay wanted;
+    once the run exists it is the run that is demand."""
+    env = local_environment(tmp_path)
+    every_ten = schedule("every_ten", DefaultScheduleStatus.RUNNING)
+    repository = Definitions(jobs=[etl], schedules=[every_ten]).get_repository_def()
+    now = utc(2026, 1, 1, 10, 10, 30)
+
+    def upcoming():
+        runs = scheduled_runs(instance, repository, location, env, now, now + 60)
+        return upcoming_runs(runs, now - SCHEDULER_GRACE_S, 60 + SCHEDULER_GRACE_S).get("spot-etl", [])
+
+    assert [r.run_id for r in upcoming()] == [scheduled_run_id("every_ten", utc(2026, 1, 1, 10, 10))]
+    # The scheduler's run for that fire, tagged as Dagster tags it.
+    create_run_for_test(instance, job_name="etl", tags={
+        **pool_tags("spot-etl", cpus=1), SCHEDULE_NAME_TAG: "every_ten",
+        SCHEDULED_EXECUTION_TIME_TAG: datetime(2026, 1, 1, 10, 10, tzinfo=timezone.utc).isoformat()})
+    assert upcoming() == []
+    # A fire whose run never came is let go after the grace.
+    later = ScheduledRuns("every_ten", PoolRequest("spot-etl", 1, 1), [utc(2026, 1, 1, 10, 20)])
+    assert upcoming_runs([later], utc(2026, 1, 1, 10, 20) + 1 - SCHEDULER_GRACE_S, 60 + SCHEDULER_GRACE_S)
+    assert not upcoming_runs([later], utc(2026, 1, 1, 10, 20) + 1, 60)

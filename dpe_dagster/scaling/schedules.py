@@ -7,8 +7,12 @@ which of them run (Dagster's instigator states), their next fire times (Dagster'
 evaluation, in each schedule's timezone) and what their runs ask of which pool (the target job's
 run tags, overridden by the schedule's).
 
-A scheduled run is counted here only until its fire time: from then on its real run (queued by
-Dagster's scheduler) is demand, and counting both would buy a node twice.
+A scheduled run is counted here until its real run exists: from then on that run (queued by
+Dagster's scheduler) is demand, and counting both would buy a node twice. The pure window drops a
+fire at its fire time; production also keeps a fire that has passed, for at most
+SCHEDULER_GRACE_S, while Dagster has no run for it yet: the scheduler creates the run a few
+seconds after the fire, and in those seconds the node booted for it, idle since it booted, must
+not be taken away as idle.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from dagster import DagsterInstance, DefaultScheduleStatus, RepositoryDefinition, ScheduleDefinition
+from datetime import datetime, timezone
+
+from dagster import DagsterInstance, DefaultScheduleStatus, RepositoryDefinition, RunsFilter, ScheduleDefinition
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.remote_origin import CodeLocationOrigin
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus
+from dagster._core.storage.tags import SCHEDULE_NAME_TAG, SCHEDULED_EXECUTION_TIME_TAG
 from dagster._utils.schedules import schedule_execution_time_iterator
 
 from dpe_dagster.config import Environment, PoolConfig
@@ -68,6 +75,11 @@ def look_ahead_s(pool: PoolConfig, sensor_interval_s: float) -> float:
 
 # -- production: what Dagster knows of the code location's schedules ------------------------------
 
+# Dagster's scheduler evaluates schedules once a minute, at the minute: a fire's run normally
+# exists seconds after it. A fire whose run never comes (the schedule skipped it, or the scheduler
+# is down) keeps its node at most this much longer.
+SCHEDULER_GRACE_S = 60.0
+
 def fire_times(schedule: ScheduleDefinition, after: float, until: float) -> list[float]:
     """The schedule's fire times in (after, until], as Dagster's scheduler evaluates its cron in its
     execution timezone (daylight saving changes included)."""
@@ -110,11 +122,20 @@ def schedule_request(schedule: ScheduleDefinition, repository: RepositoryDefinit
     return pool_request(tags, env)
 
 
+def has_run(instance: DagsterInstance, schedule: str, fire_time: float) -> bool:
+    """Whether Dagster's scheduler has created the run of this fire (it tags the run with the
+    schedule's name and the fire time; the tag index makes this one lookup)."""
+    fired = datetime.fromtimestamp(fire_time, timezone.utc).isoformat()
+    tags = {SCHEDULE_NAME_TAG: schedule, SCHEDULED_EXECUTION_TIME_TAG: fired}
+    return bool(instance.get_run_ids(RunsFilter(tags=tags), limit=1))
+
+
 def scheduled_runs(instance: DagsterInstance, repository: RepositoryDefinition, location: CodeLocationOrigin | None,
                    env: Environment, now: float, until: float,
                    warn: Callable[[str], None] = lambda _: None) -> list[ScheduledRuns]:
     """The running schedules of the code location that start runs on a pool of `env`, with their
-    fire times in (now, until]."""
+    fire times in (now, until], and the fires of the last SCHEDULER_GRACE_S whose run Dagster has
+    not created yet (pass `now - SCHEDULER_GRACE_S` to `upcoming_runs` to count them)."""
     states = schedule_states(instance, repository.name, location)
     out = []
     for schedule in repository.schedule_defs:
@@ -125,6 +146,8 @@ def scheduled_runs(instance: DagsterInstance, repository: RepositoryDefinition, 
         except TagError as error:
             warn(f"schedule {schedule.name} is not pre-warmed: {error}")
             continue
-        if request is not None:
-            out.append(ScheduledRuns(schedule.name, request, fire_times(schedule, now, until)))
+        if request is None:
+            continue
+        passed = [t for t in fire_times(schedule, now - SCHEDULER_GRACE_S, now) if not has_run(instance, schedule.name, t)]
+        out.append(ScheduledRuns(schedule.name, request, passed + fire_times(schedule, now, until)))
     return out

@@ -13,7 +13,7 @@ from dpe_dagster.scaling.activity import PoolArrivals
 from dpe_dagster.scaling.control import NodeMemory, scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.scaling.schedules import look_ahead_s, scheduled_runs, upcoming_runs
+from dpe_dagster.scaling.schedules import SCHEDULER_GRACE_S, look_ahead_s, scheduled_runs, upcoming_runs
 from dpe_dagster.usage.pricing import pricer_for
 
 AUTOSCALER_SENSOR = "dpe_autoscaler"
@@ -60,7 +60,9 @@ def build_autoscaler_sensor(env: Environment):
                                    now, now + max(windows.values()), warn=context.log.warning)
         out: dict[str, list[RunDemand]] = {}
         for name, within in windows.items():
-            out[name] = upcoming_runs([s for s in schedules if s.request.pool == name], now, within).get(name, [])
+            # From the grace back: a fire whose run Dagster has not created yet is still upcoming.
+            out[name] = upcoming_runs([s for s in schedules if s.request.pool == name], now - SCHEDULER_GRACE_S,
+                                      within + SCHEDULER_GRACE_S).get(name, [])
         return out
 
     @sensor(
