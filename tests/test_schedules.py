@@ -192,6 +192,13 @@ def test_a_fire_that_passed_counts_until_dagster_has_created_its_run(instance, l
         **pool_tags("spot-etl", cpus=1), SCHEDULE_NAME_TAG: "every_ten",
         SCHEDULED_EXECUTION_TIME_TAG: datetime(2026, 1, 1, 10, 10, tzinfo=timezone.utc).isoformat()})
     assert upcoming() == []
+    # Started (in the UI) after its last fire: that fire never had a run to wait for.
+    started_late = schedule("started_late", DefaultScheduleStatus.STOPPED)
+    repository = Definitions(jobs=[etl], schedules=[started_late]).get_repository_def()
+    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(location, repository.name), "started_late")
+    instance.add_instigator_state(InstigatorState(origin, InstigatorType.SCHEDULE, InstigatorStatus.RUNNING,
+                                                  ScheduleInstigatorData("*/10 * * * *", now - 10)))
+    assert upcoming() == []
     # A fire whose run never came is let go after the grace.
     later = ScheduledRuns("every_ten", PoolRequest("spot-etl", 1, 1), [utc(2026, 1, 1, 10, 20)])
     assert upcoming_runs([later], utc(2026, 1, 1, 10, 20) + 1 - SCHEDULER_GRACE_S, 60 + SCHEDULER_GRACE_S)

@@ -122,6 +122,12 @@ def schedule_request(schedule: ScheduleDefinition, repository: RepositoryDefinit
     return pool_request(tags, env)
 
 
+def running_since(state: InstigatorState | None) -> float:
+    """When the schedule was started (the UI's toggle records it); unknown: the distant past."""
+    started = getattr(state.instigator_data, "start_timestamp", None) if state is not None else None
+    return started if started is not None else float("-inf")
+
+
 def has_run(instance: DagsterInstance, schedule: str, fire_time: float) -> bool:
     """Whether Dagster's scheduler has created the run of this fire (it tags the run with the
     schedule's name and the fire time; the tag index makes this one lookup)."""
@@ -139,7 +145,8 @@ def scheduled_runs(instance: DagsterInstance, repository: RepositoryDefinition, 
     states = schedule_states(instance, repository.name, location)
     out = []
     for schedule in repository.schedule_defs:
-        if not is_running(states.get(schedule.name), schedule.default_status):
+        state = states.get(schedule.name)
+        if not is_running(state, schedule.default_status):
             continue
         try:
             request = schedule_request(schedule, repository, env)
@@ -148,6 +155,8 @@ def scheduled_runs(instance: DagsterInstance, repository: RepositoryDefinition, 
             continue
         if request is None:
             continue
-        passed = [t for t in fire_times(schedule, now - SCHEDULER_GRACE_S, now) if not has_run(instance, schedule.name, t)]
+        # A fire from before the schedule was started has no run, and never will.
+        since = max(now - SCHEDULER_GRACE_S, running_since(state))
+        passed = [t for t in fire_times(schedule, since, now) if not has_run(instance, schedule.name, t)]
         out.append(ScheduledRuns(schedule.name, request, passed + fire_times(schedule, now, until)))
     return out
