@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import pytest

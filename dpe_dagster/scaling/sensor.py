@@ -69,7 +69,8 @@ def build_autoscaler_sensor(env: Environment):
         name=AUTOSCALER_SENSOR,
         minimum_interval_seconds=env.sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
-        description="dpe: sizes every node pool for the runs that are queued or running "
+        description="dpe: sizes every node pool for the runs that are running or that the run queue would "
+        "start now, and for the runs running schedules start within one node boot "
         f"(environment {env.name}); scales down nodes idle past their pool's idle timeout.",
     )
     def dpe_autoscaler(context: SensorEvaluationContext):
