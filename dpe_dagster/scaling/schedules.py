@@ -21,9 +21,8 @@ import bisect
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
-
 from datetime import datetime, timezone
+from typing import Callable, Iterable, Sequence
 
 from dagster import DagsterInstance, DefaultScheduleStatus, RepositoryDefinition, RunsFilter, ScheduleDefinition
 from dagster._core.definitions.run_request import InstigatorType
