@@ -17,6 +17,11 @@ ARRIVAL_RATE_WINDOW_S = 1800.0  # "recent" arrivals: an exponentially decaying a
 TYPICAL_BOOT_S = 120.0
 
 
+def typical_boot_s(boot_timeout_s: float) -> float:
+    """How long a node of a pool with this boot timeout typically takes to take work."""
+    return min(TYPICAL_BOOT_S, boot_timeout_s)
+
+
 @dataclass(frozen=True)
 class ArrivalRate:
     """CPUs asked per second by arriving runs, decaying over ARRIVAL_RATE_WINDOW_S."""
@@ -58,13 +63,9 @@ class PoolArrivals:
                    frozenset(str(run_id) for run_id in raw.get("counted", ())))
 
 
-def typical_boot_s(config: PoolConfig) -> float:
-    return min(TYPICAL_BOOT_S, config.boot_timeout_s)
-
-
 def pool_activity(config: PoolConfig, rate: ArrivalRate | None, now: float) -> PoolActivity:
     """What the policy is told of a pool's recent activity: the arrival rate (the sensor keeps it;
     a launcher, which keeps none, says 0: it never scales down, where the rate matters), a typical
     boot, and the pool's queueing allowance."""
-    return PoolActivity(rate.at_time(now) if rate is not None else 0.0, typical_boot_s(config),
+    return PoolActivity(rate.at_time(now) if rate is not None else 0.0, typical_boot_s(config.boot_timeout_s),
                         config.queue_allowance_s)

@@ -13,6 +13,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dpe_dagster.config import Environment
 from dpe_dagster.pools.base import NodePool
 from dpe_dagster.scaling.history import expected_ends
+from dpe_dagster.scaling.admission import startable
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
 
@@ -46,6 +47,7 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
     grows with history (measured in bench/tick_cost.py: ~0.7 s at 50k runs on SQLite)."""
     demand = Demand()
     runs = instance.get_runs(filters=RunsFilter(statuses=ACTIVE_STATUSES))
+    runs = startable(instance, runs)  # a run the run queue holds back would idle its node
     for run in runs:
         if run.tags.get(POOL_TAG) not in env.pools:
             continue  # no pool, or another environment's: not ours to size (nor to reject)

@@ -12,6 +12,8 @@ from dpe_dagster.pools import NodePool, look_ahead, open_pool
 from dpe_dagster.scaling.activity import PoolArrivals
 from dpe_dagster.scaling.control import NodeMemory, scale_pool
 from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.scaling.policy import RunDemand
+from dpe_dagster.scaling.schedules import SCHEDULER_GRACE_S, look_ahead_s, scheduled_runs, upcoming_runs
 from dpe_dagster.usage.pricing import pricer_for
 
 AUTOSCALER_SENSOR = "dpe_autoscaler"
@@ -49,11 +51,26 @@ def build_autoscaler_sensor(env: Environment):
             pools[config.name] = open_pool(config, env)
         return pools[config.name]
 
+    def upcoming_demand(context: SensorEvaluationContext, now: float) -> dict[str, list[RunDemand]]:
+        """The runs this code location's running schedules start within each pool's look-ahead."""
+        if context.repository_def is None or not env.pools:
+            return {}
+        windows = {name: look_ahead_s(config, env.sensor_interval_s) for name, config in env.pools.items()}
+        schedules = scheduled_runs(context.instance, context.repository_def, context.code_location_origin, env,
+                                   now, now + max(windows.values()), warn=context.log.warning)
+        out: dict[str, list[RunDemand]] = {}
+        for name, within in windows.items():
+            # From the grace back: a fire whose run Dagster has not created yet is still upcoming.
+            out[name] = upcoming_runs([s for s in schedules if s.request.pool == name], now - SCHEDULER_GRACE_S,
+                                      within + SCHEDULER_GRACE_S).get(name, [])
+        return out
+
     @sensor(
         name=AUTOSCALER_SENSOR,
         minimum_interval_seconds=env.sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
-        description="dpe: sizes every node pool for the runs that are queued or running "
+        description="dpe: sizes every node pool for the runs that are running or that the run queue would "
+        "start now, and for the runs running schedules start within one node boot "
         f"(environment {env.name}); scales down nodes idle past their pool's idle timeout.",
     )
     def dpe_autoscaler(context: SensorEvaluationContext):
@@ -66,13 +83,17 @@ def build_autoscaler_sensor(env: Environment):
         for run_id, problem in demand.rejected.items():
             context.log.warning(f"run {run_id} asks for nothing: {problem}")
         pricer = pricer_for(env)
+        upcoming = upcoming_demand(context, now)
         summary = []
         for name, config in env.pools.items():
+            # Arrivals are real runs only: a scheduled run arrives once, when Dagster queues it.
             arrivals[name] = arrivals.get(name, PoolArrivals()).see(demand.of(name), now)
             activity = arrivals[name].activity(config, now)
             tick, memory[name] = scale_pool(
-                context.instance, config, pool_for(config), demand.of(name), memory.get(name, {}), now, pricer,
-                fresh_demand=lambda name=name: read_demand(context.instance, env, {name: pools[name]}, now).of(name),
+                context.instance, config, pool_for(config), demand.of(name) + upcoming.get(name, []),
+                memory.get(name, {}), now, pricer,
+                fresh_demand=lambda name=name: (read_demand(context.instance, env, {name: pools[name]}, now).of(name)
+                                                + upcoming.get(name, [])),
                 activity=activity,
             )
             if tick.plan.changes(tick.state):

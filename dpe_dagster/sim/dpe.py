@@ -18,7 +18,6 @@ timeout has run out, and the ticks at which a schedule's run enters the look-ahe
 
 from __future__ import annotations
 
-import bisect
 import math
 from contextlib import nullcontext
 from typing import Sequence
@@ -28,6 +27,7 @@ from dpe_dagster.pools.base import Node, PoolError
 from dpe_dagster.scaling.activity import ArrivalRate, pool_activity
 from dpe_dagster.scaling.control import NodeMemory, control_step
 from dpe_dagster.scaling.policy import PoolActivity, PoolState, RunDemand, idle_timeouts, place_run
+from dpe_dagster.scaling.schedules import ScheduledRuns, upcoming_runs
 from dpe_dagster.sim.placement import first_fit
 from dpe_dagster.usage.pricing import CONFIG, Price
 from dpe_dagster.usage.records import NodeLifetime
@@ -105,7 +105,7 @@ class DpeScaler:
     the production control step at the launcher's and the sensor's moments."""
 
     def __init__(self, pool: PoolConfig, *, name: str = "dpe", sensor_interval_s: float = 30.0,
-                 schedules: list[tuple[float, float, float]] = (), lookahead_s: float = 0.0):
+                 schedules: Sequence[ScheduledRuns] = (), lookahead_s: float = 0.0):
         self.name = name
         self.pool = pool
         self.step_function = control_step  # the production function object, unchanged
@@ -115,9 +115,7 @@ class DpeScaler:
         self._arrived_cpus = 0.0  # CPUs of runs arrived since the last sensor tick
         self.memory: dict[str, NodeMemory] = {}  # the sensor's cursor
 
-        # scheduled runs known ahead: (fire time, cpus, memory), by fire time
-        self.schedules = sorted(schedules)
-        self._fires = [s[0] for s in self.schedules]
+        self.schedules = list(schedules)  # the runs schedules will start, known ahead (pre-warming)
         self.lookahead = lookahead_s
         self._demand: list[RunDemand | None] = []
         self._dirty = True
@@ -128,8 +126,9 @@ class DpeScaler:
         self.books = ReplayBooks(sim)
         self._demand = [None] * len(sim.work)
         self._placed: list[RunDemand | None] = [None] * len(sim.work)
-        for fire in self._fires:
-            sim.wake_at(max(0.0, math.floor((fire - self.lookahead) / self.interval) * self.interval))
+        for scheduled in self.schedules:
+            for fire in scheduled.fire_times:
+                sim.wake_at(max(0.0, math.floor((fire - self.lookahead) / self.interval) * self.interval))
 
     # -- the source of runs: what run storage and the provider say in production --------------
     def _waiting_demand(self, sim, job: int) -> RunDemand:
@@ -157,13 +156,10 @@ class DpeScaler:
         return out
 
     def _upcoming(self, now: float, within: float) -> list[RunDemand]:
-        """Runs that schedules will start in (now, now + within]."""
+        """Runs that schedules will start in (now, now + within], as the production sensor adds them."""
         if not self.schedules:
             return []
-        lo = bisect.bisect_right(self._fires, now)
-        hi = bisect.bisect_right(self._fires, now + within)
-        return [RunDemand(f"s{k}", cpus, mem, upcoming=True)
-                for k, (_, cpus, mem) in enumerate(self.schedules[lo:hi], lo)]
+        return upcoming_runs(self.schedules, now, within).get(self.pool.name, [])
 
     def activity(self, now: float) -> PoolActivity:
         return pool_activity(self.pool, self._arrivals, now)

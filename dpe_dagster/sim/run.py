@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from dpe_dagster.config import POOL_FIELDS, PoolConfig, parse_pool
-from dpe_dagster.scaling.activity import typical_boot_s
+from dpe_dagster.scaling.schedules import ScheduledRuns, look_ahead_s
+from dpe_dagster.scaling.tags import PoolRequest
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.consolidating import ConsolidatingScaler
 from dpe_dagster.sim.dpe import DpeScaler
@@ -107,10 +109,9 @@ def clairvoyant(work: Workload, setup: Setup) -> dict[str, float]:
 
 def make_scaler(name: str, work: Workload, setup: Setup, whole: list[int], lookahead_s: float):
     if name in ("dpe", "dpe-prewarm"):
-        schedules = []
-        if name == "dpe-prewarm":
-            schedules = [(work.arrival[j], work.cpus[j], work.memory_gb[j]) for j in range(len(work)) if work.scheduled[j]]
-        return DpeScaler(setup.pool(), name=name, sensor_interval_s=setup.sensor_interval_s,
+        pool = setup.pool()
+        schedules = trace_schedules(work, pool.name) if name == "dpe-prewarm" else []
+        return DpeScaler(pool, name=name, sensor_interval_s=setup.sensor_interval_s,
                          schedules=schedules, lookahead_s=lookahead_s)
     if name == "reactive":
         return ReactiveScaler(evictable=setup.evictable)
@@ -119,6 +120,17 @@ def make_scaler(name: str, work: Workload, setup: Setup, whole: list[int], looka
     if name in ("static-peak", "static-p95"):
         return StaticScaler(name, static_sizes(work, whole, setup.node_cpus)[name])
     raise ValueError(f"--policy: {name!r} is not a policy; allowed: {', '.join(POLICIES)}")
+
+
+def trace_schedules(work: Workload, pool: str) -> list[ScheduledRuns]:
+    """The trace's scheduled runs as the schedules the production sensor reads: one per request
+    (CPUs, memory), with its fire times."""
+    fires: dict[tuple[float, float], list[float]] = defaultdict(list)
+    for job in range(len(work)):
+        if work.scheduled[job]:
+            fires[(work.cpus[job], work.memory_gb[job])].append(work.arrival[job])
+    return [ScheduledRuns(f"trace-{cpus:g}cpu-{memory:g}g", PoolRequest(pool, cpus, memory), sorted(times))
+            for (cpus, memory), times in fires.items()]
 
 
 def percentiles(values: list[float]) -> tuple[float, float, float]:
@@ -169,8 +181,7 @@ def simulate_policy(name: str, work: Workload, setup: Setup, *, progress: Callab
     shape = setup.shape()
     began = time.perf_counter()
     sim = Simulation(work, shape, None, seed=setup.seed, progress=progress, timeline=timeline)
-    # one boot ahead as the pool knows it, plus a tick: what the production sensor looks ahead
-    sim.scaler = make_scaler(name, work, setup, sim.whole, typical_boot_s(setup.pool()) + setup.sensor_interval_s)
+    sim.scaler = make_scaler(name, work, setup, sim.whole, look_ahead_s(setup.pool(), setup.sensor_interval_s))
     sim.run()
     return summarize(sim, time.perf_counter() - began, bound, setup), sim
 
