@@ -18,6 +18,11 @@ IDLE_TIMEOUT_MODES = ("fixed", "auto")
 # first-fit: a waiting run goes to the oldest node with room; ending-together: to the node whose
 # paid time it lengthens least, by expected ends (scaling/policy.py `place_run`).
 PLACEMENTS = ("first-fit", "ending-together")
+# The defaults every environment gets unless it says otherwise, chosen by replaying traces through
+# the production control loop (bench/RESULTS.md, "Choosing the defaults").
+DEFAULT_IDLE_TIMEOUT_MODE = "auto"
+DEFAULT_QUEUE_ALLOWANCE_S = 10.0
+DEFAULT_PLACEMENT = "first-fit"
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # A pool name is used as a Kubernetes label value, an ASG tag and a file name: keep it to the
 # intersection of what all three accept.
@@ -92,13 +97,13 @@ class PoolConfig:
     taints: tuple[Taint, ...] = ()
     # Provider-specific settings (ports and folders for `local`, the group name for `aws_asg`).
     settings: Mapping[str, Any] = field(default_factory=dict)
-    idle_timeout_mode: str = "fixed"
+    idle_timeout_mode: str = DEFAULT_IDLE_TIMEOUT_MODE
     # Optional: once the pool has paid this much today (UTC), it stops scaling up until tomorrow.
     daily_budget_usd: float | None = None
-    placement: str = "first-fit"
+    placement: str = DEFAULT_PLACEMENT
     # A waiting run may wait this long (never longer than a boot) for room that running runs free
     # by their expected ends, instead of a node being booted for it; 0: always boot at once.
-    queue_allowance_s: float = 0.0
+    queue_allowance_s: float = DEFAULT_QUEUE_ALLOWANCE_S
 
 
 POOL_FIELDS = {
@@ -177,10 +182,10 @@ def parse_pool(name: str, raw: Any) -> PoolConfig:
         settings=dict(_mapping(f"{where}.settings", raw.get("settings", {}))),
         daily_budget_usd=(None if raw.get("daily_budget_usd") is None else
                           float(_number(f"{where}.daily_budget_usd", raw["daily_budget_usd"], minimum=0, strict=True))),
-        idle_timeout_mode=_choice(f"{where}.idle_timeout_mode", raw.get("idle_timeout_mode", "fixed"),
+        idle_timeout_mode=_choice(f"{where}.idle_timeout_mode", raw.get("idle_timeout_mode", DEFAULT_IDLE_TIMEOUT_MODE),
                                   IDLE_TIMEOUT_MODES),
-        placement=_choice(f"{where}.placement", raw.get("placement", "first-fit"), PLACEMENTS),
-        queue_allowance_s=float(_number(f"{where}.queue_allowance_s", raw.get("queue_allowance_s", 0), minimum=0)),
+        placement=_choice(f"{where}.placement", raw.get("placement", DEFAULT_PLACEMENT), PLACEMENTS),
+        queue_allowance_s=float(_number(f"{where}.queue_allowance_s", raw.get("queue_allowance_s", DEFAULT_QUEUE_ALLOWANCE_S), minimum=0)),
     )
 
 

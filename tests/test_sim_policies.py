@@ -98,12 +98,25 @@ def test_idle_node_is_reused_then_removed_after_the_timeout():
     trace.add(0, 100, 2)
     trace.add(250, 100, 2)  # arrives while the node idles: no second boot
     trace.add(5000, 100, 2)  # arrives after the node left: a new boot
-    setup = Setup(node_cpus=8, idle_timeout_s=300, sensor_interval_s=30)
+    setup = Setup(node_cpus=8, idle_timeout_s=300, sensor_interval_s=30, pool_extra={"idle_timeout_mode": "fixed"})
     row, sim = simulate_policy("dpe", build_workload(trace), setup)
     assert [s - a for s, a in zip(sim.start, sim.work.arrival)] == [120, 0, 120]
     assert row["nodes_launched"] == 2 and row["scale_downs"] == 1
-    # first node: requested 0, idle from 350, removed at the first sensor tick >= 650 (660)
+    # first node: requested 0, idle from 350, first seen idle by the sensor at its tick at 360 (as
+    # production's cursor sees it), removed at the first tick 300 s after that (660)
     assert row["node_hours"] == pytest.approx((660 + 220) / 3600, abs=1e-3)
+
+
+def test_with_the_default_auto_timeout_an_idle_node_waits_about_one_boot_when_nothing_arrives():
+    trace = Trace("two")
+    trace.add(0, 100, 2)
+    trace.add(5000, 100, 2)
+    setup = Setup(node_cpus=8, idle_timeout_s=1800, sensor_interval_s=30)
+    row, sim = simulate_policy("dpe", build_workload(trace), setup)
+    assert setup.pool().idle_timeout_mode == "auto"
+    # idle from 220, seen at 240; the arrival rate (2 CPUs / 1800 s, decaying) keeps it a little
+    # over one boot: 120 * (1 + 2/1800 * 120 / 8) = 122 s, so it goes at the tick at 390, not 1800 s later
+    assert row["node_hours"] == pytest.approx((390 + 220) / 3600, abs=1e-3)
 
 
 def test_a_job_larger_than_a_node_takes_whole_nodes():

@@ -19,7 +19,8 @@ def pool(**extra):
 
 
 def test_idle_timeout_mode_is_validated():
-    assert pool().idle_timeout_mode == "fixed"
+    assert pool().idle_timeout_mode == "auto"  # the default, chosen by measurement
+    assert pool(idle_timeout_mode="fixed").idle_timeout_mode == "fixed"
     assert pool(idle_timeout_mode="auto").idle_timeout_mode == "auto"
     with pytest.raises(ConfigError, match=r"pools\.etl\.idle_timeout_mode: must be one of fixed, auto; got 'soon'"):
         pool(idle_timeout_mode="soon")
