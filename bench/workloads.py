@@ -7,7 +7,7 @@ pipeline stage share a user/executable key, so a scheduler can learn their durat
 
     python bench/workloads.py --out short.csv [--days 7] [--dags-per-hour 300] [--seed 1]
     python bench/workloads.py --schedules cron.txt   # a mix of hourly and daily schedules
-    python bench/workloads.py --out bursty.csv --bursty [--days 3] [--tasks-per-day 40000]
+    python bench/workloads.py --out bursty.csv --bursty [--days 2] [--tasks-per-day 70000]
 
 Two more generators, for measuring the simulator at scale: `bursty_tasks` (tens of thousands of
 short batch tasks a day, submitted in bursts of hundreds) and `spark_pipelines` (daily and hourly
@@ -95,18 +95,19 @@ def generate(days: float = 7.0, dags_per_hour: float = 300.0, seed: int = 1) -> 
 BURST_KINDS = 60  # distinct task kinds; each has its own typical length and CPUs
 
 
-def bursty_tasks(days: float = 3.0, tasks_per_day: float = 40000.0, burst_median: float = 200.0,
-                 seed: int = 1) -> list[tuple[float, float, int, str, str]]:
+def bursty_tasks(days: float = 2.0, tasks_per_day: float = 70000.0, burst_median: float = 200.0,
+                 burst_sigma: float = 1.0, duration_sigma: float = 1.4, seed: int = 1) -> list[tuple[float, float, int, str, str]]:
     """Short batch tasks in bursts: (arrival_s, duration_s, cpus, user, executable) rows in arrival
     order. Bursts arrive as a Poisson process following the day (`day_factor`); each holds
-    lognormally many tasks (median `burst_median`, so hundreds at once) of one kind, submitted
-    within a few seconds; tasks run a lognormal time (median about 30 s) on 1-8 CPUs.
+    lognormally many tasks (median `burst_median`, spread `burst_sigma`: hundreds at once, now and
+    then thousands) of one kind, submitted
+    within a few seconds; tasks run a lognormal time (median about 30 s, spread `duration_sigma`:
+    a long tail of tasks running many minutes) on 1-8 CPUs.
     A weekday holds about `tasks_per_day` tasks, a weekend day 40% of that."""
     rng = random.Random(seed)
     kinds = [(f"b{i:02d}", rng.lognormvariate(math.log(30), 0.35), rng.choice([1, 1, 2, 2, 4, 8]))
              for i in range(BURST_KINDS)]
-    sigma = 0.6
-    mean_burst = burst_median * math.exp(sigma * sigma / 2)
+    mean_burst = burst_median * math.exp(burst_sigma * burst_sigma / 2)
     peak_rate = tasks_per_day / mean_burst / 86400.0 / WEEKDAY_FACTOR  # bursts per second at the daily peak
     rows = []
     horizon = days * 86400.0
@@ -118,9 +119,9 @@ def bursty_tasks(days: float = 3.0, tasks_per_day: float = 40000.0, burst_median
         if rng.random() > day_factor(t):
             continue
         name, median_s, cpus = rng.choice(kinds)
-        for _ in range(max(1, round(rng.lognormvariate(math.log(burst_median), sigma)))):
+        for _ in range(max(1, round(rng.lognormvariate(math.log(burst_median), burst_sigma)))):
             offset = rng.expovariate(1 / 2.0)
-            duration = max(1.0, rng.lognormvariate(math.log(median_s), 0.8))
+            duration = max(1.0, rng.lognormvariate(math.log(median_s), duration_sigma))
             rows.append((t + offset, duration, cpus, name, "task"))
     rows.sort()
     return rows
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--dags-per-hour", type=float, default=300.0, help="pipeline runs per hour at the daily peak")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--bursty", action="store_true", help="write bursty short batch tasks instead")
-    parser.add_argument("--tasks-per-day", type=float, default=40000.0, help="with --bursty: tasks a day at the peak rate")
+    parser.add_argument("--tasks-per-day", type=float, default=70000.0, help="with --bursty: tasks a day at the peak rate")
     parser.add_argument("--schedules", type=Path, help="write a cron schedule file (hourly and daily) here")
     args = parser.parse_args()
     if not args.out and not args.schedules:
