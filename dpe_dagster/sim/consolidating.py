@@ -42,7 +42,7 @@ class ConsolidatingScaler:
             close = min(self.batch_last + BATCH_IDLE_S, self.batch_start + BATCH_MAX_S)
             if now >= close:
                 self.batch_start = None
-                sim.add_nodes(new_nodes_for(sim, list(sim.pending)))
+                sim.add_nodes(new_nodes_for(sim))
             else:
                 sim.wake_at(close)
         else:

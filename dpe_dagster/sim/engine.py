@@ -133,6 +133,8 @@ class Simulation:
         self._pending_by_cpus: dict[float, dict[int, None]] = {}
         self._entered = itertools.count()
         self._started: list[int] = []
+        self._pending_sizes: dict[tuple[float, float], int] = {}  # (cpus, memory) -> pending jobs, one-node jobs
+        self._pending_whole_nodes = 0  # whole nodes the pending whole-node jobs take, together
         # how many ready nodes that run jobs have each amount of free CPUs (empty ones are `idle_nodes`)
         self._busy_free: dict[float, int] = {}
         self._busy_free_max: float | None = None  # cached max of `_busy_free`'s keys; None: stale
@@ -187,6 +189,11 @@ class Simulation:
     def active_jobs(self) -> list[int]:
         """Jobs that wait or run: what Dagster calls QUEUED, STARTING or STARTED."""
         return [*self.pending, *self.running]
+
+    def pending_sizes(self) -> tuple[dict[tuple[float, float], int], int]:
+        """What the pending jobs ask, without a pass over them: how many jobs of each (CPUs,
+        memory) fit on one node, and how many whole nodes the others take together."""
+        return self._pending_sizes, self._pending_whole_nodes
 
     def wake_at(self, when: float) -> None:
         when = max(when, self.now)
@@ -359,6 +366,10 @@ class Simulation:
         jobs[job] = None
         if self.whole[job]:
             self._pending_whole += 1
+            self._pending_whole_nodes += self.whole[job]
+        else:
+            size = (self.work.cpus[job], self.work.memory_gb[job])
+            self._pending_sizes[size] = self._pending_sizes.get(size, 0) + 1
 
     def _count_free(self, node: SimNode, change: int) -> None:
         """Add (1) or take away (-1) a busy ready node's free CPUs in the index of free room."""
@@ -405,6 +416,14 @@ class Simulation:
         self._started.append(job)  # leaves its group in `_pending_by_cpus` when the pass ends
         if whole_nodes:
             self._pending_whole -= 1
+            self._pending_whole_nodes -= self.whole[job]
+        else:
+            size = (work.cpus[job], work.memory_gb[job])
+            left = self._pending_sizes[size] - 1
+            if left:
+                self._pending_sizes[size] = left
+            else:
+                del self._pending_sizes[size]
         now = self.now
         self.start[job] = now
         cpus, mem = work.cpus[job], work.memory_gb[job]
