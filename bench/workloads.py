@@ -7,7 +7,7 @@ pipeline stage share a user/executable key, so a scheduler can learn their durat
 
     python bench/workloads.py --out short.csv [--days 7] [--dags-per-hour 300] [--seed 1]
     python bench/workloads.py --schedules cron.txt   # a mix of hourly and daily schedules
-    python bench/workloads.py --out bursty.csv --bursty [--days 2] [--tasks-per-day 70000]
+    python bench/workloads.py --out bursty.csv --bursty --days 2 [--tasks-per-day 70000]
 
 Two more generators, for measuring the simulator at scale: `bursty_tasks` (tens of thousands of
 short batch tasks a day, submitted in bursts of hundreds) and `spark_pipelines` (daily and hourly
