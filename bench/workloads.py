@@ -7,8 +7,12 @@ pipeline stage share a user/executable key, so a scheduler can learn their durat
 
     python bench/workloads.py --out short.csv [--days 7] [--dags-per-hour 300] [--seed 1]
     python bench/workloads.py --schedules cron.txt   # a mix of hourly and daily schedules
+    python bench/workloads.py --out bursty.csv --bursty --days 2 [--tasks-per-day 70000]
 
-Deterministic for a given seed.
+Two more generators, for measuring the simulator at scale: `bursty_tasks` (tens of thousands of
+short batch tasks a day, submitted in bursts of hundreds) and `spark_pipelines` (daily and hourly
+scheduled pipelines firing at exact times, plus ad-hoc runs, as a `Workload` whose scheduled runs
+are marked). Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpe_dagster.sim.trace import Trace
+from dpe_dagster.sim.workload import Workload, expected_durations
+
 PIPELINES = 40  # distinct pipelines; each has its own typical size and task length
+WEEKDAY_FACTOR = 0.25 + 0.75 * 4.0 * math.sqrt(math.pi) / 24.0  # `day_factor` averaged over a weekday
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,97 @@ def generate(days: float = 7.0, dags_per_hour: float = 300.0, seed: int = 1) -> 
     return rows
 
 
+BURST_KINDS = 60  # distinct task kinds; each has its own typical length and CPUs
+
+
+def bursty_tasks(days: float = 2.0, tasks_per_day: float = 70000.0, burst_median: float = 200.0,
+                 burst_sigma: float = 1.0, duration_sigma: float = 1.4, seed: int = 1) -> list[tuple[float, float, int, str, str]]:
+    """Short batch tasks in bursts: (arrival_s, duration_s, cpus, user, executable) rows in arrival
+    order. Bursts arrive as a Poisson process following the day (`day_factor`); each holds
+    lognormally many tasks (median `burst_median`, spread `burst_sigma`: hundreds at once, now and
+    then thousands) of one kind, submitted
+    within a few seconds; tasks run a lognormal time (median about 30 s, spread `duration_sigma`:
+    a long tail of tasks running many minutes) on 1-8 CPUs.
+    A weekday holds about `tasks_per_day` tasks, a weekend day 40% of that."""
+    rng = random.Random(seed)
+    kinds = [(f"b{i:02d}", rng.lognormvariate(math.log(30), 0.35), rng.choice([1, 1, 2, 2, 4, 8]))
+             for i in range(BURST_KINDS)]
+    mean_burst = burst_median * math.exp(burst_sigma * burst_sigma / 2)
+    peak_rate = tasks_per_day / mean_burst / 86400.0 / WEEKDAY_FACTOR  # bursts per second at the daily peak
+    rows = []
+    horizon = days * 86400.0
+    t = 0.0
+    while True:
+        t += rng.expovariate(peak_rate)
+        if t >= horizon:
+            break
+        if rng.random() > day_factor(t):
+            continue
+        name, median_s, cpus = rng.choice(kinds)
+        for _ in range(max(1, round(rng.lognormvariate(math.log(burst_median), burst_sigma)))):
+            offset = rng.expovariate(1 / 2.0)
+            duration = max(1.0, rng.lognormvariate(math.log(median_s), duration_sigma))
+            rows.append((t + offset, duration, cpus, name, "task"))
+    rows.sort()
+    return rows
+
+
+@dataclass(frozen=True)
+class ScheduledPipeline:
+    name: str
+    every: str  # "daily" or "hourly"
+    hour: int  # daily: the hour it fires (UTC); hourly: unused
+    minute: int
+    cpus: int
+    median_s: float
+
+
+def spark_pipelines(days: float = 7.0, daily: int = 40, hourly: int = 12, adhoc_per_day: float = 300.0,
+                    node_cpus: int = 8, seed: int = 1) -> Workload:
+    """Spark-like pipelines: `daily` pipelines each firing once a day and `hourly` ones each firing
+    every hour, at exact times (whole minutes, several often at the same second), plus ad-hoc runs
+    (Poisson, following `day_factor`). A run asks for a few CPUs up to several nodes' worth
+    (`node_cpus` per node) and lasts minutes: its pipeline's typical time with day-to-day noise.
+    Scheduled runs are marked `scheduled`; every run's expected duration is what past runs of the
+    same pipeline say, as `dpe simulate` guesses it from a trace."""
+    rng = random.Random(seed)
+    sizes = [2, 4, 4, 8, 8, 16, node_cpus * 2, node_cpus * 4, node_cpus * 8]
+    scheduled = [ScheduledPipeline(f"daily{i:02d}", "daily", rng.choice([0, 1, 2, 3, 4, 5, 6, 8, 12, 18]),
+                                   rng.choice([0, 0, 0, 15, 30, 45]), rng.choice(sizes),
+                                   rng.lognormvariate(math.log(900), 0.6)) for i in range(daily)]
+    scheduled += [ScheduledPipeline(f"hourly{i:02d}", "hourly", 0, rng.choice([0, 0, 5, 10, 20, 30, 45]),
+                                    rng.choice(sizes[:6]), rng.lognormvariate(math.log(240), 0.5))
+                  for i in range(hourly)]
+    adhoc = [(f"adhoc{i:02d}", rng.choice(sizes), rng.lognormvariate(math.log(600), 0.8)) for i in range(30)]
+    rows = []  # (arrival, duration, cpus, key, scheduled)
+    horizon = days * 86400.0
+    for day in range(math.ceil(days)):
+        for pipeline in scheduled:
+            hours = [pipeline.hour] if pipeline.every == "daily" else range(24)
+            for hour in hours:
+                fire = day * 86400.0 + hour * 3600.0 + pipeline.minute * 60.0
+                if fire < horizon:
+                    duration = max(30.0, pipeline.median_s * rng.lognormvariate(0.0, 0.25))
+                    rows.append((fire, duration, pipeline.cpus, pipeline.name, True))
+    peak_rate = adhoc_per_day / 86400.0 / WEEKDAY_FACTOR
+    t = 0.0
+    while True:
+        t += rng.expovariate(peak_rate)
+        if t >= horizon:
+            break
+        if rng.random() > day_factor(t):
+            continue
+        name, cpus, median_s = rng.choice(adhoc)
+        rows.append((t, max(30.0, median_s * rng.lognormvariate(0.0, 0.5)), cpus, name, False))
+    rows.sort(key=lambda r: (r[0], r[3]))
+    trace = Trace("spark-pipelines")
+    for arrival, duration, cpus, key, _ in rows:
+        trace.add(arrival, duration, cpus, key=key)
+    return Workload(name=trace.name, arrival=list(trace.arrival), duration=list(trace.duration),
+                    cpus=list(trace.cpus), memory_gb=[0.0] * len(rows), expected=expected_durations(trace),
+                    scheduled=[r[4] for r in rows])
+
+
 def write_csv(path: Path, rows) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -109,12 +208,17 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--dags-per-hour", type=float, default=300.0, help="pipeline runs per hour at the daily peak")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--bursty", action="store_true", help="write bursty short batch tasks instead")
+    parser.add_argument("--tasks-per-day", type=float, default=70000.0, help="with --bursty: tasks a day at the peak rate")
     parser.add_argument("--schedules", type=Path, help="write a cron schedule file (hourly and daily) here")
     args = parser.parse_args()
     if not args.out and not args.schedules:
         parser.error("nothing to do: give --out and/or --schedules")
     if args.out:
-        rows = generate(args.days, args.dags_per_hour, args.seed)
+        if args.bursty:
+            rows = bursty_tasks(args.days, args.tasks_per_day, seed=args.seed)
+        else:
+            rows = generate(args.days, args.dags_per_hour, args.seed)
         write_csv(args.out, rows)
         durations = sorted(r[1] for r in rows)
         print(f"{args.out}: {len(rows):,} tasks over {args.days:g} days, median {durations[len(rows) // 2]:.0f} s")

@@ -42,7 +42,7 @@ class ConsolidatingScaler:
             close = min(self.batch_last + BATCH_IDLE_S, self.batch_start + BATCH_MAX_S)
             if now >= close:
                 self.batch_start = None
-                sim.add_nodes(new_nodes_for(sim, list(sim.pending)))
+                sim.add_nodes(new_nodes_for(sim))
             else:
                 sim.wake_at(close)
         else:
@@ -58,15 +58,17 @@ class ConsolidatingScaler:
             sim.remove_nodes(empty)
         if not self.evictable:
             return
-        removed, free = set(), {}
+        # a dict, not a set: nodes are evicted in the order they were chosen, so where their jobs
+        # restart does not depend on where the node objects sit in memory
+        removed, free = {}, {}
         for node in sorted(sim.ready_nodes, key=lambda n: (len(n.jobs), -n.free_cpus)):
             if not node.jobs or node in free or any(sim.whole[j] for j in node.jobs):
                 continue
-            trial = fits_elsewhere(sim, list(node.jobs), free, removed | {node})
+            trial = fits_elsewhere(sim, list(node.jobs), free, removed.keys() | {node})
             if trial is None:
                 continue
             free.update(trial)
-            removed.add(node)
+            removed[node] = None
         for node in removed:
             sim.evict(node)
         if removed:

@@ -27,6 +27,7 @@ from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.workload import Workload
 
 COMPLETE, INTERRUPT, READY, TICK = 0, 1, 2, 3
+WHOLE = math.inf  # the group of pending jobs that take whole nodes
 
 
 def whole_nodes(work: Workload, shape: PoolShape) -> list[int]:
@@ -124,6 +125,21 @@ class Simulation:
         self._requeued = False
         self.arrivals = range(0)  # the jobs that arrived in the current batch of events
         self._pending_whole = 0  # pending jobs that need whole nodes
+        # Indexes that let a scheduling pass skip jobs no node has room for, instead of asking the
+        # scaler's `choose` about every pending job after every event:
+        # pending jobs grouped by the CPUs they ask (whole-node jobs under WHOLE), each group in
+        # the order the jobs entered `pending`, with that order's number for merging the groups
+        self._pending_seq: list[int] = [0] * n
+        self._pending_by_cpus: dict[float, dict[int, None]] = {}
+        self._entered = itertools.count()
+        self._started: list[int] = []
+        self._pending_sizes: dict[tuple[float, float], int] = {}  # (cpus, memory) -> pending jobs, one-node jobs
+        self._pending_whole_nodes = 0  # whole nodes the pending whole-node jobs take, together
+        # how many ready nodes that run jobs have each amount of free CPUs (empty ones are `idle_nodes`)
+        self._busy_free: dict[float, int] = {}
+        self._busy_free_max: float | None = None  # cached max of `_busy_free`'s keys; None: stale
+        self.placement_attempts = 0  # pending jobs offered to the scaler's `choose` (a measure of work)
+        self.scheduling_passes = 0
 
     # -- actions for autoscalers -------------------------------------------------------------
     def add_nodes(self, count: int, *, ready: bool = False) -> None:
@@ -166,15 +182,18 @@ class Simulation:
             self._version[job] += 1
             for held in self.running.pop(job):
                 self._release(held, job)
-            self.pending[job] = None
-            if self.whole[job]:
-                self._pending_whole += 1
+            self._enqueue(job)
             self._requeued = True
         return jobs
 
     def active_jobs(self) -> list[int]:
         """Jobs that wait or run: what Dagster calls QUEUED, STARTING or STARTED."""
         return [*self.pending, *self.running]
+
+    def pending_sizes(self) -> tuple[dict[tuple[float, float], int], int]:
+        """What the pending jobs ask, without a pass over them: how many jobs of each (CPUs,
+        memory) fit on one node, and how many whole nodes the others take together."""
+        return self._pending_sizes, self._pending_whole_nodes
 
     def wake_at(self, when: float) -> None:
         when = max(when, self.now)
@@ -188,25 +207,75 @@ class Simulation:
         starve it. `only`: just these new jobs (nothing else changed since the last pass)."""
         if not self.pending or not self.ready_nodes:
             return
-        cpus, whole, choose = self.work.cpus, self.whole, self.scaler.choose
-        max_free = max(n.free_cpus for n in self.ready_nodes)
+        self.scheduling_passes += 1
+        whole = self.whole
         held: set[SimNode] = set()
-        if only is not None and self._pending_whole > sum(1 for j in only if whole[j]):
-            held.update(n for n in self.ready_nodes if not n.jobs)
-        for job in list(self.pending) if only is None else only:
-            need = whole[job]
-            if need:
-                empties = [n for n in self.ready_nodes if not n.jobs and n not in held]
-                if len(empties) >= need:
-                    self._begin(job, empties[:need], whole_nodes=True)
-                else:
-                    held.update(empties)
+        if only is not None:
+            if self._pending_whole > sum(1 for j in only if whole[j]):
+                held.update(self.idle_nodes)
+            for job in only:
+                self._try(job, held)
+            self._forget_started()
+            return
+        # Oldest first across the groups; a group leaves the pass once no node that is not held
+        # has room for its jobs (room only shrinks during a pass, so it never comes back).
+        groups = self._pending_by_cpus
+        seq = self._pending_seq
+        heads = []
+        for cpus, jobs in groups.items():
+            if jobs and self._may_fit(cpus, held):
+                walk = iter(jobs)  # jobs that start leave the group after the pass
+                job = next(walk)
+                heads.append((seq[job], cpus, job, walk))
+        heapq.heapify(heads)
+        while heads:
+            _, cpus, job, walk = heads[0]
+            if not self._may_fit(cpus, held):
+                heapq.heappop(heads)
                 continue
-            if cpus[job] > max_free:
-                continue
-            node = choose(self, job, held)
-            if node is not None:
-                self._begin(job, [node], whole_nodes=False)
+            self._try(job, held)
+            following = next(walk, None)
+            if following is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (seq[following], cpus, following, walk))
+        self._forget_started()
+
+    def _forget_started(self) -> None:
+        groups, whole, cpus = self._pending_by_cpus, self.whole, self.work.cpus
+        for job in self._started:
+            del groups[WHOLE if whole[job] else cpus[job]][job]
+        self._started.clear()
+
+    def _try(self, job: int, held: set) -> None:
+        """Offer one pending job to the nodes (see `schedule`)."""
+        need = self.whole[job]
+        if need:
+            if len(self.idle_nodes) <= len(held):  # every empty node is held already
+                return
+            empties = [n for n in self.ready_nodes if not n.jobs and n not in held]
+            if len(empties) >= need:
+                self._begin(job, empties[:need], whole_nodes=True)
+            else:
+                held.update(empties)
+            return
+        if not self._may_fit(self.work.cpus[job], held):
+            return
+        self.placement_attempts += 1
+        node = self.scaler.choose(self, job, held)
+        if node is not None:
+            self._begin(job, [node], whole_nodes=False)
+
+    def _may_fit(self, cpus: float, held: set) -> bool:
+        """Whether some ready node outside `held` has `cpus` free (held nodes are all empty)."""
+        if cpus == WHOLE:
+            return len(self.idle_nodes) > len(held)
+        if len(self.idle_nodes) > len(held) and cpus <= self.shape.cpus:
+            return True
+        top = self._busy_free_max
+        if top is None:
+            top = self._busy_free_max = max(self._busy_free, default=-math.inf)
+        return cpus <= top
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> "Simulation":
@@ -238,9 +307,7 @@ class Simulation:
             arrived = False
             first = i
             while i < n and arrival[i] == t:
-                self.pending[i] = None
-                if self.whole[i]:
-                    self._pending_whole += 1
+                self._enqueue(i)
                 self._demand_cpus += work.cpus[i]
                 i += 1
                 arrived = True
@@ -289,6 +356,33 @@ class Simulation:
     def _push(self, when: float, kind: int, payload) -> None:
         heapq.heappush(self._events, (when, kind, next(self._seq), payload))
 
+    def _enqueue(self, job: int) -> None:
+        self.pending[job] = None
+        self._pending_seq[job] = next(self._entered)
+        group = WHOLE if self.whole[job] else self.work.cpus[job]
+        jobs = self._pending_by_cpus.get(group)
+        if jobs is None:
+            jobs = self._pending_by_cpus[group] = {}
+        jobs[job] = None
+        if self.whole[job]:
+            self._pending_whole += 1
+            self._pending_whole_nodes += self.whole[job]
+        else:
+            size = (self.work.cpus[job], self.work.memory_gb[job])
+            self._pending_sizes[size] = self._pending_sizes.get(size, 0) + 1
+
+    def _count_free(self, node: SimNode, change: int) -> None:
+        """Add (1) or take away (-1) a busy ready node's free CPUs in the index of free room."""
+        free = node.free_cpus
+        count = self._busy_free.get(free, 0) + change
+        if count:
+            self._busy_free[free] = count
+        else:
+            del self._busy_free[free]
+        top = self._busy_free_max
+        if top is not None and (free > top if change > 0 else free == top):
+            self._busy_free_max = free if change > 0 else None
+
     def _mark(self) -> None:
         if self.timeline is not None:
             self.timeline.append((self.now, len(self.nodes), self._demand_cpus))
@@ -312,13 +406,24 @@ class Simulation:
         del self.nodes[node.id]
         self.idle_nodes.pop(node, None)
         if node.ready:
+            if node.jobs:
+                self._count_free(node, -1)
             self.ready_nodes.remove(node)
 
     def _begin(self, job: int, nodes: list[SimNode], whole_nodes: bool) -> None:
         work = self.work
         del self.pending[job]
+        self._started.append(job)  # leaves its group in `_pending_by_cpus` when the pass ends
         if whole_nodes:
             self._pending_whole -= 1
+            self._pending_whole_nodes -= self.whole[job]
+        else:
+            size = (work.cpus[job], work.memory_gb[job])
+            left = self._pending_sizes[size] - 1
+            if left:
+                self._pending_sizes[size] = left
+            else:
+                del self._pending_sizes[size]
         now = self.now
         self.start[job] = now
         cpus, mem = work.cpus[job], work.memory_gb[job]
@@ -330,6 +435,8 @@ class Simulation:
                 node.busy_since = now
                 self.idle_nodes.pop(node, None)
                 node.refresh()
+            else:
+                self._count_free(node, -1)
             node.jobs[job] = None
             node.idle_since = None
             if whole_nodes:
@@ -339,17 +446,20 @@ class Simulation:
                 node.free_mem -= mem
             if end_hint > node.end_hint:
                 node.end_hint = end_hint
+            self._count_free(node, 1)
             node.measure()
         self.running[job] = nodes
         self._push(now + work.duration[job], COMPLETE, (job, self._version[job]))
 
     def _release(self, node: SimNode, job: int) -> None:
         del node.jobs[job]
+        self._count_free(node, -1)
         if node.jobs:
             node.free_cpus += self.work.cpus[job]
             node.free_mem += self.work.memory_gb[job]
             work, start = self.work, self.start
             node.end_hint = max(start[j] + (work.expected[j] or 0.0) for j in node.jobs)
+            self._count_free(node, 1)
         else:
             node.free_cpus, node.free_mem = self.shape.cpus, self.shape.memory_gb
             node.idle_since = self.now

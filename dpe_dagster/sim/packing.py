@@ -4,30 +4,44 @@ Autoscaler's binpacking estimator and Karpenter's provisioner both compute)."""
 from __future__ import annotations
 
 
-def new_nodes_for(sim, jobs) -> int:
-    work, shape, whole = sim.work, sim.shape, sim.whole
+def new_nodes_for(sim, jobs=None) -> int:
+    """New nodes the jobs need (None: every pending job), packed first-fit decreasing (by CPUs,
+    then memory) into the nodes still booting, then onto new nodes."""
+    shape = sim.shape
+    if jobs is None:
+        sizes, whole_nodes = sim.pending_sizes()
+    else:
+        work, whole = sim.work, sim.whole
+        sizes, whole_nodes = {}, 0
+        for job in jobs:
+            if whole[job]:
+                whole_nodes += whole[job]
+            else:
+                size = (work.cpus[job], work.memory_gb[job])
+                sizes[size] = sizes.get(size, 0) + 1
     booting = sum(1 for node in sim.nodes.values() if not node.ready)
-    bins: list[list[float]] = []  # [cpus, memory] left on each booting or new node
-    empty_booting = booting
-    new = 0
-    small = []
-    for job in jobs:
-        if whole[job]:
-            take = min(empty_booting, whole[job])
-            empty_booting -= take
-            new += whole[job] - take
-        else:
-            small.append(job)
-    bins = [[shape.cpus, shape.memory_gb] for _ in range(empty_booting)]
-    for job in sorted(small, key=lambda j: (work.cpus[j], work.memory_gb[j]), reverse=True):
-        cpus, mem = work.cpus[job], work.memory_gb[job]
+    # whole-node jobs take empty booting nodes first, whatever their order
+    new = max(0, whole_nodes - booting)
+    bins = [[shape.cpus, shape.memory_gb] for _ in range(max(0, booting - whole_nodes))]  # [cpus, memory] left
+    # First fit, decreasing: jobs of one size fill each bin in turn as far as they fit (what
+    # placing them one by one, each in the first bin with room, comes to).
+    for cpus, mem in sorted(sizes, reverse=True):
+        count = sizes[(cpus, mem)]
         for room in bins:
-            if room[0] >= cpus and room[1] >= mem:
+            while count and room[0] >= cpus and room[1] >= mem:
                 room[0] -= cpus
                 room[1] -= mem
+                count -= 1
+            if not count:
                 break
-        else:
-            bins.append([shape.cpus - cpus, shape.memory_gb - mem])
+        while count:
+            room = [shape.cpus - cpus, shape.memory_gb - mem]
+            count -= 1
+            while count and room[0] >= cpus and room[1] >= mem:
+                room[0] -= cpus
+                room[1] -= mem
+                count -= 1
+            bins.append(room)
             new += 1
     return new
 

@@ -51,7 +51,7 @@ class ReactiveScaler:
     def _scan(self, sim) -> None:
         now = sim.now
         if sim.pending:
-            new = new_nodes_for(sim, list(sim.pending))
+            new = new_nodes_for(sim)
             if new:
                 sim.add_nodes(new)
                 self.last_scale_up = now
