@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings, strategies as st
 
 from dpe_dagster.config import parse_pool
@@ -95,3 +97,35 @@ def test_packing_uses_whole_nodes_for_runs_larger_than_a_node():
     assert nodes_for([RunDemand("mem", 1, 20)], 2, 8) == 3
     assert nodes_for([RunDemand(str(i), 1, 1) for i in range(5)], 2, 8) == 3
     assert nodes_for([], 2, 8) == 0
+
+
+def first_fit_decreasing(demand, node_cpus, node_memory_gb):
+    """The packing spelled out run by run: what `nodes_for` must equal."""
+    whole, free, placed, waiting = 0, [], {}, []
+    for run in demand:
+        if run.cpus > node_cpus or run.memory_gb > node_memory_gb:
+            whole += max(math.ceil(run.cpus / node_cpus), math.ceil(run.memory_gb / node_memory_gb))
+        elif run.node_id is None:
+            waiting.append(run)
+        else:
+            room = placed.setdefault(run.node_id, [node_cpus, node_memory_gb])
+            room[0] -= run.cpus
+            room[1] -= run.memory_gb
+    free.extend(placed.values())
+    for run in sorted(waiting, key=lambda d: (d.cpus, d.memory_gb), reverse=True):
+        for room in free:
+            if room[0] >= run.cpus and room[1] >= run.memory_gb:
+                room[0] -= run.cpus
+                room[1] -= run.memory_gb
+                break
+        else:
+            free.append([node_cpus - run.cpus, node_memory_gb - run.memory_gb])
+    return whole + len(free)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.5, 1, 2, 3, 4, 6, 8, 12]), st.sampled_from([0, 1, 2, 4, 8, 40]),
+                          st.sampled_from([None, "n1", "n2", "n3"])), max_size=60))
+def test_packing_a_size_at_a_time_is_first_fit_decreasing_run_by_run(runs):
+    demand = [RunDemand(f"r{i}", cpus, memory, node_id=node) for i, (cpus, memory, node) in enumerate(runs)]
+    assert nodes_for(demand, 8, 32) == first_fit_decreasing(demand, 8, 32)

@@ -82,32 +82,64 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     """How many nodes of this shape hold the demand, packed first-fit decreasing. Runs that name
     the node they hold stay there; the others are packed into the room left, then onto new nodes.
     `ending` = (now, by): a placed run expected to end within [now, by] leaves its room to the
-    waiting runs (one of them each), since a node asked for now would not be ready sooner."""
+    waiting runs (one of them each), since a node asked for now would not be ready sooner; not
+    while a scheduled run is about to fire (an `upcoming` run): it must start on time, not bet on
+    estimated ends."""
     whole_nodes = 0
-    free: list[list[float]] = []  # [cpus, memory] left on each shared node
-    placed: dict[str, list[float]] = {}
-    waiting = []
-    for run in demand:
-        if run.cpus > node_cpus or run.memory_gb > node_memory_gb:
-            whole_nodes += max(math.ceil(run.cpus / node_cpus), math.ceil(run.memory_gb / node_memory_gb))
+    waiting: dict[tuple[float, float], int] = {}  # runs of each (cpus, memory) without a node
+    placed_runs = []
+    upcoming = False
+    count_of = waiting.get
+    for run in demand:  # the hot loop of a replay: one pass, no more work per run than needed
+        if run.upcoming:
+            upcoming = True
+        cpus, memory = run.cpus, run.memory_gb
+        if cpus > node_cpus or memory > node_memory_gb:
+            whole_nodes += max(math.ceil(cpus / node_cpus), math.ceil(memory / node_memory_gb))
         elif run.node_id is None:
-            waiting.append(run)
+            size = (cpus, memory)
+            waiting[size] = count_of(size, 0) + 1
         else:
-            room = placed.setdefault(run.node_id, [node_cpus, node_memory_gb])
-            if ending is not None and run.expected_end is not None and ending[0] <= run.expected_end <= ending[1]:
-                continue
-            room[0] -= run.cpus
-            room[1] -= run.memory_gb
-    free.extend(placed.values())
-    for run in sorted(waiting, key=lambda d: (d.cpus, d.memory_gb), reverse=True):
+            placed_runs.append(run)
+    if upcoming:
+        ending = None
+    placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
+    for run in placed_runs:
+        room = placed.setdefault(run.node_id, [node_cpus, node_memory_gb])
+        if ending is not None and run.expected_end is not None and ending[0] <= run.expected_end <= ending[1]:
+            continue
+        room[0] -= run.cpus
+        room[1] -= run.memory_gb
+    free = list(placed.values())
+    # First fit, largest first, a size at a time: runs of one size go, one by one, to the first
+    # room that holds them, so each room in turn takes as many as fit (the same packing as placing
+    # them one by one, in time proportional to the sizes, not the runs).
+    for (cpus, memory), count in sorted(waiting.items(), reverse=True):
         for room in free:
-            if room[0] >= run.cpus and room[1] >= run.memory_gb:
-                room[0] -= run.cpus
-                room[1] -= run.memory_gb
-                break
-        else:
-            free.append([node_cpus - run.cpus, node_memory_gb - run.memory_gb])
+            fit = _how_many_fit(room, cpus, memory)
+            if fit:
+                taken = min(fit, count)
+                room[0] -= taken * cpus
+                room[1] -= taken * memory
+                count -= taken
+                if not count:
+                    break
+        per_node = _how_many_fit([node_cpus, node_memory_gb], cpus, memory)
+        while count:
+            taken = min(per_node, count)
+            free.append([node_cpus - taken * cpus, node_memory_gb - taken * memory])
+            count -= taken
     return whole_nodes + len(free)
+
+
+_SLACK = 1e-9  # room left by subtracting sizes one by one may be a rounding error short
+
+
+def _how_many_fit(room: list[float], cpus: float, memory: float) -> int:
+    by_cpus = math.floor((room[0] + _SLACK) / cpus) if cpus > 0 else math.inf
+    by_memory = math.floor((room[1] + _SLACK) / memory) if memory > 0 else math.inf
+    fit = min(by_cpus, by_memory)
+    return 0 if fit <= 0 else (1 << 62 if fit == math.inf else int(fit))
 
 
 def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
@@ -136,11 +168,10 @@ def idle_timeout(pool: PoolConfig, state: PoolState) -> float:
 
 
 def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
-    # Room that running runs free within the queueing allowance (never longer than a boot) counts,
-    # unless a scheduled run is about to fire: it must start on time, not bet on estimated ends.
+    # Room that running runs free within the queueing allowance (never longer than a boot) counts.
     activity = state.activity
     ending = None
-    if activity is not None and activity.queue_s > 0 and not any(run.upcoming for run in demand):
+    if activity is not None and activity.queue_s > 0:
         ending = (now, now + min(activity.queue_s, activity.boot_s))
     needed = nodes_for(demand, pool.node_cpus, pool.node_memory_gb, ending)
     wanted = min(max(needed, pool.min_size), pool.max_size)
