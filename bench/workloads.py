@@ -62,6 +62,19 @@ def pipelines(rng: random.Random) -> list[Pipeline]:
     return out
 
 
+def arrivals(rng: random.Random, peak_rate: float, horizon: float):
+    """Arrival times of a Poisson process whose rate is peak_rate * day_factor(t), up to horizon
+    (by thinning). A generator: the caller's own draws between arrivals keep their place in the
+    random sequence."""
+    t = 0.0
+    while True:
+        t += rng.expovariate(peak_rate)
+        if t >= horizon:
+            return
+        if rng.random() <= day_factor(t):
+            yield t
+
+
 def generate(days: float = 7.0, dags_per_hour: float = 300.0, seed: int = 1) -> list[tuple[float, float, int, str, str]]:
     """(arrival_s, duration_s, cpus, user, executable) rows in arrival order."""
     rng = random.Random(seed)
@@ -69,14 +82,7 @@ def generate(days: float = 7.0, dags_per_hour: float = 300.0, seed: int = 1) -> 
     rows = []
     horizon = days * 86400.0
     peak_rate = dags_per_hour / 3600.0
-    t = 0.0
-    while True:
-        # thinning: a Poisson process with rate peak_rate * day_factor(t)
-        t += rng.expovariate(peak_rate)
-        if t >= horizon:
-            break
-        if rng.random() > day_factor(t):
-            continue
+    for t in arrivals(rng, peak_rate, horizon):
         kind = rng.choice(kinds)
         stage_start = t
         for stage in range(kind.stages):
@@ -111,13 +117,7 @@ def bursty_tasks(days: float = 2.0, tasks_per_day: float = 70000.0, burst_median
     peak_rate = tasks_per_day / mean_burst / 86400.0 / WEEKDAY_FACTOR  # bursts per second at the daily peak
     rows = []
     horizon = days * 86400.0
-    t = 0.0
-    while True:
-        t += rng.expovariate(peak_rate)
-        if t >= horizon:
-            break
-        if rng.random() > day_factor(t):
-            continue
+    for t in arrivals(rng, peak_rate, horizon):
         name, median_s, cpus = rng.choice(kinds)
         for _ in range(max(1, round(rng.lognormvariate(math.log(burst_median), burst_sigma)))):
             offset = rng.expovariate(1 / 2.0)
@@ -165,13 +165,7 @@ def spark_pipelines(days: float = 7.0, daily: int = 40, hourly: int = 12, adhoc_
                     duration = max(30.0, pipeline.median_s * rng.lognormvariate(0.0, 0.25))
                     rows.append((fire, duration, pipeline.cpus, pipeline.name, True))
     peak_rate = adhoc_per_day / 86400.0 / WEEKDAY_FACTOR
-    t = 0.0
-    while True:
-        t += rng.expovariate(peak_rate)
-        if t >= horizon:
-            break
-        if rng.random() > day_factor(t):
-            continue
+    for t in arrivals(rng, peak_rate, horizon):
         name, cpus, median_s = rng.choice(adhoc)
         rows.append((t, max(30.0, median_s * rng.lognormvariate(0.0, 0.5)), cpus, name, False))
     rows.sort(key=lambda r: (r[0], r[3]))
