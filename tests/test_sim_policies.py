@@ -211,13 +211,15 @@ def test_boot_time_distribution_parses_and_samples():
             BootTime.parse(bad)
 
 
-def test_expected_durations_use_only_finished_runs_of_the_same_job():
+def test_expected_durations_use_only_finished_runs_of_the_same_job_as_production_does():
     trace = Trace("h")
     trace.add(0, 100, 1, key="a", requested_s=500)
-    trace.add(10, 300, 1, key="a", requested_s=500)  # the first run has not finished yet
-    trace.add(400, 999, 1, key="a", requested_s=500)  # both finished: mean 200
+    trace.add(10, 300, 1, key="a", requested_s=500)  # the first run has not finished yet: no estimate
+    trace.add(400, 999, 1, key="a", requested_s=500)  # both finished: median 200
     trace.add(401, 50, 1, key=None, requested_s=None)
-    assert expected_durations(trace) == [500, 500, 200, 200]  # no key, no request: mean of finished runs
+    trace.add(1500, 10, 1, key="a", requested_s=500)  # three finished: median 300 (not the mean, 466)
+    # a requested time is not an estimate: Dagster runs carry none
+    assert expected_durations(trace) == [None, None, 200, None, 300]
 
 
 def test_a_job_no_node_can_hold_is_a_clear_error():

@@ -29,10 +29,17 @@ RECENT = 7  # successes the estimate is the median of
 SCAN = 40  # a job's newest runs searched for successes (of the run's partition set, if any)
 
 
+def typical_duration(durations: Iterable[float]) -> float | None:
+    """What a run of a job is expected to take, from its recent durations: their median (one run
+    that waited on a slow source must not move every estimate); None without any."""
+    durations = list(durations)
+    return statistics.median(durations) if durations else None
+
+
 def median_duration(spans: Iterable[tuple[float | None, float | None]]) -> float | None:
     """Median of end - start over the spans that have both (seconds); None when none has."""
-    durations = [end - start for start, end in spans if start is not None and end is not None and end >= start]
-    return statistics.median(durations) if durations else None
+    return typical_duration(end - start for start, end in spans
+                            if start is not None and end is not None and end >= start)
 
 
 def expected_end(start_time: float | None, duration: float | None, now: float) -> float | None:

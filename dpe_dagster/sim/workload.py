@@ -1,8 +1,10 @@
 """What the simulator replays: a trace's jobs, plus scheduled runs, plus what is known ahead.
 
-`expected` is each job's duration as a scheduler could guess it at arrival, never its true
-duration: the mean of the last few finished runs of the same job (same user and executable),
-else the time the job asked for, else the mean of all runs finished so far, else unknown (None).
+`expected` is each job's duration as production guesses it at arrival, never its true duration:
+the median of the last few finished runs of the same job (same user and executable, the trace's
+job), by the same rule as `scaling.history` applies to Dagster's run storage; a job with no
+finished run yet has no estimate (None). A trace's requested times are not used: a Dagster run
+carries none.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from dpe_dagster.scaling.history import RECENT, typical_duration
 from dpe_dagster.sim.trace import Trace
-
-HISTORY_RUNS = 5
 
 
 @dataclass
@@ -35,27 +36,16 @@ class Workload:
 
 def expected_durations(trace: Trace) -> list[float | None]:
     """Guess every job's duration from what was known when it arrived (the trace is in arrival order)."""
-    history: dict[str, deque] = defaultdict(lambda: deque(maxlen=HISTORY_RUNS))
+    history: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT))
     finishing: list[tuple[float, int]] = []  # (end, job) of runs not yet finished
     out: list[float | None] = []
-    total, count = 0.0, 0
     for job, arrival in enumerate(trace.arrival):
         while finishing and finishing[0][0] <= arrival:
             _, done = heapq.heappop(finishing)
-            total += trace.duration[done]
-            count += 1
             if trace.key[done] is not None:
-                history[trace.key[done]].append(trace.duration[done])
+                history[trace.key[done]].appendleft(trace.duration[done])  # newest first, as run storage
         key = trace.key[job]
-        past = history.get(key) if key is not None else None
-        requested = trace.requested_s[job]
-        if past:
-            guess = sum(past) / len(past)
-            out.append(min(guess, requested) if requested else guess)
-        elif requested:
-            out.append(requested)
-        else:
-            out.append(total / count if count else None)
+        out.append(typical_duration(history[key]) if key is not None and key in history else None)
         heapq.heappush(finishing, (arrival + trace.duration[job], job))
     return out
 
