@@ -101,6 +101,10 @@ class Books(Protocol):
     Dagster instance (`DagsterBooks`: advisory or file locks, the usage ledger, budgets); in a
     replay it is the simulator's memory. Everything else about a step is the same code."""
 
+    # Whether another controller may act on the pool between a look and an action: then a plan
+    # that changes something is remade under the lock before it is applied.
+    contended: bool
+
     def lock(self, pool: str) -> ContextManager[Any]:
         """Held while a plan is remade from fresh state and applied."""
 
@@ -119,6 +123,8 @@ class Books(Protocol):
 
 class DagsterBooks:
     """The books of a Dagster instance: pool locks, the usage ledger and budgets."""
+
+    contended = True  # sensors, launchers, the CLI and other daemons share the pool
 
     def __init__(self, instance: DagsterInstance, pricer: Callable[[PoolConfig, Node], Price] | None = None):
         self.instance = instance
@@ -196,9 +202,10 @@ def control_step(
     if not plan.changes(state):
         return PoolTick(config.name, plan, state, demand, lost=lost), memory
     with books.lock(config.name):
-        if fresh_demand is not None:
-            demand = fresh_demand()
-        state, plan, nodes = look(demand)
+        if books.contended:
+            if fresh_demand is not None:
+                demand = fresh_demand()
+            state, plan, nodes = look(demand)
         tick = PoolTick(config.name, plan, state, demand, lost=lost)
         if plan.remove:
             _remove(books, config, pool, plan.remove, nodes, memory, now, tick)

@@ -90,6 +90,9 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     placed_runs = []
     upcoming = False
     count_of = waiting.get
+    placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
+    freeing = []  # (room, cpus, memory) of placed runs expected to end within `ending`
+    lo, hi = ending if ending is not None else (math.inf, -math.inf)
     for run in demand:  # the hot loop of a replay: one pass, no more work per run than needed
         if run.upcoming:
             upcoming = True
@@ -100,16 +103,17 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
             size = (cpus, memory)
             waiting[size] = count_of(size, 0) + 1
         else:
-            placed_runs.append(run)
-    if upcoming:
-        ending = None
-    placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
-    for run in placed_runs:
-        room = placed.setdefault(run.node_id, [node_cpus, node_memory_gb])
-        if ending is not None and run.expected_end is not None and ending[0] <= run.expected_end <= ending[1]:
-            continue
-        room[0] -= run.cpus
-        room[1] -= run.memory_gb
+            room = placed.get(run.node_id)
+            if room is None:
+                room = placed[run.node_id] = [node_cpus, node_memory_gb]
+            room[0] -= cpus
+            room[1] -= memory
+            if run.expected_end is not None and lo <= run.expected_end <= hi:
+                freeing.append((room, cpus, memory))
+    if not upcoming:
+        for room, cpus, memory in freeing:
+            room[0] += cpus
+            room[1] += memory
     free = list(placed.values())
     # First fit, largest first, a size at a time: runs of one size go, one by one, to the first
     # room that holds them, so each room in turn takes as many as fit (the same packing as placing

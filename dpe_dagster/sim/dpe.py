@@ -73,6 +73,8 @@ class ReplayBooks:
     """The control step's books in a replay: nothing to lock against, lifetimes kept in memory.
     Budgets are not replayed (a pool's `daily_budget_usd` is ignored here)."""
 
+    contended = False  # the replay is the only controller: a plan is applied as first made
+
     def __init__(self, sim):
         self.sim = sim
         self.lifetimes: dict[str, NodeLifetime] = {}
