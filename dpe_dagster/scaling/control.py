@@ -21,7 +21,7 @@ from dpe_dagster.scaling.activity import pool_activity
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import Plan, PoolActivity, PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.ledger import record_node_lifetime
-from dpe_dagster.usage.lock import instance_lock
+from dpe_dagster.usage.lock import pool_lock
 from dpe_dagster.usage.budget import alert_once, budget_block, hold_or_release, spent_today
 from dpe_dagster.usage.pricing import Price, node_price, pricer_for
 from dpe_dagster.usage.records import NodeLifetime
@@ -131,7 +131,7 @@ class DagsterBooks:
         self.price = pricer or node_price
 
     def lock(self, pool: str) -> ContextManager[Any]:
-        return instance_lock(self.instance, f"pool:{pool}")
+        return pool_lock(self.instance, pool)
 
     def record_lifetime(self, lifetime: NodeLifetime) -> bool:
         return record_node_lifetime(self.instance, lifetime)

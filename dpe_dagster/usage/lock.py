@@ -43,3 +43,9 @@ def instance_lock(instance: DagsterInstance, name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pool_lock(instance: DagsterInstance, pool: str):
+    """The lock a pool's controllers act under. A node's removal and its lifetime record happen
+    while it is held, so whoever holds it sees a removed node either live or in the ledger."""
+    return instance_lock(instance, f"pool:{pool}")

@@ -11,6 +11,7 @@ from dpe_dagster.pools import open_pool
 from dpe_dagster.usage.pricing import pricer_for
 from dpe_dagster.scaling.tags import POOL_TAG
 from dpe_dagster.usage.ledger import record_run_usage
+from dpe_dagster.usage.lock import pool_lock
 
 LEDGER_SENSOR = "dpe_usage_ledger"
 ENDED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
@@ -34,15 +35,23 @@ def record_ended_runs(context: SensorEvaluationContext, env: Environment) -> lis
     )
     written = []
     pricer = pricer_for(env) if records else None
-    live = {name: open_pool(config, env).nodes()
-            for name, config in env.pools.items() if any(r.dagster_run.tags.get(POOL_TAG) == name for r in records)}
     owners = _owners(context)
+    by_pool: dict[str, list] = {}
     for record in records:
-        usage = record_run_usage(context.instance, record, env, live, pricer, owners)
-        if usage is not None:
-            written.append(usage.run_id)
-            context.log.info(f"usage of run {usage.run_id}: {usage.node_seconds:.1f} node-s on {usage.pool}, "
-                             f"${usage.cost_usd:.6f}")
+        by_pool.setdefault(record.dagster_run.tags.get(POOL_TAG), []).append(record)
+    for name, pool_records in by_pool.items():
+        if name not in env.pools:
+            continue
+        # Under the pool's lock: a node the autoscaler is removing right now is then either still
+        # live here or already in the ledger, never neither (which would charge the run nothing).
+        with pool_lock(context.instance, name):
+            live = {name: open_pool(env.pool(name), env).nodes()}
+            for record in pool_records:
+                usage = record_run_usage(context.instance, record, env, live, pricer, owners)
+                if usage is not None:
+                    written.append(usage.run_id)
+                    context.log.info(f"usage of run {usage.run_id}: {usage.node_seconds:.1f} node-s on "
+                                     f"{usage.pool}, ${usage.cost_usd:.6f}")
     if records:
         newest = max(r.update_timestamp.timestamp() for r in records)
         context.update_cursor(str(max(newest, float(context.cursor or 0))))
