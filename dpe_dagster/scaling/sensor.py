@@ -90,7 +90,7 @@ def build_autoscaler_sensor(env: Environment):
             arrivals[name] = arrivals.get(name, PoolArrivals()).see(demand.of(name), now)
             activity = arrivals[name].activity(config, now)
             tick, memory[name] = scale_pool(
-                context.instance, config, pool_for(config), demand.of(name) + upcoming.get(name, []),
+                context.instance, config, pools[name], demand.of(name) + upcoming.get(name, []),
                 memory.get(name, {}), now, pricer,
                 fresh_demand=lambda name=name: (read_demand(context.instance, env, {name: pools[name]}, now).of(name)
                                                 + upcoming.get(name, [])),
