@@ -1,0 +1,109 @@
+"""Spot interruptions end to end against moto's server: an EventBridge rule routes EC2's events to
+an SQS queue (moto's server does route them), dpe's reader long-polls it and asks for the
+replacement at once. moto never interrupts an instance itself: the test puts the event as AWS
+sends it (source aws.ec2, the detail-type AWS uses)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import boto3
+from dagster import DagsterEventType
+
+from dpe_dagster.pools import open_pool
+from dpe_dagster.pools.aws_emulator import create_groups
+from dpe_dagster.pools.interruptions import WARNING, InterruptionReader
+from dpe_dagster.scaling.control import scale_pool
+from dpe_dagster.scaling.demand import read_demand
+from tests.reliability.harness import advance, queue_run
+from tests.test_aws_asg import REGION, aws, clients, dagster, environment, group, moto  # noqa: F401
+
+
+def interruption_queue(url: str):
+    """The queue and rule deploy/cloudformation/interruption-queue.yaml makes, in the emulator."""
+    kwargs = {"region_name": REGION, "endpoint_url": url}
+    sqs, events = boto3.client("sqs", **kwargs), boto3.client("events", **kwargs)
+    queue = sqs.create_queue(QueueName="dpe-interruptions")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="dpe-interruptions", EventPattern=json.dumps({
+        "source": ["aws.ec2"],
+        "detail-type": ["EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation"]}))
+    events.put_targets(Rule="dpe-interruptions", Targets=[{"Id": "queue", "Arn": arn}])
+    return sqs, events, queue
+
+
+def warn(events, instance_id: str, detail_type: str = WARNING) -> None:
+    events.put_events(Entries=[{
+        "Source": "aws.ec2", "DetailType": detail_type,
+        "Resources": [f"arn:aws:ec2:{REGION}:123456789012:instance/{instance_id}"],
+        "Detail": json.dumps({"instance-id": instance_id, "instance-action": "terminate"}),
+    }])
+
+
+def pools_of(env):
+    return {name: open_pool(env.pool(name), env) for name in env.pools}
+
+
+def test_warning_during_a_run_asks_for_the_replacement_within_a_second(aws, dagster):
+    env = environment(aws.url)
+    autoscaling, ec2 = clients(aws.url)
+    create_groups(env, autoscaling, ec2)
+    pools = pools_of(env)
+    run_id = queue_run(dagster, "spot-etl")
+    scale_pool(dagster, env.pool("spot-etl"), pools["spot-etl"], read_demand(dagster, env).of("spot-etl"), {},
+               time.time())
+    advance(dagster, run_id, DagsterEventType.RUN_START)
+    [node] = pools["spot-etl"].nodes()
+    assert node.busy and group(autoscaling, "test-spot")["DesiredCapacity"] == 1
+
+    sqs, events, queue = interruption_queue(aws.url)
+    cordoned = []
+    reader = InterruptionReader(sqs, queue, env, pools, cordon=cordoned.extend)
+    sent = time.monotonic()
+    warn(events, node.id)
+    actions = reader.poll_once(wait_s=1)
+    elapsed = time.monotonic() - sent
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 2, "the replacement is asked for at once"
+    assert elapsed < 1.0, f"replacement asked for {elapsed:.2f}s after the warning"
+    assert cordoned == [node.id]
+    assert [(a.pool, a.instance_id, a.grow_pool) for a in actions] == [("spot-etl", node.id, "spot-etl")]
+    # Handled: deleted, so a second reader does not act twice.
+    assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 2
+
+
+def test_full_pool_asks_its_fallback(aws, dagster):
+    env = environment(aws.url, max_size=1)
+    autoscaling, ec2 = clients(aws.url)
+    create_groups(env, autoscaling, ec2)
+    pools = pools_of(env)
+    pools["spot-etl"].set_target(1)
+    [node] = pools["spot-etl"].nodes()
+    sqs, events, queue = interruption_queue(aws.url)
+    warn(events, node.id)
+    [action] = InterruptionReader(sqs, queue, env, pools).poll_once(wait_s=1)
+    assert action.grow_pool == "ondemand-etl"
+    assert group(autoscaling, "test-ondemand")["DesiredCapacity"] == 1
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 1
+
+
+def test_foreign_and_malformed_messages_are_dropped_without_acting(aws, dagster, caplog):
+    env = environment(aws.url)
+    autoscaling, ec2 = clients(aws.url)
+    create_groups(env, autoscaling, ec2)
+    pools = pools_of(env)
+    sqs, events, queue = interruption_queue(aws.url)
+    warn(events, "i-0123456789abcdef0")  # no pool of dpe's owns it
+    sqs.send_message(QueueUrl=queue, MessageBody="not json")
+    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"source": "aws.ec2", "detail-type": WARNING,
+                                                              "detail": {}}))
+    reader = InterruptionReader(sqs, queue, env, pools)
+    actions = []
+    for _ in range(3):
+        actions += reader.poll_once(wait_s=1)
+    assert actions == []
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 0
+    assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None
+    assert "message body is not JSON" in caplog.text
+    assert "detail.instance-id: must be an EC2 instance id" in caplog.text
