@@ -300,6 +300,8 @@ def ui(port: int = typer.Option(3000, min=1024, max=65535, help="Port of the Dag
 def _register_subcommands() -> None:
     from dpe_dagster.sim.command import register as register_simulate
     register_simulate(app)
+    from dpe_dagster.pools.interruptions import register as register_interruptions
+    register_interruptions(app)
 
 
 _register_subcommands()

@@ -107,3 +107,39 @@ def test_foreign_and_malformed_messages_are_dropped_without_acting(aws, dagster,
     assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None
     assert "message body is not JSON" in caplog.text
     assert "detail.instance-id: must be an EC2 instance id" in caplog.text
+
+
+def test_queue_url_is_read_from_the_aws_settings_and_validated(aws, dagster):
+    import pytest
+
+    from dpe_dagster.config import ConfigError, parse_environment
+    from dpe_dagster.pools.interruptions import reader_for
+
+    env = environment(aws.url)
+    with pytest.raises(ConfigError, match=r"aws\.interruption_queue_url: not set"):
+        reader_for(env)
+    autoscaling, ec2 = clients(aws.url)
+    create_groups(env, autoscaling, ec2)
+    sqs, events, queue = interruption_queue(aws.url)
+    raw = {"aws": {**dict(env.aws), "interruption_queue_url": queue},
+           "pools": {name: _raw_pool(env.pool(name)) for name in env.pools}}
+    configured = parse_environment("test", raw)
+    reader = reader_for(configured)
+    assert reader.queue_url == queue
+    pools_of(configured)["spot-etl"].set_target(1)
+    [node] = reader.pools["spot-etl"].nodes()
+    warn(events, node.id)
+    [action] = reader.poll_once(wait_s=1)
+    assert action.instance_id == node.id and group(autoscaling, "test-spot")["DesiredCapacity"] == 2
+
+    bad = {**raw, "aws": {**raw["aws"], "interruption_queue_url": "sqs://nowhere"}}
+    with pytest.raises(ConfigError, match=r"aws\.interruption_queue_url: must be an SQS queue URL"):
+        reader_for(parse_environment("test", bad))
+
+
+def _raw_pool(pool) -> dict:
+    fields = ("provider", "min_size", "max_size", "node_cpus", "node_memory_gb", "lifecycle", "price_per_node_hour",
+              "idle_timeout_s", "default_run_cpus", "default_run_memory_gb", "fallback")
+    raw = {f: getattr(pool, f) for f in fields if getattr(pool, f, None) is not None}
+    raw["settings"] = dict(pool.settings)
+    return raw

@@ -137,3 +137,86 @@ class InterruptionReader:
                 log.warning("pool %s: replacement for %s not asked for: %s", action.grow_pool,
                             action.instance_id, error)
         return action
+
+
+# -- configuration and the long-running reader -------------------------------------------------
+QUEUE_URL_FIELD = "interruption_queue_url"
+
+
+def queue_url(env: Environment) -> str | None:
+    """`aws.interruption_queue_url`: the SQS queue EventBridge puts EC2's interruption events on
+    (deploy/cloudformation/interruption-queue.yaml outputs it), or None when not set."""
+    from urllib.parse import urlparse
+
+    from dpe_dagster.config import ConfigError
+
+    url = dict(env.aws or {}).get(QUEUE_URL_FIELD)
+    if url is None:
+        return None
+    parsed = urlparse(url) if isinstance(url, str) else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path.count("/") != 2:
+        raise ConfigError(f"aws.{QUEUE_URL_FIELD}: must be an SQS queue URL like "
+                          f"'https://sqs.us-east-1.amazonaws.com/123456789012/dpe-interruptions'; got {url!r}")
+    return url
+
+
+def sqs_client(env: Environment) -> Any:
+    """An SQS client with the environment's region, endpoint and retry settings."""
+    import boto3
+    from botocore.config import Config
+
+    from dpe_dagster.pools.aws_asg import AwsSettings
+
+    aws = AwsSettings.parse(dict(env.aws))
+    # read_timeout above the long poll's 20 s wait, or every empty poll would time out.
+    config = Config(region_name=aws.region, retries={"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts},
+                    connect_timeout=10, read_timeout=40, user_agent_extra="dpe")
+    return boto3.session.Session().client("sqs", config=config, endpoint_url=aws.endpoint_url)
+
+
+def reader_for(env: Environment) -> InterruptionReader:
+    from dpe_dagster.config import ConfigError
+    from dpe_dagster.pools import open_pool
+
+    url = queue_url(env)
+    if url is None:
+        raise ConfigError(f"aws.{QUEUE_URL_FIELD}: not set for environment {env.name!r}; set it to the queue "
+                          "deploy/cloudformation/interruption-queue.yaml creates")
+    pools = {name: open_pool(config, env) for name, config in env.pools.items()}
+    cordon = None
+    if any(dict(config.settings).get("busy_source", "kubernetes") == "kubernetes" for config in env.pools.values()
+           if config.provider == "aws_asg"):
+        from dpe_dagster.kube.nodes import KubeNodes
+
+        cordon = KubeNodes.from_environment().cordon_instances
+    return InterruptionReader(sqs_client(env), url, env, pools, cordon=cordon)
+
+
+def register(app: Any) -> None:
+    import typer
+
+    @app.command()
+    def interruptions(once: bool = typer.Option(False, help="One long poll, then exit (default: poll forever)."),
+                      wait_s: int = typer.Option(20, min=0, max=20, help="SQS WaitTimeSeconds of each poll.")) -> None:
+        """Read the spot interruption queue continuously: cordon warned nodes, ask for replacements at once."""
+        from dpe_dagster.cli import _environment, err
+
+        env = _environment()
+        try:
+            reader = reader_for(env)
+        except Exception as error:  # ConfigError, PoolError: say which and stop
+            err.print(f"[red]interruptions:[/red] {error}")
+            raise typer.Exit(2) from None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        while True:
+            try:
+                reader.poll_once(wait_s=wait_s)
+            except Exception as error:  # an API error that outlasted retries: log, keep reading
+                log.error("interruption queue: poll failed: %s", error)
+                if once:
+                    raise typer.Exit(1) from None
+                import time
+
+                time.sleep(1)
+            if once:
+                return
