@@ -143,3 +143,19 @@ def _raw_pool(pool) -> dict:
     raw = {f: getattr(pool, f) for f in fields if getattr(pool, f, None) is not None}
     raw["settings"] = dict(pool.settings)
     return raw
+
+
+def test_prod_environment_reads_the_queue_url_the_deployment_sets(monkeypatch):
+    import yaml
+
+    from resources import load_environment
+    from dpe_dagster.pools.interruptions import queue_url
+    from tests.test_deploy_files import DEPLOY
+
+    [deployment] = yaml.safe_load_all((DEPLOY / "k8s" / "interruptions.yaml").read_text())
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["dpe", "interruptions"]
+    for var in container["env"]:
+        monkeypatch.setenv(var["name"], var["value"])
+    assert queue_url(load_environment("prod")) == dict(
+        (v["name"], v["value"]) for v in container["env"])["DPE_INTERRUPTION_QUEUE_URL"]
