@@ -159,3 +159,28 @@ def test_prod_environment_reads_the_queue_url_the_deployment_sets(monkeypatch):
         monkeypatch.setenv(var["name"], var["value"])
     assert queue_url(load_environment("prod")) == dict(
         (v["name"], v["value"]) for v in container["env"])["DPE_INTERRUPTION_QUEUE_URL"]
+
+
+def test_queue_template_passes_cfn_lint_and_routes_what_the_reader_reads():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from dpe_dagster.pools.interruptions import DETAIL_TYPES
+    from tests.test_deploy_files import DEPLOY, _CfnLoader
+
+    template_path = DEPLOY / "cloudformation" / "interruption-queue.yaml"
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(template_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    template = yaml.load(template_path.read_text(), Loader=_CfnLoader)
+    pattern = template["Resources"]["Rule"]["Properties"]["EventPattern"]
+    assert pattern == {"source": ["aws.ec2"], "detail-type": list(DETAIL_TYPES)}
+    # The queue name is the one deploy/iam-policy.json lets dpe read, nothing wider.
+    policy = json.loads((DEPLOY / "iam-policy.json").read_text())
+    [sqs_statement] = [s for s in policy["Statement"] if any(a.startswith("sqs:") for a in s["Action"])]
+    assert sqs_statement["Resource"] == "arn:aws:sqs:*:*:dpe-*-interruptions"
+    assert template["Resources"]["Queue"]["Properties"]["QueueName"] == {"Sub": "${ClusterName}-interruptions"}
+    assert template["Parameters"]["ClusterName"]["AllowedPattern"] == "^dpe-[a-z0-9-]+$"

@@ -13,7 +13,8 @@ from dpe_dagster import faults
 from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
 
 MEASURED: Counter = Counter()
-KEYS = ("runs completed", "nodes leaked", "records lost", "records duplicated")
+KEYS = ("runs completed", "nodes leaked", "records lost", "records duplicated",
+        "interruption warnings handled")
 
 
 def add(**counts: int) -> None:
