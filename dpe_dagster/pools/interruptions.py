@@ -19,8 +19,11 @@ pool owns is deleted and ignored; a malformed one is logged and deleted, never r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -52,6 +55,7 @@ class Action:
     cordon: bool
     grow_pool: str | None  # the pool asked for one more node now, or None
     reason: str
+    asked_at: float | None = None  # unix time the replacement was asked for, once it was
 
 
 def parse(body: str) -> Interruption:
@@ -93,12 +97,13 @@ class InterruptionReader:
     """Reads the interruption queue and acts through the NodePool protocol."""
 
     def __init__(self, sqs: Any, queue_url: str, env: Environment, pools: Mapping[str, NodePool],
-                 cordon: Callable[[Sequence[str]], Any] | None = None):
+                 cordon: Callable[[Sequence[str]], Any] | None = None, instance: Any | None = None):
         self.sqs = sqs
         self.queue_url = queue_url
         self.env = env
         self.pools = pools
         self.cordon = cordon  # instance ids -> cordon their Kubernetes nodes (KubeNodes.cordon_instances)
+        self.instance = instance  # the Dagster instance: the runs on a warned node are told (tag, event log)
 
     def poll_once(self, wait_s: int = 20) -> list[Action]:
         """One long poll: handle and delete what arrived; returns the actions taken."""
@@ -133,10 +138,33 @@ class InterruptionReader:
         if action.grow_pool is not None:
             try:
                 self.pools[action.grow_pool].set_target(targets[action.grow_pool] + 1)
+                action = dataclasses.replace(action, asked_at=time.time())
             except PoolError as error:
                 log.warning("pool %s: replacement for %s not asked for: %s", action.grow_pool,
                             action.instance_id, error)
+        # After the replacement and the cordon, which are what the two minutes are for.
+        if event.detail_type == WARNING and self.instance is not None:
+            self._tell_runs(action, event)
         return action
+
+    def _tell_runs(self, action: Action, event: Interruption) -> None:
+        """Tag each run holding the warned node and say so in its event log (the UI shows both)."""
+        from dpe_dagster.scaling.tags import INTERRUPTED_TAG
+
+        try:
+            held = self.pools[action.pool].run_nodes()
+        except PoolError as error:
+            log.warning("pool %s: runs on %s not told of its interruption: %s", action.pool, action.instance_id, error)
+            return
+        for run_id in sorted(r for r, node_id in held.items() if node_id == action.instance_id):
+            run = self.instance.get_run_by_id(run_id)
+            if run is None:
+                continue
+            self.instance.add_run_tags(run_id, {INTERRUPTED_TAG: f"{action.instance_id} {event.time}".strip()})
+            where = f"; replacement asked of pool {action.grow_pool}" if action.grow_pool else ""
+            self.instance.report_engine_event(
+                f"dpe: spot interruption warning for node {action.instance_id} of pool {action.pool} "
+                f"(EC2 reclaims it in two minutes){where}", run)
 
 
 # -- configuration and the long-running reader -------------------------------------------------
@@ -174,7 +202,7 @@ def sqs_client(env: Environment) -> Any:
     return boto3.session.Session().client("sqs", config=config, endpoint_url=aws.endpoint_url)
 
 
-def reader_for(env: Environment) -> InterruptionReader:
+def reader_for(env: Environment, instance: Any | None = None) -> InterruptionReader:
     from dpe_dagster.config import ConfigError
     from dpe_dagster.pools import open_pool
 
@@ -189,7 +217,7 @@ def reader_for(env: Environment) -> InterruptionReader:
         from dpe_dagster.kube.nodes import KubeNodes
 
         cordon = KubeNodes.from_environment().cordon_instances
-    return InterruptionReader(sqs_client(env), url, env, pools, cordon=cordon)
+    return InterruptionReader(sqs_client(env), url, env, pools, cordon=cordon, instance=instance)
 
 
 def register(app: Any) -> None:
@@ -202,8 +230,13 @@ def register(app: Any) -> None:
         from dpe_dagster.cli import _environment, err
 
         env = _environment()
+        instance = None
+        if os.environ.get("DAGSTER_HOME"):  # the Dagster instance is mounted: tell the runs on warned nodes
+            from dpe_dagster.cli import _instance
+
+            instance = _instance()
         try:
-            reader = reader_for(env)
+            reader = reader_for(env, instance)
         except Exception as error:  # ConfigError, PoolError: say which and stop
             err.print(f"[red]interruptions:[/red] {error}")
             raise typer.Exit(2) from None
@@ -215,8 +248,6 @@ def register(app: Any) -> None:
                 log.error("interruption queue: poll failed: %s", error)
                 if once:
                     raise typer.Exit(1) from None
-                import time
-
                 time.sleep(1)
             if once:
                 return

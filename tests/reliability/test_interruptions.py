@@ -13,6 +13,7 @@ from dagster import DagsterEventType
 from dpe_dagster.launch.placement import place_on_pool
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.interruptions import InterruptionReader
+from dpe_dagster.scaling.tags import INTERRUPTED_TAG
 from dpe_dagster.usage.ledger import read_node_lifetimes
 from tests.reliability.harness import advance, group, queue_run
 from tests.reliability.test_reconcile import aws_env, moto, tick  # noqa: F401
@@ -34,14 +35,19 @@ def test_warning_during_a_run_replaces_the_node_at_once_and_charges_it_once(aws_
     url = autoscaling.meta.endpoint_url
     sqs, events, queue = interruption_queue(url)
     cordoned: list[str] = []
-    reader = InterruptionReader(sqs, queue, env, pools, cordon=cordoned.extend)
-    sent = time.monotonic()
+    reader = InterruptionReader(sqs, queue, env, pools, cordon=cordoned.extend, instance=instance)
+    sent = time.time()
     warn(events, warned.id)
     actions = reader.poll_once(wait_s=1)
-    elapsed = time.monotonic() - sent
     measured.add(interruption_warnings_handled=len(actions))
-    assert group(autoscaling, spot_group)["DesiredCapacity"] == 2 and elapsed < 1.0, elapsed
+    [action] = actions
+    assert group(autoscaling, spot_group)["DesiredCapacity"] == 2
+    assert action.asked_at - sent < 1.0, f"replacement asked for {action.asked_at - sent:.2f}s after the warning"
     assert cordoned == [warned.id]
+    # The run that held the node says so: a tag and a line in its event log.
+    assert instance.get_run_by_id(run_id).tags[INTERRUPTED_TAG].startswith(warned.id)
+    logged = [e.message for e in instance.all_logs(run_id) if e.is_dagster_event]
+    assert any("spot interruption warning" in (m or "") and warned.id in (m or "") for m in logged), logged
 
     # The autoscaler's next tick does not undo the replacement while the warned node still runs.
     _, memory = tick(instance, env, pool, memory, now + 6)
