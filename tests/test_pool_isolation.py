@@ -59,3 +59,31 @@ def test_a_failing_pool_does_not_stop_the_others(aws, dagster, capfd):
     assert "spot-etl" not in json.loads(cursor).get("failures", {})
     assert group(autoscaling, "test-spot")["DesiredCapacity"] == 1
     assert load_cursor(cursor)["ondemand-etl"], "the pool that kept working has its node remembered"
+
+
+def test_dpe_pools_shows_the_last_failure_the_sensor_saved(aws_sim):
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteInstigatorOrigin, RemoteRepositoryOrigin
+    from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, SensorInstigatorData
+    from typer.testing import CliRunner
+
+    from dpe_dagster.cli import app
+    from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR
+
+    env, instance, autoscaling = aws_sim()
+    autoscaling.delete_auto_scaling_group(AutoScalingGroupName="dpe-sim-spot-etl", ForceDelete=True)
+    cursor = tick(build_autoscaler_sensor(env), instance, None)
+    # Saved as the daemon saves a sensor's cursor: in the instance's instigator state.
+    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("dpe"), "__repository__"),
+                                    AUTOSCALER_SENSOR)
+    instance.add_instigator_state(InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
+                                                  SensorInstigatorData(cursor=cursor)))
+    result = CliRunner().invoke(app, ["pools", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = {p["pool"]: p for p in json.loads(result.output)}
+    assert "'dpe-sim-spot-etl' does not exist" in shown["spot-etl"]["last_failure"]["error"]
+    assert shown["spot-etl"]["last_failure"]["at"] == json.loads(cursor)["failures"]["spot-etl"]["at"]
+    assert shown["ondemand-etl"]["last_failure"] is None
+    table = CliRunner().invoke(app, ["pools"], env={"COLUMNS": "300"})
+    assert table.exit_code == 0, table.output
+    assert "last failure" in table.output and "does not exist" in table.output

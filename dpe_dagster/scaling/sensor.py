@@ -40,6 +40,21 @@ def load_failures(cursor: str | None) -> dict[str, dict]:
             for pool, value in raw.get("failures", {}).items()}
 
 
+def read_failures(instance) -> dict[str, dict]:
+    """The failures the autoscaler saved in its cursor (in the instance, as the daemon stores every
+    sensor's cursor), by pool; the latest when several code locations run it."""
+    from dagster._core.definitions.run_request import InstigatorType
+
+    out: dict[str, dict] = {}
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name != AUTOSCALER_SENSOR:
+            continue
+        for pool, failure in load_failures(getattr(state.instigator_data, "cursor", None)).items():
+            if pool not in out or failure["at"] > out[pool]["at"]:
+                out[pool] = failure
+    return out
+
+
 def dump_cursor(memory: dict[str, dict[str, NodeMemory]], arrivals: dict[str, PoolArrivals] | None = None,
                 failures: dict[str, dict] | None = None) -> str:
     raw: dict = {"nodes": {pool: {n: m.to_json() for n, m in nodes.items()} for pool, nodes in memory.items()}}
