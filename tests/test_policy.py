@@ -53,9 +53,11 @@ def test_plan_respects_bounds_and_never_removes_busy_or_fresh_nodes(scenario):
         node = by_id[node_id]
         assert not node.busy and node.state == "running"
         assert now - state.idle_since.get(node_id, now) >= pool.idle_timeout_s  # unseen = idle since now
-    # Removing lowers the target by exactly the removed nodes, and never below what demand needs.
+    # Removing lowers the target by the removed nodes, and beyond them only by withdrawing capacity
+    # that has no node yet (never below the nodes kept), never below what demand needs.
     if plan.remove:
-        assert plan.target == current - len(plan.remove)
+        assert len(state.nodes) - len(plan.remove) <= plan.target <= current - len(plan.remove)
+        assert plan.target == current - len(plan.remove) or state.target > len(state.nodes)
         assert plan.target >= plan.wanted >= pool.min_size
 
 

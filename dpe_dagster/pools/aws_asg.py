@@ -5,9 +5,12 @@ with EC2's view of them) are the pool's nodes. dpe only ever:
 
 - raises the desired capacity (`SetDesiredCapacity`, `HonorCooldown=False`), clamped by dpe itself
   to the group's MinSize/MaxSize as AWS reports them (AWS rejects a value outside them; an
-  emulator may not, so the clamp must not depend on the server);
+  emulator may not, so the clamp must not depend on the server); lowers it only to withdraw
+  capacity not launched yet, never below the instances that exist;
+- reads EC2's view of the instances by id, and by an `instance-id` filter when EC2 answers
+  InvalidInstanceID.NotFound (it fails the whole call for an instance launched seconds ago);
 - removes chosen idle instances (`TerminateInstanceInAutoScalingGroup` with
-  `ShouldDecrementDesiredCapacity=True`), never lowers the desired capacity and lets AWS choose;
+  `ShouldDecrementDesiredCapacity=True`), never lowers the desired capacity to let AWS choose;
 - keeps busy instances protected from scale-in (`SetInstanceProtection`), so that nothing else
   that shrinks the group (an operator, AZ rebalancing of a lowered desired size) picks them.
 
@@ -315,10 +318,30 @@ class AwsAsgPool:
     def _ec2_view(self, ids: Sequence[str]) -> dict[str, dict]:
         found: dict[str, dict] = {}
         for start in range(0, len(ids), 100):
-            response = self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=list(ids[start:start + 100]))
-            for reservation in response.get("Reservations", []):
-                for inst in reservation.get("Instances", []):
-                    found[inst["InstanceId"]] = inst
+            chunk = list(ids[start:start + 100])
+            try:
+                pages = [self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=chunk)]
+            except PoolError as error:
+                if _error_code(error) != "InvalidInstanceID.NotFound":
+                    raise
+                # Real EC2 fails the whole call when one id is not listed yet (an instance launched
+                # seconds ago). A filter on the same ids lists those EC2 knows and skips the rest;
+                # the others stay nodes on their way (ec2_state None).
+                log.info("pool %s: EC2 does not list some of %d instance(s) yet; describing by filter",
+                         self.name, len(chunk))
+                pages, token = [], None
+                while True:
+                    kwargs: dict[str, Any] = {"Filters": [{"Name": "instance-id", "Values": chunk}]}
+                    if token:
+                        kwargs["NextToken"] = token
+                    pages.append(self._call("DescribeInstances", self.ec2.describe_instances, **kwargs))
+                    token = pages[-1].get("NextToken")
+                    if not token:
+                        break
+            for response in pages:
+                for reservation in response.get("Reservations", []):
+                    for inst in reservation.get("Instances", []):
+                        found[inst["InstanceId"]] = inst
         return found
 
     def _instances(self, group: dict) -> list[_Instance]:
@@ -361,9 +384,18 @@ class AwsAsgPool:
         if wanted != size:
             log.info("pool %s: asked for %d node(s); group %s allows %d..%d, asking for %d",
                      self.name, size, self.settings.group_name, low, high, wanted)
-        if wanted <= desired:
-            # Another process may have raised it meanwhile: never lower it here (scale-in goes
-            # through remove_nodes, which picks the instances).
+        if wanted < desired:
+            # Withdraw capacity AWS has not launched yet, never below the instances that exist:
+            # those go through remove_nodes, which picks them (busy ones are also protected).
+            existing = sum(1 for inst in self._instances(group) if self._alive(inst))
+            keep = max(wanted, existing)
+            if keep < desired:
+                log.info("pool %s: withdrawing %d unlaunched node(s) from group %s (%d -> %d, %d instance(s))",
+                         self.name, desired - keep, self.settings.group_name, desired, keep, existing)
+                self._call("SetDesiredCapacity", self.autoscaling.set_desired_capacity,
+                           AutoScalingGroupName=self.settings.group_name, DesiredCapacity=keep, HonorCooldown=False)
+            return
+        if wanted == desired:
             return
         tags = _tags(group)
         until = _float(tags.get(BACKOFF_UNTIL_TAG))
@@ -587,6 +619,13 @@ def _suppress():
     import contextlib
 
     return contextlib.suppress(Exception)
+
+
+def _error_code(error: BaseException) -> str | None:
+    """The AWS error code behind a PoolError raised by `_call`, if any."""
+    cause = error.__cause__
+    response = getattr(cause, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
 
 
 def _tags(group: Mapping[str, Any]) -> dict[str, str]:

@@ -37,8 +37,10 @@ class NodePool(Protocol):
         """The size the pool is asked to reach (nodes pending count towards it)."""
 
     def set_target(self, size: int) -> None:
-        """Grow the pool to `size`. Shrinking goes through `remove_nodes`, so that the caller,
-        not the provider, chooses which nodes go, and a busy node is never picked blindly."""
+        """Grow the pool to `size`, or lower it to withdraw capacity asked for that has no node
+        yet (never below the nodes that exist). Removing nodes goes through `remove_nodes`, so
+        that the caller, not the provider, chooses which nodes go, and a busy node is never
+        picked blindly."""
 
     def nodes(self) -> list[Node]:
         """Every node that exists now, pending or running."""

@@ -194,7 +194,7 @@ def control_step(
         state = PoolState(target=pool.target(), nodes=tuple(nodes), idle_since=idle_since,
                           scale_up_blocked=books.scale_up_blocked(config, nodes, now), activity=activity)
         plan = plan_pool(config, state, demand, now)
-        if not sensing and plan.remove:  # the launcher never scales down
+        if not sensing and (plan.remove or plan.target < state.target):  # the launcher never scales down
             plan = Plan(state.target, (), plan.wanted, plan.reason, plan.idle_timeout_s)
         return state, plan, nodes
 
@@ -208,8 +208,10 @@ def control_step(
             state, plan, nodes = look(demand)
         tick = PoolTick(config.name, plan, state, demand, lost=lost)
         if plan.remove:
+            if plan.target + len(plan.remove) < state.target:  # withdraw what has no node yet, first
+                pool.set_target(plan.target + len(plan.remove))
             _remove(books, config, pool, plan.remove, nodes, memory, now, tick)
-        elif plan.target > state.target:
+        elif plan.target != state.target:  # up, or down by withdrawing capacity not launched yet
             pool.set_target(plan.target)
     return tick, memory
 

@@ -8,6 +8,8 @@ Rules:
   larger than one node takes whole nodes;
 - the wanted size is clamped to [min_size, max_size];
 - scale up at once when the wanted size exceeds the current one;
+- when it falls below a target that nodes have not filled yet, withdraw the unfilled part (down to
+  the wanted size, never below the nodes that exist);
 - scale down only by removing nodes that are not busy and have been idle for at least the idle
   timeout in force, longest idle first, never below the wanted size (so never below min_size).
 
@@ -207,19 +209,26 @@ def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], n
     limits = dict(zip(ranked, idle_timeouts(pool, state)))
     expired = sorted((node_id for node_id, idle in idle_for.items() if idle >= limits[node_id]),
                      key=lambda node_id: (-idle_for[node_id], node_id))
-    remove = tuple(expired[: current - wanted])
+    # Capacity asked for that has no node yet and is no longer wanted is withdrawn, or it arrives
+    # later for no run; nodes that exist go only by removal (idle ones, after their timeout).
+    base = max(wanted, len(state.nodes)) if state.target > len(state.nodes) else current
+    withdrawn = f"; withdraw {state.target - base} node(s) asked for and not launched" if base < state.target else ""
+    remove = tuple(expired[: base - wanted])
     if not remove:
+        if withdrawn:
+            return Plan(base, (), wanted, f"scale down {current} -> {base}: {len(demand)} run(s) need {needed} "
+                        f"node(s), {len(state.nodes)} exist{withdrawn}", timeout)
         return Plan(
             state.target, (), wanted,
             f"holding {current} (want {wanted}): no node idle for {timeout:g}s yet",
             timeout,
         )
     return Plan(
-        target=current - len(remove),
+        target=base - len(remove),
         remove=remove,
         wanted=wanted,
-        reason=f"scale down {current} -> {current - len(remove)}: {len(remove)} node(s) idle for "
-        f">= {timeout:g}s, {len(demand)} run(s) need {needed} node(s)",
+        reason=f"scale down {current} -> {base - len(remove)}: {len(remove)} node(s) idle for "
+        f">= {timeout:g}s, {len(demand)} run(s) need {needed} node(s){withdrawn}",
         idle_timeout_s=timeout,
     )
 
