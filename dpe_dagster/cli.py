@@ -245,31 +245,50 @@ def usage(
 
 @app.command()
 def pools(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Show each node pool: min, max, target and its nodes, as the provider reports them."""
+    """Show each node pool: min, max, target and its nodes, as the provider reports them, and the
+    last failure the autoscaler recorded for it (cleared once the autoscaler sizes the pool again)."""
+    from datetime import datetime, timezone
+
     from rich.table import Table
 
-    from dpe_dagster.pools import open_pool
+    from dpe_dagster.paths import dagster_home
+    from dpe_dagster.pools import PoolError, open_pool
+    from dpe_dagster.scaling.sensor import read_failures
 
     env = _environment()
+    failures: dict[str, dict] = {}
+    if (dagster_home() / "dagster.yaml").exists():
+        with _instance() as instance:
+            failures = read_failures(instance)
     out = []
     for name, config in env.pools.items():
         pool = open_pool(config, env)
-        nodes = pool.nodes()
+        try:
+            nodes, target, problem = pool.nodes(), pool.target(), None
+        except PoolError as error:  # one pool's provider failing does not hide the others
+            nodes, target, problem = [], None, str(error)
         out.append({
             "pool": name, "provider": config.provider, "lifecycle": config.lifecycle,
-            "min": config.min_size, "max": config.max_size, "target": pool.target(),
+            "min": config.min_size, "max": config.max_size, "target": target, "error": problem,
             "nodes": [{"id": n.id, "state": n.state, "busy": n.busy, "instance_type": n.instance_type,
                        "lifecycle": n.lifecycle, "zone": n.zone, "launched_at": n.launched_at} for n in nodes],
+            "last_failure": failures.get(name),
         })
     if as_json:
         print(json.dumps(out, indent=2))
         return
     table = Table(title=f"node pools of environment {env.name}")
-    for column in ("pool", "provider", "lifecycle", "min", "max", "target", "nodes"):
+    for column in ("pool", "provider", "lifecycle", "min", "max", "target", "nodes", "last failure"):
         table.add_column(column)
     for p in out:
         nodes = ", ".join(f"{n['id']} ({n['state']}{', busy' if n['busy'] else ''})" for n in p["nodes"]) or "-"
-        table.add_row(p["pool"], p["provider"], p["lifecycle"], str(p["min"]), str(p["max"]), str(p["target"]), nodes)
+        if p["error"]:
+            nodes = f"[red]{p['error']}[/red]"
+        failure = p["last_failure"]
+        shown = "-" if failure is None else (
+            f"{datetime.fromtimestamp(failure['at'], timezone.utc):%Y-%m-%d %H:%M:%S} UTC: {failure['error']}")
+        table.add_row(p["pool"], p["provider"], p["lifecycle"], str(p["min"]), str(p["max"]),
+                      "?" if p["target"] is None else str(p["target"]), nodes, shown)
     console.print(table)
 
 
@@ -307,6 +326,8 @@ def ui(port: int = typer.Option(3000, min=1024, max=65535, help="Port of the Dag
 def _register_subcommands() -> None:
     from dpe_dagster.sim.command import register as register_simulate
     register_simulate(app)
+    from dpe_dagster.pools.interruptions import register as register_interruptions
+    register_interruptions(app)
 
 
 _register_subcommands()

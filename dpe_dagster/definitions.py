@@ -48,7 +48,8 @@ def build_definitions(env: Environment) -> Definitions:
         sensors=[build_autoscaler_sensor(env), build_ledger_sensor(env)],
         resources={
             "spark": SparkResource(master=spark_master(env), conf=env.spark.get("conf", {}),
-                                   wait_for_master_s=boot_timeout),
+                                   wait_for_master_s=boot_timeout,
+                                   default_run_cpus={p.name: p.default_run_cpus for p in env.pools.values()}),
             "tpch": TpchData(scale_factor=env.tpch_scale_factor, root=str(dpe_home() / "data" / "tpch")),
             "containers": pool_containers(env.name),
         },

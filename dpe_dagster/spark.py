@@ -2,11 +2,14 @@
 
 Runs use Dagster's in-process executor, so every asset of a run talks to the same driver JVM:
 starting a JVM per step would cost seconds per asset. The session's executors land on the run's
-node pool; the session asks for as many cores as the run's `dpe/cpu` tag requests.
+node pool; the session holds no more than the run asked for (`dpe/cpu`, or its pool's
+`default_run_cpus`): locally `spark.cores.max`, on Kubernetes dynamic allocation's `maxExecutors`
+(see `run_spark_conf`), so one run cannot take a whole pool while charged for its share.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -17,7 +20,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from dpe_dagster.javaenv import check_java, spark_process_env
-from dpe_dagster.scaling.tags import CPU_TAG
+from dpe_dagster.scaling.tags import CPU_TAG, POOL_TAG, parse_cpus
 
 # Dagster run ids are UUIDs (make_new_run_id); the app name ends with the full one.
 _RUN_ID_AT_END = re.compile(r"-(?P<run_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
@@ -60,23 +63,42 @@ def _driver_address(master: str) -> tuple[str, str]:
     return "127.0.0.1", "127.0.0.1"
 
 
+def run_spark_conf(master: str, conf: dict[str, str], tags: dict[str, str],
+                   default_run_cpus: dict[str, float]) -> dict[str, str]:
+    """The settings that bound a run's session by what the run asked for: its `dpe/cpu` tag, or
+    the default of the pool it names. A run that names no pool is counted as no demand, so it
+    gets the least: one core. Standalone (spark://): `spark.cores.max`; Kubernetes: at most as
+    many executors as the request fills, never more than the environment's `maxExecutors`."""
+    if CPU_TAG in tags:
+        cpus = parse_cpus(tags[CPU_TAG])
+    else:
+        cpus = default_run_cpus.get(tags.get(POOL_TAG, ""), 1.0)
+    if master.startswith("spark://"):
+        return {"spark.cores.max": str(max(1, math.floor(cpus)))}
+    if master.startswith("k8s://"):
+        from dpe_dagster.spark_k8s import max_executors
+
+        return {"spark.dynamicAllocation.maxExecutors": str(max_executors(cpus, conf))}
+    return {}
+
+
 class SparkResource(ConfigurableResource):
     master: str = Field(description="Spark master URL: spark://host:port, local[N], or k8s://...")
     app_name: str = "dpe"
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark configuration")
     wait_for_master_s: float = Field(default=120.0, description="How long to wait for a spark:// master")
+    default_run_cpus: dict[str, float] = Field(
+        default_factory=dict, description="Each pool's default_run_cpus: what a run that names no dpe/cpu asks for")
 
     _session: Any = PrivateAttr(default=None)
-    _cores: str | None = PrivateAttr(default=None)
+    _tags: dict[str, str] = PrivateAttr(default_factory=dict)
     _run_id: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         run = context.dagster_run
         if run is not None:
             self._run_id = run.run_id
-            cpus = run.tags.get(CPU_TAG)
-            if cpus:
-                self._cores = str(max(1, int(float(cpus))))
+            self._tags = dict(run.tags)
 
     def session(self):
         """The run's SparkSession, created on first use."""
@@ -103,9 +125,9 @@ class SparkResource(ConfigurableResource):
 
                 for key, value in executor_run_labels(self._run_id).items():
                     builder = builder.config(key, value)
-            if self._cores and not self.master.startswith("local"):
-                builder = builder.config("spark.cores.max", self._cores)
             for key, value in self.conf.items():
+                builder = builder.config(key, value)
+            for key, value in run_spark_conf(self.master, self.conf, self._tags, self.default_run_cpus).items():
                 builder = builder.config(key, value)
             self._session = builder.getOrCreate()
         return self._session

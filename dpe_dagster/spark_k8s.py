@@ -56,6 +56,15 @@ def executor_shape(pool: PoolConfig) -> tuple[int, int]:
     return cores, memory
 
 
+def max_executors(cpus: float, conf: dict[str, str]) -> int:
+    """How many executors a run asking for `cpus` may hold: the executors its request fills (at
+    least one), never more than the environment's `maxExecutors` (the pool's `max_size`)."""
+    per_executor = int(conf.get("spark.executor.cores", "1"))
+    wanted = max(1, math.floor(cpus / per_executor))
+    ceiling = conf.get("spark.dynamicAllocation.maxExecutors")
+    return min(wanted, int(ceiling)) if ceiling else wanted
+
+
 def spark_on_k8s(executor_pool: PoolConfig, driver_pool: PoolConfig, *, image: str, namespace: str,
                  service_account: str, shuffle_tracking_timeout_s: int = 600, executor_idle_timeout_s: int = 60,
                  template_path: str = EXECUTOR_TEMPLATE_PATH, master: str = IN_CLUSTER_MASTER) -> SparkOnK8s:
@@ -82,7 +91,7 @@ def spark_on_k8s(executor_pool: PoolConfig, driver_pool: PoolConfig, *, image: s
         "spark.dynamicAllocation.shuffleTracking.timeout": f"{shuffle_tracking_timeout_s}s",
         "spark.dynamicAllocation.executorIdleTimeout": f"{executor_idle_timeout_s}s",
         "spark.dynamicAllocation.minExecutors": "0",
-        "spark.dynamicAllocation.maxExecutors": str(executor_pool.max_size),
+        "spark.dynamicAllocation.maxExecutors": str(executor_pool.max_size),  # per run: see max_executors
         # Graceful decommissioning on spot interruption
         "spark.decommission.enabled": "true",
         "spark.storage.decommission.enabled": "true",

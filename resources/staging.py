@@ -65,7 +65,10 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
         "sensor_interval_s": 15,
         "max_concurrent_runs": 10,
         "tpch_scale_factor": 1.0,
-        "aws": {"region": region, "retry_mode": "adaptive", "max_attempts": 8},
+        "aws": {"region": region, "retry_mode": "adaptive", "max_attempts": 8,
+                # The spot interruption queue `dpe interruptions` reads (deploy/cloudformation/interruption-queue.yaml).
+                **({"interruption_queue_url": os.environ["DPE_INTERRUPTION_QUEUE_URL"]}
+                   if os.environ.get("DPE_INTERRUPTION_QUEUE_URL") else {})},
         "pools": pools,
         "spark": {"master": spark.conf.pop("spark.master"), "conf": {**spark.conf, "spark.sql.shuffle.partitions": "64"}},
     }

@@ -17,7 +17,7 @@ import boto3
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "deploy" / "iam-policy.json"
-SERVICES = {"autoscaling": "autoscaling", "ec2": "ec2"}
+SERVICES = {"autoscaling": "autoscaling", "ec2": "ec2", "sqs": "sqs"}
 EXCLUDED = {ROOT / "dpe_dagster" / "pools" / "aws_emulator.py"}
 
 

@@ -15,6 +15,12 @@ scheduler. Choosing needs the pool's nodes (its provider), the runs on it (run s
 Kubernetes node names; when any of these cannot be read, the event log says so and the run is
 launched without a preferred node.
 
+Runs on a pool must run their steps inside the run pod (`in_process_executor`, the default
+`multiprocess_executor`): executors that start one pod per step (dagster-k8s's `k8s_job_executor`,
+`celery_k8s_job_executor`) build those pods without the run's container context, so they would
+get no pool selector and count as no demand. Such a run is failed at launch, before any node is
+asked for, with a message that says so (`step_pod_refusal`).
+
 In `dagster.yaml` (the Helm chart's `runLauncher.customRunLauncher`, see deploy/):
 
     run_launcher:
@@ -43,7 +49,20 @@ from dpe_dagster.launch.pod_spec import pod_placement, run_k8s_config
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.scaling.tags import TagError, pool_request
+from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
+
+# Executors (by the name Dagster records in the run's execution plan) that start a pod per step.
+STEP_POD_EXECUTORS = {"k8s": "k8s_job_executor", "celery-k8s": "celery_k8s_job_executor"}
+
+
+def step_pod_refusal(executor_name: str | None) -> str | None:
+    """Why a run on a pool cannot use this executor; None when it can."""
+    executor = STEP_POD_EXECUTORS.get(executor_name or "")
+    if executor is None:
+        return None
+    return (f"dpe cannot place this run: its job uses {executor}, which starts a pod per step without the run's "
+            "node pool (no pool selector, no demand for its nodes); jobs on a node pool must run their steps in "
+            "the run pod: use in_process_executor or multiprocess_executor (the default)")
 
 
 def pool_container_context(run: DagsterRun, env: Environment, driver_pool: str | None = None,
@@ -95,6 +114,10 @@ class PoolK8sRunLauncher(K8sRunLauncher):
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
         env = self.environment()
+        refusal = step_pod_refusal(self._executor_name(run)) if POOL_TAG in run.tags else None
+        if refusal:
+            self._instance.report_run_failed(run, message=refusal)
+            return
         if not ask_for_capacity(self._instance, run, env):
             return
         # Placement may have moved the run to a fallback pool: build the Job from its tags now.
@@ -106,6 +129,12 @@ class PoolK8sRunLauncher(K8sRunLauncher):
             super().launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
         finally:
             self._preferred_node_names.pop(run.run_id, None)
+
+    def _executor_name(self, run: DagsterRun) -> str | None:
+        """The executor the run's job uses, as recorded in its execution plan snapshot."""
+        if not run.execution_plan_snapshot_id:
+            return None
+        return self._instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id).executor_name
 
     def _choose_node(self, run: DagsterRun, env: Environment) -> str | None:
         """The name of the Kubernetes node this run's pod should prefer, or None (first-fit pool,

@@ -37,7 +37,8 @@ log = logging.getLogger("dpe.pools.aws_asg")
 BUSY_SOURCES = ("kubernetes", "dagster_runs")
 RETRY_MODES = ("standard", "adaptive")
 ASG_SETTINGS = {"group_name", "busy_source", "backoff_s", "instance_types"}
-AWS_FIELDS = {"region", "endpoint_url", "retry_mode", "max_attempts", "emulator"}
+AWS_FIELDS = {"region", "endpoint_url", "retry_mode", "max_attempts", "emulator",
+              "interruption_queue_url"}  # the last one: read and validated in pools/interruptions.py
 # Group tags through which every dpe process sees the same scale-up and back-off state.
 SCALE_UP_SINCE_TAG = "dpe:scale-up-since"
 BACKOFF_UNTIL_TAG = "dpe:backoff-until"

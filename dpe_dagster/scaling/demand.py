@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from dpe_dagster.config import Environment
-from dpe_dagster.pools.base import NodePool
+from dpe_dagster.pools.base import NodePool, PoolError
 from dpe_dagster.scaling.history import expected_ends
 from dpe_dagster.scaling.admission import startable
 from dpe_dagster.scaling.policy import RunDemand
@@ -25,6 +25,8 @@ class Demand:
     by_pool: dict[str, list[RunDemand]] = field(default_factory=lambda: defaultdict(list))
     # Runs whose tags are invalid: they ask for nothing; the launcher fails them with the message.
     rejected: dict[str, str] = field(default_factory=dict)
+    # Pools whose provider failed while asked which node each run holds (PoolError message).
+    failed: dict[str, str] = field(default_factory=dict)
 
     def of(self, pool: str) -> list[RunDemand]:
         return list(self.by_pool.get(pool, []))
@@ -69,6 +71,9 @@ def add_nodes_and_expected_ends(demand: Demand, runs: Sequence[DagsterRun], pool
     asking = {run.run_id for pool_runs in demand.by_pool.values() for run in pool_runs}
     ends = expected_ends(instance, [run for run in runs if run.run_id in asking], now)
     for name, pool_runs in demand.by_pool.items():
-        nodes = pools[name].run_nodes() if name in pools and pool_runs else {}
+        try:
+            nodes = pools[name].run_nodes() if name in pools and pool_runs else {}
+        except PoolError as error:  # one pool's failure does not hide the other pools' demand
+            demand.failed[name], nodes = str(error), {}
         demand.by_pool[name] = [dataclasses.replace(run, node_id=nodes.get(run.run_id), expected_end=ends.get(run.run_id))
                                 for run in pool_runs]

@@ -8,7 +8,7 @@ import time
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
 
 from dpe_dagster.config import Environment, PoolConfig
-from dpe_dagster.pools import NodePool, look_ahead, open_pool
+from dpe_dagster.pools import NodePool, PoolError, look_ahead, open_pool
 from dpe_dagster.scaling.activity import PoolArrivals
 from dpe_dagster.scaling.control import NodeMemory, scale_pool
 from dpe_dagster.scaling.demand import read_demand
@@ -32,10 +32,36 @@ def load_arrivals(cursor: str | None) -> dict[str, PoolArrivals]:
     return {pool: PoolArrivals.from_json(value) for pool, value in raw.get("arrivals", {}).items()}
 
 
-def dump_cursor(memory: dict[str, dict[str, NodeMemory]], arrivals: dict[str, PoolArrivals] | None = None) -> str:
+def load_failures(cursor: str | None) -> dict[str, dict]:
+    """Each pool whose last tick failed: {"error": the PoolError's message, "at": epoch seconds}.
+    A pool is in it until a tick sizes it again."""
+    raw = json.loads(cursor) if cursor else {}
+    return {pool: {"error": str(value["error"]), "at": float(value["at"])}
+            for pool, value in raw.get("failures", {}).items()}
+
+
+def read_failures(instance) -> dict[str, dict]:
+    """The failures the autoscaler saved in its cursor (in the instance, as the daemon stores every
+    sensor's cursor), by pool; the latest when several code locations run it."""
+    from dagster._core.definitions.run_request import InstigatorType
+
+    out: dict[str, dict] = {}
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name != AUTOSCALER_SENSOR:
+            continue
+        for pool, failure in load_failures(getattr(state.instigator_data, "cursor", None)).items():
+            if pool not in out or failure["at"] > out[pool]["at"]:
+                out[pool] = failure
+    return out
+
+
+def dump_cursor(memory: dict[str, dict[str, NodeMemory]], arrivals: dict[str, PoolArrivals] | None = None,
+                failures: dict[str, dict] | None = None) -> str:
     raw: dict = {"nodes": {pool: {n: m.to_json() for n, m in nodes.items()} for pool, nodes in memory.items()}}
     if arrivals:
         raw["arrivals"] = {pool: value.to_json() for pool, value in arrivals.items()}
+    if failures:
+        raw["failures"] = failures
     return json.dumps(raw, sort_keys=True)
 
 
@@ -84,22 +110,36 @@ def build_autoscaler_sensor(env: Environment):
             context.log.warning(f"run {run_id} asks for nothing: {problem}")
         pricer = pricer_for(env)
         upcoming = upcoming_demand(context, now)
+        failures = load_failures(context.cursor)
         summary = []
         for name, config in env.pools.items():
             # Arrivals are real runs only: a scheduled run arrives once, when Dagster queues it.
             arrivals[name] = arrivals.get(name, PoolArrivals()).see(demand.of(name), now)
             activity = arrivals[name].activity(config, now)
-            tick, memory[name] = scale_pool(
-                context.instance, config, pools[name], demand.of(name) + upcoming.get(name, []),
-                memory.get(name, {}), now, pricer,
-                fresh_demand=lambda name=name: (read_demand(context.instance, env, {name: pools[name]}, now).of(name)
-                                                + upcoming.get(name, [])),
-                activity=activity,
-            )
+            # Pools are independent: one pool's failure (a busy-node race, a group changed outside
+            # dpe, an API error past its retries) is logged and recorded, the other pools are still
+            # sized, and the failed pool keeps its previous memory for the next tick.
+            try:
+                if name in demand.failed:
+                    raise PoolError(demand.failed[name])
+                tick, memory[name] = scale_pool(
+                    context.instance, config, pools[name], demand.of(name) + upcoming.get(name, []),
+                    memory.get(name, {}), now, pricer,
+                    fresh_demand=lambda name=name: (read_demand(context.instance, env, {name: pools[name]}, now).of(name)
+                                                    + upcoming.get(name, [])),
+                    activity=activity,
+                )
+            except PoolError as error:
+                context.log.error(f"pool {name}: not sized this tick: {error}")
+                failures[name] = {"error": str(error), "at": now}
+                summary.append(f"{name}: failed: {error}")
+                continue
+            failures.pop(name, None)
             if tick.plan.changes(tick.state):
                 context.log.info(f"pool {name}: {tick.plan.reason}")
             summary.append(f"{name}: {tick.plan.reason}")
-        context.update_cursor(dump_cursor(memory, arrivals))
+        failures = {name: value for name, value in failures.items() if name in env.pools}
+        context.update_cursor(dump_cursor(memory, arrivals, failures))
         return SkipReason("; ".join(summary))
 
     return dpe_autoscaler

@@ -74,3 +74,5 @@ def pool_tags(pool: str, cpus: float | None = None, memory: str | None = None) -
 
 
 TEAM_TAG = "dpe/team"
+# Set on a run whose node got a spot interruption warning while the run held it: "<instance id> <event time>".
+INTERRUPTED_TAG = "dpe/interrupted"

@@ -10,9 +10,13 @@ from tests.reliability import summary
 from tests.reliability.harness import KEY_ID, REGION, SECRET
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if any(str(getattr(item, "fspath", "")).find("reliability") >= 0 for item in getattr(config, "_reliability_items", [])):
-        terminalreporter.write_line(summary.line())
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """The summary line is the last line of the output (after pytest's own "N passed" line), whenever
+    a reliability test was collected: `make test-reliability` and `make test` alike."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None and getattr(config, "_reliability_items", None):
+        terminal.write_line(summary.line())
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -13,12 +13,17 @@ from dpe_dagster import faults
 from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
 
 MEASURED: Counter = Counter()
-KEYS = ("runs completed", "nodes leaked", "records lost", "records duplicated")
+# Every key is printed, also at 0 (a missing key would read as "not measured").
+KEYS = ("runs completed", "nodes leaked", "records lost", "records duplicated", "interruption warnings handled",
+        "pools failed while others sized")
 
 
 def add(**counts: int) -> None:
-    for key, value in counts.items():
-        MEASURED[key.replace("_", " ")] += value
+    named = {key.replace("_", " "): value for key, value in counts.items()}
+    unknown = sorted(set(named) - set(KEYS))
+    if unknown:
+        raise ValueError(f"summary.add: unknown key(s) {unknown}; allowed: {list(KEYS)} (underscores for spaces)")
+    MEASURED.update(named)
 
 
 def line() -> str:
