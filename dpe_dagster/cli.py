@@ -203,10 +203,11 @@ def usage(
     until: Optional[str] = typer.Option(None, help="Only runs that ended before this ISO date/time (UTC)."),
     output: str = typer.Option("table", "--format", help="table, json or csv."),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    list_nodes: bool = typer.Option(False, "--nodes", help="List node lifetimes (removed in the window) instead."),
 ) -> None:
     """Print the usage ledger, read back from Dagster's event log."""
     from dpe_dagster.usage.ledger import read_node_lifetimes, read_usage
-    from dpe_dagster.usage.report import nodes_table, rows_csv, rows_table, runs_table
+    from dpe_dagster.usage.report import node_rows, nodes_table, rows_csv, rows_table, runs_table
     from dpe_dagster.usage.summary import GROUPINGS, Window, parse_time, summarize
 
     output = "json" if as_json else output
@@ -225,6 +226,12 @@ def usage(
     with _instance() as instance:
         records, nodes = read_usage(instance), read_node_lifetimes(instance)
     rows = summarize(by, records, nodes, window)
+    if list_nodes:
+        removed = [n for n in nodes if window.holds(n.removed_at)]
+        rows = node_rows(removed)
+        if output == "table":
+            console.print(nodes_table(removed))
+            return
     if output == "json":
         print(json.dumps(rows, indent=2))
     elif output == "csv":

@@ -129,3 +129,22 @@ def test_bad_report_arguments_are_named(tmp_path, args, message):
     with instance_for_test(temp_dir=str(home)):
         result = dpe_usage(home, *args)
     assert result.returncode == 2 and message in " ".join(result.stderr.split())
+
+
+def test_node_lifetimes_and_the_nodes_each_run_used_are_listed_as_json_and_csv(ledger_home):
+    home, instance = ledger_home
+    nodes = json.loads(dpe_usage(home, "--nodes", "--json").stdout)
+    assert sorted(n["node_id"] for n in nodes) == ["node-1", "node-2"]
+    for n in nodes:
+        assert n["pool"] == "spot-etl" and n["lifecycle"] == "spot"
+        assert n["paid_usd"] == pytest.approx(n["lifetime_seconds"] / 3600 * n["price_per_node_hour"])
+        assert n["lifetime_seconds"] == pytest.approx(n["busy_seconds"] + n["idle_seconds"])
+    rows = list(csv.DictReader(io.StringIO(dpe_usage(home, "--nodes", "--format", "csv").stdout)))
+    assert sorted(r["node_id"] for r in rows) == ["node-1", "node-2"]
+    assert float(rows[0]["paid_usd"]) == pytest.approx(next(n for n in nodes if n["node_id"] == rows[0]["node_id"])["paid_usd"])
+
+    # Each run names the nodes it ran on: both nodes were alive all along.
+    for run in json.loads(dpe_usage(home, "--by", "run", "--json").stdout):
+        assert sorted(n["node_id"] for n in run["nodes"]) == ["node-1", "node-2"]
+        assert all(set(n) == {"node_id", "instance_type", "lifecycle", "zone"} for n in run["nodes"])
+        assert {n["lifecycle"] for n in run["nodes"]} == {"spot"}

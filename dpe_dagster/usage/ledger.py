@@ -68,18 +68,28 @@ def _runs_overlapping(instance: DagsterInstance, pool: str, since: float) -> lis
 
 
 def node_spans(instance: DagsterInstance, env: Environment, pool: str, since: float, until: float,
-               live: Iterable[Node], pricer: Pricer) -> list[tuple[NodeSpan, str]]:
+               live: Iterable[Node], pricer: Pricer,
+               described: dict[str, dict[str, str]] | None = None) -> list[tuple[NodeSpan, str]]:
     """Every node of the pool alive at some time in [since, until): removed ones from the ledger,
-    live ones from the provider. Returned with their price source."""
+    live ones from the provider. Returned with their price source; `described`, if given, gets
+    each node's id, instance type, lifecycle and zone."""
     spans = []
+    described = {} if described is None else described
     for lifetime in read_node_lifetimes(instance, since=since):
         if lifetime.pool == pool:
             spans.append((NodeSpan(lifetime.node_id, pool, lifetime.price_per_node_hour, lifetime.launched_at,
                                    lifetime.removed_at), lifetime.price_source))
+            described[lifetime.node_id] = _described(lifetime.node_id, lifetime.instance_type, lifetime.lifecycle,
+                                                      getattr(lifetime, "zone", ""))
     for node in live:
         price = pricer(env.pools[pool], node)
         spans.append((NodeSpan(node.id, pool, price.usd_per_hour, node.launched_at, until), price.source))
+        described[node.id] = _described(node.id, node.instance_type, node.lifecycle, node.zone)
     return spans
+
+
+def _described(node_id: str, instance_type: str | None, lifecycle: str | None, zone: str | None) -> dict[str, str]:
+    return {"node_id": node_id, "instance_type": instance_type or "", "lifecycle": lifecycle or "", "zone": zone or ""}
 
 
 def _steps(instance: DagsterInstance, run_id: str) -> tuple[dict[str, float], dict[AssetKey, str | None]]:
@@ -136,16 +146,19 @@ def usage_for_run(instance: DagsterInstance, record: RunRecord, env: Environment
     span = run_span(record, env, now)
     cpus = memory = share = node_seconds = cost = 0.0
     sources: set[str] = set()
+    used: list[dict[str, str]] = []
     if span is not None:
         request = pool_request(run.tags, env)
         cpus, memory, share = request.cpus, request.memory_gb, span.share
         runs = [s for r in _runs_overlapping(instance, pool_name, span.start) if (s := run_span(r, env, now))]
-        nodes = node_spans(instance, env, pool_name, span.start, span.end, live.get(pool_name, []), pricer)
+        described: dict[str, dict[str, str]] = {}
+        nodes = node_spans(instance, env, pool_name, span.start, span.end, live.get(pool_name, []), pricer, described)
         charges, _ = attribute(runs, [n for n, _ in nodes], since=span.start, until=span.end)
         charge = charges.get(run.run_id)
         if charge is not None:
             node_seconds, cost = charge.node_seconds, charge.cost
         sources = {source for n, source in nodes if n.start < span.end and n.end > span.start}
+        used = [described[i] for i in sorted({n.node_id for n, _ in nodes if n.start < span.end and n.end > span.start})]
     seconds, planned = _steps(instance, run.run_id)
     run_team = run.tags.get(TEAM_TAG)
     asset_costs = {
@@ -171,6 +184,7 @@ def usage_for_run(instance: DagsterInstance, record: RunRecord, env: Environment
         lifecycle=pool.lifecycle if pool else "",
         assets=tuple(sorted(asset_costs)),
         asset_costs=asset_costs,
+        nodes=tuple(used),
     )
 
 

@@ -48,6 +48,9 @@ class UsageRecord:
     assets: tuple[str, ...] = ()
     # Per asset: {"cost_usd", "node_seconds", "team"}; the run's cost split by step time.
     asset_costs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # The nodes the run ran on (alive during it): {"node_id", "instance_type", "lifecycle", "zone"};
+    # empty in records written before runs named their nodes.
+    nodes: tuple[Mapping[str, str], ...] = ()
 
     def to_metadata(self) -> dict[str, Any]:
         return _to_metadata(self)
@@ -60,6 +63,7 @@ class UsageRecord:
         out = dataclasses.asdict(self)
         out["assets"] = list(self.assets)
         out["asset_costs"] = {k: dict(v) for k, v in self.asset_costs.items()}
+        out["nodes"] = [dict(n) for n in self.nodes]
         out["started_at"] = iso(self.started_at) or None
         out["ended_at"] = iso(self.ended_at) or None
         return out
@@ -108,7 +112,7 @@ def _to_metadata(record: Any) -> dict[str, Any]:
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
         if isinstance(value, tuple):
-            metadata[f.name] = MetadataValue.json(list(value))
+            metadata[f.name] = MetadataValue.json([dict(v) if isinstance(v, Mapping) else v for v in value])
         elif isinstance(value, Mapping):
             metadata[f.name] = MetadataValue.json({k: dict(v) for k, v in value.items()})
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -127,6 +131,8 @@ def _from_metadata(cls: type, metadata: Mapping[str, Any]) -> Any:
         value = getattr(raw, "value", raw)
         if f.name == "assets":
             value = tuple(value or ())
+        elif f.name == "nodes" and cls is UsageRecord:
+            value = tuple(dict(n) for n in value or ())
         elif f.name == "asset_costs":
             value = dict(value or {})
         elif raw is None and f.default is not dataclasses.MISSING:

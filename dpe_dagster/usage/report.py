@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from typing import Any
@@ -37,6 +38,18 @@ def nodes_table(lifetimes: list[NodeLifetime]) -> Table:
                       f"{sum(n.idle_seconds for n in lifetimes):.1f}", f"{sum(n.cost_usd for n in lifetimes):.6f}",
                       style="bold")
     return table
+
+
+def node_rows(lifetimes: list[NodeLifetime]) -> list[dict[str, Any]]:
+    """Node lifetimes for programs (`dpe usage --nodes --json` / `--format csv`): every stored
+    field, times in ISO 8601, and what the node was paid (paid = busy + idle)."""
+    rows = []
+    for n in lifetimes:
+        row = dataclasses.asdict(n)
+        row.update(launched_at=iso(n.launched_at), removed_at=iso(n.removed_at),
+                   lifetime_seconds=n.lifetime_seconds, idle_seconds=n.idle_seconds, paid_usd=n.cost_usd)
+        rows.append(row)
+    return rows
 
 
 def rows_table(rows: list[dict[str, Any]], title: str) -> Table:
