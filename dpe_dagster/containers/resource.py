@@ -24,14 +24,24 @@ PIPES_VERSION = "1.13.27"  # dagster-pipes, as locked for this project
 SCRIPT_ENV = "DPE_PIPES_SCRIPT"
 
 
+# Run by `python -c` (no shell: the script travels in the environment, never in a command line):
+# install dagster-pipes if the image lacks it, then become a fresh interpreter running the script.
+_PIPES_BOOTSTRAP = f"""
+import os, subprocess, sys
+try:
+    import dagster_pipes
+except ImportError:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir",
+                    "--disable-pip-version-check", "dagster-pipes=={PIPES_VERSION}"], stdout=sys.stderr, check=True)
+os.execv(sys.executable, [sys.executable, "-c", os.environ["{SCRIPT_ENV}"]])
+"""
+
+
 def python_with_pipes(script: str) -> tuple[list[str], dict[str, str]]:
     """A command (and its env) that runs a Python script speaking Pipes in any image with `python`
     and `pip` (e.g. the public `python:3.11-slim`): dagster-pipes is installed first if missing.
     Locally `python` is this project's interpreter, which has it, so nothing is installed."""
-    bootstrap = (f'python -c "import dagster_pipes" 2>/dev/null || '
-                 f'pip install --quiet --no-cache-dir --disable-pip-version-check dagster-pipes=={PIPES_VERSION} '
-                 f'>&2; exec python -c "${SCRIPT_ENV}"')
-    return ["sh", "-c", bootstrap], {SCRIPT_ENV: script}
+    return ["python", "-c", _PIPES_BOOTSTRAP], {SCRIPT_ENV: script}
 
 
 @dataclass

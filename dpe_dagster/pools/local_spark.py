@@ -23,6 +23,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -79,8 +80,10 @@ class LocalSparkSettings:
 
 def _alive(pid: int, expected_class: str) -> bool:
     # A recycled pid belongs to another program: check it is still our JVM. A process in the middle
-    # of an exec (nohup -> spark-class -> java, just after a start) briefly shows no command line;
-    # a kernel thread never shows one.
+    # of an exec (launch helper -> spark-class -> java, just after a start) briefly shows no command line;
+    # a kernel thread never shows one. A daemon this process started and that ended is reaped
+    # first (a zombie shows no command line either).
+    _reap()
     for _ in range(5):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -135,21 +138,18 @@ def _rotate(log: Path, keep: int = 5) -> None:
     log.replace(log.with_name(f"{log.name}.1"))
 
 
-# Run by bash with the daemon's command as "$@": wait for $DPE_AFTER_PORT (if set) to listen, then
-# become the daemon (exec keeps the pid that the pool recorded).
-_WAIT_THEN_EXEC = """
-if [ -n "$DPE_AFTER_PORT" ]; then
-  deadline=$((SECONDS + DPE_WAIT_S))
-  until (: <>"/dev/tcp/127.0.0.1/$DPE_AFTER_PORT") 2>/dev/null; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "dpe: nothing listened on port $DPE_AFTER_PORT (the Spark master) within ${DPE_WAIT_S}s; not starting"
-      exit 1
-    fi
-    sleep 0.1
-  done
-fi
-exec "$@"
-"""
+# Started (by path, with this interpreter) as a daemon's process: waits for the master if asked,
+# then becomes the daemon (exec keeps the pid that the pool recorded).
+_DAEMON_EXEC = Path(__file__).with_name("daemon_exec.py")
+# Daemons this process started: they are its children (detached in their own session, but not
+# re-parented), so each one that ends is reaped here rather than left a zombie while a long-lived
+# caller (the code server running the sensor, the daemon) lives on.
+_STARTED: list[subprocess.Popen] = []
+
+
+def _reap() -> None:
+    _STARTED[:] = [process for process in _STARTED if process.poll() is None]
+
 
 _WORKER_PORT_LINE = re.compile(r"Successfully started service 'sparkWorker' on port (\d+)")
 
@@ -353,34 +353,35 @@ class LocalSparkPool:
                 wait_s: float = 0.0) -> int:
         """Start one Spark daemon JVM detached from the caller, as `spark-daemon.sh start` does:
         the JVMs must outlive whichever process asked for them (sensor, launcher, CLI) and must not
-        receive its signals; `_stop` and `shutdown` are how they stop. Returns its pid at once.
+        receive its signals (a session of their own, hang-ups ignored); `_stop` and `shutdown` are
+        how they stop. Returns its pid at once. No shell: the process is an argument vector, its
+        output goes to the daemon's log from here, its pid file is written from here.
         `after_port`: the JVM starts only once something listens there (at most `wait_s` seconds,
-        else the process exits and says so in its log); until then the pid is a shell whose
-        command line already names the class, so the pool counts it as starting."""
+        else the process exits and says so in its log); until then the pid is dpe's small launch
+        helper (daemon_exec.py), whose command line already names the class, so the pool counts it
+        as starting."""
+        _reap()
         env = spark_process_env()
         env.update(
             SPARK_WORKER_DIR=str(self.state_dir / "work"),
             SPARK_DAEMON_MEMORY=self.settings.daemon_memory,
             SPARK_PRINT_LAUNCH_COMMAND="1",
             DPE_HOME=str(dpe_home()),  # marks the JVMs as ours (see spark_pids_of)
-            DPE_SPARK_LOG=str(self._log(cls, instance)),
-            DPE_AFTER_PORT=str(after_port or ""),
-            DPE_WAIT_S=str(int(math.ceil(wait_s))),
         )
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         _rotate(self._log(cls, instance))
         command = [str(spark_home() / "bin" / "spark-class"), cls, *args]
-        started = subprocess.run(
-            ["bash", "-c", 'nohup -- bash -c "$0" dpe-spark-daemon "$@" >> "$DPE_SPARK_LOG" 2>&1 < /dev/null & echo $!',
-             _WAIT_THEN_EXEC, *command],
-            env=env, capture_output=True, text=True, start_new_session=True, timeout=30,
-        )
-        if started.returncode != 0 or not started.stdout.strip().isdigit():
-            raise PoolError(f"pool {self.name}: could not start {cls} {instance}: {started.stderr.strip()[-1000:]}")
-        pid = int(started.stdout.strip())
-        self._pid_file(cls, instance).write_text(f"{pid}\n")
-        return pid
+        helper = [sys.executable, str(_DAEMON_EXEC), str(after_port or ""), str(int(math.ceil(wait_s)))]
+        try:
+            with open(self._log(cls, instance), "ab") as log:
+                process = subprocess.Popen([*helper, *command], env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as error:
+            raise PoolError(f"pool {self.name}: could not start {cls} {instance}: {error}") from None
+        _STARTED.append(process)
+        self._pid_file(cls, instance).write_text(f"{process.pid}\n")
+        return process.pid
 
     def _ensure_master(self) -> None:
         pid = _read_pid(self._pid_file(MASTER_CLASS, 1))

@@ -1,11 +1,22 @@
 """Secrets never reach logs or errors; user label and tag values are validated before they reach
-Kubernetes or AWS; no shell is ever spawned (so no user string can reach one)."""
+Kubernetes or AWS; no shell is ever spawned (so no user string can reach one).
+
+"No shell": no process dpe starts is a shell given a command line (`sh -c`, `bash -c`,
+`os.system`, `shell=True`); every process starts from an argument vector. Read from the code, and
+seen while a whole local run cycle runs: every Python process of it reports each process it starts
+(Python's audit events, through audit_site/sitecustomize.py). Spark's own launcher scripts
+(bin/spark-class, bin/spark-submit) are shell scripts; they are started with an argument vector and
+pass it on as "$@", so no string of ours is parsed by a shell there either."""
 
 from __future__ import annotations
 
 import ast
 import copy
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +30,8 @@ from resources import aws_sim
 from tests.reliability.harness import KEY_ID, SECRET
 
 SOURCES = ["dpe_dagster", "resources", "assets", "bench"]
+AUDIT_SITE = Path(__file__).with_name("audit_site")
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "csh", "tcsh", "fish"}
 
 
 def _python_files():
@@ -29,11 +42,16 @@ def _python_files():
 
 
 def test_no_shell_is_spawned_anywhere():
-    """No os.system/os.popen, no subprocess call with shell=True, no string command line."""
+    """No os.system/os.popen, no subprocess call with shell=True, no string command line, no
+    argument vector that starts a shell on a command line (`["sh", "-c", ...]`)."""
     found = []
     for path in _python_files():
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
+            if isinstance(node, (ast.List, ast.Tuple)) and node.elts:
+                words = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                if words and Path(words[0]).name in SHELLS and "-c" in words[1:]:
+                    found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {words[0]} -c")
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)
@@ -48,6 +66,58 @@ def test_no_shell_is_spawned_anywhere():
                     found.append(f"{where} {name} with a string command line")
     assert len(list(_python_files())) > 20
     assert found == []
+
+
+def shell_commands(events: list[dict]) -> list[dict]:
+    """The started processes that are a shell handed a command line."""
+    return [e for e in events if e["event"] == "os.system" or e.get("unreadable") or (
+        e["argv"] and Path(e["argv"][0]).name in SHELLS and "-c" in e["argv"][1:])]
+
+
+def _started(folder: Path) -> dict[str, str]:
+    """The environment of a cycle whose Python processes all report what they start."""
+    log = folder / "started.jsonl"
+    return dict(os.environ, DPE_HOME=str(folder / "dpe"), DAGSTER_HOME=str(folder / "dagster"), DPE_ENV="local",
+                DPE_IDLE_TIMEOUT_S="5", DPE_TEST_PROCESS_LOG=str(log),
+                PYTHONPATH=os.pathsep.join([str(AUDIT_SITE), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+def _events(env: dict[str, str]) -> list[dict]:
+    path = Path(env["DPE_TEST_PROCESS_LOG"])
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_no_shell_starts_in_a_local_run_cycle(tmp_path):
+    """`dpe demo` (daemon, sensors, launcher, run worker, Spark on the local pool, scale-down) with
+    every Python process in it reporting the processes it starts."""
+    env = _started(tmp_path)
+    demo = subprocess.run([str(Path(sys.executable).parent / "dpe"), "demo", "--scale-factor", "0.01"], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=PROJECT_ROOT)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    events = _events(env)
+    # The reports cover the cycle: the pool's daemons, the run's Spark driver, several processes.
+    assert any("org.apache.spark.deploy.worker.Worker" in e["argv"] for e in events), events
+    assert any(Path(arg).name == "spark-submit" for e in events for arg in e["argv"][:2]), events
+    assert len({e["pid"] for e in events}) >= 3, events
+    assert shell_commands(events) == []
+
+
+def test_no_shell_starts_for_a_container_asset_run_locally(tmp_path):
+    """The example container asset (`python_with_pipes`, meant for any image with python) run by
+    the local variant, through the dagster CLI."""
+    env = _started(tmp_path)
+    Path(env["DAGSTER_HOME"]).mkdir()
+    from dpe_dagster.daemon import dagster_bin
+
+    run = subprocess.run([dagster_bin("dagster"), "asset", "materialize", "--select", "word_count", "-m",
+                          "dpe_dagster.definitions"], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=PROJECT_ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    events = _events(env)
+    assert any("open_dagster_pipes" in " ".join(e["argv"]) or "DPE_PIPES_SCRIPT" in " ".join(e["argv"])
+               for e in events), events
+    assert shell_commands(events) == []
 
 
 @pytest.mark.parametrize("value", ["has space", "x" * 64, "-leading", "semi;colon", "new\nline", "$(id)", 3])
