@@ -25,7 +25,7 @@ def tick(sensor, instance, cursor):
     return context.cursor
 
 
-def test_a_failing_pool_does_not_stop_the_others(aws, dagster, capfd):
+def test_a_failing_pool_does_not_stop_the_others(aws, dagster, capfd, measured):
     env = environment(aws.url)
     autoscaling, ec2 = clients(aws.url)
     create_groups(env, autoscaling, ec2)
@@ -50,6 +50,9 @@ def test_a_failing_pool_does_not_stop_the_others(aws, dagster, capfd):
     assert "test-spot" in saved["failures"]["spot-etl"]["error"]
     assert saved["failures"]["spot-etl"]["at"] > 0
     assert load_cursor(cursor)["spot-etl"].keys() == spot_memory.keys(), "the failed pool keeps its previous memory"
+    # Counted from what the tick did: pools recorded as failed while another pool was sized.
+    sized = group(autoscaling, "test-ondemand")["DesiredCapacity"] == 1
+    measured.add(pools_failed_while_others_sized=len(saved["failures"]) if sized else 0)
     assert any("'test-spot' does not exist" in line for line in logged), "a log line names the pool and its error"
 
     # The group is back: the next tick sizes the pool again and clears its failure.
