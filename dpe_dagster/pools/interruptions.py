@@ -135,6 +135,9 @@ class InterruptionReader:
         log.warning("pool %s: %s for %s at %s", action.pool, action.reason, action.instance_id, event.time)
         if action.cordon and self.cordon is not None:
             self.cordon([action.instance_id])
+        # The runs the node holds, read before the replacement exists: a new node can change
+        # where a provider's view places them (the emulator packs onto nodes by launch time).
+        held = self._runs_on(action) if event.detail_type == WARNING and self.instance is not None else []
         if action.grow_pool is not None:
             try:
                 self.pools[action.grow_pool].set_target(targets[action.grow_pool] + 1)
@@ -142,21 +145,24 @@ class InterruptionReader:
             except PoolError as error:
                 log.warning("pool %s: replacement for %s not asked for: %s", action.grow_pool,
                             action.instance_id, error)
-        # After the replacement and the cordon, which are what the two minutes are for.
-        if event.detail_type == WARNING and self.instance is not None:
-            self._tell_runs(action, event)
+        # Told after the replacement and the cordon, which are what the two minutes are for.
+        if held:
+            self._tell_runs(held, action, event)
         return action
 
-    def _tell_runs(self, action: Action, event: Interruption) -> None:
+    def _runs_on(self, action: Action) -> list[str]:
+        try:
+            placed = self.pools[action.pool].run_nodes()
+        except PoolError as error:
+            log.warning("pool %s: runs on %s not told of its interruption: %s", action.pool, action.instance_id, error)
+            return []
+        return sorted(run_id for run_id, node_id in placed.items() if node_id == action.instance_id)
+
+    def _tell_runs(self, held: Sequence[str], action: Action, event: Interruption) -> None:
         """Tag each run holding the warned node and say so in its event log (the UI shows both)."""
         from dpe_dagster.scaling.tags import INTERRUPTED_TAG
 
-        try:
-            held = self.pools[action.pool].run_nodes()
-        except PoolError as error:
-            log.warning("pool %s: runs on %s not told of its interruption: %s", action.pool, action.instance_id, error)
-            return
-        for run_id in sorted(r for r, node_id in held.items() if node_id == action.instance_id):
+        for run_id in held:
             run = self.instance.get_run_by_id(run_id)
             if run is None:
                 continue
