@@ -16,6 +16,7 @@ import time
 
 
 def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:PORT (also the local pool's check of its master port)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True

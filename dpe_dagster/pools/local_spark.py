@@ -35,6 +35,7 @@ from dpe_dagster.config import ConfigError, PoolConfig
 from dpe_dagster.javaenv import spark_home, spark_process_env
 from dpe_dagster.paths import dpe_home
 from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolError
+from dpe_dagster.pools.daemon_exec import _listening
 from dpe_dagster.spark import run_id_of_app
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -116,14 +117,6 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _rotate(log: Path, keep: int = 5) -> None:
