@@ -20,7 +20,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from dpe_dagster.javaenv import check_java, spark_process_env
-from dpe_dagster.scaling.tags import CPU_TAG, POOL_TAG, parse_cpus
+from dpe_dagster.scaling.tags import POOL_TAG, requested_cpus
 
 # Dagster run ids are UUIDs (make_new_run_id); the app name ends with the full one.
 _RUN_ID_AT_END = re.compile(r"-(?P<run_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
@@ -69,10 +69,7 @@ def run_spark_conf(master: str, conf: dict[str, str], tags: dict[str, str],
     the default of the pool it names. A run that names no pool is counted as no demand, so it
     gets the least: one core. Standalone (spark://): `spark.cores.max`; Kubernetes: at most as
     many executors as the request fills, never more than the environment's `maxExecutors`."""
-    if CPU_TAG in tags:
-        cpus = parse_cpus(tags[CPU_TAG])
-    else:
-        cpus = default_run_cpus.get(tags.get(POOL_TAG, ""), 1.0)
+    cpus = requested_cpus(tags, default_run_cpus.get(tags.get(POOL_TAG, ""), 1.0))
     if master.startswith("spark://"):
         return {"spark.cores.max": str(max(1, math.floor(cpus)))}
     if master.startswith("k8s://"):

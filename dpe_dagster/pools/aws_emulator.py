@@ -228,7 +228,7 @@ def _emulated_placement(pool: PoolConfig, instances: Sequence, instance=None) ->
     from dagster import DagsterRunStatus, RunsFilter
 
     from dpe_dagster.paths import dagster_home
-    from dpe_dagster.scaling.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, TagError, parse_cpus, parse_memory_gb
+    from dpe_dagster.scaling.tags import MEMORY_TAG, POOL_TAG, TagError, parse_memory_gb, requested_cpus
 
     if instance is None:
         instance = _dagster_instance(str(dagster_home()))
@@ -240,7 +240,7 @@ def _emulated_placement(pool: PoolConfig, instances: Sequence, instance=None) ->
         if run.tags.get(POOL_TAG) != pool.name:
             continue
         try:
-            cpus = parse_cpus(run.tags[CPU_TAG]) if CPU_TAG in run.tags else pool.default_run_cpus
+            cpus = requested_cpus(run.tags, pool.default_run_cpus)
             memory = parse_memory_gb(run.tags[MEMORY_TAG]) if MEMORY_TAG in run.tags else pool.default_run_memory_gb
         except TagError:
             continue

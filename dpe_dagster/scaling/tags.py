@@ -36,6 +36,11 @@ def parse_cpus(value: str) -> float:
     return cpus
 
 
+def requested_cpus(tags: Mapping[str, str], default: float) -> float:
+    """The CPUs a run with these tags asks for: its `dpe/cpu` tag, else `default` (its pool's)."""
+    return parse_cpus(tags[CPU_TAG]) if CPU_TAG in tags else default
+
+
 def parse_memory_gb(value: str) -> float:
     match = _MEMORY.match(value or "")
     if not match or float(match.group(1)) <= 0:
@@ -54,7 +59,7 @@ def pool_request(tags: Mapping[str, str], env: Environment) -> PoolRequest | Non
         raise TagError(f"tag {POOL_TAG}: {pool_name!r} is not a node pool of environment {env.name!r}; "
                        f"allowed: {', '.join(sorted(env.pools))}")
     pool = env.pools[pool_name]
-    cpus = parse_cpus(tags[CPU_TAG]) if CPU_TAG in tags else pool.default_run_cpus
+    cpus = requested_cpus(tags, pool.default_run_cpus)
     memory = parse_memory_gb(tags[MEMORY_TAG]) if MEMORY_TAG in tags else pool.default_run_memory_gb
     return PoolRequest(pool_name, cpus, memory)
 
