@@ -200,6 +200,9 @@ class Environment:
     max_concurrent_runs: int
     tpch_scale_factor: float
     aws: Mapping[str, Any] = field(default_factory=dict)
+    # The pool run pods go to (Spark drivers in client mode); the run's tagged pool then holds
+    # its executors. None: run pods go to the tagged pool.
+    driver_pool: str | None = None
 
     def pool(self, name: str) -> PoolConfig:
         try:
@@ -233,7 +236,8 @@ def parse_spark(raw: Any) -> dict[str, Any]:
     return spark
 
 
-ENVIRONMENT_FIELDS = {"pools", "spark", "sensor_interval_s", "max_concurrent_runs", "tpch_scale_factor", "aws"}
+ENVIRONMENT_FIELDS = {"pools", "spark", "sensor_interval_s", "max_concurrent_runs", "tpch_scale_factor", "aws",
+                      "driver_pool"}
 
 
 def parse_environment(name: str, raw: Any) -> Environment:
@@ -249,9 +253,13 @@ def parse_environment(name: str, raw: Any) -> Environment:
                 f"pools.{pool.name}.fallback: {pool.fallback!r} is not a defined pool; "
                 f"defined pools: {', '.join(sorted(pools))}"
             )
+    driver_pool = raw.get("driver_pool")
+    if driver_pool is not None and driver_pool not in pools:
+        raise ConfigError(f"driver_pool: {driver_pool!r} is not a defined pool; defined pools: {', '.join(sorted(pools))}")
     return Environment(
         name=name,
         pools=pools,
+        driver_pool=driver_pool,
         spark=parse_spark(raw.get("spark", {})),
         sensor_interval_s=_number("sensor_interval_s", raw.get("sensor_interval_s", 30), minimum=1, integer=True),
         max_concurrent_runs=_number("max_concurrent_runs", raw.get("max_concurrent_runs", 4), minimum=1, integer=True),

@@ -4,7 +4,8 @@ Pools (nodes of 4 vCPU / 16 GiB, m6i.xlarge and its peers; us-east-1 prices, 202
 - `spot-etl`: where the pipelines' executors run; spot, mixed instance types; falls back to
 - `ondemand-etl`: the same shape on-demand, used only while spot capacity does not come;
 - `ondemand-driver`: small on-demand nodes (2 vCPU / 8 GiB) for run pods, i.e. Spark drivers,
-  kept at one node so a run starts without waiting for a boot (the launcher's `driver_pool`).
+  kept at one node so a run starts without waiting for a boot (the environment's `driver_pool`:
+  each run asks it for one driver, and the tagged pool for its executors).
 
 Everything account-specific comes from the environment (set by the Helm values in deploy/):
 DPE_AWS_REGION, DPE_CLUSTER_NAME (group names are `<cluster>-<pool>`, as the CloudFormation
@@ -70,6 +71,7 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
                 **({"interruption_queue_url": os.environ["DPE_INTERRUPTION_QUEUE_URL"]}
                    if os.environ.get("DPE_INTERRUPTION_QUEUE_URL") else {})},
         "pools": pools,
+        "driver_pool": "ondemand-driver",
         "spark": {"master": spark.conf.pop("spark.master"), "conf": {**spark.conf, "spark.sql.shuffle.partitions": "64"}},
     }
 

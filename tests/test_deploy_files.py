@@ -87,7 +87,8 @@ def test_helm_values_use_dpes_launcher_with_config_dagster_accepts_and_postgres(
     from resources import load_environment
 
     env = load_environment(custom["config"]["environment"])
-    assert env.pool(custom["config"]["driver_pool"]).lifecycle == "on-demand"
+    assert "driver_pool" not in custom["config"], "the environment's driver_pool is the one every part reads"
+    assert env.driver_pool and env.pool(env.driver_pool).lifecycle == "on-demand"
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlHost"]
     assert values["generatePostgresqlPasswordSecret"] is False
     assert values["dagsterDaemon"]["image"]["repository"] == values["dagster-user-deployments"]["deployments"][0][

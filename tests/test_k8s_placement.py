@@ -8,11 +8,11 @@ kubernetes-validate.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import kubernetes_validate
 import pytest
-import yaml
 from dagster import DagsterInstance
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job
 
@@ -140,18 +140,14 @@ def test_when_the_nodes_cannot_be_read_the_run_is_launched_without_a_preference(
                for m in messages(instance, run.run_id))
 
 
-def test_with_a_driver_pool_the_run_pod_gets_no_node_of_the_tagged_pool(ending_together, sim, kube_api, tmp_path,
-                                                                        two_nodes):
+def test_with_a_driver_pool_the_run_pod_gets_no_node_of_the_tagged_pool(ending_together, sim, instance, kube_api,
+                                                                        two_nodes, monkeypatch):
     """The run pod is a Spark driver on the driver pool; the tagged pool holds its executors,
     which this launcher does not place."""
-    config = yaml.safe_load((tmp_path / "dagster.yaml").read_text())
-    config["run_launcher"]["config"]["driver_pool"] = "ondemand-etl"
-    home = tmp_path / "with-driver-pool"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    with DagsterInstance.from_config(str(home)) as driver_instance:
-        run = make_run(driver_instance, {POOL_TAG: POOL, CPU_TAG: "1", MEMORY_TAG: "2g"})
-        launch(driver_instance, run)
+    shipped = resources.aws_sim.environment
+    monkeypatch.setattr(resources.aws_sim, "environment", lambda: {**shipped(), "driver_pool": "ondemand-etl"})
+    run = make_run(instance, {POOL_TAG: POOL, CPU_TAG: "1", MEMORY_TAG: "2g"})
+    launch(instance, run)
     job = kube_api.jobs[-1]
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     assert job["spec"]["template"]["spec"]["nodeSelector"] == {"dpe.io/pool": "ondemand-etl"}
@@ -185,6 +181,6 @@ def test_the_preferred_node_survives_dagster_k8s_job_construction_and_a_users_ow
     assert zone in preferred
     assert preferred_hosts(manifest) == [["ip-10-0-3-1.ec2.internal"]]
 
-    driver = pool_container_context(run, env, driver_pool="ondemand-etl",
+    driver = pool_container_context(run, dataclasses.replace(env, driver_pool="ondemand-etl"),
                                     preferred_node_name="ip-10-0-3-1.ec2.internal")
     assert "affinity" not in driver.run_k8s_config.pod_spec_config

@@ -7,11 +7,14 @@ tolerations, do-not-evict annotations and the run's resource requests to the run
 itself is built by dagster-k8s (`construct_dagster_k8s_job`), with this as one more layer of its
 user-defined k8s config, merged over the launcher's and the code location's.
 
+With the environment's `driver_pool` set, the run pod is a Spark driver: it goes to the driver
+pool (which is asked for room too) and its executors to the tagged pool, as `landing` says and
+the autoscaler sizes both.
+
 On a pool with `placement: ending-together` it also (3) chooses the node the run's pod should go
 to, as the simulator does (`dpe_dagster.launch.node_choice`), and adds it to the Job as a
-preferred node affinity. Only run pods on their own pool are placed so: with `driver_pool` set,
-the run pod goes to the driver pool and its executors, on the tagged pool, are left to the
-scheduler. Choosing needs the pool's nodes (its provider), the runs on it (run storage) and the
+preferred node affinity. Only run pods on their own pool are placed so: executors on the tagged
+pool are left to the scheduler. Choosing needs the pool's nodes (its provider), the runs on it (run storage) and the
 Kubernetes node names; when any of these cannot be read, the event log says so and the run is
 launched without a preferred node.
 
@@ -27,6 +30,9 @@ In `dagster.yaml` (the Helm chart's `runLauncher.customRunLauncher`, see deploy/
       module: dpe_dagster.launch.k8s
       class: PoolK8sRunLauncher
       config: {environment: prod, job_image: ..., instance_config_map: ..., ...}
+
+The launcher's own `driver_pool` field is deprecated (the environment's is the one every part
+reads); when set it must name the environment's driver pool, or runs fail saying so.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ from dpe_dagster.kube.nodes import KubeNodes
 from dpe_dagster.launch.capacity import ask_for_capacity
 from dpe_dagster.launch.node_choice import ENDING_TOGETHER, preferred_node
 from dpe_dagster.launch.pod_spec import pod_placement, run_k8s_config
-from dpe_dagster.pools import open_pool
-from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.pools import PoolError, open_pool
+from dpe_dagster.scaling.control import request_capacity
+from dpe_dagster.scaling.demand import landing, read_demand
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
 
@@ -65,24 +72,27 @@ def step_pod_refusal(executor_name: str | None) -> str | None:
             "the run pod: use in_process_executor or multiprocess_executor (the default)")
 
 
-def pool_container_context(run: DagsterRun, env: Environment, driver_pool: str | None = None,
+def pool_container_context(run: DagsterRun, env: Environment,
                            preferred_node_name: str | None = None) -> K8sContainerContext | None:
-    """The k8s config that puts this run's pod on its pool; None for a run that names no pool.
-
-    With `driver_pool`, the run's pod is a Spark driver (client mode) whose executors use the
-    run's pool: the pod goes to the driver pool, with that pool's default requests, and
-    `preferred_node_name` (a node of the run's own pool) does not apply to it.
-    `preferred_node_name`: the Kubernetes node the pod should prefer on its pool."""
+    """The k8s config that puts this run's pod where `landing` says; None for a run that names no
+    pool. `preferred_node_name`: the Kubernetes node the pod should prefer on its own pool (not
+    on a driver pool)."""
     request = pool_request(run.tags, env)
     if request is None:
         return None
-    if driver_pool:
-        driver = env.pool(driver_pool)
-        placement = pod_placement(driver, driver.default_run_cpus, driver.default_run_memory_gb)
-    else:
-        placement = pod_placement(env.pool(request.pool), request.cpus, request.memory_gb,
-                                  preferred_node=preferred_node_name)
+    pod = landing(request, env).run_pod
+    placement = pod_placement(env.pool(pod.pool), pod.cpus, pod.memory_gb,
+                              preferred_node=None if env.driver_pool else preferred_node_name)
     return K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(run_k8s_config(placement)))
+
+
+def driver_pool_conflict(launcher_driver_pool: str | None, env: Environment) -> str | None:
+    """Why the launcher's deprecated `driver_pool` cannot be used with this environment, or None."""
+    if not launcher_driver_pool or launcher_driver_pool == env.driver_pool:
+        return None
+    return (f"run_launcher.config.driver_pool: {launcher_driver_pool!r} disagrees with environment {env.name!r}'s "
+            f"driver_pool ({env.driver_pool!r}); the autoscaler sizes pools by the environment's, so set it there "
+            "and remove it from the launcher's config")
 
 
 class PoolK8sRunLauncher(K8sRunLauncher):
@@ -101,9 +111,8 @@ class PoolK8sRunLauncher(K8sRunLauncher):
             "environment": Field(StringSource, is_required=False,
                                  description="dpe environment name (resources/); DPE_ENV when unset"),
             "driver_pool": Field(StringSource, is_required=False,
-                                 description="pool for the run pods themselves (Spark drivers in client mode); "
-                                 "the run's tagged pool then holds its executors. Unset: run pods go to the "
-                                 "tagged pool"),
+                                 description="deprecated: set driver_pool in the environment (resources/); "
+                                 "when set here it must name the environment's driver pool"),
         }
 
     def environment(self) -> Environment:
@@ -114,6 +123,10 @@ class PoolK8sRunLauncher(K8sRunLauncher):
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
         env = self.environment()
+        conflict = driver_pool_conflict(self._driver_pool, env)
+        if conflict:
+            self._instance.report_run_failed(run, message=f"dpe cannot place this run: {conflict}")
+            return
         refusal = step_pod_refusal(self._executor_name(run)) if POOL_TAG in run.tags else None
         if refusal:
             self._instance.report_run_failed(run, message=refusal)
@@ -122,6 +135,7 @@ class PoolK8sRunLauncher(K8sRunLauncher):
             return
         # Placement may have moved the run to a fallback pool: build the Job from its tags now.
         run = self._instance.get_run_by_id(run.run_id) or run
+        self._ask_driver_pool(run, env)
         node_name = self._choose_node(run, env)
         if node_name:
             self._preferred_node_names[run.run_id] = node_name
@@ -129,6 +143,17 @@ class PoolK8sRunLauncher(K8sRunLauncher):
             super().launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
         finally:
             self._preferred_node_names.pop(run.run_id, None)
+
+    def _ask_driver_pool(self, run: DagsterRun, env: Environment) -> None:
+        """Ask the driver pool for the run pod's room now (its tagged pool was asked by placement)."""
+        if env.driver_pool is None or pool_request(run.tags, env) is None:
+            return
+        try:
+            request_capacity(self._instance, env, env.driver_pool,
+                             lambda message: self._instance.report_engine_event(message, run))
+        except PoolError as error:  # the sensor asks again next tick
+            self._instance.report_engine_event(
+                f"dpe: driver pool {env.driver_pool}: asking for capacity failed ({error}); the autoscaler retries", run)
 
     def _executor_name(self, run: DagsterRun) -> str | None:
         """The executor the run's job uses, as recorded in its execution plan snapshot."""
@@ -139,7 +164,7 @@ class PoolK8sRunLauncher(K8sRunLauncher):
     def _choose_node(self, run: DagsterRun, env: Environment) -> str | None:
         """The name of the Kubernetes node this run's pod should prefer, or None (first-fit pool,
         a driver pool in use, no node with room, or something could not be read)."""
-        if self._driver_pool:
+        if env.driver_pool:
             return None  # the run pod goes to the driver pool; the tagged pool holds executors
         request = pool_request(run.tags, env)
         pool = None if request is None else env.pool(request.pool)
@@ -177,7 +202,7 @@ class PoolK8sRunLauncher(K8sRunLauncher):
     def get_container_context_for_run(self, dagster_run: DagsterRun) -> K8sContainerContext:
         context = super().get_container_context_for_run(dagster_run)
         try:
-            pool_context = pool_container_context(dagster_run, self.environment(), self._driver_pool,
+            pool_context = pool_container_context(dagster_run, self.environment(),
                                                   self._preferred_node_names.get(dagster_run.run_id))
         except TagError:
             return context  # such a run is failed by launch_run before any Job exists

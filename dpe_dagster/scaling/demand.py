@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -10,14 +12,70 @@ from typing import Mapping, Sequence
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from dpe_dagster.config import Environment
+from dpe_dagster.config import ConfigError, Environment
 from dpe_dagster.pools.base import NodePool, PoolError
 from dpe_dagster.scaling.history import expected_ends
 from dpe_dagster.scaling.admission import startable
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
+from dpe_dagster.spark_k8s import max_executors
+from dpe_dagster.scaling.tags import POOL_TAG, PoolRequest, TagError, pool_request
 
 ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+# Spark's own sizes: a bare number is MiB for executor memory and its overhead.
+_SPARK_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
+_MIB_PER = {"k": 1 / 1024, "m": 1.0, "": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
+# Spark's defaults for an executor pod's memory beyond its heap (Spark on Kubernetes).
+MIN_OVERHEAD_MIB = 384
+DEFAULT_OVERHEAD_FACTOR = 0.10
+
+
+@dataclass(frozen=True)
+class Landing:
+    """What one run puts on which pool: its own pod, and its Spark executors when the run pod is
+    a driver on the environment's driver pool."""
+
+    run_pod: PoolRequest
+    executors: tuple[PoolRequest, ...] = ()
+
+    def pods(self) -> list[PoolRequest]:
+        return [self.run_pod, *self.executors]
+
+
+def landing(request: PoolRequest, env: Environment) -> Landing:
+    """Where a run asking `request` lands. Without a driver pool, its pod goes to the tagged pool
+    with the run's request. With one, the run pod (a Spark driver in client mode) goes to the
+    driver pool with that pool's default requests, and the tagged pool holds the executors its
+    session may start (`executor_pods`). The launcher builds the run's pod from this, the
+    autoscaler sizes every pool from it."""
+    if env.driver_pool is None:
+        return Landing(request)
+    driver = env.pool(env.driver_pool)
+    return Landing(PoolRequest(driver.name, driver.default_run_cpus, driver.default_run_memory_gb),
+                   tuple(executor_pods(request, env.spark.get("conf", {}))))
+
+
+def _spark_mib(key: str, value: str) -> float:
+    match = _SPARK_SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"spark.conf.{key}: must be a Spark size like '4g' or '11449m'; got {value!r}")
+    return float(match.group(1)) * _MIB_PER[match.group(2).lower()]
+
+
+def executor_pods(request: PoolRequest, conf: Mapping[str, str]) -> list[PoolRequest]:
+    """The executor pods a run's session may hold on the run's pool: as many as its request fills
+    (`max_executors`, the bound the Spark resource sets), each of Spark's pod size (cores, heap and
+    memory overhead). Without an executor size in the settings, one pod of the run's request."""
+    if "spark.executor.cores" not in conf or "spark.executor.memory" not in conf:
+        return [request]
+    cpus = float(conf.get("spark.kubernetes.executor.request.cores", conf["spark.executor.cores"]))
+    heap = _spark_mib("spark.executor.memory", conf["spark.executor.memory"])
+    if "spark.executor.memoryOverhead" in conf:
+        overhead = _spark_mib("spark.executor.memoryOverhead", conf["spark.executor.memoryOverhead"])
+    else:
+        factor = float(conf.get("spark.executor.memoryOverheadFactor", DEFAULT_OVERHEAD_FACTOR))
+        overhead = max(MIN_OVERHEAD_MIB, math.ceil(heap * factor))
+    pod = PoolRequest(request.pool, cpus, (heap + overhead) / 1024)
+    return [pod] * max_executors(request.cpus, dict(conf))
 
 
 @dataclass
@@ -34,7 +92,8 @@ class Demand:
 
 def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str, NodePool] | None = None,
                 now: float | None = None) -> Demand:
-    """Active runs tagged with a pool of this environment.
+    """Active runs tagged with a pool of this environment, on each pool what lands there
+    (`landing`: with a driver pool, one driver per run there and its executors on the tagged pool).
 
     With `pools` (provider objects by pool name, the caller's own), the demand also knows what
     the simulator's dpe knows: which node each run holds (`RunDemand.node_id`, from the pool's
@@ -59,7 +118,8 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
             demand.rejected[run.run_id] = str(error)
             continue
         if request is not None:
-            demand.by_pool[request.pool].append(RunDemand(run.run_id, request.cpus, request.memory_gb))
+            for pod in landing(request, env).pods():
+                demand.by_pool[pod.pool].append(RunDemand(run.run_id, pod.cpus, pod.memory_gb))
     if pools is not None:
         add_nodes_and_expected_ends(demand, runs, pools, instance, time.time() if now is None else now)
     return demand
@@ -75,5 +135,12 @@ def add_nodes_and_expected_ends(demand: Demand, runs: Sequence[DagsterRun], pool
             nodes = pools[name].run_nodes() if name in pools and pool_runs else {}
         except PoolError as error:  # one pool's failure does not hide the other pools' demand
             demand.failed[name], nodes = str(error), {}
-        demand.by_pool[name] = [dataclasses.replace(run, node_id=nodes.get(run.run_id), expected_end=ends.get(run.run_id))
-                                for run in pool_runs]
+        # A provider knows one node per run: a run's first pod on the pool holds it, its other
+        # executors count as waiting (more demand, never less).
+        placed: set[str] = set()
+        with_nodes = []
+        for run in pool_runs:
+            node_id = None if run.run_id in placed else nodes.get(run.run_id)
+            placed.add(run.run_id)
+            with_nodes.append(dataclasses.replace(run, node_id=node_id, expected_end=ends.get(run.run_id)))
+        demand.by_pool[name] = with_nodes
