@@ -67,7 +67,7 @@ def instance(tmp_path, monkeypatch):
 def containers(kube_api, tmp_path, node_wait_s: float = 20) -> KubernetesPoolContainers:
     return KubernetesPoolContainers(environment="aws-sim", namespace="dagster", load_incluster_config=False,
                                     kubeconfig_file=str(kube_api.kubeconfig(tmp_path / "kubeconfig")),
-                                    poll_interval_s=0.05, node_wait_s=node_wait_s)
+                                    poll_interval_s=0.05, node_wait_s=node_wait_s, ask_provider=True)
 
 
 def test_capacity_first_then_a_valid_pod_on_the_pool_and_pipes_metadata_back(pools, kube_api, instance, tmp_path):

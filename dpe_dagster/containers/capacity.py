@@ -1,22 +1,25 @@
-"""Asking a pool for room for one container, with the control code the sensor and launchers use.
+"""A container's room on a pool: asked for through its run, so the control plane sizes the pool.
 
-The control code reads demand from run storage only, and a container's pod is not a run. So for
-this one call the pod is shown to it as one more active run of its pool (`_WithPodDemand`); the
-plan is then made by the same `request_capacity`, under the same pool lock, from the same
-provider state. The sensor's later ticks do not see the pod, and need not: the policy shrinks a
-pool only by removing nodes idle for the idle timeout, and a node running the pod is busy.
+A container's pod is not a run, so its ask is recorded on the run whose step starts it (a
+`dpe/container/<id>` tag, `container_ask_tag`) for as long as the pod waits or runs; the demand
+every controller reads (`read_demand`) counts it on its pool, and the ask is closed (the tag
+emptied) when the container ends.
 
-Placement follows the launchers' rules (`dpe_dagster.launch.placement`): a pool that is backed
-off, or whose API fails, passes the container to its fallback pool.
+Who then asks the provider:
+- the autoscaler sensor, on its next tick (`ask_provider=False`, staging and prod): the run pod
+  calls no cloud API and needs no cloud credentials;
+- or this process, at once (`ask_provider=True`, e.g. against the AWS emulator), with the same
+  `request_capacity` the launchers use, under the same pool lock. Placement then follows the
+  launchers' rules (`dpe_dagster.launch.placement`): a pool that is backed off, or whose API
+  fails, passes the container to its fallback pool.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
-from dagster import DagsterInstance, DagsterRunStatus
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster import DagsterInstance
 
 from dpe_dagster.config import Environment
 from dpe_dagster.containers.request import ContainerRequest
@@ -25,51 +28,50 @@ from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.policy import Plan
-from dpe_dagster.scaling.tags import pool_tags
-
-POD_DEMAND_JOB = "__dpe_container__"
+from dpe_dagster.scaling.tags import CONTAINER_TAG_PREFIX, container_ask_tag
 
 
 class NoCapacity(RuntimeError):
     """No pool of the container's fallback chain can be asked for room now."""
 
 
-class _WithPodDemand:
-    """The instance as the control code reads it, plus the pod as one more started run of `pool`."""
-
-    def __init__(self, instance: DagsterInstance, demand_id: str, pool: str, cpus: float, memory_gb: float):
-        self._instance = instance
-        self._pod = DagsterRun(job_name=POD_DEMAND_JOB, run_id=demand_id, status=DagsterRunStatus.STARTED,
-                               tags=pool_tags(pool, cpus=cpus, memory=f"{round(memory_gb * 1024)}m"))
-
-    def get_runs(self, filters: Any = None, *args: Any, **kwargs: Any) -> list[DagsterRun]:
-        runs = list(self._instance.get_runs(filters, *args, **kwargs))
-        statuses = getattr(filters, "statuses", None) or []
-        if DagsterRunStatus.STARTED in statuses:
-            runs.append(self._pod)
-        return runs
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._instance, name)
-
-
 @dataclass(frozen=True)
 class Placed:
     pool: str
-    plan: Plan
+    plan: Plan | None = None  # None: asked through the run, the autoscaler sizes the pool
 
     @property
     def cannot_grow(self) -> str | None:
         """Why the pool will not reach the size the demand wants, or None."""
-        if self.plan.wanted > self.plan.target or "capped" in self.plan.reason:
+        if self.plan is not None and (self.plan.wanted > self.plan.target or "capped" in self.plan.reason):
             return self.plan.reason
         return None
 
+    def why_no_node(self) -> str:
+        if self.plan is None:
+            return (f"the container's ask is on its run and the autoscaler sizes pool {self.pool} for it; see the "
+                    "dpe_autoscaler sensor's log for the pool's plan")
+        return self.cannot_grow or f"{self.plan.reason}; the node did not come"
 
-def ask_pool_for_container(instance: DagsterInstance, env: Environment, request: ContainerRequest, demand_id: str,
-                           log: Callable[[str], None]) -> Placed:
-    """Ask the container's pool (or its fallback) for room now; raise NoCapacity, naming every
-    pool and why, when none can be asked."""
+
+def record_ask(instance: DagsterInstance, run_id: str, demand_id: str, pool: str, request: ContainerRequest) -> None:
+    instance.add_run_tags(run_id, container_ask_tag(demand_id, pool, request.cpus, request.memory_gb))
+
+
+def close_ask(instance: DagsterInstance, run_id: str, demand_id: str) -> None:
+    """The container ended (or never started): its room is no longer asked for."""
+    instance.add_run_tags(run_id, {CONTAINER_TAG_PREFIX + demand_id: ""})
+
+
+def ask_pool_for_container(instance: DagsterInstance, env: Environment, request: ContainerRequest, run_id: str,
+                           demand_id: str, log: Callable[[str], None], *, ask_provider: bool) -> Placed:
+    """Record the container's ask on its run and, with `ask_provider`, ask its pool (or its
+    fallback) for room now; raise NoCapacity, naming every pool and why, when none can be asked."""
+    if not ask_provider:
+        record_ask(instance, run_id, demand_id, request.pool, request)
+        log(f"dpe: container asks pool {request.pool} for {request.cpus:g} CPUs and {request.memory_gb:g} GB; "
+            "the autoscaler sizes the pool for it")
+        return Placed(request.pool)
     reasons = []
     for name in fallback_chain(env, request.pool):
         config = env.pool(name)
@@ -83,9 +85,9 @@ def ask_pool_for_container(instance: DagsterInstance, env: Environment, request:
         except PoolError as error:
             reason = str(error)
         if reason is None:
-            view = _WithPodDemand(instance, demand_id, name, request.cpus, request.memory_gb)
+            record_ask(instance, run_id, demand_id, name, request)
             try:
-                plan = request_capacity(view, env, name, log)  # type: ignore[arg-type]
+                plan = request_capacity(instance, env, name, log)
                 if name != request.pool:
                     log(f"dpe: container placed on fallback pool {name} (asked for {request.pool})")
                 return Placed(name, plan)
@@ -94,5 +96,6 @@ def ask_pool_for_container(instance: DagsterInstance, env: Environment, request:
                 _back_off(pool, reason)
         log(f"dpe: pool {name} cannot take this container now: {reason}")
         reasons.append(f"{name}: {reason}")
+    close_ask(instance, run_id, demand_id)
     raise NoCapacity(f"no pool of {', '.join(fallback_chain(env, request.pool))} can take this container now: "
                      + "; ".join(reasons))

@@ -11,7 +11,7 @@ from dagster_k8s.pipes import PipesK8sClient
 from pydantic import Field
 
 from dpe_dagster.config import Environment
-from dpe_dagster.containers.capacity import NoCapacity, Placed, ask_pool_for_container
+from dpe_dagster.containers.capacity import NoCapacity, Placed, ask_pool_for_container, close_ask
 from dpe_dagster.containers.request import ContainerRequest
 from dpe_dagster.containers.resource import PoolContainers, Ran, fail, new_id
 from dpe_dagster.launch.pod_spec import pod_placement
@@ -60,14 +60,26 @@ class KubernetesPoolContainers(PoolContainers):
     load_incluster_config: bool | None = Field(default=None, description="None: in-cluster when in a pod")
     kubeconfig_file: str | None = None
     poll_interval_s: float = Field(default=5.0, description="how often the pod is polled")
+    ask_provider: bool = Field(
+        default=False, description="ask the pool's provider for room from the run itself (needs cloud credentials "
+        "in the run pod); default: record the ask on the run, and the autoscaler sizes the pool")
 
     def _execute(self, context: AssetExecutionContext, environment: Environment, request: ContainerRequest,
                  env: dict[str, str], extras: dict[str, Any], ran: Ran) -> None:
         demand_id = new_id("container")
+        run_id = context.run.run_id
         try:
-            placed = ask_pool_for_container(context.instance, environment, request, demand_id, context.log.info)
+            placed = ask_pool_for_container(context.instance, environment, request, run_id, demand_id,
+                                            context.log.info, ask_provider=self.ask_provider)
         except NoCapacity as error:
             raise fail(f"dpe: container not started: {error}") from None
+        try:
+            self._run_pod(context, environment, request, env, extras, ran, placed)
+        finally:
+            close_ask(context.instance, run_id, demand_id)
+
+    def _run_pod(self, context: AssetExecutionContext, environment: Environment, request: ContainerRequest,
+                 env: dict[str, str], extras: dict[str, Any], ran: Ran, placed: Placed) -> None:
         ran.pool = placed.pool
         wait_s = self.node_wait_s if self.node_wait_s is not None else environment.pool(placed.pool).boot_timeout_s
         asset = context.asset_key.to_user_string()
@@ -95,7 +107,7 @@ def _wait_for_node(client: Any, namespace: str, pod_name: str, placed: Placed, w
             ran.started_at = time.time()
             return
         if time.monotonic() >= deadline:
-            why = placed.cannot_grow or f"{placed.plan.reason}; the node did not come"
+            why = placed.why_no_node()
             raise fail(f"dpe: pod {pod_name} found no node of pool {placed.pool} within {wait_s:g}s "
                        f"(node_wait_s): the pool cannot take it: {why}. The pod was deleted. Raise the pool's "
                        f"max_size or budget, free room on it, or allow a longer node_wait_s.")

@@ -18,7 +18,7 @@ from dpe_dagster.scaling.history import expected_ends
 from dpe_dagster.scaling.admission import startable
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.spark_k8s import max_executors
-from dpe_dagster.scaling.tags import POOL_TAG, PoolRequest, TagError, pool_request
+from dpe_dagster.scaling.tags import POOL_TAG, PoolRequest, TagError, container_asks, pool_request
 
 ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 # Spark's own sizes: a bare number is MiB for executor memory and its overhead.
@@ -93,7 +93,8 @@ class Demand:
 def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str, NodePool] | None = None,
                 now: float | None = None) -> Demand:
     """Active runs tagged with a pool of this environment, on each pool what lands there
-    (`landing`: with a driver pool, one driver per run there and its executors on the tagged pool).
+    (`landing`: with a driver pool, one driver per run there and its executors on the tagged pool),
+    plus the containers runs have asked room for (`container_asks`).
 
     With `pools` (provider objects by pool name, the caller's own), the demand also knows what
     the simulator's dpe knows: which node each run holds (`RunDemand.node_id`, from the pool's
@@ -110,6 +111,11 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
     runs = instance.get_runs(filters=RunsFilter(statuses=ACTIVE_STATUSES))
     runs = startable(instance, runs)  # a run the run queue holds back would idle its node
     for run in runs:
+        try:  # a container's pod, asked for from its run (any run, on any pool of ours)
+            for container, ask in container_asks(run.tags, env).items():
+                demand.by_pool[ask.pool].append(RunDemand(f"{run.run_id}/{container}", ask.cpus, ask.memory_gb))
+        except TagError as error:
+            demand.rejected[run.run_id] = str(error)
         if run.tags.get(POOL_TAG) not in env.pools:
             continue  # no pool, or another environment's: not ours to size (nor to reject)
         try:

@@ -81,3 +81,31 @@ def pool_tags(pool: str, cpus: float | None = None, memory: str | None = None) -
 TEAM_TAG = "dpe/team"
 # Set on a run whose node got a spot interruption warning while the run held it: "<instance id> <event time>".
 INTERRUPTED_TAG = "dpe/interrupted"
+
+# A container asset's ask for room, recorded on its own run while its pod waits or runs, so the
+# control plane (not the run pod, which holds no cloud credentials) sizes the pool for it: one tag
+# per container, "<pool> <cpus> <memory GB>"; an empty value once the container has ended.
+CONTAINER_TAG_PREFIX = "dpe/container/"
+
+
+def container_ask_tag(demand_id: str, pool: str, cpus: float, memory_gb: float) -> dict[str, str]:
+    return {CONTAINER_TAG_PREFIX + demand_id: f"{pool} {cpus:g} {memory_gb:g}"}
+
+
+def container_asks(tags: Mapping[str, str], env: Environment) -> dict[str, PoolRequest]:
+    """The open container asks among a run's tags, by container id, on this environment's pools."""
+    asks = {}
+    for key, value in tags.items():
+        if not key.startswith(CONTAINER_TAG_PREFIX) or not value:
+            continue
+        parts = value.split()
+        try:
+            pool, cpus, memory_gb = parts[0], float(parts[1]), float(parts[2])
+        except (IndexError, ValueError):
+            cpus = memory_gb = float("nan")
+        if len(parts) != 3 or not (cpus > 0 and memory_gb > 0):
+            raise TagError(f"tag {key}: must be '<pool> <cpus> <memory GB>' with positive numbers, or empty; "
+                           f"got {value!r}")
+        if pool in env.pools:
+            asks[key.removeprefix(CONTAINER_TAG_PREFIX)] = PoolRequest(pool, cpus, memory_gb)
+    return asks
