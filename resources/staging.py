@@ -61,7 +61,7 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
                                 default_run_memory_gb=3, settings={"instance_types": ["m6i.large", "m5.large"]}),
     }
     spark = spark_on_k8s(parse_pool("spot-etl", pools["spot-etl"]), parse_pool("ondemand-driver", pools["ondemand-driver"]),
-                         image=image, namespace=namespace, service_account="dagster")
+                         image=image, namespace=namespace, service_account="dpe-run")
     return {
         "sensor_interval_s": 15,
         "max_concurrent_runs": 10,

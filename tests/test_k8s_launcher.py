@@ -117,7 +117,7 @@ def test_launch_asks_the_pool_for_capacity_and_puts_the_job_on_it(sim, instance,
     assert container["image"] == IMAGE
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "6144Mi"}
     assert "execute_run" in " ".join(container["args"])
-    assert spec["serviceAccountName"] == "dagster"
+    assert spec["serviceAccountName"] == "dpe-run"  # the run pod's own, not the control plane's
     assert ("POST", "/apis/batch/v1/namespaces/dagster/jobs") in kube_api.requests
 
 

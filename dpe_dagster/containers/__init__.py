@@ -4,8 +4,8 @@
 cpus=..., memory=...)`, speaking Dagster Pipes, so logs, metadata and asset checks come back from
 the container. An asset names a pool, never pod settings. Per environment (`pool_containers`):
 
-- `KubernetesPoolContainers` (staging, prod): asks the pool for room first (the same `plan_pool`
-  as the sensor and the launchers, fallback pools included), then creates the pod through
+- `KubernetesPoolContainers` (staging, prod): asks for room first, through its run (a tag the
+  autoscaler reads as demand; the run pod calls no cloud API), then creates the pod through
   dagster-k8s's `PipesK8sClient` with the pool's nodeSelector, tolerations and do-not-evict
   annotations (`dpe_dagster.launch.pod_spec`) and the requests; it waits for a node at most
   `node_wait_s` (default: the pool's boot timeout) and then fails, saying why the pool did not

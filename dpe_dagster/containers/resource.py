@@ -15,6 +15,7 @@ from pydantic import Field
 
 from dpe_dagster.config import Environment
 from dpe_dagster.containers.request import ContainerRequest, container_request
+from dpe_dagster.pools.base import PoolError
 from dpe_dagster.scaling.tags import TEAM_TAG
 from dpe_dagster.usage.ledger import UNASSIGNED
 from dpe_dagster.usage.pods import PodSpan, record_pod_usage
@@ -138,7 +139,14 @@ class PoolContainers(ConfigurableResource):
             memory_gb=request.memory_gb, started_at=ran.started_at, ended_at=ran.ended_at or time.time(),
             status="FAILURE" if ran.error is not None else "SUCCESS", team=_team(context),
         )
-        live, pricer = self._live_nodes(environment, ran.pool) if ran.charged_on_nodes else (None, None)
+        live, pricer = None, None
+        if ran.charged_on_nodes:
+            try:
+                live, pricer = self._live_nodes(environment, ran.pool)
+            except PoolError as error:  # a run pod holds no cloud credentials: the asset still succeeds
+                context.log.warning(f"dpe: container {ran.pod} on pool {ran.pool} is not charged: this run cannot "
+                                    f"read the pool's nodes ({error})")
+                return None
         usage = record_pod_usage(instance, environment, span, live, pricer)
         if usage is not None:
             context.log.info(f"dpe: container {ran.pod} on pool {ran.pool}: {usage.node_seconds:.1f} node-s, "

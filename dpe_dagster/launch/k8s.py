@@ -31,6 +31,11 @@ In `dagster.yaml` (the Helm chart's `runLauncher.customRunLauncher`, see deploy/
       class: PoolK8sRunLauncher
       config: {environment: prod, job_image: ..., instance_config_map: ..., ...}
 
+Run pods run as their own ServiceAccount (`run_service_account`, default `dpe-run`: see
+deploy/k8s/rbac.yaml), pinned over the launcher's `service_account_name` and any run's or code
+location's `dagster-k8s/config`: the control plane's account (the cloud role, node patch) is never
+a run's.
+
 The launcher's own `driver_pool` field is deprecated (the environment's is the one every part
 reads); when set it must name the environment's driver pool, or runs fail saying so.
 """
@@ -57,6 +62,8 @@ from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.demand import landing, read_demand
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
+
+RUN_SERVICE_ACCOUNT = "dpe-run"
 
 # Executors (by the name Dagster records in the run's execution plan) that start a pod per step.
 STEP_POD_EXECUTORS = {"k8s": "k8s_job_executor", "celery-k8s": "celery_k8s_job_executor"}
@@ -96,9 +103,11 @@ def driver_pool_conflict(launcher_driver_pool: str | None, env: Environment) -> 
 
 
 class PoolK8sRunLauncher(K8sRunLauncher):
-    def __init__(self, environment: str | None = None, driver_pool: str | None = None, **kwargs: Any):
+    def __init__(self, environment: str | None = None, driver_pool: str | None = None,
+                 run_service_account: str = RUN_SERVICE_ACCOUNT, **kwargs: Any):
         self._environment = environment
         self._driver_pool = driver_pool
+        self._run_service_account = run_service_account
         # run id -> the node name chosen at launch, read while dagster-k8s builds that run's Job
         # (and only then: terminating or checking a run must not ask any API for a node).
         self._preferred_node_names: dict[str, str] = {}
@@ -113,6 +122,9 @@ class PoolK8sRunLauncher(K8sRunLauncher):
             "driver_pool": Field(StringSource, is_required=False,
                                  description="deprecated: set driver_pool in the environment (resources/); "
                                  "when set here it must name the environment's driver pool"),
+            "run_service_account": Field(StringSource, is_required=False, default_value=RUN_SERVICE_ACCOUNT,
+                                         description="the ServiceAccount every run pod runs as, whatever else asks "
+                                         "for one (deploy/k8s/rbac.yaml: no node or cloud rights)"),
         }
 
     def environment(self) -> Environment:
@@ -205,5 +217,8 @@ class PoolK8sRunLauncher(K8sRunLauncher):
             pool_context = pool_container_context(dagster_run, self.environment(),
                                                   self._preferred_node_names.get(dagster_run.run_id))
         except TagError:
-            return context  # such a run is failed by launch_run before any Job exists
-        return context.merge(pool_context) if pool_context is not None else context
+            pool_context = None  # such a run is failed by launch_run before any Job exists
+        if pool_context is not None:
+            context = context.merge(pool_context)
+        return context.merge(K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
+            {"pod_spec_config": {"service_account_name": self._run_service_account}})))
