@@ -112,3 +112,42 @@ def test_workers_of_a_dead_master_are_kept_for_the_grace_then_stopped_and_the_le
     finally:
         pool.shutdown()
     assert pool.pids() == []
+
+
+# -- an Auto Scaling group whose Kubernetes API stops answering (moto + loopback Kubernetes API) --
+from test_aws_asg import aws, dagster, moto  # noqa: E402,F401  (fixtures)
+from test_k8s_nodes import kube_api  # noqa: E402,F401  (fixture)
+
+
+def test_instances_kubernetes_cannot_see_are_kept_for_the_grace_then_terminated(aws, kube_api, dagster, tmp_path,
+                                                                                 monkeypatch):
+    from test_aws_asg import clients, ec2_states, environment
+
+    from dpe_dagster.pools.aws_emulator import create_groups
+
+    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    env = environment(aws.url, labels={"dpe.io/pool": "spot-etl"}, idle_timeout_s=1, unknown_busy_grace_s=2,
+                      settings={"group_name": "test-spot", "busy_source": "kubernetes"})
+    autoscaling, ec2 = clients(aws.url)
+    create_groups(env, autoscaling, ec2)
+    config = env.pool("spot-etl")
+    pool = open_pool(config, env)
+    pool.set_target(1)
+    [iid] = [n.id for n in pool.nodes()]
+    kube_api.add_node("ip-10-0-5-1", iid, labels={"dpe.io/pool": "spot-etl"})
+    kube_api.add_pod("dagster-run-1", "ip-10-0-5-1")  # busy when last seen
+    tick, memory = scale_pool(dagster, config, pool, [], {}, time.time())
+    assert tick.removed == [] and memory[iid].busy_seconds == 0.0
+
+    kube_api.close()
+    time.sleep(0.1)
+    start = time.time()
+    tick, memory = scale_pool(dagster, config, pool, [], memory, start)
+    assert tick.removed == [] and memory[iid].unknown_since == start
+    tick, memory = scale_pool(dagster, config, pool, [], memory, start + 2.9)
+    assert tick.removed == [], "kept while unknown, for the idle timeout plus the grace"
+    tick, memory = scale_pool(dagster, config, pool, [], memory, start + 3.0)
+    assert [(r.node_id, r.removed_because) for r in tick.removed] == [(iid, "busy unknown")]
+    assert tick.removed[0].unknown_seconds >= 3.0
+    assert ec2_states(ec2, [iid])[iid] in ("shutting-down", "terminated")

@@ -494,12 +494,21 @@ class AwsAsgPool:
             # makes the node busy, and then it stays.
             try:
                 self._cordon(node_ids)
+                cordoned = True
             except Exception as error:
                 with _suppress():
                     self._cordon(node_ids, False)
-                raise PoolError(f"pool {self.name}: could not cordon {', '.join(node_ids)}: {error}; nothing removed") from error
-            busy = self._busy(list(members.values()))
-            now_busy = sorted(n for n in node_ids if refuses(n))
+                # The API that cannot cordon is the one that could not tell busy-ness: nodes removed
+                # as stuck for that (unknown past their grace) go uncordoned, or never.
+                if not all(n in stuck and busy.get(n, (False, None))[1] is None for n in node_ids):
+                    raise PoolError(f"pool {self.name}: could not cordon {', '.join(node_ids)}: {error}; "
+                                    "nothing removed") from error
+                log.warning("pool %s: could not cordon %s (%s); terminating them uncordoned: their busy status has "
+                            "been unknown past the grace", self.name, ", ".join(node_ids), error)
+                cordoned = False
+            if cordoned:
+                busy = self._busy(list(members.values()))
+            now_busy = sorted(n for n in node_ids if refuses(n)) if cordoned else []
             if now_busy:
                 self._cordon(now_busy, False)
                 raise PoolError(f"pool {self.name}: node(s) {', '.join(now_busy)} took work while being cordoned; "
