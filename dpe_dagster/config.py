@@ -23,6 +23,9 @@ PLACEMENTS = ("first-fit", "ending-together")
 DEFAULT_IDLE_TIMEOUT_MODE = "auto"
 DEFAULT_QUEUE_ALLOWANCE_S = 10.0
 DEFAULT_PLACEMENT = "first-fit"
+# A node whose busy status the provider cannot tell counts as busy, but only for its idle timeout
+# plus this long: a failure that hides the truth must not keep paying for nodes forever.
+DEFAULT_UNKNOWN_BUSY_GRACE_S = 300.0
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # A pool name is used as a Kubernetes label value, an ASG tag and a file name: keep it to the
 # intersection of what all three accept.
@@ -104,13 +107,15 @@ class PoolConfig:
     # A waiting run may wait this long (never longer than a boot) for room that running runs free
     # by their expected ends, instead of a node being booted for it; 0: always boot at once.
     queue_allowance_s: float = DEFAULT_QUEUE_ALLOWANCE_S
+    # A node whose busy status stays unknown longer than idle_timeout_s plus this is removed.
+    unknown_busy_grace_s: float = DEFAULT_UNKNOWN_BUSY_GRACE_S
 
 
 POOL_FIELDS = {
     "provider", "min_size", "max_size", "node_cpus", "node_memory_gb", "lifecycle",
     "price_per_node_hour", "idle_timeout_s", "boot_timeout_s", "default_run_cpus",
     "default_run_memory_gb", "fallback", "labels", "taints", "settings", "idle_timeout_mode",
-    "daily_budget_usd", "placement", "queue_allowance_s",
+    "daily_budget_usd", "placement", "queue_allowance_s", "unknown_busy_grace_s",
 }
 
 
@@ -186,6 +191,8 @@ def parse_pool(name: str, raw: Any) -> PoolConfig:
                                   IDLE_TIMEOUT_MODES),
         placement=_choice(f"{where}.placement", raw.get("placement", DEFAULT_PLACEMENT), PLACEMENTS),
         queue_allowance_s=float(_number(f"{where}.queue_allowance_s", raw.get("queue_allowance_s", DEFAULT_QUEUE_ALLOWANCE_S), minimum=0)),
+        unknown_busy_grace_s=float(_number(f"{where}.unknown_busy_grace_s",
+                                           raw.get("unknown_busy_grace_s", DEFAULT_UNKNOWN_BUSY_GRACE_S), minimum=0)),
     )
 
 

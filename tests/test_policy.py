@@ -23,16 +23,19 @@ def scenarios(draw):
     })
     now = 10_000.0
     n_nodes = draw(st.integers(0, 10))
-    nodes = tuple(
-        Node(id=f"n{i}", state=draw(st.sampled_from(["running", "running", "pending"])),
-             launched_at=now - draw(st.integers(0, 5000)), busy=draw(st.booleans()))
-        for i in range(n_nodes)
-    )
+    nodes = []
+    for i in range(n_nodes):
+        known = draw(st.sampled_from([True, True, True, False]))
+        nodes.append(Node(id=f"n{i}", state=draw(st.sampled_from(["running", "running", "pending"])),
+                          launched_at=now - draw(st.integers(0, 5000)), busy=draw(st.booleans()) or not known,
+                          busy_known=known))
+    nodes = tuple(nodes)
     idle_since = {n.id: now - draw(st.integers(0, 1000)) for n in nodes if not n.busy and draw(st.booleans())}
+    unknown_since = {n.id: now - draw(st.integers(0, 1000)) for n in nodes if not n.busy_known and draw(st.booleans())}
     target = draw(st.integers(len(nodes), len(nodes) + 3))
     demand = [RunDemand(f"r{i}", draw(st.sampled_from([0.5, 1, 2, 3, 16])), draw(st.sampled_from([0.5, 2, 8, 40])))
               for i in range(draw(st.integers(0, 12)))]
-    return pool, PoolState(target, nodes, idle_since), demand, now
+    return pool, PoolState(target, nodes, idle_since, unknown_since=unknown_since), demand, now
 
 
 @settings(max_examples=400, deadline=None)
@@ -42,22 +45,34 @@ def test_plan_respects_bounds_and_never_removes_busy_or_fresh_nodes(scenario):
     plan = plan_pool(pool, state, demand, now)
     current = max(state.target, len(state.nodes))
     by_id = {n.id: n for n in state.nodes}
-    # Never grows past max; never shrinks below min.
+    idle = [node_id for node_id in plan.remove if plan.removed_because[node_id] == "idle"]
+    stuck = [node_id for node_id in plan.remove if plan.removed_because[node_id] != "idle"]
+    # Never grows past max; never shrinks below min; grows only while replacing stuck nodes.
     if plan.target > current:
         assert plan.target <= pool.max_size
-        assert not plan.remove
+        assert not idle
     assert plan.target >= min(pool.min_size, current)
-    # Removal only of existing, idle, running nodes idle for at least the idle timeout.
-    assert len(set(plan.remove)) == len(plan.remove)
-    for node_id in plan.remove:
+    # Removal of existing, idle, running nodes idle for at least the idle timeout...
+    assert len(set(plan.remove)) == len(plan.remove) == len(plan.removed_because)
+    for node_id in idle:
         node = by_id[node_id]
         assert not node.busy and node.state == "running"
         assert now - state.idle_since.get(node_id, now) >= pool.idle_timeout_s  # unseen = idle since now
-    # Removing lowers the target by the removed nodes, and beyond them only by withdrawing capacity
-    # that has no node yet (never below the nodes kept), never below what demand needs.
-    if plan.remove:
+    # ...or of nodes not known busy that did not boot in time or stayed unknown too long.
+    for node_id in stuck:
+        node = by_id[node_id]
+        assert not (node.busy and node.busy_known)
+        if plan.removed_because[node_id] == "boot timeout":
+            assert node.state != "running" and now - node.launched_at >= pool.boot_timeout_s
+        else:
+            assert not node.busy_known
+            assert now - state.unknown_since.get(node_id, now) >= pool.idle_timeout_s + pool.unknown_busy_grace_s
+    # Removing idle nodes lowers the target by the removed nodes, and beyond them only by withdrawing
+    # capacity that has no node yet (never below the nodes kept), never below what demand needs.
+    if idle and not stuck:
         assert len(state.nodes) - len(plan.remove) <= plan.target <= current - len(plan.remove)
         assert plan.target == current - len(plan.remove) or state.target > len(state.nodes)
+    if plan.remove:
         assert plan.target >= plan.wanted >= pool.min_size
 
 
@@ -77,7 +92,8 @@ def test_a_repeated_plan_changes_nothing(scenario):
     pool, state, demand, now = scenario
     plan = plan_pool(pool, state, demand, now)
     kept = tuple(n for n in state.nodes if n.id not in plan.remove)
-    after = PoolState(plan.target, kept, {k: v for k, v in state.idle_since.items() if k not in plan.remove})
+    after = PoolState(plan.target, kept, {k: v for k, v in state.idle_since.items() if k not in plan.remove},
+                      unknown_since=state.unknown_since)
     again = plan_pool(pool, after, demand, now)
     assert not again.changes(after), again.reason
 

@@ -5,7 +5,8 @@
 - A node is busy when any pod that is not a DaemonSet's (nor a static/mirror pod) and has not
   finished runs on it: such a pod is a run, an executor or a user's workload, and removing the node
   would kill it. DaemonSet pods run on every node and go with it.
-- An instance with no Node yet (still booting, not joined) is not ready and not busy.
+- An instance with no Node yet (still booting, not joined) is not ready and not busy; so is an
+  idle node someone cordoned. Either is removed once not ready for the pool's boot timeout.
 
 Which node a run holds: dagster-k8s labels a run's pod with `dagster/run-id`, and dpe's Spark
 session labels the run's executor pods the same way (spark_k8s.py), so one label query over the
@@ -108,8 +109,8 @@ class KubeNodes:
         return self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node_name},{ACTIVE_PODS}").items
 
     def busy_by_instance(self, instance_ids: Iterable[str]) -> dict[str, tuple[bool, bool]]:
-        """instance id -> (ready to take work, busy). Errors propagate: the caller treats a node it
-        cannot see as busy."""
+        """instance id -> (ready to take work, busy). Errors propagate: the caller counts a node it
+        cannot see as busy, for a bounded grace (its busy status is unknown)."""
         nodes = self.nodes_by_instance()
         out = {}
         for iid in instance_ids:

@@ -418,12 +418,13 @@ class AwsAsgPool:
         busy = self._busy(alive)
         nodes = []
         for inst in alive:
-            serving, is_busy = busy.get(inst.id, (self._serving(inst), True))
+            serving, is_busy = busy.get(inst.id, (self._serving(inst), None))
             nodes.append(Node(
                 id=inst.id,
                 state=RUNNING if serving and self._serving(inst) else PENDING,
                 launched_at=inst.launched_at,
-                busy=is_busy,
+                busy=is_busy is not False,
+                busy_known=is_busy is not None,
                 lifecycle=inst.lifecycle,
                 instance_type=inst.instance_type,
                 zone=inst.zone,
@@ -458,7 +459,7 @@ class AwsAsgPool:
         ids = {inst.id for inst in alive}
         return {run_id: node_id for run_id, node_id in placed.items() if node_id in ids}
 
-    def remove_nodes(self, node_ids: Sequence[str]) -> None:
+    def remove_nodes(self, node_ids: Sequence[str], stuck: Sequence[str] = ()) -> None:
         node_ids = list(dict.fromkeys(node_ids))
         if not node_ids:
             return
@@ -468,15 +469,24 @@ class AwsAsgPool:
         if unknown:
             raise PoolError(f"pool {self.name}: no node(s) {', '.join(unknown)} in group {self.settings.group_name!r}")
         desired, low = int(group["DesiredCapacity"]), int(group["MinSize"])
-        if desired - len(node_ids) < low:
+        # A stuck node at the group's MinSize is replaced (terminated without lowering the desired
+        # capacity): the pool needs a node there, and not that one.
+        replaced = [n for n in node_ids if n in stuck][:max(0, len(node_ids) - max(0, desired - low))]
+        if desired - len(node_ids) + len(replaced) < low:
             raise PoolError(
                 f"pool {self.name}: removing {len(node_ids)} node(s) would take group {self.settings.group_name!r} "
                 f"from {desired} to {desired - len(node_ids)}, under its MinSize {low}"
             )
         # Check busy at the last moment, not from the caller's older view.
         # Busy-ness is judged over the whole group (a run placed on one instance is not on another).
+        # Unknown counts as busy, except for the nodes removed as stuck (unknown for too long).
         busy = self._busy(list(members.values()))
-        refused = sorted(n for n in node_ids if busy.get(n, (False, True))[1])
+
+        def refuses(node_id: str) -> bool:
+            is_busy = busy.get(node_id, (False, None))[1]
+            return is_busy is True or (is_busy is None and node_id not in stuck)
+
+        refused = sorted(n for n in node_ids if refuses(n))
         if refused:
             raise PoolError(f"pool {self.name}: refusing to remove busy node(s) {', '.join(refused)}")
         if self._cordon is not None:
@@ -484,12 +494,21 @@ class AwsAsgPool:
             # makes the node busy, and then it stays.
             try:
                 self._cordon(node_ids)
+                cordoned = True
             except Exception as error:
                 with _suppress():
                     self._cordon(node_ids, False)
-                raise PoolError(f"pool {self.name}: could not cordon {', '.join(node_ids)}: {error}; nothing removed") from error
-            busy = self._busy(list(members.values()))
-            now_busy = sorted(n for n in node_ids if busy.get(n, (False, True))[1])
+                # The API that cannot cordon is the one that could not tell busy-ness: nodes removed
+                # as stuck for that (unknown past their grace) go uncordoned, or never.
+                if not all(n in stuck and busy.get(n, (False, None))[1] is None for n in node_ids):
+                    raise PoolError(f"pool {self.name}: could not cordon {', '.join(node_ids)}: {error}; "
+                                    "nothing removed") from error
+                log.warning("pool %s: could not cordon %s (%s); terminating them uncordoned: their busy status has "
+                            "been unknown past the grace", self.name, ", ".join(node_ids), error)
+                cordoned = False
+            if cordoned:
+                busy = self._busy(list(members.values()))
+            now_busy = sorted(n for n in node_ids if refuses(n)) if cordoned else []
             if now_busy:
                 self._cordon(now_busy, False)
                 raise PoolError(f"pool {self.name}: node(s) {', '.join(now_busy)} took work while being cordoned; "
@@ -498,7 +517,7 @@ class AwsAsgPool:
         for node_id in node_ids:
             try:
                 self._call("TerminateInstanceInAutoScalingGroup", self.autoscaling.terminate_instance_in_auto_scaling_group,
-                           InstanceId=node_id, ShouldDecrementDesiredCapacity=True)
+                           InstanceId=node_id, ShouldDecrementDesiredCapacity=node_id not in replaced)
             except PoolError as error:
                 left = node_ids[len(done):]
                 if self._cordon is not None:
@@ -508,18 +527,18 @@ class AwsAsgPool:
             done.append(node_id)
 
     # -- busy-ness and protection -------------------------------------------------------------
-    def _busy(self, instances: Sequence[_Instance]) -> dict[str, tuple[bool, bool]]:
-        """instance id -> (ready to take work, busy). Unknown counts as busy: a node dpe cannot
-        see must not be removed."""
+    def _busy(self, instances: Sequence[_Instance]) -> dict[str, tuple[bool, bool | None]]:
+        """instance id -> (ready to take work, busy); busy None: unknown, which counts as busy (a
+        node dpe cannot see must not be removed as idle) for a bounded grace (policy.stuck_nodes)."""
         if not instances:
             return {}
         if self._busy_lookup is None:
-            return {inst.id: (self._serving(inst), True) for inst in instances}
+            return {inst.id: (self._serving(inst), None) for inst in instances}
         try:
             return self._busy_lookup(instances)
         except Exception as error:  # the lookup talks to another system; its failure must not remove nodes
             log.warning("pool %s: cannot tell which nodes are busy (%s); treating all as busy", self.name, error)
-            return {inst.id: (self._serving(inst), True) for inst in instances}
+            return {inst.id: (self._serving(inst), None) for inst in instances}
 
     def _sync_protection(self, instances: Iterable[_Instance], busy: set[str]) -> None:
         protect = [i.id for i in instances if i.id in busy and not i.protected]

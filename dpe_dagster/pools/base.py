@@ -13,16 +13,26 @@ PENDING = "pending"  # asked for, not yet able to take work
 RUNNING = "running"
 NODE_STATES = (PENDING, RUNNING)
 
+# Why a node left the pool (the plan's `removed_because`, the ledger's `NodeLifetime.removed_because`).
+REMOVED_IDLE = "idle"  # idle for its idle timeout
+REMOVED_BOOT_TIMEOUT = "boot timeout"  # not ready (not joined, cordoned by someone) for its boot timeout
+REMOVED_BUSY_UNKNOWN = "busy unknown"  # busy status unknown for its idle timeout plus the grace
+REMOVED_VANISHED = "vanished"  # gone without dpe removing it (a spot reclaim, a crash mid-removal)
+
 
 @dataclass(frozen=True)
 class Node:
     id: str
     state: str
     launched_at: float  # unix seconds
-    busy: bool  # runs work that must not be interrupted
+    busy: bool  # runs work that must not be interrupted; True too when the provider cannot tell
     lifecycle: str = "on-demand"
     instance_type: str = "local"
     zone: str = "local"
+    # False when the provider could not tell whether the node is busy (its Spark master or the
+    # Kubernetes API did not answer): `busy` is then True, so nothing treats it as idle, and the
+    # policy keeps it only for a bounded grace (see `PoolConfig.unknown_busy_grace_s`).
+    busy_known: bool = True
 
 
 class PoolError(RuntimeError):
@@ -45,8 +55,11 @@ class NodePool(Protocol):
     def nodes(self) -> list[Node]:
         """Every node that exists now, pending or running."""
 
-    def remove_nodes(self, node_ids: Sequence[str]) -> None:
-        """Remove these nodes and lower the target by as many. Refuses a busy node (PoolError)."""
+    def remove_nodes(self, node_ids: Sequence[str], stuck: Sequence[str] = ()) -> None:
+        """Remove these nodes and lower the target by as many. Refuses a busy node (PoolError),
+        and one whose busy status it cannot tell at the last moment unless it is in `stuck`: nodes
+        removed because they were not ready within the boot timeout or stayed unknown too long
+        (see `policy.stuck_nodes`); where the group cannot shrink (its minimum), they are replaced."""
 
     def run_nodes(self) -> dict[str, str]:
         """Dagster run id -> id of the node of this pool that the run holds now, for the runs that

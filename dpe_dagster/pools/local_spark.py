@@ -209,8 +209,10 @@ class LocalSparkPool:
                     id=self._node_id(instance),
                     state=RUNNING if registered else PENDING,
                     launched_at=self._pid_file(WORKER_CLASS, instance).stat().st_mtime,
-                    # Unknown counts as busy: a worker we cannot see must not be stopped.
+                    # Unknown (no master to ask) counts as busy, and says so: the policy keeps such a
+                    # worker only for a bounded grace, and stops it then (see `remove_nodes`).
                     busy=bool(registered.get("coresused", 1)) if registered else status is None,
+                    busy_known=status is not None,
                     lifecycle=self.config.lifecycle,
                     instance_type=f"local-{self.config.node_cpus:g}cpu-{self.config.node_memory_gb:g}g",
                 )
@@ -240,7 +242,7 @@ class LocalSparkPool:
                     held[node_id] = held.get(node_id, 0) + int(executor.get("cores", 0))
         return {run_id: min(held, key=lambda node_id: (-held[node_id], node_id)) for run_id, held in cores.items()}
 
-    def remove_nodes(self, node_ids: Sequence[str]) -> None:
+    def remove_nodes(self, node_ids: Sequence[str], stuck: Sequence[str] = ()) -> None:
         instances = self._worker_instances()
         wanted = {}
         for node_id in node_ids:
@@ -248,8 +250,10 @@ class LocalSparkPool:
             if instance not in instances:
                 raise PoolError(f"pool {self.name}: no node {node_id!r}")
             wanted[node_id] = instance
-        # Check busy at the last moment, from the master, not from the caller's older view.
-        busy = {n.id for n in self.nodes() if n.busy}
+        # Check busy at the last moment, from the master, not from the caller's older view. With no
+        # master to ask, only workers the caller removes as stuck go: unknown for longer than their
+        # idle timeout plus the pool's bounded grace.
+        busy = {n.id for n in self.nodes() if n.busy and (n.busy_known or n.id not in stuck)}
         refused = sorted(set(wanted) & busy)
         if refused:
             raise PoolError(f"pool {self.name}: refusing to remove busy node(s) {', '.join(refused)}")

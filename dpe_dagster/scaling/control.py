@@ -16,7 +16,7 @@ from dagster import DagsterInstance
 
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import NodePool, open_pool
-from dpe_dagster.pools.base import Node
+from dpe_dagster.pools.base import REMOVED_IDLE, REMOVED_VANISHED, Node
 from dpe_dagster.scaling.activity import pool_activity
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import Plan, PoolActivity, PoolState, RunDemand, plan_pool
@@ -43,29 +43,55 @@ class NodeMemory:
     lifecycle: str = "on-demand"
     instance_type: str = "unknown"
     zone: str = ""
+    # Since when the provider cannot tell whether the node is busy (None: it can), and how long in
+    # all it was kept while it could not: the ledger says why such a node was paid for.
+    unknown_since: float | None = None
+    unknown_seconds: float = 0.0
+    not_ready_since: float | None = None  # since when the node is not running (None: it is)
 
     def to_json(self) -> list:
         return [self.idle_since, round(self.busy_seconds, 3), self.last_seen, self.launched_at, self.lifecycle,
-                self.instance_type, self.zone]
+                self.instance_type, self.zone, self.unknown_since, round(self.unknown_seconds, 3),
+                self.not_ready_since]
 
     @classmethod
     def from_json(cls, raw: list) -> "NodeMemory":
-        return cls(raw[0], float(raw[1]), raw[2], *raw[3:7])  # cursors from before have 3 fields
+        # Cursors from before have 3 or 7 fields.
+        mem = cls(raw[0], float(raw[1]), raw[2], *raw[3:7])
+        if len(raw) >= 10:
+            mem.unknown_since, mem.unknown_seconds, mem.not_ready_since = raw[7], float(raw[8]), raw[9]
+        return mem
 
 
 def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dict[str, NodeMemory]:
     """Fold this tick's view of the nodes into what was seen before."""
     seen = {}
     for node in nodes:
-        mem = memory.get(node.id) or NodeMemory(last_seen=None)
-        if node.busy:
+        known = memory.get(node.id)
+        mem = known or NodeMemory(last_seen=None)
+        if not node.busy_known:
+            if mem.unknown_since is None:
+                mem.unknown_since = now
+            elif mem.last_seen is not None:
+                mem.unknown_seconds += max(0.0, now - mem.last_seen)
+            mem.idle_since = None  # it may have worked meanwhile: idle time starts again once known
+        elif node.busy:
+            mem.unknown_since = None
             if mem.last_seen is not None:
                 mem.busy_seconds += max(0.0, now - mem.last_seen)
             mem.idle_since = None
-        elif mem.idle_since is None:
-            # Counted from the first tick that sees it idle: it may have been idle a little
-            # longer, never shorter, so the idle timeout is never cut short.
-            mem.idle_since = now
+        else:
+            mem.unknown_since = None
+            if mem.idle_since is None:
+                # Counted from the first tick that sees it idle: it may have been idle a little
+                # longer, never shorter, so the idle timeout is never cut short.
+                mem.idle_since = now
+        if node.state == "running":
+            mem.not_ready_since = None
+        elif mem.not_ready_since is None:
+            # A node first seen not ready has been so since its launch (never later than now: EC2
+            # may not list a new instance's launch time yet); one seen ready before, since now.
+            mem.not_ready_since = min(node.launched_at, now) if known is None else now
         mem.last_seen = now
         mem.launched_at, mem.lifecycle, mem.instance_type, mem.zone = (
             node.launched_at, node.lifecycle, node.instance_type, node.zone)
@@ -90,6 +116,7 @@ def vanished(books: "Books", config: PoolConfig, nodes: list[Node], memory: dict
             node_id=node_id, pool=config.name, lifecycle=mem.lifecycle, instance_type=mem.instance_type,
             launched_at=mem.launched_at, removed_at=max(mem.last_seen, mem.launched_at),
             busy_seconds=mem.busy_seconds, price_per_node_hour=price.usd_per_hour, price_source=price.source,
+            removed_because=REMOVED_VANISHED, unknown_seconds=mem.unknown_seconds,
         )
         if books.record_lifetime(lifetime):
             out.append(lifetime)
@@ -192,7 +219,10 @@ def control_step(
             memory.update(seen)
             idle_since = {node_id: m.idle_since for node_id, m in memory.items() if m.idle_since is not None}
         state = PoolState(target=pool.target(), nodes=tuple(nodes), idle_since=idle_since,
-                          scale_up_blocked=books.scale_up_blocked(config, nodes, now), activity=activity)
+                          scale_up_blocked=books.scale_up_blocked(config, nodes, now), activity=activity,
+                          unknown_since={i: m.unknown_since for i, m in memory.items() if m.unknown_since is not None},
+                          not_ready_since={i: m.not_ready_since for i, m in memory.items()
+                                           if m.not_ready_since is not None})
         plan = plan_pool(config, state, demand, now)
         if not sensing and (plan.remove or plan.target < state.target):  # the launcher never scales down
             plan = Plan(state.target, (), plan.wanted, plan.reason, plan.idle_timeout_s)
@@ -208,9 +238,13 @@ def control_step(
             state, plan, nodes = look(demand)
         tick = PoolTick(config.name, plan, state, demand, lost=lost)
         if plan.remove:
+            before = state.target
             if plan.target + len(plan.remove) < state.target:  # withdraw what has no node yet, first
-                pool.set_target(plan.target + len(plan.remove))
-            _remove(books, config, pool, plan.remove, nodes, memory, now, tick)
+                before = plan.target + len(plan.remove)
+                pool.set_target(before)
+            _remove(books, config, pool, plan, nodes, memory, now, tick)
+            if plan.target > before - len(plan.remove):  # stuck nodes removed, and still wanted: replace them
+                pool.set_target(plan.target)
         elif plan.target != state.target:  # up, or down by withdrawing capacity not launched yet
             pool.set_target(plan.target)
     return tick, memory
@@ -232,13 +266,19 @@ def scale_pool(
                         fresh_demand=fresh_demand, activity=activity)
 
 
-def _remove(books: Books, config: PoolConfig, pool: NodePool, node_ids: tuple[str, ...],
+def _remove(books: Books, config: PoolConfig, pool: NodePool, plan: Plan,
             nodes: list[Node], memory: dict[str, NodeMemory], now: float, tick: PoolTick) -> None:
     by_id = {node.id: node for node in nodes}
-    pool.remove_nodes(node_ids)
+    why = {node_id: plan.removed_because.get(node_id, REMOVED_IDLE) for node_id in plan.remove}
+    stuck = [node_id for node_id in plan.remove if why[node_id] != REMOVED_IDLE]
+    if stuck:
+        pool.remove_nodes(plan.remove, stuck=stuck)
+    else:  # as every provider takes it
+        pool.remove_nodes(plan.remove)
     removed_at = books.clock()  # after the provider acted: removing takes time
-    for node_id in node_ids:
+    for node_id in plan.remove:
         node = by_id[node_id]
+        mem = memory.pop(node_id)
         price = books.price(config, node)
         lifetime = NodeLifetime(
             node_id=node_id,
@@ -247,9 +287,12 @@ def _remove(books: Books, config: PoolConfig, pool: NodePool, node_ids: tuple[st
             instance_type=node.instance_type,
             launched_at=node.launched_at,
             removed_at=removed_at,
-            busy_seconds=memory.pop(node_id).busy_seconds,
+            busy_seconds=mem.busy_seconds,
             price_per_node_hour=price.usd_per_hour,
             price_source=price.source,
+            removed_because=why[node_id],
+            unknown_seconds=mem.unknown_seconds + (max(0.0, removed_at - mem.last_seen)
+                                                   if mem.unknown_since is not None and mem.last_seen is not None else 0.0),
         )
         books.record_lifetime(lifetime)
         tick.removed.append(lifetime)

@@ -11,7 +11,10 @@ Rules:
 - when it falls below a target that nodes have not filled yet, withdraw the unfilled part (down to
   the wanted size, never below the nodes that exist);
 - scale down only by removing nodes that are not busy and have been idle for at least the idle
-  timeout in force, longest idle first, never below the wanted size (so never below min_size).
+  timeout in force, longest idle first, never below the wanted size (so never below min_size);
+- whatever the wanted size, remove (and so replace, if still wanted) a node that is not known busy
+  and either has not been ready for the boot timeout (never joined, or cordoned by someone) or
+  whose busy status has been unknown for the idle timeout plus `unknown_busy_grace_s`.
 
 Optional knowledge, used when the caller has it (the defaults give the rules above unchanged):
 - a run's `node_id` (the node it already holds): packing then starts from where runs really are,
@@ -26,11 +29,11 @@ Optional knowledge, used when the caller has it (the defaults give the rules abo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
-from dpe_dagster.pools.base import Node
+from dpe_dagster.pools.base import REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN, REMOVED_IDLE, RUNNING, Node
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ class PoolState:
     activity: PoolActivity | None = None
     # Why the pool may not grow now (e.g. its daily budget is spent); None: it may.
     scale_up_blocked: str | None = None
+    # Since when each node's busy status has been unknown; a node missing here: since `now`.
+    unknown_since: Mapping[str, float] = field(default_factory=dict)
+    # Since when each node that is not running has not been; missing: since its launch.
+    not_ready_since: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class Plan:
     wanted: int
     reason: str
     idle_timeout_s: float | None = None  # the idle timeout in force when this plan was made
+    # Why each node in `remove` goes (REMOVED_IDLE, REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN).
+    removed_because: Mapping[str, str] = field(default_factory=dict)
 
     def changes(self, state: PoolState) -> bool:
         return bool(self.remove) or self.target != state.target
@@ -173,7 +182,38 @@ def idle_timeout(pool: PoolConfig, state: PoolState) -> float:
     return max(idle_timeouts(pool, state), default=pool.idle_timeout_s)
 
 
+def stuck_nodes(pool: PoolConfig, state: PoolState, now: float) -> dict[str, str]:
+    """Node id -> why it goes whatever the demand: a node that is not known busy and has not been
+    ready for the boot timeout, or whose busy status has been unknown for the idle timeout plus
+    the grace. Unknown counts as busy for a while, not forever."""
+    stuck = {}
+    for node in state.nodes:
+        if not node.busy_known:  # whether it is ready is then no better known than whether it is busy
+            if now - state.unknown_since.get(node.id, now) >= pool.idle_timeout_s + pool.unknown_busy_grace_s:
+                stuck[node.id] = REMOVED_BUSY_UNKNOWN
+        elif not node.busy and node.state != RUNNING and \
+                now - state.not_ready_since.get(node.id, node.launched_at) >= pool.boot_timeout_s:
+            stuck[node.id] = REMOVED_BOOT_TIMEOUT
+    return stuck
+
+
 def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
+    stuck = stuck_nodes(pool, state, now)
+    if not stuck:
+        return _plan_pool(pool, state, demand, now)
+    # The pool is planned as if the stuck nodes were gone already: what they were for is asked again.
+    rest = _plan_pool(pool, replace(state, target=max(0, state.target - len(stuck)),
+                                    nodes=tuple(n for n in state.nodes if n.id not in stuck)), demand, now)
+    counts = {why: sum(1 for w in stuck.values() if w == why) for why in sorted(set(stuck.values()))}
+    said = {REMOVED_BOOT_TIMEOUT: f"not ready within the {pool.boot_timeout_s:g}s boot timeout",
+            REMOVED_BUSY_UNKNOWN: f"busy status unknown for >= {pool.idle_timeout_s + pool.unknown_busy_grace_s:g}s "
+                                  f"(idle timeout + unknown_busy_grace_s)"}
+    why = "; ".join(f"remove {n} node(s) {said[w]}" for w, n in counts.items())
+    return Plan(rest.target, (*sorted(stuck), *rest.remove), rest.wanted, f"{why}; then {rest.reason}",
+                rest.idle_timeout_s, {**stuck, **rest.removed_because})
+
+
+def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
     # Room that running runs free within the queueing allowance (never longer than a boot) counts.
     activity = state.activity
     ending = None
@@ -230,6 +270,7 @@ def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], n
         reason=f"scale down {current} -> {base - len(remove)}: {len(remove)} node(s) idle for "
         f">= {timeout:g}s, {len(demand)} run(s) need {needed} node(s){withdrawn}",
         idle_timeout_s=timeout,
+        removed_because={node_id: REMOVED_IDLE for node_id in remove},
     )
 
 

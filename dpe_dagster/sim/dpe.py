@@ -58,7 +58,7 @@ class SimulatedPool:
     def nodes(self) -> list[Node]:
         return [node.view for node in self.sim.nodes.values()]
 
-    def remove_nodes(self, node_ids: Sequence[str]) -> None:
+    def remove_nodes(self, node_ids: Sequence[str], stuck: Sequence[str] = ()) -> None:
         nodes = [self.sim.nodes[node_id] for node_id in node_ids]
         busy = [node.id for node in nodes if node.jobs]
         if busy:

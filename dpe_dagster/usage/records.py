@@ -80,6 +80,10 @@ class NodeLifetime:
     busy_seconds: float
     price_per_node_hour: float
     price_source: str = "config"
+    # Why it was removed: "idle", "boot timeout", "busy unknown", "vanished" ("": written before
+    # records said); and how long it was kept only because its busy status could not be told.
+    removed_because: str = ""
+    unknown_seconds: float = 0.0
 
     @property
     def lifetime_seconds(self) -> float:

@@ -28,15 +28,17 @@ def runs_table(records: list[UsageRecord]) -> Table:
 
 def nodes_table(lifetimes: list[NodeLifetime]) -> Table:
     table = Table(title="node lifetimes (paid = busy + idle)")
-    for column in ("node", "pool", "type", "lifecycle", "launched", "removed", "busy s", "idle s", "paid $"):
-        table.add_column(column, justify="right" if column.endswith(("s", "$")) else "left")
+    for column in ("node", "pool", "type", "lifecycle", "launched", "removed", "removed because", "busy s",
+                   "idle s", "unknown s", "paid $"):
+        table.add_column(column, justify="right" if column.endswith((" s", "$")) else "left")
     for n in lifetimes:
         table.add_row(n.node_id, n.pool, n.instance_type, n.lifecycle, iso(n.launched_at), iso(n.removed_at),
-                      f"{n.busy_seconds:.1f}", f"{n.idle_seconds:.1f}", f"{n.cost_usd:.6f}")
+                      n.removed_because, f"{n.busy_seconds:.1f}", f"{n.idle_seconds:.1f}",
+                      f"{n.unknown_seconds:.1f}", f"{n.cost_usd:.6f}")
     if lifetimes:
-        table.add_row("total", "", "", "", "", "", f"{sum(n.busy_seconds for n in lifetimes):.1f}",
-                      f"{sum(n.idle_seconds for n in lifetimes):.1f}", f"{sum(n.cost_usd for n in lifetimes):.6f}",
-                      style="bold")
+        table.add_row("total", "", "", "", "", "", "", f"{sum(n.busy_seconds for n in lifetimes):.1f}",
+                      f"{sum(n.idle_seconds for n in lifetimes):.1f}", f"{sum(n.unknown_seconds for n in lifetimes):.1f}",
+                      f"{sum(n.cost_usd for n in lifetimes):.6f}", style="bold")
     return table
 
 
