@@ -124,7 +124,7 @@ def postgres(action: str) -> None:
 
 
 # -- one cell -----------------------------------------------------------------------------------------
-def measure(instance, env, ticks: int) -> dict:
+def measure(instance, env, ticks: int, calls: "AwsCalls | None" = None) -> dict:
     from dagster import build_sensor_context
 
     from dagster import RunsFilter
@@ -146,7 +146,9 @@ def measure(instance, env, ticks: int) -> dict:
         return elapsed
 
     first = tick()  # opens the pools, scales up for the active runs
+    before = dict(calls.counts) if calls else {}
     tick_times = [tick() for _ in range(ticks)]
+    sent = {op: n / ticks for op, n in calls.since(before).items()} if calls else {}
     read_times, tagged_times = [], []
     for _ in range(max(ticks, 5)):
         # Interleaved: dpe's demand read, then the read it replaced (active statuses AND the pool tag
@@ -160,7 +162,8 @@ def measure(instance, env, ticks: int) -> dict:
         instance.get_runs(filters=RunsFilter(statuses=ACTIVE_STATUSES, tags={POOL_TAG: sorted(env.pools)}))
         tagged_times.append(time.perf_counter() - started)
     return {"first_tick_s": first, "tick_s": median(tick_times), "read_demand_s": median(read_times),
-            "tag_filtered_read_s": median(tagged_times), "active_seen": sum(len(v) for v in demand.by_pool.values())}
+            "tag_filtered_read_s": median(tagged_times), "active_seen": sum(len(v) for v in demand.by_pool.values()),
+            "calls": sent}
 
 
 # -- nodes up and busy ---------------------------------------------------------------------------------
@@ -450,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                             progress.update(task, description=f"{storage}: {n_runs:,} runs, {n_pools} pools, {variant}")
                             reset_groups(autoscaling, n_pools)
                             use_look_ahead(variant == "batched")
-                            cell = measure(instance, environment(n_pools), args.ticks)
+                            cell = measure(instance, environment(n_pools), args.ticks, calls)
                             expected = sum(1 for i in range(args.active) if i % max_pools < n_pools)
                             if cell["active_seen"] != expected:
                                 raise BenchError(f"demand read saw {cell['active_seen']} active runs, expected {expected}")
@@ -468,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                         stored = cell.pop("stored")
                         empty_groups(autoscaling, n_pools)
                         busy_results.append({"storage": storage, "runs": stored, "pools": n_pools, **cell})
+                        (args.out / "tick_cost.busy.partial.json").write_text(json.dumps(busy_results, indent=2))
                         progress.update(task, advance=1)
                     for n_pools in busy_pools if "ledger" in scenarios else []:
                         progress.update(task, description=f"{storage}: {stored:,} runs, {n_pools} pools, ledger")
