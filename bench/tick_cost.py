@@ -10,8 +10,14 @@ storage part) are the medians of `--ticks` ticks after one warm-up tick.
 The demand read must stay flat as finished runs accumulate (it asks for active statuses only, an
 indexed query); the pool side grows with the number of pools (AWS calls per pool).
 
+At the largest run count, two more scenarios (`--scenarios`): `busy`, every pool with a node up and
+a run on it (steady ticks, then churning ticks where every node turns idle or busy), with the AWS
+calls of each tick counted by operation; `ledger`, the usage-ledger sensor's tick (one run-storage
+query per pool) against one query for every pool, measured in the same run.
+
     .venv/bin/python bench/tick_cost.py
     .venv/bin/python bench/tick_cost.py --quick
+    .venv/bin/python bench/tick_cost.py --scenarios busy,ledger --runs 10000
 """
 
 from __future__ import annotations
@@ -68,8 +74,9 @@ def environment(n_pools: int):
 
 
 # -- run storage ------------------------------------------------------------------------------------
-def add_runs(instance, count: int, n_pools: int, status, start: int) -> None:
-    """Insert `count` runs through the run storage's own tables (its schema and indexes), in batches."""
+def add_runs(instance, count: int, n_pools: int, status, start: int) -> list[str]:
+    """Insert `count` runs through the run storage's own tables (its schema and indexes), in batches;
+    run `start + i` goes to pool `(start + i) % n_pools`. Returns their ids."""
     from dagster import DagsterRun
     from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
     from dagster._serdes import serialize_value
@@ -78,6 +85,7 @@ def add_runs(instance, count: int, n_pools: int, status, start: int) -> None:
 
     storage = instance.run_storage
     now = time.time()
+    ids: list[str] = []
     for first in range(0, count, BATCH):
         runs, tags = [], []
         for i in range(start + first, start + min(count, first + BATCH)):
@@ -91,6 +99,8 @@ def add_runs(instance, count: int, n_pools: int, status, start: int) -> None:
         with storage.connect() as conn:
             conn.execute(RunsTable.insert(), runs)
             conn.execute(RunTagsTable.insert(), tags)
+        ids += [r["run_id"] for r in runs]
+    return ids
 
 
 def open_instance(kind: str, home: Path):
@@ -114,7 +124,7 @@ def postgres(action: str) -> None:
 
 
 # -- one cell -----------------------------------------------------------------------------------------
-def measure(instance, env, ticks: int) -> dict:
+def measure(instance, env, ticks: int, calls: "AwsCalls | None" = None) -> dict:
     from dagster import build_sensor_context
 
     from dagster import RunsFilter
@@ -136,7 +146,9 @@ def measure(instance, env, ticks: int) -> dict:
         return elapsed
 
     first = tick()  # opens the pools, scales up for the active runs
+    before = dict(calls.counts) if calls else {}
     tick_times = [tick() for _ in range(ticks)]
+    sent = {op: n / ticks for op, n in calls.since(before).items()} if calls else {}
     read_times, tagged_times = [], []
     for _ in range(max(ticks, 5)):
         # Interleaved: dpe's demand read, then the read it replaced (active statuses AND the pool tag
@@ -150,7 +162,160 @@ def measure(instance, env, ticks: int) -> dict:
         instance.get_runs(filters=RunsFilter(statuses=ACTIVE_STATUSES, tags={POOL_TAG: sorted(env.pools)}))
         tagged_times.append(time.perf_counter() - started)
     return {"first_tick_s": first, "tick_s": median(tick_times), "read_demand_s": median(read_times),
-            "tag_filtered_read_s": median(tagged_times), "active_seen": sum(len(v) for v in demand.by_pool.values())}
+            "tag_filtered_read_s": median(tagged_times), "active_seen": sum(len(v) for v in demand.by_pool.values()),
+            "calls": sent}
+
+
+# -- nodes up and busy ---------------------------------------------------------------------------------
+class AwsCalls:
+    """Counts the AWS calls the pools send, by operation, on the clients every pool of this process
+    shares (`aws_asg.make_clients`)."""
+
+    def __init__(self, env):
+        from dpe_dagster.pools.aws_asg import AwsSettings, make_clients
+
+        self.counts: dict[str, int] = {}
+        for client in make_clients(AwsSettings.parse(dict(env.aws))):
+            client.meta.events.register("before-call", self._count)
+
+    def _count(self, model, **_kwargs) -> None:
+        self.counts[model.name] = self.counts.get(model.name, 0) + 1
+
+    def since(self, before: dict[str, int]) -> dict[str, int]:
+        return {k: v - before.get(k, 0) for k, v in sorted(self.counts.items()) if v - before.get(k, 0)}
+
+
+def finish_runs(instance, run_ids: list[str]) -> None:
+    from dagster import DagsterEventType
+    from dagster._core.events import DagsterEvent
+
+    for run_id in run_ids:
+        instance.run_storage.handle_run_event(
+            run_id, DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value, job_name="etl"))
+
+
+def busy_nodes(autoscaling, n_pools: int) -> int:
+    """Instances in service and protected from scale-in (dpe protects the busy ones) over the groups."""
+    names = [f"dpe-bench-{pool_name(i)}" for i in range(n_pools)]
+    found = 0
+    for start in range(0, len(names), 100):
+        for group in autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=names[start:start + 100],
+                                                              MaxRecords=100)["AutoScalingGroups"]:
+            found += sum(1 for m in group["Instances"] if m["LifecycleState"] == "InService" and m["ProtectedFromScaleIn"])
+    return found
+
+
+def measure_busy(instance, env, n_pools: int, ticks: int, calls: AwsCalls, stored: int, autoscaling) -> dict:
+    """Every pool holds one node with a run on it (STARTED, 2 CPUs: a whole node), as the emulator
+    places runs (`busy_source: dagster_runs`). Steady: the same runs tick after tick (the nodes'
+    DescribeInstances and busy lookups, nothing changes). Churn: before each tick (untimed) every
+    pool's run ends or a new one starts, so every node turns idle or busy and its scale-in
+    protection is released or set (SetInstanceProtection) in the tick."""
+    from dagster import DagsterRunStatus, build_sensor_context
+
+    from dpe_dagster.scaling.sensor import build_autoscaler_sensor
+
+    sensor = build_autoscaler_sensor(env)
+    cursor = None
+
+    def tick() -> tuple[float, dict[str, int]]:
+        nonlocal cursor
+        before = dict(calls.counts)
+        context = build_sensor_context(instance=instance, cursor=cursor)
+        started = time.perf_counter()
+        sensor(context)
+        elapsed = time.perf_counter() - started
+        cursor = context.cursor
+        return elapsed, calls.since(before)
+
+    running = add_runs(instance, n_pools, n_pools, DagsterRunStatus.STARTED, stored)
+    stored += n_pools
+    tick()  # scales every pool up to one node
+    _, first_seen = tick()  # the nodes are seen busy and protected
+    busy = busy_nodes(autoscaling, n_pools)
+    if busy < n_pools:  # the first pools also hold the grid's active runs: a second node each
+        raise BenchError(f"{busy} busy, protected node(s) over {n_pools} pools; expected at least one per pool")
+    steady = [tick() for _ in range(ticks)]
+    churn = []
+    for number in range(ticks):
+        if number % 2 == 0:
+            finish_runs(instance, running)
+            running = []
+        else:
+            running = add_runs(instance, n_pools, n_pools, DagsterRunStatus.STARTED, stored)
+            stored += n_pools
+        churn.append(tick())
+    finish_runs(instance, running)
+
+    def per_tick(samples) -> dict[str, float]:
+        ops = sorted({op for _, counted in samples for op in counted})
+        return {op: sum(counted.get(op, 0) for _, counted in samples) / len(samples) for op in ops}
+
+    return {"steady_tick_s": median([t for t, _ in steady]), "churn_tick_s": median([t for t, _ in churn]),
+            "steady_calls": per_tick(steady), "churn_calls": per_tick(churn), "first_busy_calls": first_seen,
+            "busy_nodes": busy, "stored": stored}
+
+
+def empty_groups(autoscaling, n_pools: int) -> None:
+    """Every group back to zero instances, protection released first (a protected instance is kept)."""
+    for i in range(n_pools):
+        name = f"dpe-bench-{pool_name(i)}"
+        group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
+        ids = [m["InstanceId"] for m in group["Instances"] if m.get("ProtectedFromScaleIn")]
+        if ids:
+            autoscaling.set_instance_protection(AutoScalingGroupName=name, InstanceIds=ids, ProtectedFromScaleIn=False)
+    reset_groups(autoscaling, n_pools)
+
+
+# -- the ledger sensor ---------------------------------------------------------------------------------
+def measure_ledger(instance, env, ticks: int) -> dict:
+    """The ledger sensor's tick when nothing new has ended (every pool's cursor at now): one
+    run-storage query per pool, timed through the real sensor, and the count of queries it sent.
+    Baseline in the same run: the one query that asks for every pool's ended runs at once (the
+    same statuses, order and limit; the pool tag matching any of the pools)."""
+    from datetime import datetime, timezone
+
+    from dagster import RunsFilter, build_sensor_context
+
+    from dpe_dagster.scaling.tags import POOL_TAG
+    from dpe_dagster.usage.sensor import BATCH as LEDGER_BATCH, ENDED, OVERLAP_S, build_ledger_sensor
+
+    sensor = build_ledger_sensor(env)
+    time.sleep(OVERLAP_S + 0.1)  # runs that ended just before (the busy scenario's) are behind every cursor
+    now = time.time()
+    cursor = json.dumps({name: now for name in env.pools}, sort_keys=True)
+    queries = 0
+    original = instance.get_run_records
+
+    def counted(*args, **kwargs):
+        nonlocal queries
+        queries += 1
+        return original(*args, **kwargs)
+
+    sensor_times, one_times = [], []
+    for number in range(ticks + 1):  # the first of each is a warm-up
+        instance.get_run_records = counted
+        try:
+            queries = 0
+            started = time.perf_counter()
+            sensor(build_sensor_context(instance=instance, cursor=cursor))
+            elapsed = time.perf_counter() - started
+        finally:
+            instance.get_run_records = original
+        sent = queries
+        started = time.perf_counter()
+        found = instance.get_run_records(
+            filters=RunsFilter(statuses=ENDED, tags={POOL_TAG: sorted(env.pools)},
+                               updated_after=datetime.fromtimestamp(now - OVERLAP_S, timezone.utc)),
+            order_by="update_timestamp", ascending=True, limit=LEDGER_BATCH)
+        one = time.perf_counter() - started
+        if found:
+            raise BenchError(f"the one-query baseline found {len(found)} ended run(s) after the cursor; expected none")
+        if number:
+            sensor_times.append(elapsed)
+            one_times.append(one)
+    return {"ledger_tick_s": median(sensor_times), "one_query_s": median(one_times), "queries_per_tick": sent,
+            "per_pool_over_one_query": median(sensor_times) / median(one_times)}
 
 
 def use_look_ahead(enabled: bool) -> None:
@@ -202,6 +367,10 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _calls(counted: dict[str, float]) -> str:
+    return ", ".join(f"{op} {n:g}" for op, n in counted.items()) or "none"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-pool-max-pools", type=int, default=100,
                         help="also measure the baseline (every pool describes its own group) up to this many pools "
                              "(default 100)")
+    parser.add_argument("--scenarios", default="grid,busy,ledger",
+                        help="grid (pools mostly at zero, the run-count grid), busy (every pool with a busy node, "
+                             "steady and churning), ledger (the ledger sensor's per-pool queries vs one query); "
+                             "busy and ledger run at the largest --runs (default all three)")
+    parser.add_argument("--busy-max-pools", type=int, default=1000,
+                        help="busy and ledger scenarios up to this many pools (default 1000)")
     parser.add_argument("--quick", action="store_true", help="2/5 pools, 200/600 runs, SQLite only, 2 ticks")
     parser.add_argument("--out", type=Path, default=OUT / "tick_cost", help="working folder")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the curves (default <out>/tick_cost.png)")
@@ -227,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--storages: allowed values are sqlite, postgres; got {args.storages!r}")
     if args.ticks < 1 or args.active < 0:
         parser.error("--ticks must be >= 1 and --active >= 0")
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    if not scenarios or any(x not in ("grid", "busy", "ledger") for x in scenarios):
+        parser.error(f"--scenarios: allowed values are grid, busy, ledger; got {args.scenarios!r}")
     if args.active > run_counts[0]:
         parser.error(f"--active ({args.active}) must not exceed the smallest --runs ({run_counts[0]})")
 
@@ -246,11 +424,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     cells_of = [("per-pool", n) for n in pool_counts if n <= args.per_pool_max_pools] + \
                [("batched", n) for n in pool_counts]
-    cells = len(storages) * len(run_counts) * len(cells_of)
+    if "grid" not in scenarios:
+        cells_of = []
+    busy_pools = [n for n in pool_counts if n <= args.busy_max_pools]
+    extra = len([x for x in scenarios if x in ("busy", "ledger")]) * len(busy_pools)
+    cells = len(storages) * (len(run_counts) * len(cells_of) + extra)
+    busy_results, ledger_results = [], []
     with emulated_aws(environment(max_pools)) as aws, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console) as progress:
         autoscaling = boto3.client("autoscaling", endpoint_url=aws.url, region_name=aws.region)
+        calls = AwsCalls(environment(1))
         task = progress.add_task("cells", total=cells)
         for storage in storages:
             if storage == "postgres":
@@ -269,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                             progress.update(task, description=f"{storage}: {n_runs:,} runs, {n_pools} pools, {variant}")
                             reset_groups(autoscaling, n_pools)
                             use_look_ahead(variant == "batched")
-                            cell = measure(instance, environment(n_pools), args.ticks)
+                            cell = measure(instance, environment(n_pools), args.ticks, calls)
                             expected = sum(1 for i in range(args.active) if i % max_pools < n_pools)
                             if cell["active_seen"] != expected:
                                 raise BenchError(f"demand read saw {cell['active_seen']} active runs, expected {expected}")
@@ -278,6 +462,22 @@ def main(argv: list[str] | None = None) -> int:
                             # Written after every cell, so a long grid that is stopped keeps what it measured.
                             (args.out / "tick_cost.partial.json").write_text(json.dumps(results, indent=2))
                             progress.update(task, advance=1)
+                    for n_pools in busy_pools if "busy" in scenarios else []:
+                        progress.update(task, description=f"{storage}: {stored:,} runs, {n_pools} pools busy")
+                        reset_groups(autoscaling, max_pools)
+                        use_look_ahead(True)
+                        cell = measure_busy(instance, environment(n_pools), n_pools, args.ticks, calls, stored,
+                                            autoscaling)
+                        stored = cell.pop("stored")
+                        empty_groups(autoscaling, n_pools)
+                        busy_results.append({"storage": storage, "runs": stored, "pools": n_pools, **cell})
+                        (args.out / "tick_cost.busy.partial.json").write_text(json.dumps(busy_results, indent=2))
+                        progress.update(task, advance=1)
+                    for n_pools in busy_pools if "ledger" in scenarios else []:
+                        progress.update(task, description=f"{storage}: {stored:,} runs, {n_pools} pools, ledger")
+                        ledger_results.append({"storage": storage, "runs": stored, "pools": n_pools,
+                                               **measure_ledger(instance, environment(n_pools), args.ticks)})
+                        progress.update(task, advance=1)
             finally:
                 if storage == "postgres":
                     postgres("drop")
@@ -312,11 +512,32 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"{r['storage']}, {r['runs']:,} runs, {r['pools']} pools: per-pool describes "
                           f"{base['tick_s'] * 1000:.0f} ms vs batched {r['tick_s'] * 1000:.0f} ms per tick "
                           f"-> x{speedups[-1]['per_pool_over_batched']:.2f}")
-    png = args.plot or args.out / "tick_cost.png"
-    plot(results, png)
-    path = write_report(args.out, "tick_cost", started, active=args.active, ticks=args.ticks,
-                        results=results, flatness=flat, batched_vs_per_pool=speedups)
-    console.print(f"results: {path}; curves: {png}")
+    if busy_results:
+        busy_table = Table(title=f"Every pool with a busy node (median of {args.ticks} ticks); AWS calls per tick")
+        for col in ("storage", "runs", "pools", "steady tick ms", "steady calls", "churn tick ms", "churn calls",
+                    "steady / mostly-zero tick"):
+            busy_table.add_column(col, justify="right")
+        for r in busy_results:
+            # The grid's tick at the same pool count, on the largest run count: pools mostly at zero.
+            idle = next((g for g in results if g["variant"] == "batched" and
+                         (g["storage"], g["runs"], g["pools"]) == (r["storage"], run_counts[-1], r["pools"])), None)
+            r["steady_over_mostly_zero"] = r["steady_tick_s"] / idle["tick_s"] if idle else None
+            busy_table.add_row(r["storage"], f"{r['runs']:,}", str(r["pools"]), f"{r['steady_tick_s'] * 1000:.0f}",
+                               _calls(r["steady_calls"]), f"{r['churn_tick_s'] * 1000:.0f}", _calls(r["churn_calls"]),
+                               f"x{r['steady_over_mostly_zero']:.2f}" if idle else "-")
+        console.print(busy_table)
+    for r in ledger_results:
+        console.print(f"{r['storage']}, {r['runs']:,} runs, {r['pools']} pools: ledger sensor tick "
+                      f"{r['ledger_tick_s'] * 1000:.1f} ms ({r['queries_per_tick']} run-storage queries) vs one query "
+                      f"{r['one_query_s'] * 1000:.1f} ms -> x{r['per_pool_over_one_query']:.1f}")
+    png = None
+    if results:
+        png = args.plot or args.out / "tick_cost.png"
+        plot(results, png)
+    path = write_report(args.out, "tick_cost", started, active=args.active, ticks=args.ticks, scenarios=scenarios,
+                        results=results, flatness=flat, batched_vs_per_pool=speedups, busy=busy_results,
+                        ledger=ledger_results)
+    console.print(f"results: {path}" + (f"; curves: {png}" if png else ""))
     return 0
 
 

@@ -52,6 +52,21 @@ def test_tick_cost_tiny(tmp_path):
     assert [(r["runs"], r["pools"]) for r in report["batched_vs_per_pool"]] == [(10, 2), (30, 2)]
     assert all(r["active_seen"] == 2 for r in report["results"])
     assert (out / "tick_cost.png").stat().st_size > 0
+    # Nodes up and busy: each pool's instances are described and, when a node turns idle or busy,
+    # its protection is changed, in the tick that is timed.
+    [busy] = report["busy"]
+    assert busy["pools"] == 2 and busy["busy_nodes"] >= 2
+    assert busy["steady_calls"]["DescribeInstances"] >= 2 and "SetInstanceProtection" not in busy["steady_calls"]
+    assert busy["churn_calls"]["SetInstanceProtection"] == 2
+    # The ledger sensor: one run-storage query per pool, against one query for all pools.
+    [ledger] = report["ledger"]
+    assert ledger["pools"] == 2 and ledger["queries_per_tick"] == 2
+    assert ledger["per_pool_over_one_query"] == ledger["ledger_tick_s"] / ledger["one_query_s"]
+
+
+def test_tick_cost_refuses_an_unknown_scenario():
+    result = run("tick_cost.py", "--scenarios", "grid,nope", timeout=60)
+    assert result.returncode == 2 and "--scenarios: allowed values are grid, busy, ledger" in result.stderr
 
 
 def test_latency_proxy_records_the_scale_up_call():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import psycopg2
 import yaml
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dpe_dagster.daemon import dagster_bin, start_dagster_process, stop_process_group
 from dpe_dagster.faults import FaultInjector, FaultRates
@@ -46,21 +47,16 @@ class Deployment:
         self._admin(f'CREATE DATABASE "{self.database}"')
         self.postgres_url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + self.database
         self.home = folder / "dagster"
-        write_instance(self.home, self.env, {
-            "storage": {"postgres": {"postgres_url": self.postgres_url}},
-            # Per run: dagster/max_retries. Op failures are retried too: the test job's stand-in for a
-            # lost node is a failing step (see defs.py).
-            "run_retries": {"enabled": True, "max_retries": 0},
-            # A run a killed daemon left STARTING is failed (and retried) sooner than in production.
-            "run_monitoring": {"enabled": True, "start_timeout_seconds": 90, "poll_interval_seconds": 5},
-        })
+        # The instance exactly as dpe writes it (run retries, run monitoring, queue, launcher), on
+        # PostgreSQL as in production: a crash or a lost node is survived with the deployed settings.
+        write_instance(self.home, self.env, {"storage": {"postgres": {"postgres_url": self.postgres_url}}})
         self.workspace = folder / "workspace.yaml"
         self.workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
             "module_name": "tests.reliability.defs", "working_directory": str(PROJECT_ROOT), "location_name": "dpe"}}]}))
         self.daemon_env = {
             "DPE_ENV": "aws-sim", "DPE_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S), "AWS_ENDPOINT_URL": self.injector.url,
             "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
-            "DPE_TEST_MOTO_URL": self.moto.url, "DPE_TEST_RUNS": str(runs), "DPE_TEST_RUN_S": str(run_s),
+            "DPE_TEST_RUNS": str(runs), "DPE_TEST_RUN_S": str(run_s),
             "DPE_HOME": str(folder / "dpe"),
         }
         if run_tags:
@@ -91,6 +87,26 @@ class Deployment:
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
         process.wait()
+
+    def run_worker_pid(self, run_id: str) -> int | None:
+        """The pid of the run's worker process, as Dagster's own engine event names it."""
+        for entry in self.instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+            found = re.fullmatch(r"Started process for run \(pid: (\d+)\)\.", entry.message or "")
+            if found:
+                return int(found.group(1))
+        return None
+
+    def lose_node(self, node_id: str, run_id: str) -> None:
+        """A node lost for real: EC2 terminates the instance (straight to the emulator: AWS acting,
+        not dpe; the group then replaces it, as its health check does in AWS), and the run worker the
+        node held dies with it (SIGKILL: nothing on a reclaimed node gets to clean up)."""
+        pid = self.run_worker_pid(run_id)
+        assert pid is not None, f"run {run_id} named no worker process"
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        assert "multiprocessing" in cmdline, f"pid {pid} is not a run worker: {cmdline}"
+        _, ec2 = clients(self.moto.url)
+        ec2.terminate_instances(InstanceIds=[node_id])
+        os.kill(pid, signal.SIGKILL)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("daemon-*.log")))

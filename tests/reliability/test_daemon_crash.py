@@ -5,19 +5,18 @@ run and node is in the ledger exactly once, and no scale action reaches AWS twic
 
 from __future__ import annotations
 
-import json
-import re
-
 import pytest
-from dagster import DagsterRunStatus
+from dagster import DagsterEventType, DagsterRunStatus
 
 from dpe_dagster.faults import FaultRates
+from dpe_dagster.instance import start_timeout_s
 from dpe_dagster.launch.placement import REQUESTED_POOL_TAG
+from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR, load_cursor
 from dpe_dagster.scaling.tags import POOL_TAG
 from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
 from tests.reliability.daemons import Deployment
-from tests.reliability.harness import clients, wait_for
+from tests.reliability.harness import wait_for
 
 pytestmark = pytest.mark.slow
 NO_FAULTS = FaultRates()
@@ -51,8 +50,8 @@ def test_daemon_killed_right_after_a_scale_up_reconciles_on_restart(deploy):
     d.kill(daemon)
     d.start_daemon()
     # A run the dead daemon was launching (scaled up for, run worker not started yet) is left
-    # STARTING; run monitoring ends it after the start timeout. Every other run succeeds.
-    d.settle(2)
+    # STARTING; run monitoring ends it after the deployed start timeout. Every other run succeeds.
+    d.settle(2, timeout_s=start_timeout_s(d.env) + 120)
     for run in d.runs():
         assert run.status == DagsterRunStatus.SUCCESS or (
             run.status == DagsterRunStatus.FAILURE and run.tags.get("dagster/failure_reason") == "START_TIMEOUT"), run
@@ -68,17 +67,23 @@ def test_daemon_killed_right_after_a_scale_down_terminate_reconciles_on_restart(
     assert audit["lifetimes"][terminated] == 1, "the node terminated just before the crash is recorded once"
 
 
-def test_spot_loss_under_a_run_fails_over_to_on_demand_and_both_attempts_are_charged(deploy):
-    tags = {POOL_TAG: "spot-etl", "test/watch_node": "true"}
-    d = deploy(NO_FAULTS, runs=1, run_s=90, run_tags=json.dumps(tags))
+def test_spot_loss_under_a_run_fails_over_to_on_demand_and_both_attempts_are_charged(deploy, monkeypatch):
+    """The node goes for real under a running run, with the instance settings dpe deploys (run
+    retries on, failed steps not retried): EC2 terminates the instance the run is on and the run
+    worker dies with it. Dagster fails the run and retries it, dpe puts the retry on the on-demand
+    fallback, and both attempts and the lost node are charged once."""
+    d = deploy(NO_FAULTS, runs=1, run_s=90)
     d.start_daemon()
+    # This process reads the pool as the daemon does: the emulator's placement of runs on instances.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", d.moto.url)
+    monkeypatch.setenv("DAGSTER_HOME", str(d.home))
+    spot = open_pool(d.env.pool("spot-etl"), d.env)
 
     def working_on_spot():
         for run in d.runs(DagsterRunStatus.STARTED):
-            for entry in d.instance.all_logs(run.run_id):
-                found = re.search(r"working .* on pool spot-etl, on \['(i-[0-9a-f]+)'", entry.user_message or "")
-                if found:
-                    return run.run_id, found.group(1)
+            node = spot.run_nodes().get(run.run_id)
+            if node and d.run_worker_pid(run.run_id):
+                return run.run_id, node
         return None
 
     first_id, lost = wait_for("the run to be working on a spot instance", working_on_spot, 400, 1,
@@ -87,21 +92,29 @@ def test_spot_loss_under_a_run_fails_over_to_on_demand_and_both_attempts_are_cha
     # that comes and goes between two ticks is the limit noted in autoscaler_saw_it_running).
     wait_for(f"the autoscaler to have seen {lost} running", lambda: autoscaler_saw_it_running(d, lost), 60, 0.5)
     assert d.instance.get_run_by_id(first_id).status == DagsterRunStatus.STARTED
-    # AWS reclaims the spot instance; the group replaces it, as after a real interruption. Straight to
-    # moto: this is AWS acting, not dpe.
-    autoscaling, _ = clients(d.moto.url)
-    autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=lost, ShouldDecrementDesiredCapacity=False)
+    d.lose_node(lost, first_id)
 
     audit = d.settle(1)
     first = d.instance.get_run_by_id(first_id)
     assert first.status == DagsterRunStatus.FAILURE
+    # What the user reads on the failed run: its process was killed; no step failed (the code is
+    # not at fault, which is why the deployed retry policy retries it).
+    messages = [e.message or "" for e in d.instance.all_logs(first_id)]
+    assert any(f"Run execution process for {first_id} was terminated by signal 9" in m for m in messages), messages
+    assert not d.instance.all_logs(first_id, of_type=DagsterEventType.STEP_FAILURE)
     [retry] = [r for r in d.runs() if r.tags.get("dagster/parent_run_id") == first_id]
     assert retry.status == DagsterRunStatus.SUCCESS
     assert retry.tags[POOL_TAG] == "ondemand-etl" and retry.tags[REQUESTED_POOL_TAG] == "spot-etl"
 
     usage = {u.run_id: u for u in read_run_usage(d.instance)}
     assert usage[first_id].pool == "spot-etl" and usage[first_id].status == "FAILURE"
+    # Not asserted yet: that the failed run's record names the lost node. The ledger writes the run's
+    # record before the autoscaler has recorded the node's lifetime, and then names the group's
+    # replacement instead (README, "not yet handled": a run's record is written even when one of its
+    # nodes is not accounted for yet).
+    # The capacity came back on the fallback: the retry ran on an on-demand node.
     assert usage[retry.run_id].pool == "ondemand-etl" and usage[retry.run_id].status == "SUCCESS"
+    assert [n["lifecycle"] for n in usage[retry.run_id].nodes] == ["on-demand"]
     assert usage[first_id].cost_usd > 0 and usage[retry.run_id].cost_usd > 0
     assert audit["usage"][first_id] == 1 and audit["usage"][retry.run_id] == 1
     [record] = [n for n in read_node_lifetimes(d.instance) if n.node_id == lost]
