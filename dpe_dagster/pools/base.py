@@ -12,6 +12,10 @@ from typing import Protocol, Sequence, runtime_checkable
 PENDING = "pending"  # asked for, not yet able to take work
 RUNNING = "running"
 NODE_STATES = (PENDING, RUNNING)
+# Why EC2 is taking a node away, once it said so (pools/interruptions.py): the node is cordoned.
+SPOT_INTERRUPTION = "spot-interruption"  # reclaimed two minutes after the warning
+REBALANCE_RECOMMENDATION = "rebalance-recommendation"  # at raised risk of it
+INTERRUPTIONS = (SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION)
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class Node:
     lifecycle: str = "on-demand"
     instance_type: str = "local"
     zone: str = "local"
+    # One of INTERRUPTIONS once EC2 warned about the node, and when (unix s): it takes no new work.
+    interrupted: str = ""
+    interrupted_at: float | None = None
 
 
 class PoolError(RuntimeError):

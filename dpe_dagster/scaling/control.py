@@ -43,14 +43,17 @@ class NodeMemory:
     lifecycle: str = "on-demand"
     instance_type: str = "unknown"
     zone: str = ""
+    # Node.interrupted / interrupted_at as last seen: the instance's mark goes with it.
+    interrupted: str = ""
+    interrupted_at: float | None = None
 
     def to_json(self) -> list:
         return [self.idle_since, round(self.busy_seconds, 3), self.last_seen, self.launched_at, self.lifecycle,
-                self.instance_type, self.zone]
+                self.instance_type, self.zone, self.interrupted, self.interrupted_at]
 
     @classmethod
     def from_json(cls, raw: list) -> "NodeMemory":
-        return cls(raw[0], float(raw[1]), raw[2], *raw[3:7])  # cursors from before have 3 fields
+        return cls(raw[0], float(raw[1]), raw[2], *raw[3:9])  # cursors from before have 3 or 7 fields
 
 
 def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dict[str, NodeMemory]:
@@ -69,6 +72,8 @@ def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dic
         mem.last_seen = now
         mem.launched_at, mem.lifecycle, mem.instance_type, mem.zone = (
             node.launched_at, node.lifecycle, node.instance_type, node.zone)
+        if node.interrupted:
+            mem.interrupted, mem.interrupted_at = node.interrupted, node.interrupted_at
         seen[node.id] = mem
     return seen
 
@@ -90,6 +95,7 @@ def vanished(books: "Books", config: PoolConfig, nodes: list[Node], memory: dict
             node_id=node_id, pool=config.name, lifecycle=mem.lifecycle, instance_type=mem.instance_type,
             launched_at=mem.launched_at, removed_at=max(mem.last_seen, mem.launched_at),
             busy_seconds=mem.busy_seconds, price_per_node_hour=price.usd_per_hour, price_source=price.source,
+            interrupted=mem.interrupted, interrupted_at=mem.interrupted_at,
         )
         if books.record_lifetime(lifetime):
             out.append(lifetime)
@@ -195,7 +201,9 @@ def control_step(
                           scale_up_blocked=books.scale_up_blocked(config, nodes, now), activity=activity)
         plan = plan_pool(config, state, demand, now)
         if not sensing and (plan.remove or plan.target < state.target):  # the launcher never scales down
-            plan = Plan(state.target, (), plan.wanted, plan.reason, plan.idle_timeout_s)
+            # (but it asks for a replacement the plan would ask for before removing a node)
+            plan = Plan(max(state.target, plan.target + len(plan.remove)), (), plan.wanted, plan.reason,
+                        plan.idle_timeout_s)
         return state, plan, nodes
 
     state, plan, nodes = look(demand)
@@ -208,7 +216,8 @@ def control_step(
             state, plan, nodes = look(demand)
         tick = PoolTick(config.name, plan, state, demand, lost=lost)
         if plan.remove:
-            if plan.target + len(plan.remove) < state.target:  # withdraw what has no node yet, first
+            # First withdraw what has no node yet, or ask for a node's replacement before it goes.
+            if plan.target + len(plan.remove) != state.target:
                 pool.set_target(plan.target + len(plan.remove))
             _remove(books, config, pool, plan.remove, nodes, memory, now, tick)
         elif plan.target != state.target:  # up, or down by withdrawing capacity not launched yet
@@ -250,6 +259,8 @@ def _remove(books: Books, config: PoolConfig, pool: NodePool, node_ids: tuple[st
             busy_seconds=memory.pop(node_id).busy_seconds,
             price_per_node_hour=price.usd_per_hour,
             price_source=price.source,
+            interrupted=node.interrupted,
+            interrupted_at=node.interrupted_at,
         )
         books.record_lifetime(lifetime)
         tick.removed.append(lifetime)

@@ -11,7 +11,8 @@ Rules:
 - when it falls below a target that nodes have not filled yet, withdraw the unfilled part (down to
   the wanted size, never below the nodes that exist);
 - scale down only by removing nodes that are not busy and have been idle for at least the idle
-  timeout in force, longest idle first, never below the wanted size (so never below min_size).
+  timeout in force, longest idle first, never below the wanted size (so never below min_size);
+- a node EC2 is taking away (`Node.interrupted`) is no room: see `_around_interrupted`.
 
 Optional knowledge, used when the caller has it (the defaults give the rules above unchanged):
 - a run's `node_id` (the node it already holds): packing then starts from where runs really are,
@@ -25,6 +26,7 @@ Optional knowledge, used when the caller has it (the defaults give the rules abo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -174,6 +176,8 @@ def idle_timeout(pool: PoolConfig, state: PoolState) -> float:
 
 
 def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
+    if any(node.interrupted for node in state.nodes):
+        return _around_interrupted(pool, state, demand, now)
     # Room that running runs free within the queueing allowance (never longer than a boot) counts.
     activity = state.activity
     ending = None
@@ -231,6 +235,28 @@ def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], n
         f">= {timeout:g}s, {len(demand)} run(s) need {needed} node(s){withdrawn}",
         idle_timeout_s=timeout,
     )
+
+
+def _around_interrupted(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
+    """The plan when EC2 is taking nodes away (warned or advised to rebalance; they are cordoned).
+    Such a node neither has room nor fills the target: the plan is made for the other nodes, with
+    the runs on it counted as waiting (they need room elsewhere), and a busy one is kept on top
+    until EC2 takes it (its run may still finish there). So the replacement asked for it is not
+    withdrawn as capacity nodes have not filled. An idle one is removed now: it can take no work."""
+    going = {node.id: node for node in state.nodes if node.interrupted}
+    staying = sum(1 for node in going.values() if node.busy)
+    drop = tuple(sorted(node_id for node_id, node in going.items() if not node.busy))
+    others = dataclasses.replace(state, target=max(0, state.target - len(going)),
+                                 nodes=tuple(node for node in state.nodes if node.id not in going))
+    moved = [dataclasses.replace(run, node_id=None) if run.node_id in going else run for run in demand]
+    plan = plan_pool(pool, others, moved, now)
+    remaining = len(state.nodes) - len(drop) - len(plan.remove)
+    target = max(min(plan.target + staying, pool.max_size), remaining)
+    kinds = ", ".join(sorted(f"{node_id} ({node.interrupted})" for node_id, node in going.items()))
+    dropped = f", removing the idle one(s) now" if drop else ""
+    return Plan(target, drop + plan.remove, plan.wanted + staying,
+                f"{plan.reason}; {len(going)} node(s) going away, not counted as room: {kinds}{dropped}",
+                plan.idle_timeout_s)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,9 @@ class NodeLifetime:
     busy_seconds: float
     price_per_node_hour: float
     price_source: str = "config"
+    # Node.interrupted when the node went ("": it was not), and when EC2 warned (unix s).
+    interrupted: str = ""
+    interrupted_at: float | None = None
 
     @property
     def lifetime_seconds(self) -> float:
