@@ -171,3 +171,52 @@ def test_warned_node_keeps_its_replacement_is_recorded_interrupted_and_nothing_i
     assert spot["paid_usd"] == pytest.approx(sum(n.cost_usd for n in lifetimes if n.pool == "spot-etl"), abs=0.005)
     assert spot["paid_usd"] == pytest.approx(spot["attributed_usd"] + spot["idle_usd"], abs=1e-9)
     assert spot["attributed_usd"] == pytest.approx(sum(r.cost_usd for r in records), abs=1e-9)
+
+
+def test_a_redelivered_warning_asks_for_nothing_more_and_a_later_rebalance_does_not_unmark_it(aws, dagster):  # noqa: F811
+    env = environment(aws.url)
+    autoscaling, ec2 = clients(aws.url)
+    create_groups(env, autoscaling, ec2)
+    pools = pools_of(env)
+    pools["spot-etl"].set_target(1)
+    [node] = pools["spot-etl"].nodes()
+    sqs, events, queue = interruption_queue(aws.url)
+    reader = InterruptionReader(sqs, queue, env, pools)
+    warn(events, node.id)
+    warn(events, node.id)  # SQS delivers at least once: the same warning may come twice
+    actions = []
+    for _ in range(5):
+        actions += reader.poll_once(wait_s=1)
+        if len(actions) == 2:
+            break
+    assert [a.grow_pool for a in actions] == ["spot-etl", None], [a.reason for a in actions]
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 2
+    warn(events, node.id, REBALANCE)
+    reader.poll_once(wait_s=1)
+    assert {n.id: n.interrupted for n in pools["spot-etl"].nodes()}[node.id] == "spot-interruption"
+
+
+def test_an_idle_node_advised_to_rebalance_goes_at_once_and_its_lifetime_says_why(aws, dagster):  # noqa: F811
+    env = environment(aws.url)  # idle timeout 30 s: not what removes it
+    autoscaling, ec2 = clients(aws.url)
+    create_groups(env, autoscaling, ec2)
+    pools = pools_of(env)
+    pool = pools["spot-etl"]
+    pool.set_target(1)
+    now = time.time()
+    _, memory = _tick(dagster, env, pool, {}, now)
+    [node] = pool.nodes()
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 1
+    sqs, events, queue = interruption_queue(aws.url)
+    cordoned: list[str] = []
+    warn(events, node.id, REBALANCE)
+    [action] = InterruptionReader(sqs, queue, env, pools, cordon=cordoned.extend).poll_once(wait_s=1)
+    assert action.grow_pool is None and cordoned == [node.id]
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 1
+
+    tick, memory = _tick(dagster, env, pool, memory, now + 1)
+    assert [n.node_id for n in tick.removed] == [node.id], tick.plan.reason
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 0
+    [lifetime] = read_node_lifetimes(dagster)
+    assert (lifetime.node_id, lifetime.interrupted) == (node.id, "rebalance-recommendation")
+    assert lifetime.interrupted_at is not None and lifetime.cost_usd > 0
