@@ -204,6 +204,42 @@ def test_tags_dpe_writes_are_allowed_and_no_other_tag(aws, dagster):  # noqa: F8
     assert not tag_request("CreateOrUpdateTags", [{"Key": BACKOFF_UNTIL_TAG, "Value": "0"}], {"team": "other"})
 
 
+def test_interruption_mark_is_the_only_instance_tag_dpe_may_write(aws, dagster):  # noqa: F811
+    """`dpe interruptions` marks a warned instance with one tag; the role may write that key on the
+    instances of dpe's groups (`aws:autoscaling:groupName`, which AWS sets on them) and nothing else."""
+    from test_aws_asg import clients, environment
+
+    from dpe_dagster.pools import open_pool
+    from dpe_dagster.pools.aws_asg import INTERRUPTED_TAG
+    from dpe_dagster.pools.aws_emulator import create_groups
+
+    env = environment(aws.url)
+    autoscaling, ec2 = clients(aws.url)
+    create_groups(env, autoscaling, ec2)
+    spot = open_pool(env.pool("spot-etl"), env)
+    requests: list[list[dict]] = []
+    spot.ec2.meta.events.register("before-parameter-build.ec2.CreateTags",
+                                  lambda params, **kw: requests.append([dict(t) for t in params["Tags"]]))
+    spot.set_target(1)
+    [node] = spot.nodes()
+    spot.mark_interrupted(node.id, "spot-interruption", time.time())
+    assert [[t["Key"] for t in tags] for tags in requests] == [[INTERRUPTED_TAG]]
+
+    policy = json.loads(POLICY.read_text())
+    instance_arn = "arn:aws:ec2:us-east-1:111122223333:instance/i-0123456789abcdef0"
+    dpe_instance = {"aws:ResourceTag/aws:autoscaling:groupName": ["dpe-prod-spot-etl"]}
+
+    def allowed(keys: list[str], resource_tags: Mapping[str, list[str]] = dpe_instance) -> bool:
+        return evaluate(policy, "ec2:CreateTags", instance_arn, {"aws:TagKeys": keys, **resource_tags})
+
+    assert allowed([INTERRUPTED_TAG])
+    assert not allowed([INTERRUPTED_TAG, "Name"]) and not allowed(["dpe:pool"]) and not allowed([])
+    assert not allowed([INTERRUPTED_TAG], {"aws:ResourceTag/aws:autoscaling:groupName": ["other-team"]})
+    assert not allowed([INTERRUPTED_TAG], {})
+    assert not evaluate(policy, "ec2:CreateTags", "arn:aws:ec2:us-east-1:111122223333:volume/vol-1",
+                        {"aws:TagKeys": [INTERRUPTED_TAG], **dpe_instance})
+
+
 def test_evaluator_follows_aws_rules_for_the_operators_it_knows():
     policy = {"Statement": [{"Effect": "Allow", "Action": "autoscaling:CreateOrUpdateTags", "Resource": "*",
                              "Condition": {"ForAllValues:StringLike": {"aws:TagKeys": ["dpe:*"]}}}]}

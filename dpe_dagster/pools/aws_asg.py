@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
 from dpe_dagster.config import ConfigError, Environment, PoolConfig
-from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolError
+from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolError
 
 log = logging.getLogger("dpe.pools.aws_asg")
 
@@ -46,6 +46,9 @@ AWS_FIELDS = {"region", "endpoint_url", "retry_mode", "max_attempts", "emulator"
 SCALE_UP_SINCE_TAG = "dpe:scale-up-since"
 BACKOFF_UNTIL_TAG = "dpe:backoff-until"
 BACKOFF_REASON_TAG = "dpe:backoff-reason"
+# Instance tag `dpe interruptions` writes on a node EC2 warned about: "<kind> <unix time of the
+# warning>". The control loop, another process, reads it with the instance (no extra call).
+INTERRUPTED_TAG = "dpe:interrupted"
 # ASG lifecycle states in which an instance is on its way out (or parked): not a node.
 _GONE_STATES = ("Terminating", "Terminated", "Detaching", "Detached", "Warmed")
 _LIVE_EC2_STATES = ("pending", "running")
@@ -218,6 +221,7 @@ class _Instance:
     lifecycle: str
     launched_at: float
     protected: bool
+    interrupted: tuple[str, float | None] = ("", None)  # from INTERRUPTED_TAG
 
 
 class AwsAsgPool:
@@ -360,6 +364,7 @@ class AwsAsgPool:
                 lifecycle="spot" if described.get("InstanceLifecycle") == "spot" else "on-demand",
                 launched_at=launch.timestamp() if launch is not None else time.time(),
                 protected=bool(member.get("ProtectedFromScaleIn")),
+                interrupted=_interruption(described.get("Tags", [])),
             ))
         return out
 
@@ -428,6 +433,8 @@ class AwsAsgPool:
                 lifecycle=inst.lifecycle,
                 instance_type=inst.instance_type,
                 zone=inst.zone,
+                interrupted=inst.interrupted[0],
+                interrupted_at=inst.interrupted[1],
             ))
         self._sync_protection(alive, {n.id for n in nodes if n.busy})
         if SCALE_UP_SINCE_TAG in _tags(group) and sum(n.state == RUNNING for n in nodes) >= int(group["DesiredCapacity"]):
@@ -525,6 +532,14 @@ class AwsAsgPool:
                         self._cordon(left, False)
                 raise PoolError(f"{error}; terminated {', '.join(done) or 'none'}, kept {', '.join(left)}") from error
             done.append(node_id)
+
+    def mark_interrupted(self, node_id: str, kind: str, at: float) -> None:
+        """Say on the instance that EC2 is taking it away (`kind`, one of INTERRUPTIONS, warned at
+        `at`): every dpe process then sees the node as going (`Node.interrupted`)."""
+        if kind not in INTERRUPTIONS:
+            raise ValueError(f"kind: must be one of {', '.join(INTERRUPTIONS)}; got {kind!r}")
+        self._call("CreateTags", self.ec2.create_tags, Resources=[node_id],
+                   Tags=[{"Key": INTERRUPTED_TAG, "Value": f"{kind} {at:.3f}"}])
 
     # -- busy-ness and protection -------------------------------------------------------------
     def _busy(self, instances: Sequence[_Instance]) -> dict[str, tuple[bool, bool | None]]:
@@ -649,6 +664,13 @@ def _error_code(error: BaseException) -> str | None:
 
 def _tags(group: Mapping[str, Any]) -> dict[str, str]:
     return {tag["Key"]: tag.get("Value", "") for tag in group.get("Tags", [])}
+
+
+def _interruption(tags: Iterable[Mapping[str, str]]) -> tuple[str, float | None]:
+    """(kind, warned at) from an instance's INTERRUPTED_TAG; ("", None) when it has none we wrote."""
+    value = next((tag.get("Value", "") for tag in tags if tag.get("Key") == INTERRUPTED_TAG), "")
+    kind, _, at = value.partition(" ")
+    return (kind, _float(at)) if kind in INTERRUPTIONS else ("", None)
 
 
 def _float(value: str | None) -> float | None:

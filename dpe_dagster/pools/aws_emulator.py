@@ -245,7 +245,9 @@ def _emulated_placement(pool: PoolConfig, instances: Sequence, instance=None) ->
         except TagError:
             continue
         requests.append((cpus, memory, run.run_id))
-    serving = sorted((i for i in instances if _serving(i)), key=lambda i: (i.launched_at, i.id))
+    # A warned instance first: the run it held keeps it in the model, not moved onto its replacement
+    # (launch times tie at one-second resolution).
+    serving = sorted((i for i in instances if _serving(i)), key=lambda i: (not i.interrupted[0], i.launched_at, i.id))
     whole = [pool.node_cpus, pool.node_memory_gb]
     room = {i.id: list(whole) for i in serving}
     placed: dict[str, list[str]] = {}

@@ -12,12 +12,17 @@ from typing import Protocol, Sequence, runtime_checkable
 PENDING = "pending"  # asked for, not yet able to take work
 RUNNING = "running"
 NODE_STATES = (PENDING, RUNNING)
+# Why EC2 is taking a node away, once it said so (pools/interruptions.py): the node is cordoned.
+SPOT_INTERRUPTION = "spot-interruption"  # reclaimed two minutes after the warning
+REBALANCE_RECOMMENDATION = "rebalance-recommendation"  # at raised risk of it
+INTERRUPTIONS = (SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION)
 
 # Why a node left the pool (the plan's `removed_because`, the ledger's `NodeLifetime.removed_because`).
 REMOVED_IDLE = "idle"  # idle for its idle timeout
 REMOVED_BOOT_TIMEOUT = "boot timeout"  # not ready (not joined, cordoned by someone) for its boot timeout
 REMOVED_BUSY_UNKNOWN = "busy unknown"  # busy status unknown for its idle timeout plus the grace
 REMOVED_VANISHED = "vanished"  # gone without dpe removing it (a spot reclaim, a crash mid-removal)
+REMOVED_INTERRUPTED = "interrupted"  # idle once EC2 warned it would take the node (it is cordoned)
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class Node:
     # Kubernetes API did not answer): `busy` is then True, so nothing treats it as idle, and the
     # policy keeps it only for a bounded grace (see `PoolConfig.unknown_busy_grace_s`).
     busy_known: bool = True
+    # One of INTERRUPTIONS once EC2 warned about the node, and when (unix s): it takes no new work.
+    interrupted: str = ""
+    interrupted_at: float | None = None
 
 
 class PoolError(RuntimeError):

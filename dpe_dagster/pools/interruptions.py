@@ -11,6 +11,11 @@ long-polls it (WaitTimeSeconds) and, for an instance of one of dpe's pools:
   pool is at its max_size;
 - rebalance recommendation: cordons the node only (the warning, if it comes, replaces it).
 
+Either way the node is marked on the provider (`mark_interrupted`: a tag on the instance, written
+before the replacement is asked for), so the autoscaler, in its own process, sees it as going: no
+room, not filling the target (scaling/policy.py), and its lifetime record says it was interrupted.
+SQS delivers a message at least once: a second warning for a node already marked asks for nothing.
+
 Three parts: `parse` (message body -> Interruption, or MalformedMessage naming what is wrong),
 `decide` (pure: event + who owns the instance -> Action), `InterruptionReader` (SQS and the
 NodePool protocol at the edges). Every handled message is deleted; a message for an instance no
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from dpe_dagster.config import Environment
-from dpe_dagster.pools.base import NodePool, PoolError
+from dpe_dagster.pools.base import REBALANCE_RECOMMENDATION, SPOT_INTERRUPTION, NodePool, PoolError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,20 @@ class Interruption:
     instance_id: str
     detail_type: str  # WARNING or REBALANCE
     time: str  # the event's time, as AWS wrote it
+
+    @property
+    def kind(self) -> str:
+        """What the node's record calls it (`Node.interrupted`)."""
+        return SPOT_INTERRUPTION if self.detail_type == WARNING else REBALANCE_RECOMMENDATION
+
+    def at(self, default: float) -> float:
+        """The event's time (unix s), or `default` when AWS's field does not parse."""
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(self.time).timestamp()
+        except ValueError:
+            return default
 
 
 @dataclass(frozen=True)
@@ -77,13 +96,17 @@ def parse(body: str) -> Interruption:
     return Interruption(iid, kind, str(event.get("time", "")))
 
 
-def decide(event: Interruption, owner: str | None, env: Environment, targets: Mapping[str, int]) -> Action | None:
+def decide(event: Interruption, owner: str | None, env: Environment, targets: Mapping[str, int],
+           marked: str = "") -> Action | None:
     """What to do about `event` for an instance of pool `owner` (None: no pool of dpe's owns it).
-    `targets`: pool name -> its current target size."""
+    `targets`: pool name -> its current target size; `marked`: the node's `interrupted` so far."""
     if owner is None:
         return None
     if event.detail_type == REBALANCE:
         return Action(owner, event.instance_id, cordon=True, grow_pool=None, reason="rebalance recommendation")
+    if marked == SPOT_INTERRUPTION:  # a redelivered warning: its replacement was asked for
+        return Action(owner, event.instance_id, cordon=True, grow_pool=None,
+                      reason="spot interruption warning, already handled")
     grow: str | None = None
     pool = env.pool(owner)
     if targets.get(owner, 0) < pool.max_size:
@@ -122,12 +145,14 @@ class InterruptionReader:
 
     def handle(self, body: str) -> Action | None:
         event = parse(body)
-        owner, targets = None, {}
+        owner, targets, marked = None, {}, ""
         for name, pool in self.pools.items():
             targets[name] = pool.target()
-            if owner is None and any(node.id == event.instance_id for node in pool.nodes()):
-                owner = name
-        action = decide(event, owner, self.env, targets)
+            if owner is None:
+                node = next((n for n in pool.nodes() if n.id == event.instance_id), None)
+                if node is not None:
+                    owner, marked = name, node.interrupted
+        action = decide(event, owner, self.env, targets, marked)
         if action is None:
             log.info("interruption queue: %s for %s, an instance no pool owns: ignored", event.detail_type,
                      event.instance_id)
@@ -135,9 +160,12 @@ class InterruptionReader:
         log.warning("pool %s: %s for %s at %s", action.pool, action.reason, action.instance_id, event.time)
         if action.cordon and self.cordon is not None:
             self.cordon([action.instance_id])
+        first = marked != SPOT_INTERRUPTION  # a warning is never turned back into a recommendation
+        if first:
+            self._mark(action, event)
         # The runs the node holds, read before the replacement exists: a new node can change
         # where a provider's view places them (the emulator packs onto nodes by launch time).
-        held = self._runs_on(action) if event.detail_type == WARNING and self.instance is not None else []
+        held = self._runs_on(action) if first and event.detail_type == WARNING and self.instance is not None else []
         if action.grow_pool is not None:
             try:
                 self.pools[action.grow_pool].set_target(targets[action.grow_pool] + 1)
@@ -149,6 +177,17 @@ class InterruptionReader:
         if held:
             self._tell_runs(held, action, event)
         return action
+
+    def _mark(self, action: Action, event: Interruption) -> None:
+        """Before the replacement is asked for: a tick between the two would otherwise see a
+        target the nodes have not filled, and withdraw the replacement."""
+        mark = getattr(self.pools[action.pool], "mark_interrupted", None)
+        if mark is None:
+            return
+        try:
+            mark(action.instance_id, event.kind, event.at(time.time()))
+        except PoolError as error:
+            log.warning("pool %s: %s not marked as interrupted: %s", action.pool, action.instance_id, error)
 
     def _runs_on(self, action: Action) -> list[str]:
         try:

@@ -48,18 +48,23 @@ class NodeMemory:
     unknown_since: float | None = None
     unknown_seconds: float = 0.0
     not_ready_since: float | None = None  # since when the node is not running (None: it is)
+    # Node.interrupted / interrupted_at as last seen: the instance's mark goes with it.
+    interrupted: str = ""
+    interrupted_at: float | None = None
 
     def to_json(self) -> list:
         return [self.idle_since, round(self.busy_seconds, 3), self.last_seen, self.launched_at, self.lifecycle,
                 self.instance_type, self.zone, self.unknown_since, round(self.unknown_seconds, 3),
-                self.not_ready_since]
+                self.not_ready_since, self.interrupted, self.interrupted_at]
 
     @classmethod
     def from_json(cls, raw: list) -> "NodeMemory":
-        # Cursors from before have 3 or 7 fields.
+        # Cursors from before have 3, 7 or 10 fields.
         mem = cls(raw[0], float(raw[1]), raw[2], *raw[3:7])
         if len(raw) >= 10:
             mem.unknown_since, mem.unknown_seconds, mem.not_ready_since = raw[7], float(raw[8]), raw[9]
+        if len(raw) >= 12:
+            mem.interrupted, mem.interrupted_at = raw[10], raw[11]
         return mem
 
 
@@ -95,6 +100,8 @@ def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dic
         mem.last_seen = now
         mem.launched_at, mem.lifecycle, mem.instance_type, mem.zone = (
             node.launched_at, node.lifecycle, node.instance_type, node.zone)
+        if node.interrupted:
+            mem.interrupted, mem.interrupted_at = node.interrupted, node.interrupted_at
         seen[node.id] = mem
     return seen
 
@@ -117,6 +124,7 @@ def vanished(books: "Books", config: PoolConfig, nodes: list[Node], memory: dict
             launched_at=mem.launched_at, removed_at=max(mem.last_seen, mem.launched_at),
             busy_seconds=mem.busy_seconds, price_per_node_hour=price.usd_per_hour, price_source=price.source,
             removed_because=REMOVED_VANISHED, unknown_seconds=mem.unknown_seconds,
+            interrupted=mem.interrupted, interrupted_at=mem.interrupted_at,
         )
         if books.record_lifetime(lifetime):
             out.append(lifetime)
@@ -225,7 +233,9 @@ def control_step(
                                            if m.not_ready_since is not None})
         plan = plan_pool(config, state, demand, now)
         if not sensing and (plan.remove or plan.target < state.target):  # the launcher never scales down
-            plan = Plan(state.target, (), plan.wanted, plan.reason, plan.idle_timeout_s)
+            # (but it asks for a replacement the plan would ask for before removing a node)
+            plan = Plan(max(state.target, min(plan.target + len(plan.remove), config.max_size)), (), plan.wanted,
+                        plan.reason, plan.idle_timeout_s)
         return state, plan, nodes
 
     state, plan, nodes = look(demand)
@@ -238,12 +248,13 @@ def control_step(
             state, plan, nodes = look(demand)
         tick = PoolTick(config.name, plan, state, demand, lost=lost)
         if plan.remove:
-            before = state.target
-            if plan.target + len(plan.remove) < state.target:  # withdraw what has no node yet, first
-                before = plan.target + len(plan.remove)
-                pool.set_target(before)
+            # Ask for the replacements before nodes go (as far as max_size allows), or withdraw
+            # what has no node yet, first; then ask for what max_size held back.
+            first = min(plan.target + len(plan.remove), config.max_size)
+            if first != state.target:
+                pool.set_target(first)
             _remove(books, config, pool, plan, nodes, memory, now, tick)
-            if plan.target > before - len(plan.remove):  # stuck nodes removed, and still wanted: replace them
+            if plan.target > first - len(plan.remove):
                 pool.set_target(plan.target)
         elif plan.target != state.target:  # up, or down by withdrawing capacity not launched yet
             pool.set_target(plan.target)
@@ -293,6 +304,8 @@ def _remove(books: Books, config: PoolConfig, pool: NodePool, plan: Plan,
             removed_because=why[node_id],
             unknown_seconds=mem.unknown_seconds + (max(0.0, removed_at - mem.last_seen)
                                                    if mem.unknown_since is not None and mem.last_seen is not None else 0.0),
+            interrupted=node.interrupted,
+            interrupted_at=node.interrupted_at,
         )
         books.record_lifetime(lifetime)
         tick.removed.append(lifetime)

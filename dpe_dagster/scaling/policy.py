@@ -14,7 +14,8 @@ Rules:
   timeout in force, longest idle first, never below the wanted size (so never below min_size);
 - whatever the wanted size, remove (and so replace, if still wanted) a node that is not known busy
   and either has not been ready for the boot timeout (never joined, or cordoned by someone) or
-  whose busy status has been unknown for the idle timeout plus `unknown_busy_grace_s`.
+  whose busy status has been unknown for the idle timeout plus `unknown_busy_grace_s`;
+- a node EC2 is taking away (`Node.interrupted`) is no room: see `_around_interrupted`.
 
 Optional knowledge, used when the caller has it (the defaults give the rules above unchanged):
 - a run's `node_id` (the node it already holds): packing then starts from where runs really are,
@@ -33,7 +34,8 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
-from dpe_dagster.pools.base import REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN, REMOVED_IDLE, RUNNING, Node
+from dpe_dagster.pools.base import (REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN, REMOVED_IDLE, REMOVED_INTERRUPTED, RUNNING,
+                                    Node)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Plan:
     wanted: int
     reason: str
     idle_timeout_s: float | None = None  # the idle timeout in force when this plan was made
-    # Why each node in `remove` goes (REMOVED_IDLE, REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN).
+    # Why each node in `remove` goes (one of pools.base's REMOVED_* reasons).
     removed_because: Mapping[str, str] = field(default_factory=dict)
 
     def changes(self, state: PoolState) -> bool:
@@ -188,6 +190,8 @@ def stuck_nodes(pool: PoolConfig, state: PoolState, now: float) -> dict[str, str
     the grace. Unknown counts as busy for a while, not forever."""
     stuck = {}
     for node in state.nodes:
+        if node.interrupted:  # cordoned by dpe for EC2's warning: see `_around_interrupted`
+            continue
         if not node.busy_known:  # whether it is ready is then no better known than whether it is busy
             if now - state.unknown_since.get(node.id, now) >= pool.idle_timeout_s + pool.unknown_busy_grace_s:
                 stuck[node.id] = REMOVED_BUSY_UNKNOWN
@@ -202,8 +206,7 @@ def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], n
     if not stuck:
         return _plan_pool(pool, state, demand, now)
     # The pool is planned as if the stuck nodes were gone already: what they were for is asked again.
-    rest = _plan_pool(pool, replace(state, target=max(0, state.target - len(stuck)),
-                                    nodes=tuple(n for n in state.nodes if n.id not in stuck)), demand, now)
+    rest = _plan_pool(pool, *_without(state, demand, set(stuck)), now)
     counts = {why: sum(1 for w in stuck.values() if w == why) for why in sorted(set(stuck.values()))}
     said = {REMOVED_BOOT_TIMEOUT: f"not ready within the {pool.boot_timeout_s:g}s boot timeout",
             REMOVED_BUSY_UNKNOWN: f"busy status unknown for >= {pool.idle_timeout_s + pool.unknown_busy_grace_s:g}s "
@@ -213,7 +216,16 @@ def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], n
                 rest.idle_timeout_s, {**stuck, **rest.removed_because})
 
 
+def _without(state: PoolState, demand: Sequence[RunDemand], gone: set[str]) -> tuple[PoolState, list[RunDemand]]:
+    """The pool as if the `gone` nodes had left: fewer nodes and target, their runs waiting for room."""
+    return (replace(state, target=max(0, state.target - len(gone)),
+                    nodes=tuple(node for node in state.nodes if node.id not in gone)),
+            [replace(run, node_id=None) if run.node_id in gone else run for run in demand])
+
+
 def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
+    if any(node.interrupted for node in state.nodes):
+        return _around_interrupted(pool, state, demand, now)
     # Room that running runs free within the queueing allowance (never longer than a boot) counts.
     activity = state.activity
     ending = None
@@ -272,6 +284,25 @@ def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], 
         idle_timeout_s=timeout,
         removed_because={node_id: REMOVED_IDLE for node_id in remove},
     )
+
+
+def _around_interrupted(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
+    """The plan when EC2 is taking nodes away (warned or advised to rebalance; they are cordoned).
+    Such a node neither has room nor fills the target: the plan is made for the other nodes, with
+    the runs on it counted as waiting (they need room elsewhere), and a busy one is kept on top
+    until EC2 takes it (its run may still finish there). So the replacement asked for it is not
+    withdrawn as capacity nodes have not filled. An idle one is removed now: it can take no work."""
+    going = {node.id: node for node in state.nodes if node.interrupted}
+    staying = sum(1 for node in going.values() if node.busy)
+    drop = tuple(sorted(node_id for node_id, node in going.items() if not node.busy))
+    plan = plan_pool(pool, *_without(state, demand, set(going)), now)
+    remaining = len(state.nodes) - len(drop) - len(plan.remove)
+    target = max(min(plan.target + staying, pool.max_size), remaining)
+    kinds = ", ".join(sorted(f"{node_id} ({node.interrupted})" for node_id, node in going.items()))
+    dropped = f", removing the idle one(s) now" if drop else ""
+    return Plan(target, drop + plan.remove, plan.wanted + staying,
+                f"{plan.reason}; {len(going)} node(s) going away, not counted as room: {kinds}{dropped}",
+                plan.idle_timeout_s, {**{node_id: REMOVED_INTERRUPTED for node_id in drop}, **plan.removed_because})
 
 
 @dataclass(frozen=True)

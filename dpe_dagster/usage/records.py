@@ -84,6 +84,9 @@ class NodeLifetime:
     # records said); and how long it was kept only because its busy status could not be told.
     removed_because: str = ""
     unknown_seconds: float = 0.0
+    # Node.interrupted when the node went ("": it was not), and when EC2 warned (unix s).
+    interrupted: str = ""
+    interrupted_at: float | None = None
 
     @property
     def lifetime_seconds(self) -> float:

@@ -29,17 +29,21 @@ def runs_table(records: list[UsageRecord]) -> Table:
 def nodes_table(lifetimes: list[NodeLifetime]) -> Table:
     table = Table(title="node lifetimes (paid = busy + idle)")
     for column in ("node", "pool", "type", "lifecycle", "launched", "removed", "removed because", "busy s",
-                   "idle s", "unknown s", "paid $"):
+                   "idle s", "unknown s", "paid $", "interrupted"):
         table.add_column(column, justify="right" if column.endswith((" s", "$")) else "left")
     for n in lifetimes:
         table.add_row(n.node_id, n.pool, n.instance_type, n.lifecycle, iso(n.launched_at), iso(n.removed_at),
                       n.removed_because, f"{n.busy_seconds:.1f}", f"{n.idle_seconds:.1f}",
-                      f"{n.unknown_seconds:.1f}", f"{n.cost_usd:.6f}")
+                      f"{n.unknown_seconds:.1f}", f"{n.cost_usd:.6f}", _interruption(n))
     if lifetimes:
         table.add_row("total", "", "", "", "", "", "", f"{sum(n.busy_seconds for n in lifetimes):.1f}",
                       f"{sum(n.idle_seconds for n in lifetimes):.1f}", f"{sum(n.unknown_seconds for n in lifetimes):.1f}",
-                      f"{sum(n.cost_usd for n in lifetimes):.6f}", style="bold")
+                      f"{sum(n.cost_usd for n in lifetimes):.6f}", "", style="bold")
     return table
+
+
+def _interruption(n: NodeLifetime) -> str:
+    return f"{n.interrupted} {iso(n.interrupted_at)}".strip() if n.interrupted else ""
 
 
 def node_rows(lifetimes: list[NodeLifetime]) -> list[dict[str, Any]]:
@@ -49,7 +53,8 @@ def node_rows(lifetimes: list[NodeLifetime]) -> list[dict[str, Any]]:
     for n in lifetimes:
         row = dataclasses.asdict(n)
         row.update(launched_at=iso(n.launched_at), removed_at=iso(n.removed_at),
-                   lifetime_seconds=n.lifetime_seconds, idle_seconds=n.idle_seconds, paid_usd=n.cost_usd)
+                   lifetime_seconds=n.lifetime_seconds, idle_seconds=n.idle_seconds, paid_usd=n.cost_usd,
+                   interrupted_at=iso(n.interrupted_at) or None)
         rows.append(row)
     return rows
 

@@ -1,8 +1,9 @@
 """A spot interruption warning during a run, end to end against moto's server: EventBridge routes
 the event (as AWS sends it) to the SQS queue, `dpe interruptions`' reader asks for the replacement
 within a second, the instance goes, the run's retry lands on the fallback pool and finishes, and the
-lost node is charged exactly once. moto never interrupts an instance itself: the test puts the
-event and then terminates the instance, as EC2 would two minutes later."""
+lost node is charged exactly once, its record saying it was interrupted. moto never interrupts an
+instance itself: the test puts the event and then terminates the instance, as EC2 would two
+minutes later."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def test_warning_during_a_run_replaces_the_node_at_once_and_charges_it_once(aws_
     assert any("spot interruption warning" in (m or "") and warned.id in (m or "") for m in logged), logged
 
     # The autoscaler's next tick does not undo the replacement while the warned node still runs.
-    _, memory = tick(instance, env, pool, memory, now + 6)
-    assert group(autoscaling, spot_group)["DesiredCapacity"] == 2
+    after, memory = tick(instance, env, pool, memory, now + 6)
+    assert group(autoscaling, spot_group)["DesiredCapacity"] == 2, (after.plan.reason, after.state.nodes)
 
     # Two minutes later EC2 takes the instance; the run's worker dies with it; Dagster retries it.
     autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=warned.id, ShouldDecrementDesiredCapacity=True)
@@ -67,4 +68,5 @@ def test_warning_during_a_run_replaces_the_node_at_once_and_charges_it_once(aws_
     records = [n for n in read_node_lifetimes(instance) if n.node_id == warned.id]
     measured.add(records_lost=int(not records), records_duplicated=max(0, len(records) - 1))
     assert len(records) == 1, records
+    assert records[0].interrupted == "spot-interruption", "the lost node's record says EC2 took it"
     assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None
