@@ -104,14 +104,17 @@ def test_a_finish_event_committed_after_a_later_one_was_read_is_not_skipped(tmp_
 
 
 def test_ids_read_are_read_again_until_late_commits_are_past():
-    cursor = ReadCursor().advanced(started=100.0, finished=100.5, highest=7)
+    cursor = ReadCursor().advanced(started=100.0, finished=100.5, highest=7, handled={3, 7})
     assert cursor.after is None, "the first read's rows may still have late neighbours below them"
-    cursor = cursor.advanced(started=100.0 + LATE_COMMIT_S / 2, finished=101.0 + LATE_COMMIT_S / 2, highest=9)
-    assert cursor.after is None
-    cursor = cursor.advanced(started=100.5 + LATE_COMMIT_S, finished=101.0 + LATE_COMMIT_S, highest=9)
-    assert cursor.after == 7, "rows up to 7 were all committed before this read began"
-    cursor = cursor.advanced(started=200.0 + LATE_COMMIT_S, finished=201.0 + LATE_COMMIT_S, highest=None)
-    assert cursor.after == 9 and cursor.reads == ()
+    assert cursor.handled == {3, 7}, "rows handled are not handled again"
+    cursor = cursor.advanced(started=100.0 + LATE_COMMIT_S / 2, finished=101.0 + LATE_COMMIT_S / 2, highest=9,
+                             handled={5, 9})
+    assert cursor.after is None and cursor.handled == {3, 5, 7, 9}
+    cursor = cursor.advanced(started=100.5 + LATE_COMMIT_S, finished=101.0 + LATE_COMMIT_S, highest=9, handled=set())
+    assert cursor.after == 7 and cursor.handled == {9}, "rows up to 7 were all committed before this read began"
+    cursor = cursor.advanced(started=200.0 + LATE_COMMIT_S, finished=201.0 + LATE_COMMIT_S, highest=None,
+                             handled=set())
+    assert (cursor.after, cursor.reads, cursor.handled) == (9, (), frozenset())
     assert ReadCursor.from_json(cursor.to_json()) == cursor
 
 

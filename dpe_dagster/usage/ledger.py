@@ -37,8 +37,8 @@ from dpe_dagster.usage.records import (
 
 PAGE = 1000
 AMENDS = "dpe/amends"  # on an amending record: the nodes it adds, and why
-# Node launch times come from the provider's clock, record times from the ledger writer's: the
-# records a late node may belong to are looked for this much before it launched.
+# A node's removal time comes from the autoscaler's clock, a record's time from the ledger
+# writer's: the records a late node may belong to are looked for from this much before it.
 CLOCK_MARGIN_S = 3600.0
 UNASSIGNED = "unassigned"
 STEP_EVENTS = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
@@ -272,7 +272,8 @@ def amend_for_late_nodes(instance: DagsterInstance, env: Environment, pool: str,
         return []
     amended = []
     with instance_lock(instance, "ledger"):
-        since = min(n.launched_at for _, n in lifetimes) - CLOCK_MARGIN_S
+        # A record written while the node was listed names it: only later ones can lack it.
+        since = min(n.removed_at for _, n in lifetimes) - CLOCK_MARGIN_S
         for written_at, old in _latest_run_usage(instance, since).values():
             if old.pool != pool:
                 continue

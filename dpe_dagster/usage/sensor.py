@@ -28,37 +28,41 @@ PAGE = 500
 MAX_ROWS = 5000  # per kind and tick; the rest waits for the next tick
 # A storage id is taken when its row is inserted, but readers see the row only once its
 # transaction commits, so a row below an id already read can still appear. Rows are read again
-# until this long (on this sensor's clock) has passed since a read saw a higher id; the ledger's
-# own records dedupe what is read twice.
+# until this long (on this sensor's clock) has passed since a read saw a higher id, and the rows
+# handled meanwhile are kept in the cursor so that only the new ones are handled.
 LATE_COMMIT_S = 60.0
 
 
 @dataclass(frozen=True)
 class ReadCursor:
-    """How far one stream of events has been read: every row with an id up to `after` has been
-    handled; `reads` are the recent reads (when, highest id handled) not yet past LATE_COMMIT_S."""
+    """How far one stream of rows has been read: every row with an id up to `after` has been
+    handled, and so have the rows in `handled` above it; `reads` are the recent reads (when,
+    highest id seen) not yet LATE_COMMIT_S old, below whose highest ids a late row may appear."""
 
     after: int | None = None
     reads: tuple[tuple[float, int], ...] = ()
+    handled: frozenset[int] = frozenset()
 
-    def advanced(self, started: float, finished: float, highest: int | None) -> "ReadCursor":
-        """After a read from `after` that began at `started` and ended at `finished` and handled
-        every row it saw up to `highest`: a read older than LATE_COMMIT_S when this one began has
-        had every row below its highest committed before this read, so this read saw them all."""
+    def advanced(self, started: float, finished: float, highest: int | None, handled: set[int]) -> "ReadCursor":
+        """After a read from `after` that began at `started`, ended at `finished`, saw rows up to
+        `highest` and handled those in `handled`. A read that was LATE_COMMIT_S old when this one
+        began had every row below its highest committed by then, so this read saw them all."""
         settled = [m for t, m in self.reads if t + LATE_COMMIT_S <= started]
         after = max([self.after or 0, *settled]) if (self.after is not None or settled) else None
         reads = [(t, m) for t, m in self.reads if t + LATE_COMMIT_S > started]
         if highest is not None and (after is None or highest > after):
             reads.append((finished, highest))
-        return ReadCursor(after, tuple(reads))
+        return ReadCursor(after, tuple(reads),
+                          frozenset(i for i in self.handled | handled if after is None or i > after))
 
     def to_json(self) -> dict:
-        return {"after": self.after, "reads": [list(r) for r in self.reads]}
+        return {"after": self.after, "reads": [list(r) for r in self.reads], "handled": sorted(self.handled)}
 
     @classmethod
     def from_json(cls, raw: dict) -> "ReadCursor":
         after = raw.get("after")
-        return cls(None if after is None else int(after), tuple((float(t), int(m)) for t, m in raw.get("reads", ())))
+        return cls(None if after is None else int(after), tuple((float(t), int(m)) for t, m in raw.get("reads", ())),
+                   frozenset(int(i) for i in raw.get("handled", ())))
 
 
 def parse_cursor(cursor: str | None) -> dict[str, dict[str, ReadCursor]]:
@@ -145,12 +149,16 @@ def _record_ended_runs(context: SensorEvaluationContext, env: Environment) -> tu
         events, highest = ended_events(instance, runs_cursor.after)
         lifetimes, newest_node = node_lifetimes_after(instance, nodes_cursor.after)
         finished = time.time()
-        lifetimes = [(sid, n) for sid, n in lifetimes if n.pool == name]
+        events = [e for e in events if e.storage_id not in runs_cursor.handled]
+        lifetimes = [(sid, n) for sid, n in lifetimes if sid not in nodes_cursor.handled]
         order = {e.run_id: i for i, e in reversed(list(enumerate(events)))}
         records = sorted(instance.get_run_records(RunsFilter(run_ids=list(order), tags={POOL_TAG: name}))
                          if order else [], key=lambda r: order[r.dagster_run.run_id])
         # A finish event is stored before the run's status: a run not ended yet is read again.
-        records = [r for r in records if r.dagster_run.is_finished]
+        waiting = {r.dagster_run.run_id for r in records if not r.dagster_run.is_finished}
+        records = [r for r in records if r.dagster_run.run_id not in waiting]
+        handled_nodes = {sid for sid, _ in lifetimes}
+        lifetimes = [(sid, n) for sid, n in lifetimes if n.pool == name]
         try:
             if records or lifetimes:
                 # Under the pool's lock: a node the autoscaler is removing right now is then either
@@ -170,8 +178,11 @@ def _record_ended_runs(context: SensorEvaluationContext, env: Environment) -> tu
             failed[name] = str(error)
             context.log.error(f"usage ledger: pool {name} failed, its runs are written on a later tick: {error}")
             continue
-        cursors[name] = {"runs": runs_cursor.advanced(started, finished, highest),
-                         "nodes": nodes_cursor.advanced(started, finished, newest_node)}
+        cursors[name] = {
+            "runs": runs_cursor.advanced(started, finished, highest,
+                                         {e.storage_id for e in events if e.run_id not in waiting}),
+            "nodes": nodes_cursor.advanced(started, finished, newest_node, handled_nodes),
+        }
     context.update_cursor(dump_cursor(cursors))
     return written, failed
 
