@@ -118,7 +118,8 @@ def build_autoscaler_sensor(env: Environment):
             activity = arrivals[name].activity(config, now)
             # Pools are independent: one pool's failure (a busy-node race, a group changed outside
             # dpe, an API error past its retries) is logged and recorded, the other pools are still
-            # sized, and the failed pool keeps its previous memory for the next tick.
+            # sized, and the failed pool keeps its previous memory for the next tick. Only a
+            # PoolError is a pool's failure; anything else fails the tick (the rule: PoolError).
             try:
                 if name in demand.failed:
                     raise PoolError(demand.failed[name])

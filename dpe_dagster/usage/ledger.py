@@ -5,6 +5,10 @@ log, so the run page shows it and the asset's history lists every run; each asse
 gets an observation with its part of the cost. Each is written once: the check for an existing
 record and the write happen under a lock shared by every writer of the instance, so repeated,
 replayed or concurrent ticks neither lose nor double a record.
+
+A node lost under a run (gone from the provider before the record was written, and recorded by
+the autoscaler only after) is charged by an amendment: a second, complete record of the run that
+names the nodes it adds (`AMENDS`) and replaces the first for every reader (`read_run_usage`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from dagster import (
     AssetKey, AssetObservation, AssetRecordsFilter, DagsterEventType, DagsterInstance, MetadataValue, RunsFilter,
@@ -32,6 +36,10 @@ from dpe_dagster.usage.records import (
 )
 
 PAGE = 1000
+AMENDS = "dpe/amends"  # on an amending record: the nodes it adds, and why
+# A node's removal time comes from the autoscaler's clock, a record's time from the ledger
+# writer's: the records a late node may belong to are looked for from this much before it.
+CLOCK_MARGIN_S = 3600.0
 UNASSIGNED = "unassigned"
 STEP_EVENTS = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
                DagsterEventType.ASSET_MATERIALIZATION_PLANNED}
@@ -220,25 +228,69 @@ def record_run_usage(instance: DagsterInstance, record: RunRecord, env: Environm
         if RUN_USAGE_KEY in done and all(AssetKey.from_user_string(a) in done for a in _planned(instance, run.run_id)):
             return None
         usage = usage_for_run(instance, record, env, live, pricer, owners)
-        wrote = None
-        if RUN_USAGE_KEY not in done:
-            observation = AssetObservation(asset_key=RUN_USAGE_KEY, metadata=usage.to_metadata(),
-                                           description=f"run {run.run_id} on pool {usage.pool}")
-            instance.report_dagster_event(_observation_event(run.job_name, observation), run_id=run.run_id)
-            wrote = usage
-        for name, part in usage.asset_costs.items():
-            key = AssetKey.from_user_string(name)
-            if key in done:
+        wrote = RUN_USAGE_KEY not in done
+        _write(instance, run.job_name, usage, done, f"run {run.run_id} on pool {usage.pool}")
+        return usage if wrote else None
+
+
+def _write(instance: DagsterInstance, job_name: str, usage: UsageRecord, done: set[AssetKey], description: str,
+           extra: Mapping[str, Any] | None = None) -> None:
+    """The run's record and its per-asset parts, but for the keys in `done`."""
+    if RUN_USAGE_KEY not in done:
+        observation = AssetObservation(asset_key=RUN_USAGE_KEY, metadata={**usage.to_metadata(), **(extra or {})},
+                                       description=description)
+        instance.report_dagster_event(_observation_event(job_name, observation), run_id=usage.run_id)
+    for name, part in usage.asset_costs.items():
+        key = AssetKey.from_user_string(name)
+        if key in done:
+            continue
+        observation = AssetObservation(asset_key=key, metadata={
+            ASSET_COST: MetadataValue.float(part["cost_usd"]),
+            ASSET_NODE_SECONDS: MetadataValue.float(part["node_seconds"]),
+            ASSET_RUN_ID: MetadataValue.text(usage.run_id),
+            "dpe/pool": MetadataValue.text(usage.pool),
+            "dpe/team": MetadataValue.text(part["team"]),
+            **(extra or {}),
+        })
+        instance.report_dagster_event(_observation_event(job_name, observation), run_id=usage.run_id)
+
+
+def _overlaps(record: UsageRecord, lifetime: NodeLifetime) -> bool:
+    return (record.started_at is not None and record.ended_at is not None
+            and lifetime.launched_at < record.ended_at and lifetime.removed_at > record.started_at)
+
+
+def amend_for_late_nodes(instance: DagsterInstance, env: Environment, pool: str,
+                         lifetimes: Sequence[tuple[int, NodeLifetime]], live: Mapping[str, list[Node]],
+                         pricer: Pricer, owners: Owners | None = None) -> list[UsageRecord]:
+    """Amend each written record of the pool that a node lifetime (with its storage id) recorded
+    after it was alive under, when the record does not name that node (it was then neither listed
+    by the provider nor in the ledger). The amendment names the nodes it adds, so each record is
+    amended at most once per late node."""
+    lifetimes = [(sid, n) for sid, n in lifetimes if n.pool == pool]
+    if not lifetimes:
+        return []
+    amended = []
+    with instance_lock(instance, "ledger"):
+        # A record written while the node was listed names it: only later ones can lack it.
+        since = min(n.removed_at for _, n in lifetimes) - CLOCK_MARGIN_S
+        for written_at, old in _latest_run_usage(instance, since).values():
+            if old.pool != pool:
                 continue
-            observation = AssetObservation(asset_key=key, metadata={
-                ASSET_COST: MetadataValue.float(part["cost_usd"]),
-                ASSET_NODE_SECONDS: MetadataValue.float(part["node_seconds"]),
-                ASSET_RUN_ID: MetadataValue.text(run.run_id),
-                "dpe/pool": MetadataValue.text(usage.pool),
-                "dpe/team": MetadataValue.text(part["team"]),
-            })
-            instance.report_dagster_event(_observation_event(run.job_name, observation), run_id=run.run_id)
-        return wrote
+            named = {node["node_id"] for node in old.nodes}
+            late = [n for sid, n in lifetimes if sid > written_at and n.node_id not in named and _overlaps(old, n)]
+            record = instance.get_run_record_by_id(old.run_id) if late else None
+            if record is None:
+                continue
+            usage = usage_for_run(instance, record, env, live, pricer, owners)
+            added = sorted({node["node_id"] for node in usage.nodes} - named)
+            if not added:
+                continue
+            why = f"node(s) {', '.join(added)} alive under the run, recorded after its record"
+            _write(instance, record.dagster_run.job_name, usage, set(), f"run {usage.run_id} on pool {pool}, "
+                   f"amended: {why}", {AMENDS: MetadataValue.text(why)})
+            amended.append(usage)
+    return amended
 
 
 def _planned(instance: DagsterInstance, run_id: str) -> list[str]:
@@ -272,8 +324,18 @@ def _observations(instance: DagsterInstance, key: AssetKey, since: float | None 
         cursor = result.cursor
 
 
+def _latest_run_usage(instance: DagsterInstance, since: float | None) -> dict[str, tuple[int, UsageRecord]]:
+    latest: dict[str, tuple[int, UsageRecord]] = {}
+    for r in _observations(instance, RUN_USAGE_KEY, since):
+        record = UsageRecord.from_metadata(r.asset_observation.metadata)
+        latest.pop(record.run_id, None)  # keeps the order of the latest writes
+        latest[record.run_id] = (r.storage_id, record)
+    return latest
+
+
 def read_run_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
-    return [UsageRecord.from_metadata(r.asset_observation.metadata) for r in _observations(instance, RUN_USAGE_KEY, since)]
+    """One record per run: its latest (an amendment replaces the record it amends)."""
+    return [record for _, record in _latest_run_usage(instance, since).values()]
 
 
 def read_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
