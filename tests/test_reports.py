@@ -83,6 +83,8 @@ def test_platform_usage_and_the_cli_agree_to_the_cent(ledger_home):
     home, instance = ledger_home
     result = materialize([build_platform_usage(ENV)], instance=instance)
     metadata = result.asset_materializations_for_node("dpe__platform_usage")[0].metadata
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed, check.description
     cli = dpe_usage(home, "--by", "asset", "--format", "json")
     assert cli.returncode == 0, cli.stderr
     from_cli = {(r["asset"], r["team"]): r["cost_usd"] for r in json.loads(cli.stdout)}
