@@ -109,7 +109,7 @@ def test_a_failing_pool_fails_the_health_check_while_the_other_is_still_sized(aw
     assert f"{good.name}: failed" not in message and f"{bad.name}: failed" in message
     for evaluation in (latest_health(instance), execute_health_check(env, instance)):
         assert not evaluation.passed and evaluation.severity == AssetCheckSeverity.ERROR
-        assert f"pool {bad.name} not sized since" in evaluation.description
+        assert f"pool {bad.name} failed its last tick" in evaluation.description
         assert "does not exist" in evaluation.description and good.name not in evaluation.description
         assert evaluation.metadata["failing_pools"].value == [bad.name]
 
@@ -121,6 +121,10 @@ def test_a_failing_pool_fails_the_health_check_while_the_other_is_still_sized(aw
     _, ec2 = clients(autoscaling.meta.endpoint_url)
     ec2.delete_launch_template(LaunchTemplateName=f"dpe-{bad.name}")  # made again with the group
     create_group(autoscaling, ec2, bad, AwsSettings.parse(dict(env.aws)).region)
+    # Until the next tick sizes it, the pool is recovering: still failing, as a warning.
+    recovering = execute_health_check(env, instance)
+    assert not recovering.passed and recovering.severity == AssetCheckSeverity.WARN
+    assert recovering.metadata["recovering_pools"].value == [bad.name] and "recovering" in recovering.description
     cursor, message = tick(cursor)
     assert "failed" not in message
     assert latest_health(instance).passed and execute_health_check(env, instance).passed
