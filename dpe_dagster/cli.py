@@ -207,6 +207,7 @@ def usage(
 ) -> None:
     """Print the usage ledger, read back from Dagster's event log."""
     from dpe_dagster.usage.ledger import read_node_lifetimes, read_usage
+    from dpe_dagster.usage.live import report_nodes
     from dpe_dagster.usage.report import node_rows, nodes_table, rows_csv, rows_table, runs_table
     from dpe_dagster.usage.summary import GROUPINGS, Window, parse_time, summarize
 
@@ -225,7 +226,10 @@ def usage(
         raise typer.Exit(2)
     with _instance() as instance:
         records, nodes = read_usage(instance), read_node_lifetimes(instance)
-    rows = summarize(by, records, nodes, window)
+        with_live, unread = report_nodes(instance, _environment(), time.time())  # nodes still up count too
+    for pool, error in unread.items():
+        err.print(f"[yellow]pool {pool}: its live nodes are left out: {error}[/yellow]")
+    rows = summarize(by, records, with_live, window)
     if list_nodes:
         removed = [n for n in nodes if window.holds(n.removed_at)]
         rows = node_rows(removed)

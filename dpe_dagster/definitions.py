@@ -11,10 +11,11 @@ from dpe_dagster.config import Environment
 from dpe_dagster.containers import pool_containers
 from dpe_dagster.paths import dpe_home
 from dpe_dagster.pools.local_spark import LocalSparkPool
+from dpe_dagster.scaling.health import build_pool_health_check
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.spark import SparkResource
 from dpe_dagster.usage.budget import BUDGET_ALERTS_KEY
-from dpe_dagster.usage.platform_report import platform_usage, platform_usage_daily, platform_usage_job
+from dpe_dagster.usage.platform_report import build_platform_usage, platform_usage_daily, platform_usage_job
 from dpe_dagster.usage.records import NODE_USAGE_KEY, RUN_USAGE_KEY
 from dpe_dagster.usage.sensor import build_ledger_sensor
 from resources import load_environment
@@ -41,8 +42,8 @@ def spark_master(env: Environment) -> str:
 def build_definitions(env: Environment) -> Definitions:
     boot_timeout = max(p.boot_timeout_s for p in env.pools.values())
     return Definitions(
-        assets=[*ASSETS, *CONTAINER_ASSETS, *LEDGER_ASSETS, platform_usage],
-        asset_checks=CHECKS,
+        assets=[*ASSETS, *CONTAINER_ASSETS, *LEDGER_ASSETS, build_platform_usage(env)],
+        asset_checks=[*CHECKS, build_pool_health_check(env)],
         jobs=[tpch_job, containers_job, platform_usage_job],
         schedules=[tpch_daily, platform_usage_daily],
         sensors=[build_autoscaler_sensor(env), build_ledger_sensor(env)],

@@ -28,7 +28,8 @@ def test_pipeline_job_schedule_and_sensors_are_defined():
     for name in ("dpe_autoscaler", "dpe_usage_ledger"):
         assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
     checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {"q1_matches_duckdb", "q3_matches_duckdb", "q5_matches_duckdb", "q6_matches_duckdb", "has_words"}
+    assert checks == {"q1_matches_duckdb", "q3_matches_duckdb", "q5_matches_duckdb", "q6_matches_duckdb", "has_words",
+                      "paid_is_attributed_plus_idle", "pools_sized"}
 
 
 def test_query_assets_name_only_their_pool():

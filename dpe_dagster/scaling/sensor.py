@@ -12,6 +12,7 @@ from dpe_dagster.pools import NodePool, PoolError, look_ahead, open_pool
 from dpe_dagster.scaling.activity import PoolArrivals
 from dpe_dagster.scaling.control import NodeMemory, scale_pool
 from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.scaling.health import report_pool_health
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.scaling.schedules import SCHEDULER_GRACE_S, look_ahead_s, scheduled_runs, upcoming_runs
 from dpe_dagster.usage.pricing import pricer_for
@@ -40,16 +41,34 @@ def load_failures(cursor: str | None) -> dict[str, dict]:
             for pool, value in raw.get("failures", {}).items()}
 
 
+def _saved_cursors(instance) -> list[str | None]:
+    """The autoscaler's cursors as the daemon stored them in the instance (one per code location)."""
+    from dagster._core.definitions.run_request import InstigatorType
+
+    return [getattr(state.instigator_data, "cursor", None)
+            for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+            if state.name == AUTOSCALER_SENSOR]
+
+
+def read_node_memory(instance) -> dict[str, dict[str, NodeMemory]]:
+    """What the autoscaler remembers of each live node (busy seconds, ...), by pool and node id;
+    the most recently seen when several code locations run it."""
+    out: dict[str, dict[str, NodeMemory]] = {}
+    for cursor in _saved_cursors(instance):
+        for pool, nodes in load_cursor(cursor).items():
+            for node_id, mem in nodes.items():
+                known = out.setdefault(pool, {}).get(node_id)
+                if known is None or (mem.last_seen or 0) > (known.last_seen or 0):
+                    out[pool][node_id] = mem
+    return out
+
+
 def read_failures(instance) -> dict[str, dict]:
     """The failures the autoscaler saved in its cursor (in the instance, as the daemon stores every
     sensor's cursor), by pool; the latest when several code locations run it."""
-    from dagster._core.definitions.run_request import InstigatorType
-
     out: dict[str, dict] = {}
-    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-        if state.name != AUTOSCALER_SENSOR:
-            continue
-        for pool, failure in load_failures(getattr(state.instigator_data, "cursor", None)).items():
+    for cursor in _saved_cursors(instance):
+        for pool, failure in load_failures(cursor).items():
             if pool not in out or failure["at"] > out[pool]["at"]:
                 out[pool] = failure
     return out
@@ -111,6 +130,7 @@ def build_autoscaler_sensor(env: Environment):
         pricer = pricer_for(env)
         upcoming = upcoming_demand(context, now)
         failures = load_failures(context.cursor)
+        reported = {name: f["error"] for name, f in failures.items()}
         summary = []
         for name, config in env.pools.items():
             # Arrivals are real runs only: a scheduled run arrives once, when Dagster queues it.
@@ -140,6 +160,8 @@ def build_autoscaler_sensor(env: Environment):
                 context.log.info(f"pool {name}: {tick.plan.reason}")
             summary.append(f"{name}: {tick.plan.reason}")
         failures = {name: value for name, value in failures.items() if name in env.pools}
+        if context.cursor is None or reported != {name: f["error"] for name, f in failures.items()}:
+            report_pool_health(context.instance, env, failures)  # the check changes with the set of failures
         context.update_cursor(dump_cursor(memory, arrivals, failures))
         return SkipReason("; ".join(summary))
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute
-from dpe_dagster.usage.records import NodeLifetime, UsageRecord, iso
+from dpe_dagster.usage.records import NodeLifetime, UsageRecord, cost_of, iso
 
 GROUPINGS = ("run", "asset", "pool", "team", "day")
 DAY = 86400.0
@@ -97,24 +97,48 @@ def day_start(ts: float) -> float:
     return datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp()
 
 
+def _days(since: float, until: float):
+    """(day label, start, end) of each UTC day in [since, until), clipped to it."""
+    day = day_start(since) if until > since else until
+    while day < until:
+        yield datetime.fromtimestamp(day, timezone.utc).date().isoformat(), max(day, since), min(day + DAY, until)
+        day += DAY
+
+
 def by_day(records: list[UsageRecord], nodes: list[NodeLifetime], window: Window) -> list[dict[str, Any]]:
     since, until = _bounds(records, nodes, window)
     runs, spans = _spans(records, nodes)
     rows = []
-    day = day_start(since) if until > since else until
-    while day < until:
-        lo, hi = max(day, since), min(day + DAY, until)
+    for label, lo, hi in _days(since, until):
         _, pools = attribute(runs, spans, since=lo, until=hi)
         ended = [r for r in records if Window(lo, hi).holds(r.ended_at)]
         rows.append({
-            "day": datetime.fromtimestamp(day, timezone.utc).date().isoformat(),
+            "day": label,
             "runs": len(ended),
             "paid_usd": sum(p.paid for p in pools.values()),
             "attributed_usd": sum(p.attributed for p in pools.values()),
             "idle_usd": sum(p.idle for p in pools.values()),
             "node_seconds": sum(p.node_seconds for p in pools.values()),
         })
-        day += DAY
+    return rows
+
+
+def by_pool_day(records: list[UsageRecord], nodes: list[NodeLifetime], window: Window) -> list[dict[str, Any]]:
+    """Per pool and day: what its nodes cost (each node's lifetime in the day at its price, as the
+    provider bills it) next to what attribution charged runs and left idle. The two are computed
+    apart, so that paid = attributed + idle is a real check of the report."""
+    since, until = _bounds(records, nodes, window)
+    runs, spans = _spans(records, nodes)
+    rows = []
+    for label, lo, hi in _days(since, until):
+        _, pools = attribute(runs, spans, since=lo, until=hi)
+        paid: dict[str, float] = defaultdict(float)
+        for n in nodes:
+            paid[n.pool] += cost_of(max(0.0, min(n.removed_at, hi) - max(n.launched_at, lo)), n.price_per_node_hour)
+        for pool in sorted(set(pools) | set(paid)):
+            cost = pools.get(pool)
+            rows.append({"day": label, "pool": pool, "paid_usd": paid.get(pool, 0.0),
+                         "attributed_usd": cost.attributed if cost else 0.0, "idle_usd": cost.idle if cost else 0.0})
     return rows
 
 
