@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from dagster import DagsterRunStatus, build_sensor_context
+from dagster import DagsterEventType, DagsterRunStatus, build_sensor_context
+from dagster._core.events import DagsterEvent
 from dagster._core.test_utils import create_run_for_test
 
 from dpe_dagster.javaenv import spark_process_env
@@ -35,6 +36,9 @@ def test_sensor_scales_up_holds_and_scales_down_once(sqlite_instance, tmp_path, 
         # Two 1-CPU runs waiting: two 1-CPU nodes, at once.
         runs = [create_run_for_test(instance, job_name="etl", tags=pool_tags("spot-etl", cpus=1),
                                     status=DagsterRunStatus.STARTED) for _ in range(2)]
+        for run in runs:  # started as the run worker starts them: they are charged from now
+            instance.run_storage.handle_run_event(run.run_id, DagsterEvent(DagsterEventType.RUN_START.value,
+                                                                           job_name="etl"))
         cursor = tick(sensor, instance, None)
         assert pool.target() == 2
         wait_for(lambda: sum(n.state == "running" for n in pool.nodes()) == 2, what="two workers")

@@ -20,7 +20,8 @@ from dpe_dagster.pools.base import REMOVED_IDLE, REMOVED_VANISHED, Node
 from dpe_dagster.scaling.activity import pool_activity
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import Plan, PoolActivity, PoolState, RunDemand, plan_pool
-from dpe_dagster.usage.ledger import record_node_lifetime
+from dpe_dagster.usage.attribution import NodeSpan
+from dpe_dagster.usage.ledger import charged_busy_seconds, record_node_lifetime
 from dpe_dagster.usage.lock import pool_lock
 from dpe_dagster.usage.budget import alert_once, budget_block, hold_or_release, spent_today
 from dpe_dagster.usage.pricing import Price, node_price, pricer_for
@@ -112,23 +113,44 @@ def vanished(books: "Books", config: PoolConfig, nodes: list[Node], memory: dict
     charged up to the last tick that saw it (never more than it ran). If writing fails, the tick
     fails before the cursor is saved, and the next tick tries again."""
     listed = {node.id for node in nodes}
+    gone = {node_id: (Node(id=node_id, state="gone", launched_at=mem.launched_at, busy=False, lifecycle=mem.lifecycle,
+                           instance_type=mem.instance_type, zone=mem.zone), max(mem.last_seen, mem.launched_at))
+            for node_id, mem in memory.items()
+            if node_id not in listed and mem.launched_at is not None and mem.last_seen is not None}
     out = []
-    for node_id, mem in memory.items():
-        if node_id in listed or mem.launched_at is None or mem.last_seen is None:
-            continue
-        node = Node(id=node_id, state="gone", launched_at=mem.launched_at, busy=False, lifecycle=mem.lifecycle,
-                    instance_type=mem.instance_type, zone=mem.zone)
-        price = books.price(config, node)
-        lifetime = NodeLifetime(
-            node_id=node_id, pool=config.name, lifecycle=mem.lifecycle, instance_type=mem.instance_type,
-            launched_at=mem.launched_at, removed_at=max(mem.last_seen, mem.launched_at),
-            busy_seconds=mem.busy_seconds, price_per_node_hour=price.usd_per_hour, price_source=price.source,
-            removed_because=REMOVED_VANISHED, unknown_seconds=mem.unknown_seconds,
-            interrupted=mem.interrupted, interrupted_at=mem.interrupted_at,
-        )
+    for node_id, (node, removed_at) in gone.items():
+        others = [*_spans(config, nodes, removed_at),
+                  *(_span(config, other, min(end, removed_at)) for other, end in gone.values())]
+        lifetime = _lifetime(books, config, node, removed_at, others, memory[node_id], REMOVED_VANISHED)
         if books.record_lifetime(lifetime):
             out.append(lifetime)
     return out
+
+
+def _span(config: PoolConfig, node: Node, end: float) -> NodeSpan:
+    return NodeSpan(node.id, config.name, 0.0, node.launched_at, end)  # busy needs no price
+
+
+def _spans(config: PoolConfig, nodes: list[Node], end: float) -> list[NodeSpan]:
+    return [_span(config, node, end) for node in nodes]
+
+
+def _lifetime(books: "Books", config: PoolConfig, node: Node, removed_at: float, alive: list[NodeSpan],
+              mem: NodeMemory, removed_because: str) -> NodeLifetime:
+    """The record of a node leaving the pool; `alive`: the pool's nodes meanwhile, the ledger aside;
+    `mem`: what the loop saw of it (busy, status unknown, EC2's warning)."""
+    price = books.price(config, node)
+    span = NodeSpan(node.id, config.name, price.usd_per_hour, node.launched_at, removed_at)
+    unknown_until_removed = (max(0.0, removed_at - mem.last_seen)
+                             if mem.unknown_since is not None and mem.last_seen is not None else 0.0)
+    return NodeLifetime(
+        node_id=node.id, pool=config.name, lifecycle=node.lifecycle, instance_type=node.instance_type,
+        launched_at=node.launched_at, removed_at=removed_at,
+        busy_seconds=books.busy_seconds(config, span, alive, mem.busy_seconds),
+        price_per_node_hour=price.usd_per_hour, price_source=price.source,
+        removed_because=removed_because, unknown_seconds=mem.unknown_seconds + unknown_until_removed,
+        interrupted=mem.interrupted, interrupted_at=mem.interrupted_at,
+    )
 
 
 class Books(Protocol):
@@ -148,6 +170,9 @@ class Books(Protocol):
 
     def record_lifetime(self, lifetime: NodeLifetime) -> bool:
         """Write a node's lifetime once; False if it was already written."""
+
+    def busy_seconds(self, config: PoolConfig, node: NodeSpan, alive: list[NodeSpan], observed: float) -> float:
+        """What a leaving node's lifetime records as busy; `observed`: what the loop saw busy."""
 
     def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
         """Why the pool may not grow now (its budget is spent), or None."""
@@ -170,6 +195,12 @@ class DagsterBooks:
 
     def record_lifetime(self, lifetime: NodeLifetime) -> bool:
         return record_node_lifetime(self.instance, lifetime)
+
+    def busy_seconds(self, config: PoolConfig, node: NodeSpan, alive: list[NodeSpan], observed: float) -> float:
+        # The node-seconds its runs were charged, not what ticks saw: a run is charged from its
+        # start (steps before Spark included) to its end, and ticks see busy only while Spark
+        # holds cores, between ticks. One figure, so a node is never less busy than its runs.
+        return charged_busy_seconds(self.instance, config, node, alive)
 
     def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
         return check_budget(self.instance, config, nodes, self.price, now)
@@ -288,25 +319,8 @@ def _remove(books: Books, config: PoolConfig, pool: NodePool, plan: Plan,
         pool.remove_nodes(plan.remove)
     removed_at = books.clock()  # after the provider acted: removing takes time
     for node_id in plan.remove:
-        node = by_id[node_id]
-        mem = memory.pop(node_id)
-        price = books.price(config, node)
-        lifetime = NodeLifetime(
-            node_id=node_id,
-            pool=config.name,
-            lifecycle=node.lifecycle,
-            instance_type=node.instance_type,
-            launched_at=node.launched_at,
-            removed_at=removed_at,
-            busy_seconds=mem.busy_seconds,
-            price_per_node_hour=price.usd_per_hour,
-            price_source=price.source,
-            removed_because=why[node_id],
-            unknown_seconds=mem.unknown_seconds + (max(0.0, removed_at - mem.last_seen)
-                                                   if mem.unknown_since is not None and mem.last_seen is not None else 0.0),
-            interrupted=node.interrupted,
-            interrupted_at=node.interrupted_at,
-        )
+        lifetime = _lifetime(books, config, by_id[node_id], removed_at, _spans(config, nodes, removed_at),
+                             memory.pop(node_id), why[node_id])
         books.record_lifetime(lifetime)
         tick.removed.append(lifetime)
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from dpe_dagster.config import POOL_NAME, ConfigError, Environment
+from dpe_dagster.config import POOL_NAME, ConfigError, Environment, PoolConfig
 
 POOL_TAG = "dpe/node_pool"
 CPU_TAG = "dpe/cpu"
@@ -58,10 +58,14 @@ def pool_request(tags: Mapping[str, str], env: Environment) -> PoolRequest | Non
     if not POOL_NAME.match(pool_name) or pool_name not in env.pools:
         raise TagError(f"tag {POOL_TAG}: {pool_name!r} is not a node pool of environment {env.name!r}; "
                        f"allowed: {', '.join(sorted(env.pools))}")
-    pool = env.pools[pool_name]
+    return request_on(tags, env.pools[pool_name])
+
+
+def request_on(tags: Mapping[str, str], pool: PoolConfig) -> PoolRequest:
+    """What a run with these tags asks of `pool` (the pool they name)."""
     cpus = requested_cpus(tags, pool.default_run_cpus)
     memory = parse_memory_gb(tags[MEMORY_TAG]) if MEMORY_TAG in tags else pool.default_run_memory_gb
-    return PoolRequest(pool_name, cpus, memory)
+    return PoolRequest(pool.name, cpus, memory)
 
 
 def pool_tags(pool: str, cpus: float | None = None, memory: str | None = None) -> dict[str, str]:

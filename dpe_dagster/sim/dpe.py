@@ -91,6 +91,9 @@ class ReplayBooks:
         self.lifetimes[lifetime.node_id] = lifetime
         return True
 
+    def busy_seconds(self, config: PoolConfig, node, alive, observed: float) -> float:
+        return observed  # a replay charges no run: what the loop saw
+
     def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
         return None
 

@@ -6,12 +6,17 @@ segment the pool pays for the nodes alive; the runs active then are charged thei
 nodes alive (while nodes boot), they split the nodes alive in proportion to their shares, so no
 run is charged for a node that did not exist. What no run is charged is the pool's idle cost. By
 construction, for any window: paid = attributed + idle.
+
+Runs are charged on the pool, not pinned to a node: in each segment a run's charge lies evenly on
+the nodes alive. A node's busy seconds are what runs were charged on it that way (`node_busy`), so
+for every node busy = the sum of its runs' charges on it, and paid = attributed + idle node by
+node as well as pool by pool (a run asking half a node makes a node half busy).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 
@@ -46,6 +51,7 @@ class PoolCost:
     idle: float = 0.0
     node_seconds: float = 0.0  # paid node-seconds
     idle_node_seconds: float = 0.0
+    node_busy: dict[NodeSpan, float] = field(default_factory=dict)  # node-seconds charged on each node
 
 
 def attribute(runs: Iterable[RunSpan], nodes: Iterable[NodeSpan], since: float = float("-inf"),
@@ -107,4 +113,14 @@ def _attribute_pool(runs: list[RunSpan], nodes: list[NodeSpan], since: float, un
         cost.idle += paid * (n - used) / n
         cost.node_seconds += n * seconds
         cost.idle_node_seconds += (n - used) * seconds
+        for node in alive.values():
+            cost.node_busy[node] = cost.node_busy.get(node, 0.0) + used / n * seconds
     return cost
+
+
+def node_busy_seconds(runs: Iterable[RunSpan], nodes: Iterable[NodeSpan], node: NodeSpan) -> float:
+    """The node-seconds runs were charged on `node` over its life, among the pool's `nodes`
+    alive meanwhile (`node` among them or not)."""
+    others = [n for n in nodes if (n.node_id, n.start) != (node.node_id, node.start)]
+    _, pools = attribute(runs, [*others, node], since=node.start, until=node.end)
+    return pools[node.pool].node_busy.get(node, 0.0) if node.pool in pools else 0.0

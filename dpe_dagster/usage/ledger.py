@@ -27,8 +27,8 @@ from dagster._core.storage.dagster_run import RunRecord
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.demand import ACTIVE_STATUSES
-from dpe_dagster.scaling.tags import POOL_TAG, TEAM_TAG, TagError, pool_request
-from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute
+from dpe_dagster.scaling.tags import POOL_TAG, TEAM_TAG, TagError, pool_request, request_on
+from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute, node_busy_seconds
 from dpe_dagster.usage.lock import instance_lock
 from dpe_dagster.usage.pricing import CONFIG, Price
 from dpe_dagster.usage.records import (
@@ -60,10 +60,21 @@ def run_span(record: RunRecord, env: Environment, now: float) -> RunSpan | None:
         request = pool_request(record.dagster_run.tags, env)
     except TagError:
         return None  # never placed: it used nothing
-    if request is None or record.start_time is None:
+    if request is None:
         return None
-    share = node_share(request.cpus, request.memory_gb, env.pools[request.pool])
-    return RunSpan(record.dagster_run.run_id, request.pool, share, record.start_time, record.end_time or now)
+    return pool_run_span(record, env.pools[request.pool], now)
+
+
+def pool_run_span(record: RunRecord, pool: PoolConfig, now: float) -> RunSpan | None:
+    """The span of a run on `pool`, the pool its tags name; None if it never started."""
+    try:
+        request = request_on(record.dagster_run.tags, pool)
+    except TagError:
+        return None
+    if record.start_time is None:
+        return None
+    share = node_share(request.cpus, request.memory_gb, pool)
+    return RunSpan(record.dagster_run.run_id, pool.name, share, record.start_time, record.end_time or now)
 
 
 def _runs_overlapping(instance: DagsterInstance, pool: str, since: float) -> list[RunRecord]:
@@ -298,6 +309,19 @@ def _planned(instance: DagsterInstance, run_id: str) -> list[str]:
                                            limit=100_000).records
     return [r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records
             if r.event_log_entry.dagster_event]
+
+
+def charged_busy_seconds(instance: DagsterInstance, pool: PoolConfig, node: NodeSpan, alive: Iterable[NodeSpan],
+                         now: float | None = None) -> float:
+    """A leaving node's busy seconds: the node-seconds runs were charged on it, from the runs and
+    nodes that charge the runs (`attribution.node_busy_seconds`). `alive`: the pool's nodes not in
+    the ledger yet (the provider's), ending when `node` does."""
+    now = time.time() if now is None else now
+    runs = [s for r in _runs_overlapping(instance, pool.name, node.start) if (s := pool_run_span(r, pool, now))]
+    spans = {(n.node_id, n.launched_at): NodeSpan(n.node_id, pool.name, n.price_per_node_hour, n.launched_at, n.removed_at)
+             for n in read_node_lifetimes(instance, since=node.start) if n.pool == pool.name}
+    spans.update({(n.node_id, n.start): n for n in alive})
+    return node_busy_seconds(runs, spans.values(), node)
 
 
 def record_node_lifetime(instance: DagsterInstance, lifetime: NodeLifetime) -> bool:
