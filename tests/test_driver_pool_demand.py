@@ -13,13 +13,12 @@ import boto3
 import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
-from dagster._core.instance.ref import InstanceRef
 
 import resources.aws_sim
 from dpe_dagster.config import ConfigError, parse_environment
 from dpe_dagster.launch.k8s import pool_container_context
 from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.aws_emulator import MotoServer, create_groups
+from dpe_dagster.pools.aws_emulator import create_groups
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import PoolState, plan_pool
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
@@ -27,18 +26,13 @@ from dpe_dagster.scaling.tags import CPU_TAG, POOL_TAG
 from dpe_dagster.spark_k8s import executor_shape
 from resources import load_environment
 from resources.staging import cluster_environment
+from test_aws_asg import dagster, moto  # noqa: F401 (fixtures)
 from test_k8s_launcher import instance, kube_api, launch, make_run, sim  # noqa: F401 (fixtures)
 from tests.reliability.harness import new_run
 
 REGION = "us-east-1"
 
 
-@pytest.fixture
-def dagster(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path)))
-    yield instance
-    instance.dispose()
 
 
 def queue(instance: DagsterInstance, pool: str, cpus: int | None = None) -> str:
@@ -95,12 +89,6 @@ def test_a_driver_pool_that_is_not_a_pool_is_refused_naming_the_field():
 
 
 # -- the sensor path against the AWS emulator ---------------------------------------------------
-@pytest.fixture(scope="module")
-def moto():
-    with MotoServer() as server:
-        yield server
-
-
 def staging_on(endpoint: str):
     """The shipped staging pools and Spark settings, against the emulator, busy-ness from runs."""
     raw = cluster_environment("staging", spot_max=6, ondemand_max=3, idle_timeout_s=300)

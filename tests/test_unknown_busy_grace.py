@@ -18,6 +18,7 @@ from dpe_dagster.scaling.control import observe, scale_pool
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.ledger import read_node_lifetimes
 from tests.conftest import local_environment
+from tests.test_local_pool import wait_for
 
 RAW = {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8, "price_per_node_hour": 0.1,
        "idle_timeout_s": 60}
@@ -58,14 +59,6 @@ def test_unknown_time_is_not_busy_time_and_idle_time_starts_again_once_known():
 
 
 # -- a real local pool whose Spark master dies -------------------------------------------------
-def wait_for(predicate, timeout_s=90, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -76,14 +69,14 @@ def test_workers_of_a_dead_master_are_kept_for_the_grace_then_stopped_and_the_le
     pool = open_pool(config, env)
     try:
         pool.set_target(1)
-        wait_for(lambda: [n for n in pool.nodes() if n.state == "running"], what="a running worker")
+        wait_for(lambda: [n for n in pool.nodes() if n.state == "running"], timeout_s=90, what="a running worker")
         worker = pool._worker_instances()[1]
         tick, memory = scale_pool(sqlite_instance, config, pool, [], {}, time.time())
         assert memory["spot-etl-worker-1"].unknown_since is None
 
         master = _read_pid(pool._pid_file(MASTER_CLASS, 1))
         os.kill(master, signal.SIGKILL)
-        wait_for(lambda: not _alive(master, MASTER_CLASS), what="the master to die")
+        wait_for(lambda: not _alive(master, MASTER_CLASS), timeout_s=90, what="the master to die")
         died = time.time()
         [node] = pool.nodes()
         assert (node.busy, node.busy_known) == (True, False)
@@ -108,7 +101,7 @@ def test_workers_of_a_dead_master_are_kept_for_the_grace_then_stopped_and_the_le
         assert [r.removed_because for r in read_node_lifetimes(sqlite_instance)] == ["busy unknown"]
         # min_size 1: the pool gets a worker again, under a new master.
         wait_for(lambda: [n for n in pool.nodes() if n.state == "running" and n.busy_known],
-                 what="a replacement worker under a new master")
+                 timeout_s=90, what="a replacement worker under a new master")
     finally:
         pool.shutdown()
     assert pool.pids() == []
