@@ -264,9 +264,9 @@ def control_step(
                                            if m.not_ready_since is not None})
         plan = plan_pool(config, state, demand, now)
         if not sensing and (plan.remove or plan.target < state.target):  # the launcher never scales down
-            # (but it asks for a replacement the plan would ask for before removing a node)
-            plan = Plan(max(state.target, min(plan.target + len(plan.remove), config.max_size)), (), plan.wanted,
-                        plan.reason, plan.idle_timeout_s)
+            # (but it asks for the replacements of nodes that go whatever the demand)
+            up = min(plan.target + len(plan.remove), config.max_size) if _replaces(plan) else state.target
+            plan = Plan(max(state.target, up), (), plan.wanted, plan.reason, plan.idle_timeout_s)
         return state, plan, nodes
 
     state, plan, nodes = look(demand)
@@ -279,13 +279,16 @@ def control_step(
             state, plan, nodes = look(demand)
         tick = PoolTick(config.name, plan, state, demand, lost=lost)
         if plan.remove:
-            # Ask for the replacements before nodes go (as far as max_size allows), or withdraw
-            # what has no node yet, first; then ask for what max_size held back.
-            first = min(plan.target + len(plan.remove), config.max_size)
+            # Withdraw what has no node yet, first; or, for nodes that go whatever the demand (stuck,
+            # interrupted), ask for their replacements before they go (as far as max_size allows),
+            # then for what max_size held back. Idle removal alone never raises the target.
+            replacing = _replaces(plan)
+            first = plan.target + len(plan.remove)
+            first = min(first, config.max_size) if replacing and first > state.target else min(first, state.target)
             if first != state.target:
                 pool.set_target(first)
             _remove(books, config, pool, plan, nodes, memory, now, tick)
-            if plan.target > first - len(plan.remove):
+            if replacing and plan.target > first - len(plan.remove):
                 pool.set_target(plan.target)
         elif plan.target != state.target:  # up, or down by withdrawing capacity not launched yet
             pool.set_target(plan.target)
@@ -306,6 +309,12 @@ def scale_pool(
     """The sensor's pass over one pool, on a Dagster instance's books (see `control_step`)."""
     return control_step(DagsterBooks(instance, pricer), config, pool, demand, memory, now,
                         fresh_demand=fresh_demand, activity=activity)
+
+
+def _replaces(plan: Plan) -> bool:
+    """Whether the plan removes nodes that go whatever the demand (stuck, interrupted): those are
+    replaced if still wanted, where an idle node's removal only shrinks the pool."""
+    return any(plan.removed_because.get(node_id, REMOVED_IDLE) != REMOVED_IDLE for node_id in plan.remove)
 
 
 def _remove(books: Books, config: PoolConfig, pool: NodePool, plan: Plan,
