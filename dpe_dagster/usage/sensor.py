@@ -20,6 +20,7 @@ from dpe_dagster.usage.pricing import pricer_for
 from dpe_dagster.scaling.tags import POOL_TAG
 from dpe_dagster.usage.ledger import amend_for_late_nodes, record_run_usage
 from dpe_dagster.usage.lock import pool_lock
+from dpe_dagster.usage.pods import price_pending_pods
 from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime
 
 LEDGER_SENSOR = "dpe_usage_ledger"
@@ -171,6 +172,10 @@ def _record_ended_runs(context: SensorEvaluationContext, env: Environment) -> tu
                             written.append(usage.run_id)
                             context.log.info(f"usage of run {usage.run_id}: {usage.node_seconds:.1f} node-s on "
                                              f"{usage.pool}, ${usage.cost_usd:.6f}")
+                        for pod in price_pending_pods(instance, env, record.dagster_run.run_id, live, pricer,
+                                                      lambda pool: open_pool(env.pool(pool), env).nodes()):
+                            context.log.info(f"usage of pod {pod.run_id}: {pod.node_seconds:.1f} node-s on "
+                                             f"{pod.pool}, ${pod.cost_usd:.6f}")
                     for usage in amend_for_late_nodes(instance, env, name, lifetimes, live, pricer, owners):
                         context.log.info(f"usage of run {usage.run_id} amended: {usage.node_seconds:.1f} node-s, "
                                          f"${usage.cost_usd:.6f}")
