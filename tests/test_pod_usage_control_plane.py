@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from dagster import DagsterEventType, build_sensor_context, materialize
+from dagster import DagsterEventType, DagsterRunStatus, build_sensor_context, materialize
 from dagster._core.events import DagsterEvent
 
 from assets.containers import word_count
@@ -16,7 +16,7 @@ from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.usage.pods import NO_NODE, POD_SPAN_KEY, PodSpan, read_pod_usage, record_pod_span
 from dpe_dagster.usage.sensor import build_ledger_sensor
-from tests.reliability.harness import advance, queue_run
+from tests.reliability.harness import advance, new_run, queue_run
 from test_pipes_k8s import instance, kube_api, pools, sim  # noqa: F401 (fixtures)
 
 POOL = "spot-etl"
@@ -61,6 +61,36 @@ def test_a_pending_pod_span_is_priced_by_the_ledger_sensor_when_its_run_ends_and
     ledger_tick(env, instance, cursor)
     ledger_tick(env, instance, None)  # a replay from scratch writes nothing again
     assert read_pod_usage(instance) == [usage]
+
+
+def test_a_pod_span_of_a_run_on_no_pool_is_priced_on_the_pool_it_ran_on(aws_sim):
+    """The `containers` job names no pool: its run is read once per tick, its span priced on the
+    pool its pod ran on, with that pool's nodes."""
+    env, instance, _ = aws_sim(idle_timeout_s=600)
+    other = "ondemand-etl"
+    config = env.pool(other)
+    pool = open_pool(config, env)
+    holder = queue_run(instance, other, cpus=1)  # keeps a node of the pod's pool up, and never ends
+    scale_pool(instance, config, pool, read_demand(instance, env).of(other), {}, time.time())
+    assert len(pool.nodes()) == 1
+    run_id = new_run(instance, {}, DagsterRunStatus.STARTED).run_id
+    started = time.time()
+    time.sleep(2)
+    record_pod_span(instance, PodSpan(run_id=run_id, job_name="containers", pod="word-count-2", asset="word_count",
+                                      pool=other, cpus=0.5, memory_gb=0.5, started_at=started, ended_at=time.time(),
+                                      status="SUCCESS"))
+    ledger_tick(env, instance, None)
+    assert read_pod_usage(instance) == []  # the run has not ended
+    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
+                                               job_name="containers"), run_id=run_id)
+
+    cursor = ledger_tick(env, instance, None)
+    (usage,) = read_pod_usage(instance)
+    assert usage.run_id == f"{run_id}/word-count-2" and usage.pool == other
+    assert usage.node_seconds > 0 and usage.cost_usd > 0 and usage.price_source != NO_NODE
+    ledger_tick(env, instance, cursor)
+    assert read_pod_usage(instance) == [usage]
+    assert instance.get_run_by_id(holder).status == DagsterRunStatus.QUEUED
 
 
 def test_a_run_without_cloud_credentials_leaves_its_pod_span_for_the_control_plane(sim, pools, kube_api, instance,
