@@ -18,7 +18,7 @@ from dpe_dagster.containers.request import ContainerRequest, container_request
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.scaling.tags import TEAM_TAG
 from dpe_dagster.usage.ledger import UNASSIGNED
-from dpe_dagster.usage.pods import PodSpan, record_pod_usage
+from dpe_dagster.usage.pods import PodSpan, record_pod_span, record_pod_usage
 from dpe_dagster.usage.records import ASSET_COST, ASSET_NODE_SECONDS, UsageRecord
 
 PIPES_VERSION = "1.13.27"  # dagster-pipes, as locked for this project
@@ -144,8 +144,9 @@ class PoolContainers(ConfigurableResource):
             try:
                 live, pricer = self._live_nodes(environment, ran.pool)
             except PoolError as error:  # a run pod holds no cloud credentials: the asset still succeeds
-                context.log.warning(f"dpe: container {ran.pod} on pool {ran.pool} is not charged: this run cannot "
-                                    f"read the pool's nodes ({error})")
+                record_pod_span(instance, span)
+                context.log.info(f"dpe: container {ran.pod} on pool {ran.pool}: this run cannot read the pool's "
+                                 f"nodes ({error}); the control plane prices it when the run ends")
                 return None
         usage = record_pod_usage(instance, environment, span, live, pricer)
         if usage is not None:

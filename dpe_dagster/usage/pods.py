@@ -11,12 +11,15 @@ The record is an observation of `dpe/pod_usage`, written into the run's own even
 check and the write under the ledger lock every writer shares). It is a key of its own so that
 the run's record (`dpe/run_usage`) and its per-asset parts are still written once by the ledger
 sensor when the run ends.
+
+A run that cannot read its pool's nodes (a run pod in staging/prod holds no cloud credentials)
+writes the unpriced span instead (`dpe/pod_span`); the ledger sensor prices it when the run ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, MutableMapping
 
 from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstance
 
@@ -28,9 +31,10 @@ from dpe_dagster.usage.ledger import (
 )
 from dpe_dagster.usage.lock import instance_lock
 from dpe_dagster.usage.pricing import CONFIG
-from dpe_dagster.usage.records import UsageRecord
+from dpe_dagster.usage.records import UsageRecord, _from_metadata, _to_metadata
 
 POD_USAGE_KEY = AssetKey(["dpe", "pod_usage"])
+POD_SPAN_KEY = AssetKey(["dpe", "pod_span"])  # a pod span waiting for the control plane to price it
 NO_NODE = "none: ran as a local process, on no pool node"
 
 
@@ -94,16 +98,16 @@ def usage_for_pod(instance: DagsterInstance, env: Environment, span: PodSpan, li
     )
 
 
-def _recorded(instance: DagsterInstance, run_id: str, record_id: str) -> bool:
+def _run_observations(instance: DagsterInstance, run_id: str, key: AssetKey):
     for r in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION, limit=100_000).records:
         event = r.event_log_entry.dagster_event
-        if event is None:
-            continue
-        observation = event.event_specific_data.asset_observation
-        if observation.asset_key == POD_USAGE_KEY and getattr(observation.metadata.get("run_id"), "value",
-                                                              None) == record_id:
-            return True
-    return False
+        if event is not None and event.event_specific_data.asset_observation.asset_key == key:
+            yield event.event_specific_data.asset_observation
+
+
+def _recorded(instance: DagsterInstance, run_id: str, record_id: str) -> bool:
+    return any(getattr(o.metadata.get("run_id"), "value", None) == record_id
+               for o in _run_observations(instance, run_id, POD_USAGE_KEY))
 
 
 def record_pod_usage(instance: DagsterInstance, env: Environment, span: PodSpan, live: Iterable[Node] | None,
@@ -117,6 +121,33 @@ def record_pod_usage(instance: DagsterInstance, env: Environment, span: PodSpan,
                                        description=f"pod {span.pod} of asset {span.asset} on pool {span.pool}")
         instance.report_dagster_event(_observation_event(span.job_name, observation), run_id=span.run_id)
         return usage
+
+
+def record_pod_span(instance: DagsterInstance, span: PodSpan) -> None:
+    """Write the unpriced span into its run's event log, for the ledger sensor to price."""
+    observation = AssetObservation(asset_key=POD_SPAN_KEY, metadata=_to_metadata(span),
+                                   description=f"pod {span.pod} of asset {span.asset} on pool {span.pool}, "
+                                               "priced by the ledger sensor when the run ends")
+    instance.report_dagster_event(_observation_event(span.job_name, observation), run_id=span.run_id)
+
+
+def price_pending_pods(instance: DagsterInstance, env: Environment, run_id: str,
+                       live: MutableMapping[str, list[Node]], pricer: Pricer,
+                       open_nodes: Callable[[str], list[Node]]) -> list[UsageRecord]:
+    """Price the run's pending pod spans not recorded yet; `live` holds the pools' live nodes read
+    so far, and a span on another pool reads its nodes with `open_nodes` (a PoolError fails the
+    run's pool; whatever was written stays written once)."""
+    written = []
+    for observation in _run_observations(instance, run_id, POD_SPAN_KEY):
+        span = _from_metadata(PodSpan, observation.metadata)
+        if _recorded(instance, run_id, span.record_id):
+            continue
+        if span.pool not in live:
+            live[span.pool] = open_nodes(span.pool)
+        usage = record_pod_usage(instance, env, span, live[span.pool], pricer)
+        if usage is not None:
+            written.append(usage)
+    return written
 
 
 def read_pod_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:

@@ -20,6 +20,7 @@ from dpe_dagster.usage.pricing import pricer_for
 from dpe_dagster.scaling.tags import POOL_TAG
 from dpe_dagster.usage.ledger import amend_for_late_nodes, record_run_usage
 from dpe_dagster.usage.lock import pool_lock
+from dpe_dagster.usage.pods import price_pending_pods
 from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime
 
 LEDGER_SENSOR = "dpe_usage_ledger"
@@ -155,12 +156,17 @@ def _record_ended_runs(context: SensorEvaluationContext, env: Environment) -> tu
         records = sorted(instance.get_run_records(RunsFilter(run_ids=list(order), tags={POOL_TAG: name}))
                          if order else [], key=lambda r: order[r.dagster_run.run_id])
         # A finish event is stored before the run's status: a run not ended yet is read again.
-        waiting = {r.dagster_run.run_id for r in records if not r.dagster_run.is_finished}
+        # A run on no pool (a job of container assets only) is read by the first pool alone: its
+        # pending pod spans are priced there, on whichever pools they ran.
+        unpooled = [r for r in instance.get_run_records(RunsFilter(run_ids=list(order)))
+                    if r.dagster_run.tags.get(POOL_TAG) not in env.pools] if order and name == min(env.pools) else []
+        waiting = {r.dagster_run.run_id for r in [*records, *unpooled] if not r.dagster_run.is_finished}
         records = [r for r in records if r.dagster_run.run_id not in waiting]
+        unpooled = [r.dagster_run.run_id for r in unpooled if r.dagster_run.run_id not in waiting]
         handled_nodes = {sid for sid, _ in lifetimes}
         lifetimes = [(sid, n) for sid, n in lifetimes if n.pool == name]
         try:
-            if records or lifetimes:
+            if records or lifetimes or unpooled:
                 # Under the pool's lock: a node the autoscaler is removing right now is then either
                 # still live here or already in the ledger, never neither.
                 with pool_lock(instance, name):
@@ -171,6 +177,11 @@ def _record_ended_runs(context: SensorEvaluationContext, env: Environment) -> tu
                             written.append(usage.run_id)
                             context.log.info(f"usage of run {usage.run_id}: {usage.node_seconds:.1f} node-s on "
                                              f"{usage.pool}, ${usage.cost_usd:.6f}")
+                    for run_id in [*(r.dagster_run.run_id for r in records), *unpooled]:
+                        for pod in price_pending_pods(instance, env, run_id, live, pricer,
+                                                      lambda pool: open_pool(env.pool(pool), env).nodes()):
+                            context.log.info(f"usage of pod {pod.run_id}: {pod.node_seconds:.1f} node-s on "
+                                             f"{pod.pool}, ${pod.cost_usd:.6f}")
                     for usage in amend_for_late_nodes(instance, env, name, lifetimes, live, pricer, owners):
                         context.log.info(f"usage of run {usage.run_id} amended: {usage.node_seconds:.1f} node-s, "
                                          f"${usage.cost_usd:.6f}")
