@@ -12,8 +12,8 @@ indexed query); the pool side grows with the number of pools (AWS calls per pool
 
 At the largest run count, two more scenarios (`--scenarios`): `busy`, every pool with a node up and
 a run on it (steady ticks, then churning ticks where every node turns idle or busy), with the AWS
-calls of each tick counted by operation; `ledger`, the usage-ledger sensor's tick (one run-storage
-query per pool) against one query for every pool, measured in the same run.
+calls of each tick counted by operation; `ledger`, the usage-ledger sensor's tick (with a cursor per
+pool) against one read of its streams, measured in the same run.
 
     .venv/bin/python bench/tick_cost.py
     .venv/bin/python bench/tick_cost.py --quick
@@ -269,48 +269,49 @@ def empty_groups(autoscaling, n_pools: int) -> None:
 
 # -- the ledger sensor ---------------------------------------------------------------------------------
 def measure_ledger(instance, env, ticks: int) -> dict:
-    """The ledger sensor's tick when nothing new has ended (every pool's cursor at now): one
-    run-storage query per pool, timed through the real sensor, and the count of queries it sent.
-    Baseline in the same run: the one query that asks for every pool's ended runs at once (the
-    same statuses, order and limit; the pool tag matching any of the pools)."""
-    from datetime import datetime, timezone
+    """The ledger sensor's tick when nothing new has ended (every pool's cursor at the head of the
+    run-finished events and of the node lifetimes), timed through the real sensor, with the count
+    of storage reads it sent. Baseline in the same run: one read of those same streams (what each
+    pool would read again if each read its own), so the ratio is what the pools add to a tick."""
+    from dagster import build_sensor_context
 
-    from dagster import RunsFilter, build_sensor_context
-
-    from dpe_dagster.scaling.tags import POOL_TAG
-    from dpe_dagster.usage.sensor import BATCH as LEDGER_BATCH, ENDED, OVERLAP_S, build_ledger_sensor
+    from dpe_dagster.usage.sensor import ReadCursor, build_ledger_sensor, dump_cursor, ended_events, node_lifetimes_after
 
     sensor = build_ledger_sensor(env)
-    time.sleep(OVERLAP_S + 0.1)  # runs that ended just before (the busy scenario's) are behind every cursor
-    now = time.time()
-    cursor = json.dumps({name: now for name in env.pools}, sort_keys=True)
+    _, runs_head = ended_events(instance, None)
+    _, nodes_head = node_lifetimes_after(instance, None)
+    cursor = dump_cursor({name: {"runs": ReadCursor(after=runs_head), "nodes": ReadCursor(after=nodes_head)}
+                          for name in env.pools})
     queries = 0
-    original = instance.get_run_records
+    reads = ("get_run_records", "fetch_run_status_changes", "fetch_observations")
+    originals = {name: getattr(instance, name) for name in reads}
 
-    def counted(*args, **kwargs):
-        nonlocal queries
-        queries += 1
-        return original(*args, **kwargs)
+    def counted(original):
+        def call(*args, **kwargs):
+            nonlocal queries
+            queries += 1
+            return original(*args, **kwargs)
+        return call
 
     sensor_times, one_times = [], []
     for number in range(ticks + 1):  # the first of each is a warm-up
-        instance.get_run_records = counted
+        for name, original in originals.items():
+            setattr(instance, name, counted(original))
         try:
             queries = 0
             started = time.perf_counter()
             sensor(build_sensor_context(instance=instance, cursor=cursor))
             elapsed = time.perf_counter() - started
         finally:
-            instance.get_run_records = original
+            for name in reads:
+                delattr(instance, name)  # back to the class's own methods
         sent = queries
         started = time.perf_counter()
-        found = instance.get_run_records(
-            filters=RunsFilter(statuses=ENDED, tags={POOL_TAG: sorted(env.pools)},
-                               updated_after=datetime.fromtimestamp(now - OVERLAP_S, timezone.utc)),
-            order_by="update_timestamp", ascending=True, limit=LEDGER_BATCH)
+        found, _ = ended_events(instance, runs_head)
+        node_lifetimes_after(instance, nodes_head)
         one = time.perf_counter() - started
         if found:
-            raise BenchError(f"the one-query baseline found {len(found)} ended run(s) after the cursor; expected none")
+            raise BenchError(f"the one-read baseline found {len(found)} ended run(s) after the cursor; expected none")
         if number:
             sensor_times.append(elapsed)
             one_times.append(one)

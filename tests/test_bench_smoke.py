@@ -58,9 +58,12 @@ def test_tick_cost_tiny(tmp_path):
     assert busy["pools"] == 2 and busy["busy_nodes"] >= 2
     assert busy["steady_calls"]["DescribeInstances"] >= 2 and "SetInstanceProtection" not in busy["steady_calls"]
     assert busy["churn_calls"]["SetInstanceProtection"] == 2
-    # The ledger sensor: one run-storage query per pool, against one query for all pools.
+    # The ledger sensor: one read per kind of run-finished event and one of node lifetimes per
+    # tick, whatever the number of pools (it used to read them again for every pool).
+    from dpe_dagster.usage.sensor import ENDED_EVENTS
+
     [ledger] = report["ledger"]
-    assert ledger["pools"] == 2 and ledger["queries_per_tick"] == 2
+    assert ledger["pools"] == 2 and ledger["queries_per_tick"] == len(ENDED_EVENTS) + 1
     assert ledger["per_pool_over_one_query"] == ledger["ledger_tick_s"] / ledger["one_query_s"]
 
 

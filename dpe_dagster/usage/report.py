@@ -6,7 +6,7 @@ import csv
 import dataclasses
 import io
 import json
-from typing import Any
+from typing import Any, Callable
 
 from rich.table import Table
 
@@ -27,18 +27,33 @@ def runs_table(records: list[UsageRecord]) -> Table:
 
 
 def nodes_table(lifetimes: list[NodeLifetime]) -> Table:
+    """One row per node, and a total. The `unknown s` and `interrupted` columns appear only when a
+    node has them, so the usual table stays readable in a narrow terminal."""
+    columns: dict[str, Callable[[NodeLifetime], str]] = {
+        "node": lambda n: n.node_id, "pool": lambda n: n.pool, "type": lambda n: n.instance_type,
+        "lifecycle": lambda n: n.lifecycle, "launched": lambda n: iso(n.launched_at),
+        "removed": lambda n: iso(n.removed_at), "removed because": lambda n: n.removed_because,
+        "busy s": lambda n: f"{n.busy_seconds:.1f}", "idle s": lambda n: f"{n.idle_seconds:.1f}",
+        "unknown s": lambda n: f"{n.unknown_seconds:.1f}", "paid $": lambda n: f"{n.cost_usd:.6f}",
+        "interrupted": _interruption,
+    }
+    if not any(n.unknown_seconds for n in lifetimes):
+        del columns["unknown s"]
+    if not any(n.interrupted for n in lifetimes):
+        del columns["interrupted"]
+    totals = {"node": "total", "busy s": f"{sum(n.busy_seconds for n in lifetimes):.1f}",
+              "idle s": f"{sum(n.idle_seconds for n in lifetimes):.1f}",
+              "unknown s": f"{sum(n.unknown_seconds for n in lifetimes):.1f}",
+              "paid $": f"{sum(n.cost_usd for n in lifetimes):.6f}"}
     table = Table(title="node lifetimes (paid = busy + idle)")
-    for column in ("node", "pool", "type", "lifecycle", "launched", "removed", "removed because", "busy s",
-                   "idle s", "unknown s", "paid $", "interrupted"):
-        table.add_column(column, justify="right" if column.endswith((" s", "$")) else "left")
+    for column in columns:
+        # A node's id is what a user looks up elsewhere: never cut, however narrow the terminal.
+        whole = max((len(n.node_id) for n in lifetimes), default=0) if column == "node" else None
+        table.add_column(column, justify="right" if column.endswith((" s", "$")) else "left", min_width=whole)
     for n in lifetimes:
-        table.add_row(n.node_id, n.pool, n.instance_type, n.lifecycle, iso(n.launched_at), iso(n.removed_at),
-                      n.removed_because, f"{n.busy_seconds:.1f}", f"{n.idle_seconds:.1f}",
-                      f"{n.unknown_seconds:.1f}", f"{n.cost_usd:.6f}", _interruption(n))
+        table.add_row(*(cell(n) for cell in columns.values()))
     if lifetimes:
-        table.add_row("total", "", "", "", "", "", "", f"{sum(n.busy_seconds for n in lifetimes):.1f}",
-                      f"{sum(n.idle_seconds for n in lifetimes):.1f}", f"{sum(n.unknown_seconds for n in lifetimes):.1f}",
-                      f"{sum(n.cost_usd for n in lifetimes):.6f}", "", style="bold")
+        table.add_row(*(totals.get(column, "") for column in columns), style="bold")
     return table
 
 

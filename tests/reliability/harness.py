@@ -70,7 +70,14 @@ def queue_run(instance: DagsterInstance, pool: str, cpus: int = 2) -> str:
 
 
 def advance(instance: DagsterInstance, run_id: str, event: DagsterEventType) -> None:
+    """The run's status only (no event log entry): what the autoscaler reads."""
     instance.run_storage.handle_run_event(run_id, DagsterEvent(event_type_value=event.value, job_name="tpch"))
+
+
+def report_run_event(instance: DagsterInstance, run_id: str, event: DagsterEventType) -> None:
+    """A run event as Dagster's run worker reports it: in the run's event log, which also sets its
+    status (the usage ledger reads run-finished events there)."""
+    instance.report_dagster_event(DagsterEvent(event_type_value=event.value, job_name="tpch"), run_id=run_id)
 
 
 def wait_for(what: str, check: Callable[[], object], timeout_s: float, every_s: float = 1.0,

@@ -27,7 +27,7 @@ from dpe_dagster.spark import run_app_name
 from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
 from dpe_dagster.usage.sensor import record_ended_runs
 from tests.conftest import local_environment
-from tests.reliability.harness import advance, queue_run, wait_for
+from tests.reliability.harness import queue_run, report_run_event, wait_for
 
 pytestmark = pytest.mark.slow
 TASKS = 24
@@ -82,7 +82,7 @@ def test_a_worker_killed_under_a_run_is_replaced_and_the_run_finishes(local, mea
     run_id = queue_run(instance, "spot-etl", cpus=1)
     tick()
     wait_for("a running worker", lambda: any(n.state == "running" for n in pool.nodes()), 120, 0.5)
-    advance(instance, run_id, DagsterEventType.RUN_START)
+    report_run_event(instance, run_id, DagsterEventType.RUN_START)
     tick()
     from pyspark.sql import SparkSession
 
@@ -131,7 +131,7 @@ def test_a_worker_killed_under_a_run_is_replaced_and_the_run_finishes(local, mea
         assert pool._worker_instances()[1] != lost_pid
     finally:
         spark.stop()
-    advance(instance, run_id, DagsterEventType.RUN_SUCCESS)
+    report_run_event(instance, run_id, DagsterEventType.RUN_SUCCESS)
 
     def scaled_down():
         tick()
