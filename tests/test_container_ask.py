@@ -87,23 +87,3 @@ def test_a_container_whose_node_does_not_come_fails_saying_the_autoscaler_was_as
     assert pools["spot-etl"].target() == 0  # the run never asked AWS
     tags = instance.get_run_by_id(result.run_id).tags
     assert [value for key, value in tags.items() if key.startswith(CONTAINER_TAG_PREFIX)] == [""]
-
-
-def test_a_run_without_cloud_credentials_runs_its_container_and_says_it_was_not_charged(sim, pools, kube_api,
-                                                                                       instance, tmp_path,
-                                                                                       monkeypatch):
-    """As a run pod under its own ServiceAccount (no cloud role): the ask goes through the run, the
-    container runs, and the usage record it cannot price is left to the control plane, not a failure."""
-    kube_api.on_create = lambda pod: kube_api.bind_later(pod["metadata"]["name"], 0.1)
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    containers = KubernetesPoolContainers(environment="aws-sim", namespace="dagster", load_incluster_config=False,
-                                          kubeconfig_file=str(kube_api.kubeconfig(tmp_path / "kubeconfig")),
-                                          poll_interval_s=0.05, node_wait_s=20)
-    result = materialize([word_count], resources={"containers": containers}, instance=instance)
-    assert result.success
-    notes = [e.message for e in instance.all_logs(result.run_id) if "cannot read the pool's nodes" in (e.message or "")]
-    assert notes and "no AWS credentials" in notes[0]

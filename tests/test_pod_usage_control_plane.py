@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from dagster import DagsterEventType, DagsterRunStatus, build_sensor_context, materialize
+from dagster import DagsterEventType, DagsterRunStatus, materialize
 from dagster._core.events import DagsterEvent
 
 from assets.containers import word_count
@@ -15,17 +15,11 @@ from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.usage.pods import NO_NODE, POD_SPAN_KEY, PodSpan, read_pod_usage, record_pod_span
-from dpe_dagster.usage.sensor import build_ledger_sensor
 from tests.reliability.harness import advance, new_run, queue_run
+from test_ledger_complete import ledger_tick
 from test_pipes_k8s import instance, kube_api, pools, sim  # noqa: F401 (fixtures)
 
 POOL = "spot-etl"
-
-
-def ledger_tick(env, instance, cursor):
-    context = build_sensor_context(instance=instance, cursor=cursor)
-    build_ledger_sensor(env)(context)
-    return context.cursor
 
 
 def pending_spans(instance, run_id):
