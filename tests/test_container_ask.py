@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from dagster import DagsterRunStatus, build_sensor_context, materialize
 from dagster._core.storage.dagster_run import DagsterRun
 
