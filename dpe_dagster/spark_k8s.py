@@ -19,12 +19,19 @@ Pure: (pools, image, namespace...) -> the Spark configuration and the executor p
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from dpe_dagster.config import ConfigError, PoolConfig
 from dpe_dagster.launch.pod_spec import merge_pod_template, pod_placement
 
+# Spark's own sizes: a bare number is MiB for executor memory and its overhead.
+_SPARK_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
+_MIB_PER = {"k": 1 / 1024, "m": 1.0, "": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
+# Spark's defaults for an executor pod's memory beyond its heap (Spark on Kubernetes).
+MIN_OVERHEAD_MIB = 384
+DEFAULT_OVERHEAD_FACTOR = 0.10
 # The label dagster-k8s puts on a run's pod; executors carry it too (set per session, see
 # `executor_run_labels`), so one label query finds every pod of a run and the nodes it holds.
 RUN_ID_LABEL = "dagster/run-id"
@@ -54,6 +61,28 @@ def executor_shape(pool: PoolConfig) -> tuple[int, int]:
         raise ConfigError(f"pools.{pool.name}.node_memory_gb: {pool.node_memory_gb:g} GB nodes leave no room for a "
                           "Spark executor; use nodes of at least 2 GB")
     return cores, memory
+
+
+def _spark_mib(key: str, value: str) -> float:
+    match = _SPARK_SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"spark.conf.{key}: must be a Spark size like '4g' or '11449m'; got {value!r}")
+    return float(match.group(1)) * _MIB_PER[match.group(2).lower()]
+
+
+def executor_pod_size(conf: Mapping[str, str]) -> tuple[float, float] | None:
+    """(CPUs, memory GB) one executor pod asks for under these Spark settings: its cores, heap and
+    memory overhead (Spark's defaults when not set); None without an executor size."""
+    if "spark.executor.cores" not in conf or "spark.executor.memory" not in conf:
+        return None
+    cpus = float(conf.get("spark.kubernetes.executor.request.cores", conf["spark.executor.cores"]))
+    heap = _spark_mib("spark.executor.memory", conf["spark.executor.memory"])
+    if "spark.executor.memoryOverhead" in conf:
+        overhead = _spark_mib("spark.executor.memoryOverhead", conf["spark.executor.memoryOverhead"])
+    else:
+        factor = float(conf.get("spark.executor.memoryOverheadFactor", DEFAULT_OVERHEAD_FACTOR))
+        overhead = max(MIN_OVERHEAD_MIB, math.ceil(heap * factor))
+    return cpus, (heap + overhead) / 1024
 
 
 def max_executors(cpus: float, conf: dict[str, str]) -> int:

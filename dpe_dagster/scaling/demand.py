@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -12,21 +10,15 @@ from typing import Mapping, Sequence
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from dpe_dagster.config import ConfigError, Environment
+from dpe_dagster.config import Environment
 from dpe_dagster.pools.base import NodePool, PoolError
 from dpe_dagster.scaling.history import expected_ends
 from dpe_dagster.scaling.admission import startable
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.spark_k8s import max_executors
+from dpe_dagster.spark_k8s import executor_pod_size, max_executors
 from dpe_dagster.scaling.tags import POOL_TAG, PoolRequest, TagError, container_asks, pool_request
 
 ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
-# Spark's own sizes: a bare number is MiB for executor memory and its overhead.
-_SPARK_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
-_MIB_PER = {"k": 1 / 1024, "m": 1.0, "": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
-# Spark's defaults for an executor pod's memory beyond its heap (Spark on Kubernetes).
-MIN_OVERHEAD_MIB = 384
-DEFAULT_OVERHEAD_FACTOR = 0.10
 
 
 @dataclass(frozen=True)
@@ -54,28 +46,14 @@ def landing(request: PoolRequest, env: Environment) -> Landing:
                    tuple(executor_pods(request, env.spark.get("conf", {}))))
 
 
-def _spark_mib(key: str, value: str) -> float:
-    match = _SPARK_SIZE.match(str(value))
-    if not match:
-        raise ConfigError(f"spark.conf.{key}: must be a Spark size like '4g' or '11449m'; got {value!r}")
-    return float(match.group(1)) * _MIB_PER[match.group(2).lower()]
-
-
 def executor_pods(request: PoolRequest, conf: Mapping[str, str]) -> list[PoolRequest]:
     """The executor pods a run's session may hold on the run's pool: as many as its request fills
-    (`max_executors`, the bound the Spark resource sets), each of Spark's pod size (cores, heap and
-    memory overhead). Without an executor size in the settings, one pod of the run's request."""
-    if "spark.executor.cores" not in conf or "spark.executor.memory" not in conf:
+    (`max_executors`, the bound the Spark resource sets), each of Spark's pod size
+    (`executor_pod_size`). Without an executor size in the settings, one pod of the run's request."""
+    size = executor_pod_size(conf)
+    if size is None:
         return [request]
-    cpus = float(conf.get("spark.kubernetes.executor.request.cores", conf["spark.executor.cores"]))
-    heap = _spark_mib("spark.executor.memory", conf["spark.executor.memory"])
-    if "spark.executor.memoryOverhead" in conf:
-        overhead = _spark_mib("spark.executor.memoryOverhead", conf["spark.executor.memoryOverhead"])
-    else:
-        factor = float(conf.get("spark.executor.memoryOverheadFactor", DEFAULT_OVERHEAD_FACTOR))
-        overhead = max(MIN_OVERHEAD_MIB, math.ceil(heap * factor))
-    pod = PoolRequest(request.pool, cpus, (heap + overhead) / 1024)
-    return [pod] * max_executors(request.cpus, dict(conf))
+    return [PoolRequest(request.pool, *size)] * max_executors(request.cpus, dict(conf))
 
 
 @dataclass
