@@ -161,7 +161,7 @@ def _safe(fn):
 
 
 def _free_port() -> int:
-    from dpe_dagster.pools.aws_emulator import free_port
+    from dpe_dagster.pools.aws.emulator import free_port
 
     return free_port()
 

@@ -54,7 +54,7 @@ def _definitions():
     from dagster import Definitions, job, op
 
     from dpe_dagster.scaling.sensor import build_autoscaler_sensor
-    from dpe_dagster.scaling.tags import pool_tags
+    from dpe_dagster.tags import pool_tags
     from resources import load_environment
 
     @op
@@ -91,7 +91,7 @@ def _probe_launcher():
 
     from dagster import DefaultRunLauncher
 
-    import dpe_dagster.pools.aws_asg as aws_asg
+    import dpe_dagster.pools.aws.asg as aws_asg
     from dpe_dagster.launch.local import PoolRunLauncher
 
     if os.environ.get("DPE_BENCH_SHARED_CLIENTS") == "1" and not hasattr(aws_asg.make_clients, "cache_info"):
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from dpe_dagster.pools.aws_emulator import emulated_aws
+    from dpe_dagster.pools.aws.emulator import emulated_aws
     from resources import load_environment
 
     console = Console()

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from assets.tpch.data import TpchData
     from assets.tpch.queries import QUERY_ASSETS, tpch_tables
-    from dpe_dagster.javaenv import spark_process_env
+    from dpe_dagster.spark.java import spark_process_env
 
     import os
 

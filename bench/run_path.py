@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from assets.tpch.data import TpchData
-    from dpe_dagster.javaenv import check_java
+    from dpe_dagster.spark.java import check_java
 
     check_java()
     console = Console()

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--shapes: {bad} is not WORKERSxCORES (e.g. 1x2); each at least 1")
 
     from assets.tpch.data import TpchData
-    from dpe_dagster.javaenv import check_java
+    from dpe_dagster.spark.java import check_java
 
     check_java()
     print(f"machine: {machine()}", flush=True)

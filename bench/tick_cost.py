@@ -81,7 +81,7 @@ def add_runs(instance, count: int, n_pools: int, status, start: int) -> list[str
     from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
     from dagster._serdes import serialize_value
 
-    from dpe_dagster.scaling.tags import pool_tags
+    from dpe_dagster.tags import pool_tags
 
     storage = instance.run_storage
     now = time.time()
@@ -131,7 +131,7 @@ def measure(instance, env, ticks: int, calls: "AwsCalls | None" = None) -> dict:
 
     from dpe_dagster.scaling.demand import ACTIVE_STATUSES, read_demand
     from dpe_dagster.scaling.sensor import build_autoscaler_sensor
-    from dpe_dagster.scaling.tags import POOL_TAG
+    from dpe_dagster.tags import POOL_TAG
 
     sensor = build_autoscaler_sensor(env)
     cursor = None
@@ -172,7 +172,7 @@ class AwsCalls:
     shares (`aws_asg.make_clients`)."""
 
     def __init__(self, env):
-        from dpe_dagster.pools.aws_asg import AwsSettings, make_clients
+        from dpe_dagster.pools.aws.asg import AwsSettings, make_clients
 
         self.counts: dict[str, int] = {}
         for client in make_clients(AwsSettings.parse(dict(env.aws))):
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from dpe_dagster.pools.aws_emulator import emulated_aws
+    from dpe_dagster.pools.aws.emulator import emulated_aws
 
     console = Console()
     console.print(f"machine: {machine()}")

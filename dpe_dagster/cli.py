@@ -81,7 +81,7 @@ def _pool_summary(env) -> str:
 def _cloud_for(env):
     """aws-sim runs against an AWS API emulator on loopback that lives as long as the demo."""
     if env.name == "aws-sim":
-        from dpe_dagster.pools.aws_emulator import emulated_aws
+        from dpe_dagster.pools.aws.emulator import emulated_aws
 
         with emulated_aws(env):
             yield
@@ -101,10 +101,10 @@ def demo(
 
     from dpe_dagster.daemon import dagster_bin, start_daemon, stop_process_group
     from dpe_dagster.instance import write_instance
-    from dpe_dagster.javaenv import JavaMissing, check_java
+    from dpe_dagster.spark.java import JavaMissing, check_java
     from dpe_dagster.paths import PROJECT_ROOT, dagster_home, dpe_home
     from dpe_dagster.pools import open_pool
-    from dpe_dagster.pools.local_spark import spark_pids_of
+    from dpe_dagster.pools.local.standalone import spark_pids_of
     from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
     from dpe_dagster.usage.report import nodes_table, runs_table
 
@@ -330,7 +330,7 @@ def ui(port: int = typer.Option(3000, min=1024, max=65535, help="Port of the Dag
 def _register_subcommands() -> None:
     from dpe_dagster.sim.command import register as register_simulate
     register_simulate(app)
-    from dpe_dagster.pools.interruptions import register as register_interruptions
+    from dpe_dagster.pools.aws.interruptions import register as register_interruptions
     register_interruptions(app)
 
 

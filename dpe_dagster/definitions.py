@@ -10,10 +10,10 @@ from assets.tpch.data import TpchData
 from dpe_dagster.config import Environment
 from dpe_dagster.containers import pool_containers
 from dpe_dagster.paths import dpe_home
-from dpe_dagster.pools.local_spark import LocalSparkPool
+from dpe_dagster.pools.local.standalone import LocalSparkPool
 from dpe_dagster.scaling.health import build_pool_health_check
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
-from dpe_dagster.spark import SparkResource
+from dpe_dagster.spark.resource import SparkResource
 from dpe_dagster.usage.budget import BUDGET_ALERTS_KEY
 from dpe_dagster.usage.platform_report import build_platform_usage, platform_usage_daily, platform_usage_job
 from dpe_dagster.usage.records import NODE_USAGE_KEY, RUN_USAGE_KEY

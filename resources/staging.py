@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from dpe_dagster.config import ConfigError, parse_pool
-from dpe_dagster.spark_k8s import spark_on_k8s
+from dpe_dagster.spark.kubernetes import spark_on_k8s
 
 SPOT_TYPES = ["m6i.xlarge", "m5.xlarge", "m5a.xlarge", "m6a.xlarge", "m7i.xlarge", "m5n.xlarge"]
 

@@ -104,7 +104,7 @@ def aws_sim(monkeypatch, tmp_path):
     from dagster import DagsterInstance
 
     from dpe_dagster.instance import write_instance
-    from dpe_dagster.pools.aws_emulator import MotoServer, create_groups
+    from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
     from resources import aws_sim as aws_sim_environment
     from tests.reliability.harness import clients
 

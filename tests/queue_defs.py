@@ -16,7 +16,7 @@ from dagster import (DefaultScheduleStatus, DefaultSensorStatus, Definitions, Ru
 from dpe_dagster.config import parse_environment
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
-from dpe_dagster.scaling.tags import pool_tags
+from dpe_dagster.tags import pool_tags
 
 ENV = parse_environment("local", json.loads(os.environ["DPE_TEST_ENVIRONMENT"]))
 POOL = ENV.pools["spot-etl"]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dpe_dagster.config import ConfigError, parse_environment
-from dpe_dagster.scaling.tags import TagError, pool_request, pool_tags
+from dpe_dagster.tags import TagError, pool_request, pool_tags
 from resources import load_environment
 
 GOOD_POOL = {"provider": "local", "max_size": 2, "node_cpus": 1, "node_memory_gb": 1, "price_per_node_hour": 0.01}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from dpe_dagster.pools.local_spark import spark_pids_of
+from dpe_dagster.pools.local.standalone import spark_pids_of
 from dpe_dagster.daemon import dagster_bin, start_daemon, start_dagster_process, stop_process_group
 from dpe_dagster.instance import write_instance
 from dpe_dagster.paths import PROJECT_ROOT

@@ -4,7 +4,7 @@ from dagster import AssetSelection, ScheduleDefinition, DefaultScheduleStatus, d
 
 from assets.tpch.checks import QUERY_CHECKS
 from assets.tpch.queries import GROUP, POOL, QUERY_ASSETS, tpch_tables
-from dpe_dagster.scaling.tags import pool_tags
+from dpe_dagster.tags import pool_tags
 
 ASSETS = [tpch_tables, *QUERY_ASSETS]
 CHECKS = QUERY_CHECKS

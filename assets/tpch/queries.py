@@ -5,8 +5,8 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from pyspark.sql import DataFrame, functions as F
 
 from assets.tpch.data import TABLES, TpchData
-from dpe_dagster.scaling.tags import pool_tags
-from dpe_dagster.spark import SparkResource
+from dpe_dagster.tags import pool_tags
+from dpe_dagster.spark.resource import SparkResource
 from dpe_dagster.usage.metering import metered
 
 POOL = "spot-etl"

@@ -28,7 +28,7 @@ from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.policy import Plan
-from dpe_dagster.scaling.tags import CONTAINER_TAG_PREFIX, container_ask_tag
+from dpe_dagster.tags import CONTAINER_TAG_PREFIX, container_ask_tag
 
 
 class NoCapacity(RuntimeError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from dpe_dagster.config import ConfigError, Environment, PoolConfig
-from dpe_dagster.scaling.tags import TagError, parse_memory_gb
+from dpe_dagster.tags import TagError, parse_memory_gb
 
 
 class ContainerError(ConfigError):

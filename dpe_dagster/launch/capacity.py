@@ -8,7 +8,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from dpe_dagster.config import Environment
 from dpe_dagster.launch.placement import place_on_pool
-from dpe_dagster.scaling.tags import TagError
+from dpe_dagster.tags import TagError
 
 
 def ask_for_capacity(instance: DagsterInstance, run: DagsterRun, env: Environment) -> bool:

@@ -19,7 +19,7 @@ from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._serdes import ConfigurableClassData
 
-from dpe_dagster.scaling.tags import POOL_TAG
+from dpe_dagster.tags import POOL_TAG
 
 log = logging.getLogger(__name__)
 

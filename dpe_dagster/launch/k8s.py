@@ -61,7 +61,7 @@ from dpe_dagster.pools import PoolError, open_pool
 from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.demand import landing, read_demand
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
+from dpe_dagster.tags import POOL_TAG, TagError, pool_request
 
 RUN_SERVICE_ACCOUNT = "dpe-run"
 

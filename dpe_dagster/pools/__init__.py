@@ -12,11 +12,11 @@ from dpe_dagster.pools.base import Node, NodePool, PoolError
 def open_pool(pool: PoolConfig, env: Environment) -> NodePool:
     """The provider object behind a configured pool. Cloud SDKs are imported only here, lazily."""
     if pool.provider == "local":
-        from dpe_dagster.pools.local_spark import LocalSparkPool
+        from dpe_dagster.pools.local.standalone import LocalSparkPool
 
         return LocalSparkPool.from_config(pool)
     if pool.provider == "aws_asg":
-        from dpe_dagster.pools.aws_asg import AwsAsgPool
+        from dpe_dagster.pools.aws.asg import AwsAsgPool
 
         return AwsAsgPool.from_config(pool, env)
     raise PoolError(f"pools.{pool.name}.provider: no provider {pool.provider!r}")
@@ -25,7 +25,7 @@ def open_pool(pool: PoolConfig, env: Environment) -> NodePool:
 def look_ahead(pools: Iterable[NodePool]) -> None:
     """Before a tick looks at every pool: let providers that can describe many pools in one call
     do so (aws_asg: one DescribeAutoScalingGroups per 100 groups instead of one or two per pool)."""
-    aws_asg = sys.modules.get("dpe_dagster.pools.aws_asg")  # not imported: no aws_asg pool exists
+    aws_asg = sys.modules.get("dpe_dagster.pools.aws.asg")  # not imported: no aws_asg pool exists
     if aws_asg is None:
         return
     groups = [pool for pool in pools if isinstance(pool, aws_asg.AwsAsgPool)]

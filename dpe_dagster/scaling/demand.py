@@ -15,8 +15,8 @@ from dpe_dagster.pools.base import NodePool, PoolError
 from dpe_dagster.scaling.history import expected_ends
 from dpe_dagster.scaling.admission import startable
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.spark_k8s import executor_pod_size, max_executors
-from dpe_dagster.scaling.tags import POOL_TAG, PoolRequest, TagError, container_asks, pool_request
+from dpe_dagster.spark.kubernetes import executor_pod_size, max_executors
+from dpe_dagster.tags import POOL_TAG, PoolRequest, TagError, container_asks, pool_request
 
 ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 

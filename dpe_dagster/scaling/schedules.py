@@ -34,7 +34,7 @@ from dagster._utils.schedules import schedule_execution_time_iterator
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.scaling.activity import typical_boot_s
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.scaling.tags import POOL_TAG, PoolRequest, TagError, pool_request
+from dpe_dagster.tags import POOL_TAG, PoolRequest, TagError, pool_request
 
 
 @dataclass(frozen=True)

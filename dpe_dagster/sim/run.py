@@ -12,7 +12,7 @@ import numpy as np
 
 from dpe_dagster.config import POOL_FIELDS, PoolConfig, parse_pool
 from dpe_dagster.scaling.schedules import ScheduledRuns, look_ahead_s
-from dpe_dagster.scaling.tags import PoolRequest
+from dpe_dagster.tags import PoolRequest
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.consolidating import ConsolidatingScaler
 from dpe_dagster.sim.dpe import DpeScaler

@@ -11,9 +11,9 @@ from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterInsta
 
 from dpe_dagster.config import PoolConfig
 from dpe_dagster.pools.base import Node
-from dpe_dagster.scaling.tags import POOL_TAG
+from dpe_dagster.tags import POOL_TAG
 from dpe_dagster.usage.ledger import Pricer, read_node_lifetimes
-from dpe_dagster.usage.lock import instance_lock
+from dpe_dagster.lock import instance_lock
 from dpe_dagster.usage.summary import day_start
 
 HOLD_TAG = "dpe/hold"

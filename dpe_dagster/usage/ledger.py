@@ -27,9 +27,9 @@ from dagster._core.storage.dagster_run import RunRecord
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.demand import ACTIVE_STATUSES
-from dpe_dagster.scaling.tags import POOL_TAG, TEAM_TAG, TagError, pool_request, request_on
+from dpe_dagster.tags import POOL_TAG, TEAM_TAG, TagError, pool_request, request_on
 from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute, node_busy_seconds
-from dpe_dagster.usage.lock import instance_lock
+from dpe_dagster.lock import instance_lock
 from dpe_dagster.usage.pricing import CONFIG, Price
 from dpe_dagster.usage.records import (
     ASSET_COST, ASSET_NODE_SECONDS, ASSET_RUN_ID, NODE_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime, UsageRecord,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
-from dpe_dagster.scaling.tags import TagError, pool_request
+from dpe_dagster.tags import TagError, pool_request
 from dpe_dagster.usage.records import ASSET_COST, ASSET_NODE_SECONDS
 
 

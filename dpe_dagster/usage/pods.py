@@ -29,7 +29,7 @@ from dpe_dagster.usage.attribution import RunSpan, attribute
 from dpe_dagster.usage.ledger import (
     UNASSIGNED, Pricer, _observation_event, _observations, _runs_overlapping, node_share, node_spans, run_span,
 )
-from dpe_dagster.usage.lock import instance_lock
+from dpe_dagster.lock import instance_lock
 from dpe_dagster.usage.pricing import CONFIG
 from dpe_dagster.usage.records import UsageRecord, _from_metadata, _to_metadata
 

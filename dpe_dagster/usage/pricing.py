@@ -96,7 +96,7 @@ def pricer_for(env) -> Callable[[PoolConfig, Node], Price]:
     """A node pricer for an environment: AWS lookups only where the environment has AWS pools."""
     if not any(p.provider == "aws_asg" for p in env.pools.values()):
         return lambda pool, node: node_price(pool, node)
-    from dpe_dagster.pools.aws_asg import AwsSettings, make_clients
+    from dpe_dagster.pools.aws.asg import AwsSettings, make_clients
 
     aws = AwsSettings.parse(env.aws)
     spot = SpotPriceHistory(make_clients(aws)[1])

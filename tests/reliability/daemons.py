@@ -19,10 +19,10 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dpe_dagster.daemon import dagster_bin, start_dagster_process, stop_process_group
-from dpe_dagster.faults import FaultInjector, FaultRates
+from tests.fakes.aws_faults import FaultInjector, FaultRates
 from dpe_dagster.instance import write_instance
 from dpe_dagster.paths import PROJECT_ROOT
-from dpe_dagster.pools.aws_emulator import MotoServer, create_groups
+from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
 from resources import load_environment
 from tests.conftest import POSTGRES_URL
 from tests.reliability import summary

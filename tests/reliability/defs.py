@@ -12,7 +12,7 @@ import time
 from dagster import DefaultSensorStatus, Definitions, RunRequest, in_process_executor, job, op, sensor
 
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
-from dpe_dagster.scaling.tags import POOL_TAG
+from dpe_dagster.tags import POOL_TAG
 from dpe_dagster.usage.sensor import build_ledger_sensor
 from resources import load_environment
 

@@ -15,7 +15,7 @@ from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobO
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dpe_dagster.config import Environment, parse_environment
-from dpe_dagster.scaling.tags import CPU_TAG, POOL_TAG
+from dpe_dagster.tags import CPU_TAG, POOL_TAG
 from resources import aws_sim
 
 REGION = "us-east-1"

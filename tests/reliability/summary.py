@@ -9,7 +9,7 @@ from collections import Counter
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from dpe_dagster import faults
+from tests.fakes import aws_faults as faults
 from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
 
 MEASURED: Counter = Counter()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from dpe_dagster.cli import app
 from dpe_dagster.config import ConfigError, parse_environment
 from dpe_dagster.launch import placement
-from dpe_dagster.scaling.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, TagError, pool_request
+from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, TagError, pool_request
 from dpe_dagster.sim.trace import TraceError, read_trace
 from resources import aws_sim
 

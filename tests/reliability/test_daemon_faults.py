@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from dagster import DagsterRunStatus
 
-from dpe_dagster.faults import FaultRates
+from tests.fakes.aws_faults import FaultRates
 
 pytestmark = pytest.mark.slow
 RUNS = 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from dpe_dagster.faults import FaultRates
+from tests.fakes.aws_faults import FaultRates
 from dpe_dagster.instance import instance_config
 
 

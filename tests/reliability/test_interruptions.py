@@ -13,12 +13,12 @@ from dagster import DagsterEventType
 
 from dpe_dagster.launch.placement import place_on_pool
 from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.interruptions import InterruptionReader
-from dpe_dagster.scaling.tags import INTERRUPTED_TAG
+from dpe_dagster.pools.aws.interruptions import InterruptionReader
+from dpe_dagster.tags import INTERRUPTED_TAG
 from dpe_dagster.usage.ledger import read_node_lifetimes
 from tests.reliability.harness import advance, group, queue_run
 from tests.reliability.test_reconcile import aws_env, moto, tick  # noqa: F401
-from tests.test_interruptions import interruption_queue, warn
+from tests.pools.test_interruptions import interruption_queue, warn
 
 
 def test_warning_during_a_run_replaces_the_node_at_once_and_charges_it_once(aws_env, measured):

@@ -10,11 +10,11 @@ import json
 import pytest
 from dagster import build_sensor_context
 
-from dpe_dagster.pools.aws_asg import AwsSettings
-from dpe_dagster.pools.aws_emulator import create_group, create_groups
+from dpe_dagster.pools.aws.asg import AwsSettings
+from dpe_dagster.pools.aws.emulator import create_group, create_groups
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor, load_cursor
 from tests.reliability.harness import queue_run
-from tests.test_aws_asg import REGION, aws, clients, dagster, environment, group, moto  # noqa: F401 (fixtures)
+from tests.pools.test_aws_asg import REGION, aws, clients, dagster, environment, group, moto  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ from dpe_dagster.config import ConfigError, parse_environment
 from dpe_dagster.paths import PROJECT_ROOT
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.base import PoolError
-from dpe_dagster.scaling.tags import POOL_TAG, TagError, pool_request
+from dpe_dagster.tags import POOL_TAG, TagError, pool_request
 from resources import aws_sim
 from tests.reliability.harness import KEY_ID, SECRET
 

@@ -17,7 +17,7 @@ import pytest
 from dagster import DagsterEventType, instance_for_test
 
 from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.aws_emulator import MotoServer, create_groups
+from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.usage.ledger import read_node_lifetimes

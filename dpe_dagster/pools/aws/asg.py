@@ -1,0 +1,680 @@
+"""A node pool backed by an AWS Auto Scaling Group, through boto3.
+
+The group is the source of truth: its desired capacity is the pool's target, its instances (joined
+with EC2's view of them) are the pool's nodes. dpe only ever:
+
+- raises the desired capacity (`SetDesiredCapacity`, `HonorCooldown=False`), clamped by dpe itself
+  to the group's MinSize/MaxSize as AWS reports them (AWS rejects a value outside them; an
+  emulator may not, so the clamp must not depend on the server); lowers it only to withdraw
+  capacity not launched yet, never below the instances that exist;
+- reads EC2's view of the instances by id, and by an `instance-id` filter when EC2 answers
+  InvalidInstanceID.NotFound (it fails the whole call for an instance launched seconds ago);
+- removes chosen idle instances (`TerminateInstanceInAutoScalingGroup` with
+  `ShouldDecrementDesiredCapacity=True`), never lowers the desired capacity to let AWS choose;
+- keeps busy instances protected from scale-in (`SetInstanceProtection`), so that nothing else
+  that shrinks the group (an operator, AZ rebalancing of a lowered desired size) picks them.
+
+A scale-up that does not arrive within the pool's boot timeout is reported by `scale_up_health`;
+`back_off` records that on the group itself (as group tags, visible to every dpe process) so the
+launcher places runs on the pool's fallback pool until the back-off expires.
+
+Credentials come only from the standard AWS chain (environment, shared files, SSO, the container
+or instance role); dpe's configuration holds the region, an optional endpoint, and retry settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlparse
+
+from dpe_dagster.config import ConfigError, Environment, PoolConfig
+from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolError
+
+log = logging.getLogger("dpe.pools.aws_asg")
+
+BUSY_SOURCES = ("kubernetes", "dagster_runs")
+RETRY_MODES = ("standard", "adaptive")
+ASG_SETTINGS = {"group_name", "busy_source", "backoff_s", "instance_types"}
+AWS_FIELDS = {"region", "endpoint_url", "retry_mode", "max_attempts", "emulator",
+              "interruption_queue_url"}  # the last one: read and validated in pools/interruptions.py
+# Group tags through which every dpe process sees the same scale-up and back-off state.
+SCALE_UP_SINCE_TAG = "dpe:scale-up-since"
+BACKOFF_UNTIL_TAG = "dpe:backoff-until"
+BACKOFF_REASON_TAG = "dpe:backoff-reason"
+# Instance tag `dpe interruptions` writes on a node EC2 warned about: "<kind> <unix time of the
+# warning>". The control loop, another process, reads it with the instance (no extra call).
+INTERRUPTED_TAG = "dpe:interrupted"
+# ASG lifecycle states in which an instance is on its way out (or parked): not a node.
+_GONE_STATES = ("Terminating", "Terminated", "Detaching", "Detached", "Warmed")
+_LIVE_EC2_STATES = ("pending", "running")
+_BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
+
+
+# -- configuration ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AwsSettings:
+    """Per-environment AWS settings (`aws:` in the environment)."""
+
+    region: str
+    endpoint_url: str | None = None
+    retry_mode: str = "standard"
+    max_attempts: int = 8
+    # The environment talks only to an AWS emulator on loopback (aws-sim): refuse anything else.
+    emulator: bool = False
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> "AwsSettings":
+        unknown = sorted(set(raw) - AWS_FIELDS)
+        if unknown:
+            raise ConfigError(f"aws: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(AWS_FIELDS))}")
+        region = raw.get("region")
+        if not isinstance(region, str) or not region:
+            raise ConfigError(f"aws.region: must be an AWS region name like 'us-east-1'; got {region!r}")
+        endpoint = raw.get("endpoint_url")
+        if endpoint is not None and (not isinstance(endpoint, str) or urlparse(endpoint).scheme not in ("http", "https")):
+            raise ConfigError(f"aws.endpoint_url: must be an http(s) URL; got {endpoint!r}")
+        mode = raw.get("retry_mode", "standard")
+        if mode not in RETRY_MODES:
+            raise ConfigError(f"aws.retry_mode: must be one of {', '.join(RETRY_MODES)}; got {mode!r}")
+        attempts = raw.get("max_attempts", 8)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 20:
+            raise ConfigError(f"aws.max_attempts: must be an integer 1-20; got {attempts!r}")
+        emulator = raw.get("emulator", False)
+        if not isinstance(emulator, bool):
+            raise ConfigError(f"aws.emulator: must be true or false; got {emulator!r}")
+        return cls(region, endpoint, mode, attempts, emulator)
+
+
+@dataclass(frozen=True)
+class AsgSettings:
+    """Per-pool settings (`pools.<name>.settings` for provider `aws_asg`)."""
+
+    group_name: str
+    busy_source: str = "kubernetes"
+    backoff_s: float = 600.0
+    # The instance types the group may launch; the emulator creates the group with them, in AWS the
+    # group's MixedInstancesPolicy (deploy/) is the truth and this is documentation.
+    instance_types: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, pool_name: str, raw: Mapping[str, Any]) -> "AsgSettings":
+        where = f"pools.{pool_name}.settings"
+        unknown = sorted(set(raw) - ASG_SETTINGS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                              f"allowed for provider aws_asg: {', '.join(sorted(ASG_SETTINGS))}")
+        group = raw.get("group_name")
+        if not isinstance(group, str) or not 1 <= len(group) <= 255 or any(c in group for c in ":\n"):
+            raise ConfigError(f"{where}.group_name: must be the Auto Scaling group's name (1-255 characters, "
+                              f"no ':'); got {group!r}")
+        busy = raw.get("busy_source", "kubernetes")
+        if busy not in BUSY_SOURCES:
+            raise ConfigError(f"{where}.busy_source: must be one of {', '.join(BUSY_SOURCES)}; got {busy!r}")
+        backoff = raw.get("backoff_s", 600.0)
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff > 0:
+            raise ConfigError(f"{where}.backoff_s: must be a number of seconds > 0; got {backoff!r}")
+        types = raw.get("instance_types", ())
+        if not isinstance(types, (list, tuple)) or not all(isinstance(t, str) and "." in t for t in types):
+            raise ConfigError(f"{where}.instance_types: must be a list of EC2 instance types like "
+                              f"['m6i.large', 'm5.large']; got {types!r}")
+        return cls(group, busy, float(backoff), tuple(types))
+
+
+def _is_loopback_url(url: str | None) -> bool:
+    if not url:
+        return False
+    host = urlparse(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+# How old a handed-over group description may be when a look uses it: one tick's worth.
+VIEW_MAX_AGE_S = 5.0
+# DescribeAutoScalingGroups names at most this many groups per call (with MaxRecords at its maximum).
+GROUPS_PER_CALL = 100
+
+
+def describe_groups(pools: Sequence["AwsAsgPool"]) -> None:
+    """Describe the groups of many pools with one DescribeAutoScalingGroups call per 100 groups
+    (instead of one or two per pool) and hand each pool its group for its next look. Pools that
+    share clients are asked together. A failed call only means the pools ask for themselves, as
+    before: it is logged, not raised."""
+    by_clients: dict[int, list[AwsAsgPool]] = {}
+    for pool in pools:
+        by_clients.setdefault(id(pool.autoscaling), []).append(pool)
+    for members in by_clients.values():
+        by_group = {pool.settings.group_name: pool for pool in members}
+        names = list(by_group)
+        for start in range(0, len(names), GROUPS_PER_CALL):
+            chunk, token = names[start:start + GROUPS_PER_CALL], None
+            try:
+                while True:
+                    kwargs = {"AutoScalingGroupNames": chunk, "MaxRecords": GROUPS_PER_CALL}
+                    if token:
+                        kwargs["NextToken"] = token
+                    response = members[0]._call("DescribeAutoScalingGroups",
+                                                members[0].autoscaling.describe_auto_scaling_groups, **kwargs)
+                    seen = time.monotonic()
+                    for group in response.get("AutoScalingGroups", []):
+                        if group.get("AutoScalingGroupName") in by_group:
+                            by_group[group["AutoScalingGroupName"]]._view = (group, seen)
+                    token = response.get("NextToken")
+                    if not token:
+                        break
+            except PoolError as error:
+                log.warning("describing %d group(s) at once failed; each pool asks for itself: %s", len(chunk), error)
+
+
+def make_clients(aws: AwsSettings) -> tuple[Any, Any]:
+    """(autoscaling, ec2) clients with botocore's own retry modes for throttling and 5xx, shared
+    within a process: building a session and two clients took ~1.3 s of a 2.2 s launch
+    (bench/latency.py). The AWS_* environment is part of the key, so a changed endpoint or
+    credentials source gets new clients; botocore refreshes expiring credentials itself."""
+    aws_environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    return _clients(aws, aws_environment)
+
+
+@lru_cache(maxsize=32)
+def _clients(aws: AwsSettings, aws_environment: tuple) -> tuple[Any, Any]:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        region_name=aws.region,
+        retries={"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts},  # first try included
+        connect_timeout=10,
+        read_timeout=30,
+        user_agent_extra="dpe",
+    )
+    session = boto3.session.Session()
+    # endpoint_url=None lets botocore use AWS_ENDPOINT_URL / the config file, or the real endpoint.
+    kwargs = {"config": config, "endpoint_url": aws.endpoint_url}
+    return session.client("autoscaling", **kwargs), session.client("ec2", **kwargs)
+
+
+# -- the pool --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScaleUpHealth:
+    """Whether capacity asked for has arrived; `overdue` with a reason when it has not in time."""
+
+    overdue: bool
+    reason: str
+    desired: int
+    running: int
+
+
+BusyLookup = Callable[[Sequence["_Instance"]], dict[str, tuple[bool, bool]]]
+RunLookup = Callable[[Sequence["_Instance"]], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class _Instance:
+    id: str
+    lifecycle_state: str  # the ASG's view
+    ec2_state: str | None  # EC2's view; None while EC2 does not list it yet
+    zone: str
+    instance_type: str
+    lifecycle: str
+    launched_at: float
+    protected: bool
+    interrupted: tuple[str, float | None] = ("", None)  # from INTERRUPTED_TAG
+
+
+class AwsAsgPool:
+    """A `NodePool` whose nodes are the instances of one Auto Scaling group."""
+
+    def __init__(self, config: PoolConfig, settings: AsgSettings, aws: AwsSettings, autoscaling: Any, ec2: Any,
+                 busy_lookup: BusyLookup | None = None, cordon: Callable[..., Any] | None = None,
+                 run_lookup: RunLookup | None = None):
+        # busy_lookup: instances -> {id: (ready to take work, busy)}; cordon(instance_ids, cordoned=True)
+        # marks the matching Kubernetes nodes (un)schedulable; run_lookup: instances -> {run id:
+        # instance id it holds}. All come from the pool's busy_source.
+        self.name = config.name
+        self.config = config
+        self.settings = settings
+        self.aws = aws
+        self.autoscaling = autoscaling
+        self.ec2 = ec2
+        self._busy_lookup = busy_lookup
+        self._cordon = cordon
+        self._run_lookup = run_lookup
+        # (group, monotonic time): a group description the next look may use instead of asking
+        # again; see describe_groups and _group_for_look.
+        self._view: tuple[dict, float] | None = None
+
+    @classmethod
+    def from_config(cls, pool: PoolConfig, env: Environment) -> "AwsAsgPool":
+        settings = AsgSettings.parse(pool.name, dict(pool.settings))
+        aws = AwsSettings.parse(dict(env.aws))
+        autoscaling, ec2 = make_clients(aws)
+        pool_obj = cls(pool, settings, aws, autoscaling, ec2)
+        if settings.busy_source == "kubernetes":
+            from dpe_dagster.kube.nodes import KubeNodes
+
+            kube = KubeNodes.from_environment(pool.labels)
+            pool_obj._busy_lookup = lambda instances: kube.busy_by_instance([i.id for i in instances])
+            pool_obj._cordon = kube.cordon_instances
+            pool_obj._run_lookup = lambda instances: kube.run_instances([i.id for i in instances])
+        else:
+            from dpe_dagster.pools.aws.emulator import busy_from_dagster_runs, runs_on_instances
+
+            pool_obj._busy_lookup = lambda instances: busy_from_dagster_runs(pool, instances)
+            pool_obj._run_lookup = lambda instances: runs_on_instances(pool, instances)
+        return pool_obj
+
+    # -- AWS calls ----------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        if not what.startswith("Describe"):
+            # Something changes: a group description handed over for the next look is stale now.
+            self._view = None
+        # Checked at each call, not when the pool object is made: building it must not fail
+        # (cleanup code opens every pool), sending anything off loopback must.
+        if self.aws.emulator and not _is_loopback_url(self.aws.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")):
+            raise PoolError(
+                f"pool {self.name}: this environment talks only to an AWS emulator on loopback, and AWS_ENDPOINT_URL "
+                f"is {os.environ.get('AWS_ENDPOINT_URL')!r}: run it through `dpe demo`, which starts the emulator"
+            )
+        try:
+            return fn(**kwargs)
+        except NoCredentialsError:
+            raise PoolError(
+                f"pool {self.name}: {what}: no AWS credentials found in the standard chain (environment variables, "
+                "shared credentials/config files, SSO, the container or instance role)"
+            ) from None
+        except ClientError as error:
+            info = error.response.get("Error", {})
+            attempts = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            raise PoolError(
+                f"pool {self.name}: {what} on group {self.settings.group_name!r} failed: "
+                f"{info.get('Code', '?')}: {info.get('Message', '')} (after {attempts + 1} attempt(s))"
+            ) from error
+        except BotoCoreError as error:
+            raise PoolError(f"pool {self.name}: {what} on group {self.settings.group_name!r} failed: {error}") from error
+
+    def _group(self) -> dict:
+        response = self._call(
+            "DescribeAutoScalingGroups", self.autoscaling.describe_auto_scaling_groups,
+            AutoScalingGroupNames=[self.settings.group_name],
+        )
+        groups = response.get("AutoScalingGroups", [])
+        if not groups:
+            raise PoolError(
+                f"pools.{self.name}.settings.group_name: Auto Scaling group {self.settings.group_name!r} "
+                f"does not exist in region {self.aws.region}"
+            )
+        return groups[0]
+
+    def _group_for_look(self) -> dict:
+        """The group for a read (`nodes`, then `target`): the description handed over by
+        describe_groups or by the `nodes()` just before, used once and only while fresh; otherwise
+        asked afresh. Anything that acts (set_target, remove_nodes) always asks afresh."""
+        view, self._view = self._view, None
+        if view is not None and time.monotonic() - view[1] <= VIEW_MAX_AGE_S:
+            return view[0]
+        return self._group()
+
+    def _ec2_view(self, ids: Sequence[str]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        for start in range(0, len(ids), 100):
+            chunk = list(ids[start:start + 100])
+            try:
+                pages = [self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=chunk)]
+            except PoolError as error:
+                if _error_code(error) != "InvalidInstanceID.NotFound":
+                    raise
+                # Real EC2 fails the whole call when one id is not listed yet (an instance launched
+                # seconds ago). A filter on the same ids lists those EC2 knows and skips the rest;
+                # the others stay nodes on their way (ec2_state None).
+                log.info("pool %s: EC2 does not list some of %d instance(s) yet; describing by filter",
+                         self.name, len(chunk))
+                pages, token = [], None
+                while True:
+                    kwargs: dict[str, Any] = {"Filters": [{"Name": "instance-id", "Values": chunk}]}
+                    if token:
+                        kwargs["NextToken"] = token
+                    pages.append(self._call("DescribeInstances", self.ec2.describe_instances, **kwargs))
+                    token = pages[-1].get("NextToken")
+                    if not token:
+                        break
+            for response in pages:
+                for reservation in response.get("Reservations", []):
+                    for inst in reservation.get("Instances", []):
+                        found[inst["InstanceId"]] = inst
+        return found
+
+    def _instances(self, group: dict) -> list[_Instance]:
+        members = group.get("Instances", [])
+        ec2 = self._ec2_view([m["InstanceId"] for m in members]) if members else {}
+        out = []
+        for member in members:
+            described = ec2.get(member["InstanceId"], {})
+            launch = described.get("LaunchTime")
+            out.append(_Instance(
+                id=member["InstanceId"],
+                lifecycle_state=member.get("LifecycleState", ""),
+                ec2_state=described.get("State", {}).get("Name") if described else None,
+                zone=member.get("AvailabilityZone", ""),
+                instance_type=described.get("InstanceType") or member.get("InstanceType", "unknown"),
+                lifecycle="spot" if described.get("InstanceLifecycle") == "spot" else "on-demand",
+                launched_at=launch.timestamp() if launch is not None else time.time(),
+                protected=bool(member.get("ProtectedFromScaleIn")),
+                interrupted=_interruption(described.get("Tags", [])),
+            ))
+        return out
+
+    @staticmethod
+    def _alive(inst: _Instance) -> bool:
+        if inst.lifecycle_state.startswith(_GONE_STATES):
+            return False
+        return inst.ec2_state is None or inst.ec2_state in _LIVE_EC2_STATES
+
+    @staticmethod
+    def _serving(inst: _Instance) -> bool:
+        return inst.lifecycle_state == "InService" and inst.ec2_state == "running"
+
+    # -- NodePool -----------------------------------------------------------------------------
+    def target(self) -> int:
+        return int(self._group_for_look()["DesiredCapacity"])
+
+    def set_target(self, size: int) -> None:
+        group = self._group()
+        low, high, desired = int(group["MinSize"]), int(group["MaxSize"]), int(group["DesiredCapacity"])
+        wanted = min(max(int(size), low), high)
+        if wanted != size:
+            log.info("pool %s: asked for %d node(s); group %s allows %d..%d, asking for %d",
+                     self.name, size, self.settings.group_name, low, high, wanted)
+        if wanted < desired:
+            # Withdraw capacity AWS has not launched yet, never below the instances that exist:
+            # those go through remove_nodes, which picks them (busy ones are also protected).
+            existing = sum(1 for inst in self._instances(group) if self._alive(inst))
+            keep = max(wanted, existing)
+            if keep < desired:
+                log.info("pool %s: withdrawing %d unlaunched node(s) from group %s (%d -> %d, %d instance(s))",
+                         self.name, desired - keep, self.settings.group_name, desired, keep, existing)
+                self._call("SetDesiredCapacity", self.autoscaling.set_desired_capacity,
+                           AutoScalingGroupName=self.settings.group_name, DesiredCapacity=keep, HonorCooldown=False)
+            return
+        if wanted == desired:
+            return
+        tags = _tags(group)
+        until = _float(tags.get(BACKOFF_UNTIL_TAG))
+        if until is not None and until > time.time():
+            # Backed off: runs go to the fallback pool meanwhile; asking again would only make AWS
+            # retry what just failed.
+            log.info("pool %s: backed off for %.0fs more (%s); not scaling up", self.name, until - time.time(),
+                     tags.get(BACKOFF_REASON_TAG, ""))
+            return
+        self._call("SetDesiredCapacity", self.autoscaling.set_desired_capacity,
+                   AutoScalingGroupName=self.settings.group_name, DesiredCapacity=wanted, HonorCooldown=False)
+        if SCALE_UP_SINCE_TAG not in tags:
+            # When the capacity was asked for; cleared once it is all serving (nodes() and
+            # scale_up_health() check), so a scale-up overdue past the boot timeout can be told.
+            self._set_tags({SCALE_UP_SINCE_TAG: f"{time.time():.3f}"})
+
+    def nodes(self) -> list[Node]:
+        group = self._group_for_look()
+        alive = [inst for inst in self._instances(group) if self._alive(inst)]
+        busy = self._busy(alive)
+        nodes = []
+        for inst in alive:
+            serving, is_busy = busy.get(inst.id, (self._serving(inst), None))
+            nodes.append(Node(
+                id=inst.id,
+                state=RUNNING if serving and self._serving(inst) else PENDING,
+                launched_at=inst.launched_at,
+                busy=is_busy is not False,
+                busy_known=is_busy is not None,
+                lifecycle=inst.lifecycle,
+                instance_type=inst.instance_type,
+                zone=inst.zone,
+                interrupted=inst.interrupted[0],
+                interrupted_at=inst.interrupted[1],
+            ))
+        self._sync_protection(alive, {n.id for n in nodes if n.busy})
+        if SCALE_UP_SINCE_TAG in _tags(group) and sum(n.state == RUNNING for n in nodes) >= int(group["DesiredCapacity"]):
+            try:
+                self._delete_tags([SCALE_UP_SINCE_TAG])
+            except PoolError as error:  # only bookkeeping: the next look retries
+                log.warning("%s", error)
+        # One look reads the group once: the target() that follows uses this same description.
+        self._view = (group, time.monotonic())
+        return nodes
+
+    def run_nodes(self) -> dict[str, str]:
+        """From the busy source (Kubernetes: the nodes of the runs' pods; aws-sim: the emulator's
+        model). Reads the group like a look does, and hands the description on to the `nodes()`
+        and `target()` that follow, so knowing the runs' nodes costs no extra group description.
+        A lookup that fails means no run is known to hold a node: the policy packs those runs as
+        it did before it knew (it may ask for fewer nodes this tick than where the runs really are
+        needs; busy-ness comes from `nodes()`, so no busy node is ever removed for it)."""
+        group = self._group_for_look()
+        self._view = (group, time.monotonic())
+        alive = [inst for inst in self._instances(group) if self._alive(inst)]
+        if not alive or self._run_lookup is None:
+            return {}
+        try:
+            placed = self._run_lookup(alive)
+        except Exception as error:  # another system; its failure must not fail the tick
+            log.warning("pool %s: cannot tell which nodes the runs hold (%s); packing without it", self.name, error)
+            return {}
+        ids = {inst.id for inst in alive}
+        return {run_id: node_id for run_id, node_id in placed.items() if node_id in ids}
+
+    def remove_nodes(self, node_ids: Sequence[str], stuck: Sequence[str] = ()) -> None:
+        node_ids = list(dict.fromkeys(node_ids))
+        if not node_ids:
+            return
+        group = self._group()
+        members = {inst.id: inst for inst in self._instances(group) if self._alive(inst)}
+        unknown = [n for n in node_ids if n not in members]
+        if unknown:
+            raise PoolError(f"pool {self.name}: no node(s) {', '.join(unknown)} in group {self.settings.group_name!r}")
+        desired, low = int(group["DesiredCapacity"]), int(group["MinSize"])
+        # A stuck node at the group's MinSize is replaced (terminated without lowering the desired
+        # capacity): the pool needs a node there, and not that one.
+        replaced = [n for n in node_ids if n in stuck][:max(0, len(node_ids) - max(0, desired - low))]
+        if desired - len(node_ids) + len(replaced) < low:
+            raise PoolError(
+                f"pool {self.name}: removing {len(node_ids)} node(s) would take group {self.settings.group_name!r} "
+                f"from {desired} to {desired - len(node_ids)}, under its MinSize {low}"
+            )
+        # Check busy at the last moment, not from the caller's older view.
+        # Busy-ness is judged over the whole group (a run placed on one instance is not on another).
+        # Unknown counts as busy, except for the nodes removed as stuck (unknown for too long).
+        busy = self._busy(list(members.values()))
+
+        def refuses(node_id: str) -> bool:
+            is_busy = busy.get(node_id, (False, None))[1]
+            return is_busy is True or (is_busy is None and node_id not in stuck)
+
+        refused = sorted(n for n in node_ids if refuses(n))
+        if refused:
+            raise PoolError(f"pool {self.name}: refusing to remove busy node(s) {', '.join(refused)}")
+        if self._cordon is not None:
+            # Cordon first, then look again: a pod scheduled between the check and the cordon
+            # makes the node busy, and then it stays.
+            try:
+                self._cordon(node_ids)
+                cordoned = True
+            except Exception as error:
+                with _suppress():
+                    self._cordon(node_ids, False)
+                # The API that cannot cordon is the one that could not tell busy-ness: nodes removed
+                # as stuck for that (unknown past their grace) go uncordoned, or never.
+                if not all(n in stuck and busy.get(n, (False, None))[1] is None for n in node_ids):
+                    raise PoolError(f"pool {self.name}: could not cordon {', '.join(node_ids)}: {error}; "
+                                    "nothing removed") from error
+                log.warning("pool %s: could not cordon %s (%s); terminating them uncordoned: their busy status has "
+                            "been unknown past the grace", self.name, ", ".join(node_ids), error)
+                cordoned = False
+            if cordoned:
+                busy = self._busy(list(members.values()))
+            now_busy = sorted(n for n in node_ids if refuses(n)) if cordoned else []
+            if now_busy:
+                self._cordon(now_busy, False)
+                raise PoolError(f"pool {self.name}: node(s) {', '.join(now_busy)} took work while being cordoned; "
+                                "uncordoned and kept")
+        done: list[str] = []
+        for node_id in node_ids:
+            try:
+                self._call("TerminateInstanceInAutoScalingGroup", self.autoscaling.terminate_instance_in_auto_scaling_group,
+                           InstanceId=node_id, ShouldDecrementDesiredCapacity=node_id not in replaced)
+            except PoolError as error:
+                left = node_ids[len(done):]
+                if self._cordon is not None:
+                    with _suppress():
+                        self._cordon(left, False)
+                raise PoolError(f"{error}; terminated {', '.join(done) or 'none'}, kept {', '.join(left)}") from error
+            done.append(node_id)
+
+    def mark_interrupted(self, node_id: str, kind: str, at: float) -> None:
+        """Say on the instance that EC2 is taking it away (`kind`, one of INTERRUPTIONS, warned at
+        `at`): every dpe process then sees the node as going (`Node.interrupted`)."""
+        if kind not in INTERRUPTIONS:
+            raise ValueError(f"kind: must be one of {', '.join(INTERRUPTIONS)}; got {kind!r}")
+        self._call("CreateTags", self.ec2.create_tags, Resources=[node_id],
+                   Tags=[{"Key": INTERRUPTED_TAG, "Value": f"{kind} {at:.3f}"}])
+
+    # -- busy-ness and protection -------------------------------------------------------------
+    def _busy(self, instances: Sequence[_Instance]) -> dict[str, tuple[bool, bool | None]]:
+        """instance id -> (ready to take work, busy); busy None: unknown, which counts as busy (a
+        node dpe cannot see must not be removed as idle) for a bounded grace (policy.stuck_nodes)."""
+        if not instances:
+            return {}
+        if self._busy_lookup is None:
+            return {inst.id: (self._serving(inst), None) for inst in instances}
+        try:
+            return self._busy_lookup(instances)
+        except Exception as error:  # the lookup talks to another system; its failure must not remove nodes
+            log.warning("pool %s: cannot tell which nodes are busy (%s); treating all as busy", self.name, error)
+            return {inst.id: (self._serving(inst), None) for inst in instances}
+
+    def _sync_protection(self, instances: Iterable[_Instance], busy: set[str]) -> None:
+        protect = [i.id for i in instances if i.id in busy and not i.protected]
+        release = [i.id for i in instances if i.id not in busy and i.protected]
+        for ids, flag in ((protect, True), (release, False)):
+            for start in range(0, len(ids), _BATCH):
+                try:
+                    self._call("SetInstanceProtection", self.autoscaling.set_instance_protection,
+                               AutoScalingGroupName=self.settings.group_name,
+                               InstanceIds=ids[start:start + _BATCH], ProtectedFromScaleIn=flag)
+                except PoolError as error:
+                    log.warning("%s", error)
+
+    # -- scale-up health and back-off ---------------------------------------------------------
+    def _set_tags(self, values: Mapping[str, str]) -> None:
+        self._call("CreateOrUpdateTags", self.autoscaling.create_or_update_tags, Tags=[
+            {"ResourceId": self.settings.group_name, "ResourceType": "auto-scaling-group", "Key": key,
+             "Value": value, "PropagateAtLaunch": False}
+            for key, value in values.items()
+        ])
+
+    def _delete_tags(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if keys:
+            self._call("DeleteTags", self.autoscaling.delete_tags, Tags=[
+                {"ResourceId": self.settings.group_name, "ResourceType": "auto-scaling-group", "Key": key}
+                for key in keys
+            ])
+
+    def scale_up_health(self, now: float | None = None) -> ScaleUpHealth:
+        """Has the capacity asked for arrived? Overdue when it has not within the boot timeout, or
+        when AWS reports a failed or cancelled scaling activity since it was asked for."""
+        now = time.time() if now is None else now
+        group = self._group()
+        tags = _tags(group)
+        desired = int(group["DesiredCapacity"])
+        running = sum(1 for inst in self._instances(group) if self._serving(inst))
+        since = _float(tags.get(SCALE_UP_SINCE_TAG))
+        if running >= desired:
+            if since is not None:
+                self._delete_tags([SCALE_UP_SINCE_TAG])
+            return ScaleUpHealth(False, f"{running} of {desired} node(s) running", desired, running)
+        if since is None:
+            return ScaleUpHealth(False, f"{running} of {desired} node(s) running", desired, running)
+        failed = self._failed_activity(since)
+        if failed:
+            return ScaleUpHealth(True, f"scaling activity failed: {failed}", desired, running)
+        waited = now - since
+        if waited > self.config.boot_timeout_s:
+            return ScaleUpHealth(
+                True, f"asked for {desired} node(s) {waited:.0f}s ago, {running} running after the "
+                f"{self.config.boot_timeout_s:g}s boot timeout", desired, running)
+        return ScaleUpHealth(False, f"{running} of {desired} node(s) running, waiting {waited:.0f}s", desired, running)
+
+    def _failed_activity(self, since: float) -> str | None:
+        response = self._call("DescribeScalingActivities", self.autoscaling.describe_scaling_activities,
+                              AutoScalingGroupName=self.settings.group_name, MaxRecords=20)
+        for activity in response.get("Activities", []):
+            started = activity.get("StartTime")
+            if started is not None and started.timestamp() >= since - 1 and \
+                    activity.get("StatusCode") in ("Failed", "Cancelled"):
+                return activity.get("StatusMessage") or activity.get("Description") or activity["StatusCode"]
+        return None
+
+    def backoff(self, now: float | None = None) -> str | None:
+        """Why the pool is backed off, or None when it takes requests."""
+        now = time.time() if now is None else now
+        tags = _tags(self._group())
+        until = _float(tags.get(BACKOFF_UNTIL_TAG))
+        if until is not None and until > now:
+            return f"backed off for {until - now:.0f}s more: {tags.get(BACKOFF_REASON_TAG, 'scale-up failed')}"
+        return None
+
+    def back_off(self, reason: str, now: float | None = None) -> None:
+        """Stop asking this pool for capacity for `backoff_s`, and withdraw the part of the desired
+        capacity that never became an instance (so AWS stops retrying it). Instances that exist are
+        kept; busy ones are protected from scale-in, so the lower desired size can only drop
+        capacity that does not exist yet."""
+        now = time.time() if now is None else now
+        group = self._group()
+        existing = sum(1 for inst in self._instances(group) if self._alive(inst))
+        keep = max(existing, int(group["MinSize"]))
+        if int(group["DesiredCapacity"]) > keep:
+            self._call("SetDesiredCapacity", self.autoscaling.set_desired_capacity,
+                       AutoScalingGroupName=self.settings.group_name, DesiredCapacity=keep, HonorCooldown=False)
+        self._set_tags({BACKOFF_UNTIL_TAG: f"{now + self.settings.backoff_s:.3f}", BACKOFF_REASON_TAG: reason[:250]})
+        self._delete_tags([SCALE_UP_SINCE_TAG] if SCALE_UP_SINCE_TAG in _tags(group) else [])
+
+    def describe(self) -> dict:
+        """The group as AWS reports it, for `dpe pools`."""
+        group = self._group()
+        return {"group": self.settings.group_name, "min": int(group["MinSize"]), "max": int(group["MaxSize"]),
+                "target": int(group["DesiredCapacity"]), "backoff": self.backoff()}
+
+
+def _suppress():
+    import contextlib
+
+    return contextlib.suppress(Exception)
+
+
+def _error_code(error: BaseException) -> str | None:
+    """The AWS error code behind a PoolError raised by `_call`, if any."""
+    cause = error.__cause__
+    response = getattr(cause, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
+def _tags(group: Mapping[str, Any]) -> dict[str, str]:
+    return {tag["Key"]: tag.get("Value", "") for tag in group.get("Tags", [])}
+
+
+def _interruption(tags: Iterable[Mapping[str, str]]) -> tuple[str, float | None]:
+    """(kind, warned at) from an instance's INTERRUPTED_TAG; ("", None) when it has none we wrote."""
+    value = next((tag.get("Value", "") for tag in tags if tag.get("Key") == INTERRUPTED_TAG), "")
+    kind, _, at = value.partition(" ")
+    return (kind, _float(at)) if kind in INTERRUPTIONS else ("", None)
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""Spark standalone workers on this machine as a node pool."""

@@ -1,0 +1,88 @@
+"""A container asset's room, asked for through its run: the run records the ask (a run tag), the
+control plane's demand counts it, and the autoscaler sensor, not the run, asks the provider.
+
+Real parts: a Dagster instance, the aws-sim pools in the AWS emulator, the autoscaler sensor, the
+container's pod through dagster-k8s's `PipesK8sClient` to the loopback Kubernetes-format API."""
+
+from __future__ import annotations
+
+import uuid
+
+from dagster import DagsterRunStatus, build_sensor_context, materialize
+from dagster._core.storage.dagster_run import DagsterRun
+
+import resources
+from assets.containers import word_count
+from dpe_dagster.containers import KubernetesPoolContainers
+from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.scaling.sensor import build_autoscaler_sensor
+from dpe_dagster.tags import CONTAINER_TAG_PREFIX, container_ask_tag
+from tests.containers.test_pipes_k8s import instance, kube_api, pools, sim  # noqa: F401 (fixtures)
+
+
+def started_run(instance, tags: dict[str, str]) -> str:
+    return instance.add_run(DagsterRun(job_name="tpch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                                       tags=tags)).run_id
+
+
+def test_a_container_ask_recorded_on_a_run_is_demand_on_its_pool_until_it_is_closed(sim, instance):
+    env, _ = sim
+    run_id = started_run(instance, container_ask_tag("container-1", "spot-etl", 0.5, 0.5))  # the run names no pool
+    [ask] = read_demand(instance, env).of("spot-etl")
+    assert (ask.run_id, ask.cpus, ask.memory_gb) == (f"{run_id}/container-1", 0.5, 0.5)
+    assert read_demand(instance, env).of("ondemand-etl") == []
+
+    instance.add_run_tags(run_id, {CONTAINER_TAG_PREFIX + "container-1": ""})  # the container ended
+    assert read_demand(instance, env).of("spot-etl") == []
+
+
+def test_a_malformed_container_ask_is_rejected_naming_the_tag(sim, instance):
+    env, _ = sim
+    run_id = started_run(instance, {CONTAINER_TAG_PREFIX + "c": "spot-etl lots"})
+    demand = read_demand(instance, env)
+    assert demand.of("spot-etl") == []
+    assert demand.rejected[run_id] == ("tag dpe/container/c: must be '<pool> <cpus> <memory GB>' with positive "
+                                       "numbers, or empty; got 'spot-etl lots'")
+
+
+def test_the_run_asks_through_its_tag_and_the_autoscaler_sizes_the_pool(sim, pools, kube_api, instance, tmp_path):
+    env, _ = sim
+    spot = pools["spot-etl"]
+    sensor = build_autoscaler_sensor(env)
+    seen = {}
+
+    def kubelet(pod):  # when the pod reaches the API: nobody has asked AWS yet; then a tick does
+        seen["target_at_create"] = spot.target()
+        seen["demand"] = [(d.cpus, d.memory_gb) for d in read_demand(instance, env).of("spot-etl")]
+        sensor(build_sensor_context(instance=instance))
+        seen["target_after_tick"] = spot.target()
+        kube_api.bind_later(pod["metadata"]["name"], 0.2)
+
+    kube_api.on_create = kubelet
+    containers = KubernetesPoolContainers(environment="aws-sim", namespace="dagster", load_incluster_config=False,
+                                          kubeconfig_file=str(kube_api.kubeconfig(tmp_path / "kubeconfig")),
+                                          poll_interval_s=0.05, node_wait_s=20)
+    assert containers.ask_provider is False  # the default: the run pod needs no cloud credentials
+    result = materialize([word_count], resources={"containers": containers}, instance=instance)
+
+    assert result.success
+    assert seen == {"target_at_create": 0, "demand": [(0.5, 0.5)], "target_after_tick": 1}
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert [value for key, value in tags.items() if key.startswith(CONTAINER_TAG_PREFIX)] == [""]  # closed
+    assert read_demand(instance, env).of("spot-etl") == []
+
+
+def test_a_container_whose_node_does_not_come_fails_saying_the_autoscaler_was_asked(sim, pools, kube_api, instance,
+                                                                                    tmp_path):
+    containers = KubernetesPoolContainers(environment="aws-sim", namespace="dagster", load_incluster_config=False,
+                                          kubeconfig_file=str(kube_api.kubeconfig(tmp_path / "kubeconfig")),
+                                          poll_interval_s=0.05, node_wait_s=0.5)
+    result = materialize([word_count], resources={"containers": containers}, instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert "found no node of pool spot-etl within 0.5s" in message
+    assert "the container's ask is on its run and the autoscaler sizes pool spot-etl for it" in message
+    assert pools["spot-etl"].target() == 0  # the run never asked AWS
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert [value for key, value in tags.items() if key.startswith(CONTAINER_TAG_PREFIX)] == [""]

@@ -1,0 +1,171 @@
+"""A node that is not ready by its pool's boot timeout (never joined Kubernetes, or cordoned by
+someone else) is terminated and charged, and the ledger says why; a busy one never is."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from dagster import DagsterEventType
+
+from dpe_dagster.config import parse_pool
+from dpe_dagster.pools.base import Node
+from dpe_dagster.scaling.control import NodeMemory, scale_pool
+from dpe_dagster.scaling.demand import read_demand
+from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
+from dpe_dagster.usage.ledger import read_node_lifetimes
+from dpe_dagster.usage.report import node_rows
+from tests.reliability.harness import advance, queue_run
+
+POOL = parse_pool("spot-etl", {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
+                               "price_per_node_hour": 0.1, "idle_timeout_s": 60, "boot_timeout_s": 300})
+
+
+# -- the pure policy -------------------------------------------------------------------------
+def test_a_node_not_ready_by_the_boot_timeout_is_removed_and_replaced_if_still_wanted():
+    stuck = Node("stuck", "pending", launched_at=0.0, busy=False)
+    run = [RunDemand("r", 2, 4)]
+    early = plan_pool(POOL, PoolState(1, (stuck,)), run, 299.0)
+    assert (early.target, early.remove) == (1, ())
+    late = plan_pool(POOL, PoolState(1, (stuck,)), run, 300.0)
+    # Removed, and the run it was meant for gets a new node in the same plan.
+    assert (late.target, late.remove, late.removed_because) == (1, ("stuck",), {"stuck": "boot timeout"})
+    assert "not ready within the 300s boot timeout" in late.reason
+    # Not wanted any more: removed, not replaced.
+    gone = plan_pool(POOL, PoolState(1, (stuck,)), [], 300.0)
+    assert (gone.target, gone.remove) == (0, ("stuck",))
+
+
+def test_a_node_not_ready_that_holds_work_is_never_removed_and_a_cordoned_one_counts_from_its_cordon():
+    cordoned_busy = Node("b", "pending", launched_at=0.0, busy=True)
+    plan = plan_pool(POOL, PoolState(1, (cordoned_busy,)), [], 10_000.0)
+    assert plan.remove == ()
+    # A node that was ready, then cordoned by someone at t=9000: its boot timeout runs from then.
+    cordoned = Node("c", "pending", launched_at=0.0, busy=False)
+    state = PoolState(1, (cordoned,), not_ready_since={"c": 9_000.0})
+    assert plan_pool(POOL, state, [], 9_299.0).remove == ()
+    assert plan_pool(POOL, state, [], 9_300.0).removed_because == {"c": "boot timeout"}
+
+
+def test_the_sensor_memory_says_since_when_a_node_is_not_ready_and_old_cursors_still_load():
+    from dpe_dagster.scaling.control import observe
+
+    ready = Node("n", "running", launched_at=100.0, busy=False)
+    memory = observe([ready], {}, 200.0)
+    assert memory["n"].not_ready_since is None
+    memory = observe([Node("n", "pending", launched_at=100.0, busy=False)], memory, 260.0)
+    assert memory["n"].not_ready_since == 260.0  # cordoned after it was ready: from the first look
+    fresh = observe([Node("m", "pending", launched_at=150.0, busy=False)], {}, 260.0)
+    assert fresh["m"].not_ready_since == 150.0  # never seen ready: since its launch
+    again = NodeMemory.from_json(memory["n"].to_json())
+    assert again == memory["n"]
+    old = NodeMemory.from_json([5.0, 1.0, 7.0, 1.0, "spot", "m6i.large", "us-east-1a"])
+    assert (old.unknown_since, old.unknown_seconds, old.not_ready_since) == (None, 0.0, None)
+    assert NodeMemory.from_json([5.0, 1.0, 7.0]).instance_type == "unknown"
+
+
+# -- an Auto Scaling group whose instance never joins Kubernetes (moto + loopback Kubernetes API) --
+from tests.pools.test_aws_asg import aws, dagster, moto  # noqa: E402,F401  (fixtures)
+from tests.fakes.kube_api import kube_api  # noqa: E402,F401  (fixture)
+
+
+@pytest.fixture
+def kube_group(aws, kube_api, tmp_path, monkeypatch):
+    from tests.pools.test_aws_asg import clients, environment
+
+    from dpe_dagster.pools import open_pool
+    from dpe_dagster.pools.aws.emulator import create_groups
+
+    def make(**pool_fields):
+        monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        env = environment(aws.url, labels={"dpe.io/pool": "spot-etl"}, idle_timeout_s=3600,
+                          settings={"group_name": "test-spot", "busy_source": "kubernetes"}, **pool_fields)
+        autoscaling, ec2 = clients(aws.url)
+        create_groups(env, autoscaling, ec2)
+        return env, open_pool(env.pool("spot-etl"), env), autoscaling, ec2
+
+    return make
+
+
+def join(kube_api, instance_id: str, name: str) -> None:
+    kube_api.add_node(name, instance_id, labels={"dpe.io/pool": "spot-etl"})
+
+
+def tick(dagster, env, pool, memory):
+    config = env.pool("spot-etl")
+    return scale_pool(dagster, config, pool, read_demand(dagster, env).of("spot-etl"), memory, time.time())
+
+
+def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_timeout_and_charged(
+        kube_group, kube_api, dagster):
+    from tests.pools.test_aws_asg import ec2_states, group
+
+    env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2)
+    run_id = queue_run(dagster, "spot-etl")
+    result, memory = tick(dagster, env, pool, {})
+    [never] = [n.id for n in pool.nodes()]
+    assert [n.state for n in pool.nodes()] == ["pending"]  # EC2 runs it; Kubernetes never sees it
+    result, memory = tick(dagster, env, pool, memory)
+    assert result.removed == [], "inside its boot timeout it is left to boot"
+
+    time.sleep(2.2)
+    result, memory = tick(dagster, env, pool, memory)
+    assert [(r.node_id, r.removed_because) for r in result.removed] == [(never, "boot timeout")]
+    assert "not ready within the 2s boot timeout" in result.plan.reason
+    assert ec2_states(ec2, [never])[never] in ("shutting-down", "terminated")
+    # The queued run still needs a node: a new instance is asked for in the same tick.
+    [replacement] = [n.id for n in pool.nodes()]
+    assert replacement != never and group(autoscaling, "test-spot")["DesiredCapacity"] == 1
+
+    [lifetime] = read_node_lifetimes(dagster)
+    assert (lifetime.node_id, lifetime.removed_because, lifetime.busy_seconds) == (never, "boot timeout", 0.0)
+    assert lifetime.lifetime_seconds >= 2 and lifetime.cost_usd > 0
+    [row] = node_rows([lifetime])
+    assert row["removed_because"] == "boot timeout" and row["paid_usd"] == pytest.approx(lifetime.cost_usd)
+
+    # The replacement joins and takes the run: it is never removed for its boot, however long it runs.
+    join(kube_api, replacement, "ip-10-0-3-1")
+    kube_api.add_pod("dagster-run-1", "ip-10-0-3-1")
+    advance(dagster, run_id, DagsterEventType.RUN_START)
+    time.sleep(2.2)
+    result, memory = tick(dagster, env, pool, memory)
+    assert result.removed == [] and [n.id for n in pool.nodes()] == [replacement]
+
+
+def test_an_idle_node_someone_cordons_is_removed_a_boot_timeout_later_a_busy_one_never(
+        kube_group, kube_api, dagster):
+    from tests.pools.test_aws_asg import ec2_states
+
+    env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2)
+    pool.set_target(2)
+    idle, busy = sorted(n.id for n in pool.nodes())
+    join(kube_api, idle, "ip-10-0-4-1")
+    join(kube_api, busy, "ip-10-0-4-2")
+    kube_api.add_pod("someones-job", "ip-10-0-4-2")
+    result, memory = tick(dagster, env, pool, {})
+    assert {n.state for n in pool.nodes()} == {"running"}
+    time.sleep(2.2)  # older than the boot timeout already: what counts is how long it is not ready
+    for name in ("ip-10-0-4-1", "ip-10-0-4-2"):
+        kube_api.nodes[name]["spec"]["unschedulable"] = True  # `kubectl cordon` by someone else
+    result, memory = tick(dagster, env, pool, memory)
+    assert result.removed == []
+    time.sleep(2.2)
+    result, memory = tick(dagster, env, pool, memory)
+    assert [(r.node_id, r.removed_because) for r in result.removed] == [(idle, "boot timeout")]
+    assert ec2_states(ec2, [busy])[busy] == "running"
+
+
+def test_a_stuck_instance_at_the_groups_min_size_is_replaced_not_refused(kube_group, kube_api, dagster):
+    from tests.pools.test_aws_asg import ec2_states, group
+
+    env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2, min_size=1)
+    autoscaling.update_auto_scaling_group(AutoScalingGroupName="test-spot", MinSize=1, DesiredCapacity=1)
+    [never] = [n.id for n in pool.nodes()]
+    result, memory = tick(dagster, env, pool, {})
+    time.sleep(2.2)
+    result, memory = tick(dagster, env, pool, memory)
+    assert [(r.node_id, r.removed_because) for r in result.removed] == [(never, "boot timeout")]
+    assert ec2_states(ec2, [never])[never] in ("shutting-down", "terminated")
+    assert group(autoscaling, "test-spot")["DesiredCapacity"] == 1
+    assert [n.id for n in pool.nodes()] != [never]
