@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from dpe_dagster.config import Environment
-from dpe_dagster.usage.budget import BUDGET_HOLD, HOLD_TAG
+from dpe_dagster.tags import HOLD_TAG
+from dpe_dagster.usage.budget import BUDGET_HOLD
 
 
 def start_timeout_s(env: Environment) -> int:

@@ -1,4 +1,6 @@
-"""The run tags through which a run asks for room on a node pool, and their validation."""
+"""Every tag name dpe reads or writes, in one place: the run tags through which a run asks for room
+on a node pool (and their validation), the tags dpe and Dagster set on runs, and the tags dpe
+writes on cloud resources."""
 
 from __future__ import annotations
 
@@ -113,3 +115,26 @@ def container_asks(tags: Mapping[str, str], env: Environment) -> dict[str, PoolR
         if pool in env.pools:
             asks[key.removeprefix(CONTAINER_TAG_PREFIX)] = PoolRequest(pool, cpus, memory_gb)
     return asks
+
+
+# Set by placement when a run moves to a fallback pool: the pool the run first asked for.
+REQUESTED_POOL_TAG = "dpe/requested_pool"
+# A pool over its daily budget holds its queued runs with these (usage/budget.py).
+HOLD_TAG = "dpe/hold"
+HOLD_REASON_TAG = "dpe/hold_reason"
+
+# Set by Dagster: on a retried run (1 for the first retry), and on a partitioned run.
+RETRY_NUMBER_TAG = "dagster/retry_number"
+PARTITION_SET_TAG = "dagster/partition_set"
+
+# Tags dpe writes on AWS resources. Group tags, through which every dpe process sees the same
+# scale-up and back-off state:
+SCALE_UP_SINCE_TAG = "dpe:scale-up-since"
+BACKOFF_UNTIL_TAG = "dpe:backoff-until"
+BACKOFF_REASON_TAG = "dpe:backoff-reason"
+# on the groups dpe creates (the aws-sim emulator; deploy/cloudformation for staging and prod):
+GROUP_POOL_TAG = "dpe:pool"
+GROUP_MANAGED_TAG = "dpe:managed"
+# The instance tag `dpe interruptions` writes on a node EC2 warned about: "<kind> <unix time of the
+# warning>". The control loop, another process, reads it with the instance (no extra call).
+INSTANCE_INTERRUPTED_TAG = "dpe:interrupted"

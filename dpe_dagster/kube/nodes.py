@@ -9,7 +9,7 @@
   idle node someone cordoned. Either is removed once not ready for the pool's boot timeout.
 
 Which node a run holds: dagster-k8s labels a run's pod with `dagster/run-id`, and dpe's Spark
-session labels the run's executor pods the same way (spark_k8s.py), so one label query over the
+session labels the run's executor pods the same way (spark/kubernetes.py), so one label query over the
 active pods finds every pod of every run. A run maps to the pool node where its pods request the
 most CPU (its executors, on an executor pool; its own pod, on the driver pool).
 

@@ -20,11 +20,8 @@ from dpe_dagster.config import Environment
 from dpe_dagster.pools import NodePool, open_pool
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.scaling.control import request_capacity
-from dpe_dagster.tags import POOL_TAG, pool_request
+from dpe_dagster.tags import POOL_TAG, REQUESTED_POOL_TAG, RETRY_NUMBER_TAG, pool_request
 
-REQUESTED_POOL_TAG = "dpe/requested_pool"
-# Set by Dagster's run retries on the retried run (1 for the first retry).
-RETRY_NUMBER_TAG = "dagster/retry_number"
 
 
 def pool_unavailable(pool: NodePool, now: float | None = None) -> str | None:

@@ -12,7 +12,7 @@ from typing import Protocol, Sequence, runtime_checkable
 PENDING = "pending"  # asked for, not yet able to take work
 RUNNING = "running"
 NODE_STATES = (PENDING, RUNNING)
-# Why EC2 is taking a node away, once it said so (pools/interruptions.py): the node is cordoned.
+# Why EC2 is taking a node away, once it said so (pools/aws/interruptions.py): the node is cordoned.
 SPOT_INTERRUPTION = "spot-interruption"  # reclaimed two minutes after the warning
 REBALANCE_RECOMMENDATION = "rebalance-recommendation"  # at raised risk of it
 INTERRUPTIONS = (SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION)

@@ -24,7 +24,8 @@ from typing import Iterable, Sequence
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 
-PARTITION_SET_TAG = "dagster/partition_set"
+from dpe_dagster.tags import PARTITION_SET_TAG
+
 RECENT = 7  # successes the estimate is the median of
 SCAN = 40  # a job's newest runs searched for successes (of the run's partition set, if any)
 

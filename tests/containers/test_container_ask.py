@@ -11,7 +11,6 @@ import uuid
 from dagster import DagsterRunStatus, build_sensor_context, materialize
 from dagster._core.storage.dagster_run import DagsterRun
 
-import resources
 from assets.containers import word_count
 from dpe_dagster.containers import KubernetesPoolContainers
 from dpe_dagster.scaling.demand import read_demand

@@ -13,7 +13,7 @@ import uuid
 
 import kubernetes_validate
 import pytest
-from dagster import DagsterRunStatus, Failure, instance_for_test, materialize
+from dagster import DagsterRunStatus, instance_for_test, materialize
 from dagster._core.storage.dagster_run import DagsterRun
 
 import resources

@@ -24,7 +24,7 @@ import time
 
 import boto3
 
-from dpe_dagster.pools.aws.asg import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, SCALE_UP_SINCE_TAG
+from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, SCALE_UP_SINCE_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "deploy" / "iam-policy.json"
@@ -210,7 +210,7 @@ def test_interruption_mark_is_the_only_instance_tag_dpe_may_write(aws, dagster):
     from tests.pools.test_aws_asg import clients, environment
 
     from dpe_dagster.pools import open_pool
-    from dpe_dagster.pools.aws.asg import INTERRUPTED_TAG
+    from dpe_dagster.tags import INSTANCE_INTERRUPTED_TAG as INTERRUPTED_TAG
     from dpe_dagster.pools.aws.emulator import create_groups
 
     env = environment(aws.url)

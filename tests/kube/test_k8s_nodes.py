@@ -7,16 +7,9 @@ the few writes dpe makes (merge-patching a node, creating a Job) the way the API
 
 from __future__ import annotations
 
-import copy
-import json
-import threading
 import time
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-import yaml
 
 from dpe_dagster.kube.nodes import KubeNodes, instance_id
 

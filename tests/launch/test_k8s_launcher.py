@@ -21,7 +21,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from dpe_dagster.config import parse_environment
 from dpe_dagster.launch.k8s import PoolK8sRunLauncher
-from dpe_dagster.launch.placement import REQUESTED_POOL_TAG
+from dpe_dagster.tags import REQUESTED_POOL_TAG
 from dpe_dagster.launch.pod_spec import NOT_SAFE_TO_EVICT, pod_placement, run_k8s_config
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import emulated_aws

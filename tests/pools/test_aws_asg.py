@@ -15,9 +15,11 @@ from dagster import DagsterEventType, DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from dpe_dagster.config import ConfigError, parse_environment
-from dpe_dagster.launch.placement import REQUESTED_POOL_TAG, place_on_pool
+from dpe_dagster.launch.placement import place_on_pool
+from dpe_dagster.tags import REQUESTED_POOL_TAG
 from dpe_dagster.pools import PoolError, open_pool
-from dpe_dagster.pools.aws.asg import BACKOFF_UNTIL_TAG, AwsAsgPool
+from dpe_dagster.pools.aws.asg import AwsAsgPool
+from dpe_dagster.tags import BACKOFF_UNTIL_TAG
 from tests.fakes.aws_faults import FaultProxy
 from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
 from dpe_dagster.scaling.control import scale_pool

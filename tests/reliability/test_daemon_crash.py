@@ -10,7 +10,7 @@ from dagster import DagsterEventType, DagsterRunStatus
 
 from tests.fakes.aws_faults import FaultRates
 from dpe_dagster.instance import start_timeout_s
-from dpe_dagster.launch.placement import REQUESTED_POOL_TAG
+from dpe_dagster.tags import REQUESTED_POOL_TAG
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR, load_cursor
 from dpe_dagster.tags import POOL_TAG

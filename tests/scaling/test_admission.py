@@ -16,7 +16,8 @@ from dpe_dagster.instance import write_instance
 from dpe_dagster.scaling.admission import queue_limits
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.tags import pool_tags
-from dpe_dagster.usage.budget import BUDGET_HOLD, HOLD_TAG
+from dpe_dagster.tags import HOLD_TAG
+from dpe_dagster.usage.budget import BUDGET_HOLD
 from tests.conftest import local_environment, postgres_or_skip
 
 QUEUED, STARTED, STARTING = DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED, DagsterRunStatus.STARTING

@@ -11,7 +11,8 @@ from dagster import DagsterEvent, DagsterEventType, DagsterRun, DagsterRunStatus
 
 from dpe_dagster.config import parse_environment
 from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.scaling.history import PARTITION_SET_TAG, RunDurations, median_duration
+from dpe_dagster.scaling.history import RunDurations, median_duration
+from dpe_dagster.tags import PARTITION_SET_TAG
 from dpe_dagster.tags import pool_tags
 from tests.reliability.harness import _ORIGIN
 

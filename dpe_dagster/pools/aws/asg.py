@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 
 from dpe_dagster.config import ConfigError, Environment, PoolConfig
 from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolError
+from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, INSTANCE_INTERRUPTED_TAG, SCALE_UP_SINCE_TAG
 
 log = logging.getLogger("dpe.pools.aws_asg")
 
@@ -41,14 +42,7 @@ BUSY_SOURCES = ("kubernetes", "dagster_runs")
 RETRY_MODES = ("standard", "adaptive")
 ASG_SETTINGS = {"group_name", "busy_source", "backoff_s", "instance_types"}
 AWS_FIELDS = {"region", "endpoint_url", "retry_mode", "max_attempts", "emulator",
-              "interruption_queue_url"}  # the last one: read and validated in pools/interruptions.py
-# Group tags through which every dpe process sees the same scale-up and back-off state.
-SCALE_UP_SINCE_TAG = "dpe:scale-up-since"
-BACKOFF_UNTIL_TAG = "dpe:backoff-until"
-BACKOFF_REASON_TAG = "dpe:backoff-reason"
-# Instance tag `dpe interruptions` writes on a node EC2 warned about: "<kind> <unix time of the
-# warning>". The control loop, another process, reads it with the instance (no extra call).
-INTERRUPTED_TAG = "dpe:interrupted"
+              "interruption_queue_url"}  # the last one: read and validated in pools/aws/interruptions.py
 # ASG lifecycle states in which an instance is on its way out (or parked): not a node.
 _GONE_STATES = ("Terminating", "Terminated", "Detaching", "Detached", "Warmed")
 _LIVE_EC2_STATES = ("pending", "running")
@@ -221,7 +215,7 @@ class _Instance:
     lifecycle: str
     launched_at: float
     protected: bool
-    interrupted: tuple[str, float | None] = ("", None)  # from INTERRUPTED_TAG
+    interrupted: tuple[str, float | None] = ("", None)  # from INSTANCE_INTERRUPTED_TAG
 
 
 class AwsAsgPool:
@@ -539,7 +533,7 @@ class AwsAsgPool:
         if kind not in INTERRUPTIONS:
             raise ValueError(f"kind: must be one of {', '.join(INTERRUPTIONS)}; got {kind!r}")
         self._call("CreateTags", self.ec2.create_tags, Resources=[node_id],
-                   Tags=[{"Key": INTERRUPTED_TAG, "Value": f"{kind} {at:.3f}"}])
+                   Tags=[{"Key": INSTANCE_INTERRUPTED_TAG, "Value": f"{kind} {at:.3f}"}])
 
     # -- busy-ness and protection -------------------------------------------------------------
     def _busy(self, instances: Sequence[_Instance]) -> dict[str, tuple[bool, bool | None]]:
@@ -667,8 +661,8 @@ def _tags(group: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _interruption(tags: Iterable[Mapping[str, str]]) -> tuple[str, float | None]:
-    """(kind, warned at) from an instance's INTERRUPTED_TAG; ("", None) when it has none we wrote."""
-    value = next((tag.get("Value", "") for tag in tags if tag.get("Key") == INTERRUPTED_TAG), "")
+    """(kind, warned at) from an instance's INSTANCE_INTERRUPTED_TAG; ("", None) when it has none we wrote."""
+    value = next((tag.get("Value", "") for tag in tags if tag.get("Key") == INSTANCE_INTERRUPTED_TAG), "")
     kind, _, at = value.partition(" ")
     return (kind, _float(at)) if kind in INTERRUPTIONS else ("", None)
 

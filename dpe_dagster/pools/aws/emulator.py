@@ -41,6 +41,7 @@ from typing import Iterator, Sequence
 
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools.base import PoolError
+from dpe_dagster.tags import GROUP_MANAGED_TAG, GROUP_POOL_TAG
 
 # moto accepts any AMI id of the right shape; this one is in its default image list.
 EMULATOR_AMI = "ami-12c6146b"
@@ -152,8 +153,8 @@ def create_group(autoscaling, ec2, pool: PoolConfig, region: str) -> str:
                 "SpotAllocationStrategy": "price-capacity-optimized",
             },
         },
-        Tags=[{"Key": "dpe:pool", "Value": pool.name, "PropagateAtLaunch": True},
-              {"Key": "dpe:managed", "Value": "true", "PropagateAtLaunch": False}],
+        Tags=[{"Key": GROUP_POOL_TAG, "Value": pool.name, "PropagateAtLaunch": True},
+              {"Key": GROUP_MANAGED_TAG, "Value": "true", "PropagateAtLaunch": False}],
     )
     return settings.group_name
 
