@@ -25,7 +25,7 @@ check-uv:
 
 # Pinned by uv.lock; --locked fails instead of silently re-resolving.
 setup: check-java check-uv
-	@$(UV) sync --locked --quiet
+	@$(UV) sync --locked --all-extras --quiet
 
 demo: setup
 	$(VENV)/bin/dpe demo

@@ -29,13 +29,27 @@ class StepFailed(RuntimeError):
 
 
 def _environment():
-    from resources import load_environment
+    from dpe_dagster.environment import load_environment
 
     try:
         return load_environment()
     except ConfigError as error:
         err.print(f"[red]configuration error:[/red] {error}")
         raise typer.Exit(2) from None
+
+
+def _demo_job() -> str:
+    from dpe_dagster.environment import project_table
+
+    try:
+        job = project_table().get("demo_job")
+    except ConfigError as error:
+        err.print(f"[red]configuration error:[/red] {error}")
+        raise typer.Exit(2) from None
+    if not isinstance(job, str) or not job:
+        err.print("[red]--job:[/red] name the job to run, or set [tool.dpe] demo_job in the project's pyproject.toml")
+        raise typer.Exit(2)
+    return job
 
 
 def _instance(must_exist: bool = True):
@@ -79,8 +93,9 @@ def _pool_summary(env) -> str:
 
 @contextmanager
 def _cloud_for(env):
-    """aws-sim runs against an AWS API emulator on loopback that lives as long as the demo."""
-    if env.name == "aws-sim":
+    """A configuration with `aws.emulator` runs against an AWS API emulator on loopback that lives
+    as long as the demo."""
+    if env.aws.get("emulator"):
         from dpe_dagster.pools.aws.emulator import emulated_aws
 
         with emulated_aws(env):
@@ -93,7 +108,9 @@ def _cloud_for(env):
 def demo(
     timeout: float = typer.Option(900, min=30, help="Seconds the whole cycle may take before it counts as failed."),
     scale_factor: Optional[float] = typer.Option(None, min=0.001, max=100,
-                                                 help="TPC-H scale factor (default: the environment's)."),
+                                                 help="sets DPE_TPCH_SCALE_FACTOR, which this repository's example "
+                                                 "TPC-H pipelines read."),
+    job: Optional[str] = typer.Option(None, help="The job to run (default: [tool.dpe] demo_job in pyproject.toml)."),
 ) -> None:
     """Run the whole cycle for real: daemon up, pipeline queued, pool scaled up, pipeline run,
     usage recorded, pool scaled down to its minimum, report printed, everything stopped."""
@@ -102,7 +119,7 @@ def demo(
     from dpe_dagster.daemon import dagster_bin, start_daemon, stop_process_group
     from dpe_dagster.instance import write_instance
     from dpe_dagster.spark.java import JavaMissing, check_java
-    from dpe_dagster.paths import PROJECT_ROOT, dagster_home, dpe_home
+    from dpe_dagster.paths import dagster_home, dpe_home, project_root
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.local.standalone import spark_pids_of
     from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
@@ -121,7 +138,8 @@ def demo(
     os.environ["DAGSTER_HOME"] = str(home)
     # Every process the demo starts inherits DPE_HOME: that is how leftovers are found at the end.
     os.environ["DPE_HOME"] = str(dpe_home())
-    console.print(f"dpe demo: environment [bold]{env.name}[/bold], TPC-H scale factor {env.tpch_scale_factor:g}, "
+    job = job or _demo_job()
+    console.print(f"dpe demo: environment [bold]{env.name}[/bold], job [bold]{job}[/bold], "
                   f"instance {home}")
     deadline = time.monotonic() + timeout
     left = lambda: max(5.0, deadline - time.monotonic())  # noqa: E731
@@ -135,13 +153,13 @@ def demo(
             stack.callback(stop_process_group, daemon)
             console.print(f"[green]✓[/green] Dagster daemon started (pid {daemon.pid}, log {dpe_home() / 'logs'})")
             launch = subprocess.run(
-                [dagster_bin("dagster"), "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-j", "tpch",
+                [dagster_bin("dagster"), "job", "launch", "-w", str(project_root() / "workspace.yaml"), "-j", job,
                  "--run-id", run_id],
-                capture_output=True, text=True, env=dict(os.environ), cwd=PROJECT_ROOT, timeout=left(),
+                capture_output=True, text=True, env=dict(os.environ), cwd=project_root(), timeout=left(),
             )
             if launch.returncode != 0:
-                raise StepFailed(f"could not queue the tpch job: {launch.stderr.strip()[-2000:]}")
-            console.print(f"[green]✓[/green] queued run {run_id} of job tpch")
+                raise StepFailed(f"could not queue job {job}: {launch.stderr.strip()[-2000:]}")
+            console.print(f"[green]✓[/green] queued run {run_id} of job {job}")
 
             def status() -> DagsterRunStatus:
                 run = instance.get_run_by_id(run_id)
@@ -314,14 +332,14 @@ def ui(port: int = typer.Option(3000, min=1024, max=65535, help="Port of the Dag
     """Open the Dagster UI (and daemon) on this environment's instance: `dagster dev`."""
     from dpe_dagster.daemon import dagster_bin
     from dpe_dagster.instance import write_instance
-    from dpe_dagster.paths import PROJECT_ROOT, dagster_home
+    from dpe_dagster.paths import dagster_home, project_root
 
     env = _environment()
     home = dagster_home()
     write_instance(home, env)
     console.print(f"Dagster UI on http://127.0.0.1:{port} (instance {home}); Ctrl-C stops it.")
     os.environ["DAGSTER_HOME"] = str(home)
-    os.chdir(PROJECT_ROOT)
+    os.chdir(project_root())
     os.execv(dagster_bin("dagster"), [dagster_bin("dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
                                       "-p", str(port)])
 

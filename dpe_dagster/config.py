@@ -198,18 +198,26 @@ def parse_pool(name: str, raw: Any) -> PoolConfig:
 
 @dataclass(frozen=True)
 class Environment:
-    """Everything that differs between `local`, `aws-sim`, `staging` and `prod`."""
+    """One deployment's dpe configuration: its pools, Spark settings and sensor cadence (loaded by
+    `dpe_dagster.environment.load_environment`)."""
 
     name: str
     pools: Mapping[str, PoolConfig]
     spark: Mapping[str, Any]
     sensor_interval_s: int
     max_concurrent_runs: int
-    tpch_scale_factor: float
     aws: Mapping[str, Any] = field(default_factory=dict)
     # The pool run pods go to (Spark drivers in client mode); the run's tagged pool then holds
     # its executors. None: run pods go to the tagged pool.
     driver_pool: str | None = None
+    # How to load this configuration again (a YAML path or "module:attribute"), e.g. in the
+    # daemon's launcher; None for one built in code.
+    source: str | None = None
+
+    @property
+    def on_kubernetes(self) -> bool:
+        """Runs and containers go to Kubernetes: Spark's master is a Kubernetes API server."""
+        return str(self.spark.get("master", "")).startswith("k8s://")
 
     def pool(self, name: str) -> PoolConfig:
         try:
@@ -243,8 +251,7 @@ def parse_spark(raw: Any) -> dict[str, Any]:
     return spark
 
 
-ENVIRONMENT_FIELDS = {"pools", "spark", "sensor_interval_s", "max_concurrent_runs", "tpch_scale_factor", "aws",
-                      "driver_pool"}
+ENVIRONMENT_FIELDS = {"pools", "spark", "sensor_interval_s", "max_concurrent_runs", "aws", "driver_pool"}
 
 
 def parse_environment(name: str, raw: Any) -> Environment:
@@ -270,6 +277,5 @@ def parse_environment(name: str, raw: Any) -> Environment:
         spark=parse_spark(raw.get("spark", {})),
         sensor_interval_s=_number("sensor_interval_s", raw.get("sensor_interval_s", 30), minimum=1, integer=True),
         max_concurrent_runs=_number("max_concurrent_runs", raw.get("max_concurrent_runs", 4), minimum=1, integer=True),
-        tpch_scale_factor=float(_number("tpch_scale_factor", raw.get("tpch_scale_factor", 0.01), minimum=0, strict=True)),
         aws=dict(_mapping("aws", raw.get("aws", {}))),
     )

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from dpe_dagster.paths import PROJECT_ROOT
+from dpe_dagster.paths import project_root
 
 
 def dagster_bin(name: str) -> str:
@@ -24,13 +24,13 @@ def start_dagster_process(args: list[str], dagster_home: Path, log_path: Path,
     env = dict(os.environ, DAGSTER_HOME=str(dagster_home), **(extra_env or {}))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
-    return subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    return subprocess.Popen(args, cwd=project_root(), env=env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def start_daemon(dagster_home: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     return start_dagster_process(
-        [dagster_bin("dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+        [dagster_bin("dagster-daemon"), "run", "-w", str(project_root() / "workspace.yaml")],
         dagster_home, log_path, extra_env,
     )
 

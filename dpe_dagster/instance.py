@@ -19,6 +19,11 @@ def start_timeout_s(env: Environment) -> int:
     return int(max(300, 2 * boot + 120))
 
 
+def config_of(env: Environment) -> dict:
+    """How the launcher and the coordinator in the daemon load the same configuration."""
+    return {"config": env.source} if env.source else {"environment": env.name}
+
+
 def instance_config(env: Environment) -> dict:
     return {
         # Dagster's queue; the run's pool is asked for room the moment a run is queued.
@@ -26,7 +31,7 @@ def instance_config(env: Environment) -> dict:
             "module": "dpe_dagster.launch.coordinator",
             "class": "PoolRunCoordinator",
             "config": {
-                "environment": env.name,
+                **config_of(env),
                 "max_concurrent_runs": env.max_concurrent_runs,
                 "dequeue_interval_seconds": 1,
                 # A pool over its daily budget holds its queued runs here (see usage/budget.py).
@@ -36,7 +41,7 @@ def instance_config(env: Environment) -> dict:
         "run_launcher": {
             "module": "dpe_dagster.launch.local",
             "class": "PoolRunLauncher",
-            "config": {"environment": env.name},
+            "config": config_of(env),
         },
         # A run whose node disappears (a spot interruption) dies with its run worker: Dagster
         # retries it once, and placement puts the retry on the pool's fallback. A failing step is

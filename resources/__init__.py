@@ -1,20 +1,18 @@
-"""Per-environment wiring. `DPE_ENV` picks one (default `local`); each module holds one plain
-dict, validated once by `dpe_dagster.config.parse_environment`."""
+"""This repository's environments: the list lives in pyproject.toml (`[tool.dpe.environments]`),
+`DPE_ENV` picks one (default `local`). `local` is a YAML file (`resources/local.yaml`); `aws-sim`,
+`staging` and `prod` are Python objects, because they compute settings (Spark on Kubernetes from
+the pool shapes, names from the deployment's variables). Each is validated once by dpe's loader."""
 
 from __future__ import annotations
 
-import importlib
 import os
+from pathlib import Path
 
-from dpe_dagster.config import ConfigError, Environment, parse_environment
+from dpe_dagster.config import ConfigError, Environment
+from dpe_dagster.environment import load_environment as _load, project_environments
 
-ENVIRONMENTS = {
-    "local": "resources.local",
-    "aws-sim": "resources.aws_sim",
-    "staging": "resources.staging",
-    "prod": "resources.prod",
-}
-DEFAULT_ENVIRONMENT = "local"
+PROJECT = Path(__file__).resolve().parents[1]
+ENVIRONMENTS, DEFAULT_ENVIRONMENT = project_environments(PROJECT)
 
 
 def environment_name() -> str:
@@ -22,8 +20,19 @@ def environment_name() -> str:
 
 
 def load_environment(name: str | None = None) -> Environment:
-    name = name or environment_name()
-    if name not in ENVIRONMENTS:
-        raise ConfigError(f"DPE_ENV: unknown environment {name!r}; allowed: {', '.join(sorted(ENVIRONMENTS))}")
-    module = importlib.import_module(ENVIRONMENTS[name])
-    return parse_environment(name, module.environment())
+    return _load(name=name or environment_name(), root=PROJECT)
+
+
+def tpch_scale_factor(env: Environment) -> float:
+    """The TPC-H scale factor this repository's example pipelines use: DPE_TPCH_SCALE_FACTOR, else
+    1 on the clusters and 0.01 elsewhere."""
+    raw = os.environ.get("DPE_TPCH_SCALE_FACTOR")
+    if raw is None:
+        return 1.0 if env.name in ("staging", "prod") else 0.01
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ConfigError(f"DPE_TPCH_SCALE_FACTOR: must be a number > 0; got {raw!r}")
+    return value

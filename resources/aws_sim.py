@@ -12,7 +12,21 @@ m6i.large and peers; spot about $0.035/h, on-demand $0.096/h, 2026)."""
 
 from __future__ import annotations
 
-from resources.local import _float_env
+import os
+
+from dpe_dagster.config import ConfigError
+
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a number; got {raw!r}") from None
+
 
 SPOT_TYPES = ["m6i.large", "m5.large", "m5a.large", "m6a.large", "m7i.large"]
 
@@ -21,7 +35,6 @@ def environment() -> dict:
     return {
         "sensor_interval_s": 5,
         "max_concurrent_runs": 2,
-        "tpch_scale_factor": _float_env("DPE_TPCH_SCALE_FACTOR", 0.01),
         "aws": {"region": "us-east-1", "emulator": True, "retry_mode": "standard", "max_attempts": 5},
         "pools": {
             "spot-etl": {

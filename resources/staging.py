@@ -65,7 +65,6 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
     return {
         "sensor_interval_s": 15,
         "max_concurrent_runs": 10,
-        "tpch_scale_factor": 1.0,
         "aws": {"region": region, "retry_mode": "adaptive", "max_attempts": 8,
                 # The spot interruption queue `dpe interruptions` reads (deploy/cloudformation/interruption-queue.yaml).
                 **({"interruption_queue_url": os.environ["DPE_INTERRUPTION_QUEUE_URL"]}

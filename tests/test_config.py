@@ -71,9 +71,17 @@ def test_missing_required_field_and_bad_pool_name():
 
 
 def test_bad_environment_variable_override_is_named(monkeypatch):
-    monkeypatch.setenv("DPE_TPCH_SCALE_FACTOR", "big")
-    with pytest.raises(ConfigError, match=r"DPE_TPCH_SCALE_FACTOR: must be a number; got 'big'"):
+    monkeypatch.setenv("DPE_IDLE_TIMEOUT_S", "big")
+    with pytest.raises(ConfigError, match=r"pools.spot-etl.idle_timeout_s: must be a number >= 0; got 'big'"):
         load_environment("local")
+
+
+def test_the_example_pipelines_scale_factor_is_checked(monkeypatch):
+    from resources import tpch_scale_factor
+
+    monkeypatch.setenv("DPE_TPCH_SCALE_FACTOR", "big")
+    with pytest.raises(ConfigError, match=r"DPE_TPCH_SCALE_FACTOR: must be a number > 0; got 'big'"):
+        tpch_scale_factor(load_environment("local"))
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import subprocess
 from dagster import DefaultScheduleStatus, DefaultSensorStatus
 
 from dpe_dagster.daemon import dagster_bin
-from dpe_dagster.definitions import defs
-from dpe_dagster.paths import PROJECT_ROOT
+from assets.definitions import defs
+from tests.paths import PROJECT_ROOT
 
 
 def test_workspace_loads_with_the_dagster_cli():

@@ -19,7 +19,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from dpe_dagster.pools.local.standalone import spark_pids_of
 from dpe_dagster.daemon import dagster_bin, start_daemon, start_dagster_process, stop_process_group
 from dpe_dagster.instance import write_instance
-from dpe_dagster.paths import PROJECT_ROOT
+from tests.paths import PROJECT_ROOT
 from resources import load_environment
 from tests.conftest import free_port
 

@@ -4,13 +4,13 @@
 cpus=..., memory=...)`, speaking Dagster Pipes, so logs, metadata and asset checks come back from
 the container. An asset names a pool, never pod settings. Per environment (`pool_containers`):
 
-- `KubernetesPoolContainers` (staging, prod): asks for room first, through its run (a tag the
+- `KubernetesPoolContainers` (where runs go to Kubernetes: Spark's master is `k8s://`): asks for room first, through its run (a tag the
   autoscaler reads as demand; the run pod calls no cloud API), then creates the pod through
   dagster-k8s's `PipesK8sClient` with the pool's nodeSelector, tolerations and do-not-evict
   annotations (`dpe_dagster.launch.pod_spec`) and the requests; it waits for a node at most
   `node_wait_s` (default: the pool's boot timeout) and then fails, saying why the pool did not
   grow, instead of hanging.
-- `LocalPoolContainers` (local, aws-sim): the command runs on this machine as a subprocess through
+- `LocalPoolContainers` (elsewhere): the command runs on this machine as a subprocess through
   `PipesSubprocessClient`; the image is ignored.
 
 Either way the container's time is written into the ledger like a run's (`usage/pods.py`),
@@ -23,16 +23,17 @@ from __future__ import annotations
 from dpe_dagster.containers.local import LocalPoolContainers
 from dpe_dagster.containers.resource import ContainerRun, PoolContainers, python_with_pipes
 
-KUBERNETES_ENVIRONMENTS = ("staging", "prod")
+from dpe_dagster.config import Environment
 
 
-def pool_containers(environment: str) -> PoolContainers:
-    """The variant for an environment: pods where there is Kubernetes, subprocesses elsewhere."""
-    if environment in KUBERNETES_ENVIRONMENTS:
+def pool_containers(env: Environment) -> PoolContainers:
+    """The variant for a configuration: pods where runs go to Kubernetes, subprocesses elsewhere."""
+    where = {"config": env.source} if env.source else {"environment": env.name}
+    if env.on_kubernetes:
         from dpe_dagster.containers.k8s import KubernetesPoolContainers
 
-        return KubernetesPoolContainers(environment=environment)
-    return LocalPoolContainers(environment=environment)
+        return KubernetesPoolContainers(**where)
+    return LocalPoolContainers(**where)
 
 
 def __getattr__(name: str):

@@ -87,15 +87,20 @@ class PoolContainers(ConfigurableResource):
 
     The variant is chosen per environment; assets see only `run`."""
 
-    environment: str | None = Field(default=None, description="dpe environment (resources/); DPE_ENV when unset")
+    config: str | None = Field(default=None, description="the dpe configuration: a pools YAML file or "
+                               "'module:attribute' (default: this process's, else DPE_CONFIG or [tool.dpe])")
+    environment: str | None = Field(default=None, description="one of the project's [tool.dpe.environments] by "
+                                    "name, when config is unset")
     node_wait_s: float | None = Field(
         default=None, description="how long a container may wait for a node before it fails; default: the pool's "
         "boot_timeout_s")
 
     def load_environment(self) -> Environment:
-        from resources import load_environment
+        from dpe_dagster.environment import current, load_environment
 
-        return load_environment(self.environment)
+        if self.config is None and self.environment is None:
+            return current()
+        return load_environment(self.config, name=self.environment)
 
     def run(self, context: AssetExecutionContext, *, pool: str, image: str, command: str | Sequence[str],
             cpus: float | str | None = None, memory: float | str | None = None,

@@ -14,29 +14,29 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from dagster import Field, StringSource
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._serdes import ConfigurableClassData
 
+from dpe_dagster.environment import CONFIG_FIELDS, load_environment
 from dpe_dagster.tags import POOL_TAG
 
 log = logging.getLogger(__name__)
 
 
 class PoolRunCoordinator(QueuedRunCoordinator):
+    _config: str | None = None
     _environment: str | None = None
 
     @classmethod
     def config_type(cls):
-        return {**QueuedRunCoordinator.config_type(),
-                "environment": Field(StringSource, is_required=False,
-                                     description="dpe environment (resources/); default: DPE_ENV, else local")}
+        return {**QueuedRunCoordinator.config_type(), **CONFIG_FIELDS}
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
         coordinator = super().from_config_value(
-            inst_data, {key: value for key, value in config_value.items() if key != "environment"})
+            inst_data, {key: value for key, value in config_value.items() if key not in CONFIG_FIELDS})
+        coordinator._config = config_value.get("config")
         coordinator._environment = config_value.get("environment")
         return coordinator
 
@@ -46,9 +46,8 @@ class PoolRunCoordinator(QueuedRunCoordinator):
         if pool_name and run.status == DagsterRunStatus.QUEUED:
             try:
                 from dpe_dagster.scaling.control import request_capacity
-                from resources import load_environment
 
-                env = load_environment(self._environment)
+                env = load_environment(self._config, name=self._environment)
                 if pool_name in env.pools and env.pool(pool_name).provider != "local":
                     request_capacity(self._instance, env, pool_name)
             except Exception as error:  # noqa: BLE001 - the launcher asks again at dequeue

@@ -53,6 +53,7 @@ from dagster_k8s.job import UserDefinedDagsterK8sConfig
 from dagster_k8s.launcher import K8sRunLauncher
 
 from dpe_dagster.config import Environment
+from dpe_dagster.environment import CONFIG_FIELDS, load_environment
 from dpe_dagster.kube.nodes import KubeNodes
 from dpe_dagster.launch.capacity import ask_for_capacity
 from dpe_dagster.launch.node_choice import ENDING_TOGETHER, preferred_node
@@ -103,8 +104,9 @@ def driver_pool_conflict(launcher_driver_pool: str | None, env: Environment) -> 
 
 
 class PoolK8sRunLauncher(K8sRunLauncher):
-    def __init__(self, environment: str | None = None, driver_pool: str | None = None,
+    def __init__(self, config: str | None = None, environment: str | None = None, driver_pool: str | None = None,
                  run_service_account: str = RUN_SERVICE_ACCOUNT, **kwargs: Any):
+        self._config = config
         self._environment = environment
         self._driver_pool = driver_pool
         self._run_service_account = run_service_account
@@ -117,10 +119,9 @@ class PoolK8sRunLauncher(K8sRunLauncher):
     def config_type(cls):
         return {
             **K8sRunLauncher.config_type(),
-            "environment": Field(StringSource, is_required=False,
-                                 description="dpe environment name (resources/); DPE_ENV when unset"),
+            **CONFIG_FIELDS,
             "driver_pool": Field(StringSource, is_required=False,
-                                 description="deprecated: set driver_pool in the environment (resources/); "
+                                 description="deprecated: set driver_pool in the dpe configuration; "
                                  "when set here it must name the environment's driver pool"),
             "run_service_account": Field(StringSource, is_required=False, default_value=RUN_SERVICE_ACCOUNT,
                                          description="the ServiceAccount every run pod runs as, whatever else asks "
@@ -128,9 +129,7 @@ class PoolK8sRunLauncher(K8sRunLauncher):
         }
 
     def environment(self) -> Environment:
-        from resources import load_environment
-
-        return load_environment(self._environment)
+        return load_environment(self._config, name=self._environment)
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run

@@ -61,12 +61,14 @@ def parse_idle_timeout(text: str) -> dict:
 
 def replayed_pool(environment: str | None, pool: str | None) -> tuple[PoolConfig, float]:
     """The pool dpe replays with, exactly as that environment deploys it, and its sensor interval."""
-    from resources import ENVIRONMENTS, load_environment  # the project's environments (DPE_ENV, default local)
+    from dpe_dagster.environment import load_environment, project_environments
 
-    if environment is not None and environment not in ENVIRONMENTS:
-        raise ConfigError(f"--environment: unknown environment {environment!r}; "
-                          f"allowed: {', '.join(sorted(ENVIRONMENTS))}")
-    env = load_environment(environment)
+    if environment is not None:
+        named, _ = project_environments()
+        if environment not in named:
+            raise ConfigError(f"--environment: unknown environment {environment!r}; "
+                              f"allowed: {', '.join(sorted(named)) or '(none: the project has no [tool.dpe.environments])'}")
+    env = load_environment(name=environment)
     if pool is not None and pool not in env.pools:
         raise ConfigError(f"--pool: no pool {pool!r} in environment {env.name!r}; "
                           f"allowed: {', '.join(sorted(env.pools))}")

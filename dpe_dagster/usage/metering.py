@@ -18,10 +18,10 @@ from dpe_dagster.usage.records import ASSET_COST, ASSET_NODE_SECONDS
 
 
 def estimate(tags: dict[str, str], seconds: float) -> dict[str, Any]:
+    from dpe_dagster.environment import current
     from dpe_dagster.usage.ledger import node_share
-    from resources import load_environment
 
-    env = load_environment()
+    env = current()
     try:
         request = pool_request(tags, env)
     except TagError:

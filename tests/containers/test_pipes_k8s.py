@@ -16,6 +16,7 @@ import pytest
 from dagster import DagsterRunStatus, instance_for_test, materialize
 from dagster._core.storage.dagster_run import DagsterRun
 
+import dpe_dagster.environment
 import resources
 from assets.containers import word_count
 from dpe_dagster.containers import KubernetesPoolContainers
@@ -118,7 +119,7 @@ def test_a_pool_that_cannot_grow_fails_clearly_within_the_wait_and_deletes_the_p
     env, _ = sim
     full = dataclasses.replace(env, pools={**env.pools, "spot-etl": dataclasses.replace(env.pools["spot-etl"],
                                                                                          max_size=1)})
-    monkeypatch.setattr(resources, "load_environment", lambda name=None: full)
+    monkeypatch.setattr(dpe_dagster.environment, "load_environment", lambda source=None, name=None, root=None: full)
     # A run already needs the pool's only node (2 CPUs): the container's half CPU would need a second.
     instance.add_run(DagsterRun(job_name="tpch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
                                 tags=pool_tags("spot-etl", cpus=2)))

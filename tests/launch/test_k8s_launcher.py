@@ -79,7 +79,7 @@ def instance(sim, kube_api, tmp_path, monkeypatch):
 
 def make_run(instance: DagsterInstance, tags: dict) -> DagsterRun:
     origin = JobPythonOrigin("tpch", RepositoryPythonOrigin(
-        sys.executable, ModuleCodePointer("dpe_dagster.definitions", "defs", working_directory="/opt/dpe"),
+        sys.executable, ModuleCodePointer("assets.definitions", "defs", working_directory="/opt/dpe"),
         container_image=IMAGE))
     return instance.add_run(DagsterRun(job_name="tpch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTING,
                                        job_code_origin=origin, tags=tags))

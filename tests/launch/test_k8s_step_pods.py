@@ -34,7 +34,7 @@ def one_pod():
 
 def _origin(name: str) -> JobPythonOrigin:
     return JobPythonOrigin(name, RepositoryPythonOrigin(
-        sys.executable, ModuleCodePointer("dpe_dagster.definitions", "defs", working_directory="/opt/dpe"),
+        sys.executable, ModuleCodePointer("assets.definitions", "defs", working_directory="/opt/dpe"),
         container_image=IMAGE))
 
 

@@ -21,7 +21,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from dpe_dagster.daemon import dagster_bin, start_dagster_process, stop_process_group
 from tests.fakes.aws_faults import FaultInjector, FaultRates
 from dpe_dagster.instance import write_instance
-from dpe_dagster.paths import PROJECT_ROOT
+from tests.paths import PROJECT_ROOT
 from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
 from resources import load_environment
 from tests.conftest import POSTGRES_URL

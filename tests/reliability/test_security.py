@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from dpe_dagster.config import ConfigError, parse_environment
-from dpe_dagster.paths import PROJECT_ROOT
+from tests.paths import PROJECT_ROOT
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.tags import POOL_TAG, TagError, pool_request
@@ -111,7 +111,7 @@ def test_no_shell_starts_for_a_container_asset_run_locally(tmp_path):
     from dpe_dagster.daemon import dagster_bin
 
     run = subprocess.run([dagster_bin("dagster"), "asset", "materialize", "--select", "word_count", "-m",
-                          "dpe_dagster.definitions"], env=env, capture_output=True, text=True, timeout=600,
+                          "assets.definitions"], env=env, capture_output=True, text=True, timeout=600,
                          cwd=PROJECT_ROOT)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     events = _events(env)

@@ -1,0 +1,5 @@
+"""Paths of this repository, for the tests."""
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
