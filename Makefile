@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-reliability check-java check-uv ui clean
+.PHONY: setup lint demo test test-fast test-reliability check-java check-uv ui clean
 
 check-java:
 	@java_bin=$${JAVA_HOME:+$$JAVA_HOME/bin/}java; \
@@ -30,8 +30,12 @@ setup: check-java check-uv
 demo: setup
 	$(VENV)/bin/dpe demo
 
-test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+# The linter's configuration is in pyproject.toml ([tool.ruff]).
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	DPE_UV="$(UV)" $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Faults, crashes, spot loss, two controllers, bad input, secrets; ends with a summary line.
 test-reliability: setup

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (run_main, write_report, OUT, ROOT, TAG_VAR, BenchError, RunSubmitter, daemon, event_times, machine,  # noqa: E402
-                          median, percentile, wait_for, write_workspace)
+                          percentile, wait_for, write_workspace)
 
 POOL = "spot-etl"
 PROBE_JOB = "latency_probe"

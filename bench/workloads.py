@@ -218,7 +218,7 @@ def main() -> None:
         print(f"{args.out}: {len(rows):,} tasks over {args.days:g} days, median {durations[len(rows) // 2]:.0f} s")
     if args.schedules:
         args.schedules.write_text(SCHEDULES)
-        print(f"{args.schedules}: {sum(1 for l in SCHEDULES.splitlines() if l and not l.startswith('#'))} schedules")
+        print(f"{args.schedules}: {sum(1 for line in SCHEDULES.splitlines() if line and not line.startswith('#'))} schedules")
 
 
 if __name__ == "__main__":

@@ -14,4 +14,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__():
+    return sorted([*globals(), *__all__])  # so Dagster's component registry sees NodePools
+
+
 __all__ = ["NodePools"]

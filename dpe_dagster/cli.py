@@ -201,9 +201,7 @@ def demo(
             with console.status("stopping the daemon and every pool process"):
                 stack.close()
                 for config in env.pools.values():
-                    pool = open_pool(config, env)
-                    if hasattr(pool, "shutdown"):
-                        pool.shutdown()
+                    open_pool(config, env).shutdown()
     leaked = spark_pids_of(dpe_home())
     if leaked:
         failed = (failed + "; " if failed else "") + f"Spark processes still alive after the demo: {sorted(leaked)}"
@@ -321,10 +319,8 @@ def down() -> None:
 
     env = _environment()
     for config in env.pools.values():
-        pool = open_pool(config, env)
-        if hasattr(pool, "shutdown"):
-            pool.shutdown()
-            console.print(f"pool {config.name}: stopped")
+        open_pool(config, env).shutdown()
+        console.print(f"pool {config.name}: stopped")
 
 
 @app.command()

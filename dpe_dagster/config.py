@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-PROVIDERS = ("local", "aws_asg")
 LIFECYCLES = ("spot", "on-demand")
 # fixed: remove a node idle for idle_timeout_s; auto: the policy decides, never above idle_timeout_s.
 IDLE_TIMEOUT_MODES = ("fixed", "auto")
@@ -119,6 +118,13 @@ POOL_FIELDS = {
 }
 
 
+def _provider(where: str, name: Any) -> str:
+    from dpe_dagster.pools.providers import provider
+
+    provider(name if isinstance(name, str) else repr(name), where)
+    return name
+
+
 def parse_pool(name: str, raw: Any) -> PoolConfig:
     where = f"pools.{name}"
     if not isinstance(name, str) or not POOL_NAME.match(name):
@@ -170,7 +176,7 @@ def parse_pool(name: str, raw: Any) -> PoolConfig:
             raise ConfigError(f"{where}.fallback: a pool cannot fall back to itself")
     return PoolConfig(
         name=name,
-        provider=_choice(f"{where}.provider", raw["provider"], PROVIDERS),
+        provider=_provider(f"{where}.provider", raw["provider"]),
         min_size=min_size,
         max_size=max_size,
         node_cpus=float(node_cpus),

@@ -13,6 +13,7 @@ from dagster import AssetSpec, Definitions
 from dpe_dagster.config import Environment
 from dpe_dagster.containers import pool_containers
 from dpe_dagster.environment import use
+from dpe_dagster.pools.providers import provider
 from dpe_dagster.scaling.health import build_pool_health_check
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.spark.resource import SparkResource
@@ -32,15 +33,15 @@ LEDGER_ASSETS = [
 
 
 def spark_master(env: Environment) -> str:
-    """Where runs' Spark sessions connect: `spark.master`, else the first local pool's master."""
+    """Where runs' Spark sessions connect: `spark.master`, else the master of the first pool that
+    provides one (a local pool)."""
     if "master" in env.spark:
         return env.spark["master"]
-    from dpe_dagster.pools.local.standalone import LocalSparkPool
-
-    local_pools = [p for p in env.pools.values() if p.provider == "local"]
-    if not local_pools:
-        raise ValueError(f"environment {env.name}: spark.master is required when no pool is local")
-    return LocalSparkPool.from_config(local_pools[0]).master_url
+    for pool in env.pools.values():
+        master = provider(pool.provider).spark_master(pool)
+        if master:
+            return master
+    raise ValueError(f"environment {env.name}: spark.master is required when no pool provides a Spark master")
 
 
 def dpe_definitions(env: Environment) -> Definitions:

@@ -15,7 +15,7 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-from dpe_dagster.config import parse_environment
+from dpe_dagster.config import parse_environment  # noqa: E402  (after the Hypothesis profile is chosen)
 
 POSTGRES_URL = os.environ.get("DPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -34,7 +34,8 @@ def test_unknown_environment_names_the_allowed_ones(monkeypatch):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"provider": "gce"}, r"pools\.spot-etl\.provider: must be one of local, aws_asg; got 'gce'"),
+        ({"provider": "gce"}, r"pools\.spot-etl\.provider: must be one of aws_asg, local; got 'gce' \(providers are registered under "
+                            r"the entry point group dpe\.providers\)"),
         ({"max_size": -1}, r"pools\.spot-etl\.max_size: must be an integer >= 1; got -1"),
         ({"min_size": 3}, r"pools\.spot-etl\.max_size: must be an integer >= 3; got 2"),
         ({"node_cpus": 0}, r"pools\.spot-etl\.node_cpus: must be a number > 0; got 0"),

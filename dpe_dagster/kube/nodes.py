@@ -1,6 +1,7 @@
 """Which of a pool's instances are busy, as Kubernetes sees them; cordoning before removal.
 
-- An instance is a node when a Node's `spec.providerID` names it (`aws:///us-east-1a/i-0abc...`).
+- An instance is a node when a Node's `spec.providerID` names it, as the pool's provider reads it
+  (`Provider.node_id`; on EKS `aws:///us-east-1a/i-0abc...`).
 - A node is ready to take work when its `Ready` condition is True and it is not cordoned.
 - A node is busy when any pod that is not a DaemonSet's (nor a static/mirror pod) and has not
   finished runs on it: such a pod is a run, an executor or a user's workload, and removing the node
@@ -21,19 +22,11 @@ machine: the tests serve Kubernetes-format JSON over HTTP on loopback to the rea
 from __future__ import annotations
 
 import os
-import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-PROVIDER_ID = re.compile(r"^aws:///(?P<zone>[^/]*)/(?P<instance>i-[0-9a-f]+)$")
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 RUN_ID_LABEL = "dagster/run-id"  # dagster-k8s's label on run pods; dpe puts it on executors too
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
-
-
-def instance_id(provider_id: str | None) -> str | None:
-    """The EC2 instance id in a node's providerID, or None for another provider's node."""
-    match = PROVIDER_ID.match(provider_id or "")
-    return match.group("instance") if match else None
 
 
 def is_ready(node: Any) -> bool:
@@ -71,12 +64,15 @@ def _cpus(quantity: Any) -> float:
 class KubeNodes:
     """The kubernetes client's view of the nodes behind a pool's instances."""
 
-    def __init__(self, core_api: Any, label_selector: str | None = None):
+    def __init__(self, core_api: Any, label_selector: str | None, node_id: Callable[[str | None], str | None]):
+        # node_id: a Node's spec.providerID -> the id of the pool's node it is (the provider's parser)
         self.core = core_api
         self.label_selector = label_selector
+        self.node_id = node_id
 
     @classmethod
-    def from_environment(cls, labels: Mapping[str, str] | None = None) -> "KubeNodes":
+    def from_environment(cls, labels: Mapping[str, str] | None,
+                         node_id: Callable[[str | None], str | None]) -> "KubeNodes":
         """In a pod: the service account (in-cluster config); elsewhere: KUBECONFIG / ~/.kube/config."""
         from kubernetes import client, config
 
@@ -94,13 +90,13 @@ class KubeNodes:
             raise PoolError(f"busy_source kubernetes: no Kubernetes API to ask ({error}); run dpe in the cluster "
                             "(service account) or set KUBECONFIG") from error
         selector = ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or None
-        return cls(client.CoreV1Api(api_client), selector)
+        return cls(client.CoreV1Api(api_client), selector, node_id)
 
     def nodes_by_instance(self) -> dict[str, Any]:
         kwargs = {"label_selector": self.label_selector} if self.label_selector else {}
         found = {}
         for node in self.core.list_node(**kwargs).items:
-            iid = instance_id(node.spec.provider_id if node.spec else None)
+            iid = self.node_id(node.spec.provider_id if node.spec else None)
             if iid:
                 found[iid] = node
         return found

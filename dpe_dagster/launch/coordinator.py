@@ -48,7 +48,9 @@ class PoolRunCoordinator(QueuedRunCoordinator):
                 from dpe_dagster.scaling.control import request_capacity
 
                 env = load_environment(self._config, name=self._environment)
-                if pool_name in env.pools and env.pool(pool_name).provider != "local":
+                from dpe_dagster.pools.providers import provider
+
+                if pool_name in env.pools and not provider(env.pool(pool_name).provider).starts_processes_here:
                     request_capacity(self._instance, env, pool_name)
             except Exception as error:  # noqa: BLE001 - the launcher asks again at dequeue
                 log.warning("dpe: early scale-up for run %s on pool %s failed (the launcher will ask again): %s",

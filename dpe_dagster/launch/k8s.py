@@ -59,6 +59,7 @@ from dpe_dagster.launch.capacity import ask_for_capacity
 from dpe_dagster.launch.node_choice import ENDING_TOGETHER, preferred_node
 from dpe_dagster.launch.pod_spec import pod_placement, run_k8s_config
 from dpe_dagster.pools import PoolError, open_pool
+from dpe_dagster.pools.providers import provider
 from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.demand import landing, read_demand
 from dpe_dagster.scaling.policy import RunDemand
@@ -185,7 +186,8 @@ class PoolK8sRunLauncher(K8sRunLauncher):
             nodes = open_pool(pool, env).nodes()
             active = read_demand(self._instance, env).of(pool.name)
             selector = ",".join(f"{key}={value}" for key, value in sorted(pool.labels.items())) or None
-            kube_nodes = KubeNodes(self._api_client.core_api, selector).nodes_by_instance()
+            node_id = provider(pool.provider).node_id
+            kube_nodes = KubeNodes(self._api_client.core_api, selector, node_id).nodes_by_instance()
         except Exception as error:  # noqa: BLE001 - the scheduler can still place the pod on the pool
             self._instance.report_engine_event(
                 f"dpe: pool {pool.name} places runs ending-together, but its nodes, runs or Kubernetes nodes could "

@@ -27,25 +27,22 @@ from dpe_dagster.tags import POOL_TAG, REQUESTED_POOL_TAG, RETRY_NUMBER_TAG, poo
 def pool_unavailable(pool: NodePool, now: float | None = None) -> str | None:
     """Why this pool should not be asked for capacity now, or None. Providers without scale-up
     health (the local pool) are always available; an overdue scale-up starts a back-off."""
-    if not hasattr(pool, "scale_up_health"):
-        return None
     now = time.time() if now is None else now
     reason = pool.backoff(now)
     if reason:
         return reason
     health = pool.scale_up_health(now)
-    if health.overdue:
+    if health is not None and health.overdue:
         pool.back_off(health.reason, now)
         return f"scale-up did not arrive ({health.reason}); backing off"
     return None
 
 
 def _back_off(pool: NodePool, reason: str) -> None:
-    if hasattr(pool, "back_off"):
-        try:
-            pool.back_off(reason)
-        except PoolError:
-            pass  # the API that failed may fail again; the next launch re-checks
+    try:
+        pool.back_off(reason)
+    except PoolError:
+        pass  # the API that failed may fail again; the next launch re-checks
 
 
 def _is_retry(run: DagsterRun) -> bool:

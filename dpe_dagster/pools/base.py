@@ -81,3 +81,41 @@ class NodePool(Protocol):
         hold one (as the provider's own source of placement sees them). A run that holds room on
         several nodes maps to the one where it holds the most. The policy packs waiting runs into
         the room really left on each node instead of repacking every run from scratch."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one node costs per hour, and where that figure comes from (`usage/pricing.py`)."""
+
+    usd_per_hour: float
+    source: str
+
+
+@dataclass(frozen=True)
+class ScaleUpHealth:
+    """Whether capacity asked for has arrived; `overdue` with a reason when it has not in time."""
+
+    overdue: bool
+    reason: str
+    desired: int
+    running: int
+
+
+class PoolCapabilities:
+    """The optional part of a provider's pool, with the defaults of a pool that lacks it: no
+    scale-up health to watch (always worth asking), no back-off, nothing to stop on shutdown.
+    Pools subclass it and override what they have."""
+
+    def scale_up_health(self, now: float | None = None) -> ScaleUpHealth | None:
+        """Whether the last scale-up is arriving; None when the provider cannot tell."""
+        return None
+
+    def backoff(self, now: float | None = None) -> str | None:
+        """Why the pool must not be asked for capacity now (it is backed off), or None."""
+        return None
+
+    def back_off(self, reason: str, now: float | None = None) -> None:
+        """Stop asking this pool for a while (its scale-ups do not arrive)."""
+
+    def shutdown(self) -> None:
+        """Stop what the pool runs on this machine (nothing, for a cloud's pool)."""

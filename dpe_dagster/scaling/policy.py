@@ -100,7 +100,6 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     estimated ends."""
     whole_nodes = 0
     waiting: dict[tuple[float, float], int] = {}  # runs of each (cpus, memory) without a node
-    placed_runs = []
     upcoming = False
     count_of = waiting.get
     placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
@@ -299,7 +298,7 @@ def _around_interrupted(pool: PoolConfig, state: PoolState, demand: Sequence[Run
     remaining = len(state.nodes) - len(drop) - len(plan.remove)
     target = max(min(plan.target + staying, pool.max_size), remaining)
     kinds = ", ".join(sorted(f"{node_id} ({node.interrupted})" for node_id, node in going.items()))
-    dropped = f", removing the idle one(s) now" if drop else ""
+    dropped = ", removing the idle one(s) now" if drop else ""
     return Plan(target, drop + plan.remove, plan.wanted + staying,
                 f"{plan.reason}; {len(going)} node(s) going away, not counted as room: {kinds}{dropped}",
                 plan.idle_timeout_s, {**{node_id: REMOVED_INTERRUPTED for node_id in drop}, **plan.removed_because})

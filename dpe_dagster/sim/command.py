@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -15,7 +15,10 @@ from rich.table import Table
 from dpe_dagster.config import PLACEMENTS, ConfigError, PoolConfig
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.engine import SimulationError
-from dpe_dagster.sim.run import POLICIES, Setup, simulate
+from dpe_dagster.sim import POLICIES
+
+if TYPE_CHECKING:
+    from dpe_dagster.sim.run import Setup
 from dpe_dagster.sim.schedules import ScheduleError, parse_schedules, scheduled_runs
 from dpe_dagster.sim.trace import TraceError, read_trace
 from dpe_dagster.sim.workload import build_workload
@@ -76,7 +79,7 @@ def replayed_pool(environment: str | None, pool: str | None) -> tuple[PoolConfig
     return config, float(env.sensor_interval_s)
 
 
-def replay_summary(deployed: PoolConfig, setup: Setup) -> dict:
+def replay_summary(deployed: PoolConfig, setup: "Setup") -> dict:
     """What `dpe` replayed: the deployed pool's settings, and the shape the trace was run on."""
     pool = setup.pool()
     return {"environment_pool": deployed.name, "node_cpus": pool.node_cpus, "sensor_interval_s": setup.sensor_interval_s,
@@ -145,6 +148,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Replay a job trace through every scaling policy on the same nodes and prices."""
+        try:
+            from dpe_dagster.sim.run import Setup, simulate
+        except ImportError as error:
+            _fail(f"dpe simulate needs the sim extra (pip install 'dpe[sim]'): {error}")
         chosen = tuple(policy) if policy else POLICIES
         unknown = [p for p in chosen if p not in POLICIES]
         if unknown:

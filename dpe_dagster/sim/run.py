@@ -19,10 +19,10 @@ from dpe_dagster.sim.dpe import DpeScaler
 from dpe_dagster.sim.engine import PoolShape, Simulation, whole_nodes
 from dpe_dagster.sim.reactive import ReactiveScaler
 from dpe_dagster.sim.reference import clairvoyant_node_seconds
+from dpe_dagster.sim import POLICIES
 from dpe_dagster.sim.static import StaticScaler, static_sizes
 from dpe_dagster.sim.workload import Workload, cpu_seconds
 
-POLICIES = ("dpe", "dpe-prewarm", "reactive", "consolidating", "static-peak", "static-p95")
 UNBOUNDED_POOL = 1_000_000  # the simulated pool may grow as far as demand asks
 UNMODELLED_MEMORY_GB = 1e12
 

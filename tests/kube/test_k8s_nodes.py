@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from dpe_dagster.kube.nodes import KubeNodes, instance_id
+from dpe_dagster.kube.nodes import KubeNodes
+from dpe_dagster.pools.aws import instance_id
 
 from tests.fakes.kube_api import TS, LoopbackKubeApi, _fields_match, core_api, kube_api  # noqa: F401  (fixture)
 
@@ -32,7 +33,7 @@ def test_node_with_only_daemonset_mirror_or_finished_pods_is_idle_any_other_pod_
     kube_api.add_pod("static-etcd", "ip-10-0-1-1", owner_kind="Node", mirror=True, namespace="kube-system")
     kube_api.add_pod("dagster-run-done", "ip-10-0-1-1", phase="Succeeded")
     kube_api.add_pod("dagster-run-0f3a", "ip-10-0-1-2")
-    kube = KubeNodes(core_api(kube_api.url))
+    kube = KubeNodes(core_api(kube_api.url), None, instance_id)
     busy = kube.busy_by_instance(["i-000000000000000a1", "i-000000000000000a2", "i-000000000000000a3",
                                   "i-000000000000000ff"])
     assert busy == {
@@ -49,7 +50,7 @@ def test_node_with_only_daemonset_mirror_or_finished_pods_is_idle_any_other_pod_
 def test_cordon_makes_the_node_unschedulable_and_not_ready_for_work(kube_api):
     kube_api.add_node("ip-10-0-1-1", "i-000000000000000a1", labels={"dpe.io/pool": "spot-etl"})
     kube_api.add_node("ip-10-0-9-9", "i-000000000000000b1", labels={"dpe.io/pool": "other"})
-    kube = KubeNodes(core_api(kube_api.url), label_selector="dpe.io/pool=spot-etl")
+    kube = KubeNodes(core_api(kube_api.url), "dpe.io/pool=spot-etl", instance_id)
     assert set(kube.nodes_by_instance()) == {"i-000000000000000a1"}
     assert kube.cordon_instances(["i-000000000000000a1", "i-000000000000000b1"]) == ["ip-10-0-1-1"]
     assert kube_api.nodes["ip-10-0-1-1"]["spec"]["unschedulable"] is True

@@ -14,7 +14,13 @@ import pytest
 from dpe_dagster.config import parse_pool
 from dpe_dagster.pools.aws.emulator import MotoServer
 from dpe_dagster.pools.base import Node
-from dpe_dagster.usage.pricing import CONFIG, SPOT_HISTORY, SpotPriceHistory, node_price, on_demand_price
+from dpe_dagster.pools.aws.pricing import SPOT_HISTORY, SpotPriceHistory, aws_node_price, on_demand_price
+from dpe_dagster.usage.pricing import CONFIG, node_price as configured_price
+
+
+def node_price(pool, node, region=None, spot=None):
+    """As a pricer prices it: the provider's figure (AWS, in `region`), else the configured price."""
+    return (aws_node_price(node, region, spot) if region else None) or configured_price(pool, node)
 
 SPOT = parse_pool("spot-etl", {"provider": "aws_asg", "max_size": 3, "node_cpus": 2, "node_memory_gb": 8,
                                "lifecycle": "spot", "price_per_node_hour": 0.035})

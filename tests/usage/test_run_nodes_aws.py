@@ -10,6 +10,7 @@ import pytest
 from dagster import DagsterEventType
 
 from dpe_dagster.kube.nodes import KubeNodes
+from dpe_dagster.pools.aws import instance_id
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.demand import read_demand
@@ -88,7 +89,7 @@ def test_a_run_maps_to_the_pool_node_where_its_pods_ask_for_the_most_cpu(kube_ap
     # Run B: only on another pool's node; a pod of someone else without the label.
     kube_api.add_run_pod("b-exec-1", "ip-10-0-9-9", RUN_B, "2", "executor")
     kube_api.add_pod("someones-job", "ip-10-0-1-3")
-    kube = KubeNodes(core_api(kube_api.url))
+    kube = KubeNodes(core_api(kube_api.url), None, instance_id)
     assert kube.run_instances(pool_nodes.values()) == {RUN_A: "i-000000000000000a2"}
     # Seen from the driver pool (a1 only), run A holds a1 through its own pod.
     assert kube.run_instances(["i-000000000000000a1"]) == {RUN_A: "i-000000000000000a1"}

@@ -1,1 +1,43 @@
-"""AWS Auto Scaling groups as node pools, and the AWS emulator behind the aws-sim environment."""
+"""AWS Auto Scaling groups as node pools (provider `aws_asg`): the groups (`asg.py`), their node
+prices (`pricing.py`), spot interruption warnings (`interruptions.py`), and the AWS emulator behind
+the aws-sim configuration (`emulator.py`). boto3 is imported only when a pool is opened."""
+
+from __future__ import annotations
+
+import re
+
+from dpe_dagster.pools.providers import Provider
+
+# A Kubernetes Node's spec.providerID on EKS: aws:///<zone>/<instance id>.
+PROVIDER_ID = re.compile(r"^aws:///(?P<zone>[^/]*)/(?P<instance>i-[0-9a-f]+)$")
+
+
+def instance_id(provider_id: str | None) -> str | None:
+    """The EC2 instance id in a Kubernetes node's providerID, or None for another provider's node."""
+    match = PROVIDER_ID.match(provider_id or "")
+    return match.group("instance") if match else None
+
+
+class AwsAsgProvider(Provider):
+    name = "aws_asg"
+
+    def open(self, pool, env):
+        from dpe_dagster.pools.aws.asg import AwsAsgPool
+
+        return AwsAsgPool.from_config(pool, env)
+
+    def look_ahead(self, pools):
+        from dpe_dagster.pools.aws.asg import describe_groups
+
+        describe_groups(pools)
+
+    def pricer(self, env):
+        from dpe_dagster.pools.aws.pricing import aws_pricer
+
+        return aws_pricer(env)
+
+    def node_id(self, kubernetes_provider_id):
+        return instance_id(kubernetes_provider_id)
+
+
+PROVIDER = AwsAsgProvider()

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
 from dpe_dagster.config import ConfigError, Environment, PoolConfig
-from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolError
+from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolCapabilities, PoolError, ScaleUpHealth
 from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, INSTANCE_INTERRUPTED_TAG, SCALE_UP_SINCE_TAG
 
 log = logging.getLogger("dpe.pools.aws_asg")
@@ -191,16 +191,6 @@ def _clients(aws: AwsSettings, aws_environment: tuple) -> tuple[Any, Any]:
 
 
 # -- the pool --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ScaleUpHealth:
-    """Whether capacity asked for has arrived; `overdue` with a reason when it has not in time."""
-
-    overdue: bool
-    reason: str
-    desired: int
-    running: int
-
-
 BusyLookup = Callable[[Sequence["_Instance"]], dict[str, tuple[bool, bool]]]
 RunLookup = Callable[[Sequence["_Instance"]], dict[str, str]]
 
@@ -218,7 +208,7 @@ class _Instance:
     interrupted: tuple[str, float | None] = ("", None)  # from INSTANCE_INTERRUPTED_TAG
 
 
-class AwsAsgPool:
+class AwsAsgPool(PoolCapabilities):
     """A `NodePool` whose nodes are the instances of one Auto Scaling group."""
 
     def __init__(self, config: PoolConfig, settings: AsgSettings, aws: AwsSettings, autoscaling: Any, ec2: Any,
@@ -248,8 +238,9 @@ class AwsAsgPool:
         pool_obj = cls(pool, settings, aws, autoscaling, ec2)
         if settings.busy_source == "kubernetes":
             from dpe_dagster.kube.nodes import KubeNodes
+            from dpe_dagster.pools.aws import instance_id
 
-            kube = KubeNodes.from_environment(pool.labels)
+            kube = KubeNodes.from_environment(pool.labels, instance_id)
             pool_obj._busy_lookup = lambda instances: kube.busy_by_instance([i.id for i in instances])
             pool_obj._cordon = kube.cordon_instances
             pool_obj._run_lookup = lambda instances: kube.run_instances([i.id for i in instances])

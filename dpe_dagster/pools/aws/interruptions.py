@@ -260,8 +260,9 @@ def reader_for(env: Environment, instance: Any | None = None) -> InterruptionRea
     if any(dict(config.settings).get("busy_source", "kubernetes") == "kubernetes" for config in env.pools.values()
            if config.provider == "aws_asg"):
         from dpe_dagster.kube.nodes import KubeNodes
+        from dpe_dagster.pools.aws import instance_id
 
-        cordon = KubeNodes.from_environment().cordon_instances
+        cordon = KubeNodes.from_environment(None, instance_id).cordon_instances
     return InterruptionReader(sqs_client(env), url, env, pools, cordon=cordon, instance=instance)
 
 

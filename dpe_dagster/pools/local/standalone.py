@@ -34,7 +34,7 @@ from typing import Sequence
 from dpe_dagster.config import ConfigError, PoolConfig
 from dpe_dagster.spark.java import spark_home, spark_process_env
 from dpe_dagster.paths import dpe_home
-from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolError
+from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolCapabilities, PoolError
 from dpe_dagster.pools.local.daemon_exec import _listening
 from dpe_dagster.spark.resource import run_id_of_app
 
@@ -147,7 +147,7 @@ def _reap() -> None:
 _WORKER_PORT_LINE = re.compile(r"Successfully started service 'sparkWorker' on port (\d+)")
 
 
-class LocalSparkPool:
+class LocalSparkPool(PoolCapabilities):
     """A `NodePool` whose nodes are Spark standalone workers on this machine."""
 
     def __init__(self, config: PoolConfig, settings: LocalSparkSettings):

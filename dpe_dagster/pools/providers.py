@@ -1,0 +1,79 @@
+"""Providers: the kinds of machine pool dpe can size, found by entry point.
+
+A provider is registered under the entry point group `dpe.providers` by the package that holds it
+(dpe registers `local` and `aws_asg` in its own pyproject.toml the same way):
+
+    [project.entry-points."dpe.providers"]
+    my_cloud = "my_package.pools:PROVIDER"
+
+and the pool field `provider: my_cloud` picks it. A provider owns everything that differs between
+clouds: opening a pool (its `settings`), reading many pools at once before a tick, the price of a
+node, and which of its nodes a Kubernetes node is. Nothing else in dpe names a provider.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from dpe_dagster.config import ConfigError
+
+if TYPE_CHECKING:
+    from dpe_dagster.config import Environment, PoolConfig
+    from dpe_dagster.pools.base import Node, NodePool, Price
+
+ENTRY_POINT_GROUP = "dpe.providers"
+
+
+class Provider:
+    """What dpe needs of a kind of pool. Subclass it and override what applies; the defaults are
+    what a provider without that capability has."""
+
+    name: str = ""
+    # Scaling up starts processes on this machine (Spark workers): not in a process that only
+    # submits runs (the UI, a sensor), where they would outlive their purpose.
+    starts_processes_here: bool = False
+
+    def open(self, pool: PoolConfig, env: Environment) -> NodePool:
+        """The pool object for a configured pool; errors in its `settings` name the field."""
+        raise NotImplementedError
+
+    def look_ahead(self, pools: Sequence[NodePool]) -> None:
+        """Before a tick looks at these pools of this provider (e.g. one API call for all)."""
+
+    def pricer(self, env: Environment) -> Callable[[PoolConfig, Node], Price | None] | None:
+        """The price of one node of this provider, when it knows better than the configured
+        `price_per_node_hour` (None: it does not)."""
+        return None
+
+    def node_id(self, kubernetes_provider_id: str | None) -> str | None:
+        """The id of this provider's node that a Kubernetes Node's `spec.providerID` names."""
+        return None
+
+    def spark_master(self, pool: PoolConfig) -> str | None:
+        """The Spark master a run on this pool connects to, when the pool provides one."""
+        return None
+
+
+@lru_cache(maxsize=1)
+def providers() -> dict[str, Provider]:
+    """The installed providers, by name."""
+    found = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        provider = point.load()
+        provider = provider() if isinstance(provider, type) else provider
+        if not isinstance(provider, Provider):
+            raise ConfigError(f"entry point {ENTRY_POINT_GROUP}:{point.name} ({point.value}) is not a "
+                              "dpe_dagster.pools.providers.Provider")
+        found[point.name] = provider
+    return found
+
+
+def provider(name: str, where: str = "provider") -> Provider:
+    """The provider called `name`; an error naming `where` and the installed providers otherwise."""
+    installed = providers()
+    if name not in installed:
+        raise ConfigError(f"{where}: must be one of {', '.join(sorted(installed)) or '(none installed)'}; got {name!r} "
+                          f"(providers are registered under the entry point group {ENTRY_POINT_GROUP})")
+    return installed[name]
