@@ -33,8 +33,7 @@ LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or not allowed; the message names the field."""
+from dpe_dagster.errors import ConfigError  # noqa: E402  (re-exported: the name users catch)
 
 
 def _number(where: str, value: Any, *, minimum: float, integer: bool = False, strict: bool = False) -> Any:

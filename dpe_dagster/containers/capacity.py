@@ -23,10 +23,8 @@ from dagster import DagsterInstance
 
 from dpe_dagster.config import Environment
 from dpe_dagster.containers.request import ContainerRequest
-from dpe_dagster.launch.placement import _back_off, fallback_chain, pool_unavailable
-from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.base import PoolError
-from dpe_dagster.scaling.control import request_capacity
+from dpe_dagster.config import PoolConfig
+from dpe_dagster.launch.placement import ask_along_chain, fallback_chain
 from dpe_dagster.scaling.policy import Plan
 from dpe_dagster.tags import CONTAINER_TAG_PREFIX, container_ask_tag
 
@@ -72,30 +70,18 @@ def ask_pool_for_container(instance: DagsterInstance, env: Environment, request:
         log(f"dpe: container asks pool {request.pool} for {request.cpus:g} CPUs and {request.memory_gb:g} GB; "
             "the autoscaler sizes the pool for it")
         return Placed(request.pool)
-    reasons = []
-    for name in fallback_chain(env, request.pool):
-        config = env.pool(name)
+    def too_small(config: PoolConfig) -> str | None:
         if request.cpus > config.node_cpus or request.memory_gb > config.node_memory_gb:
-            reasons.append(f"{name}: its nodes ({config.node_cpus:g} CPUs, {config.node_memory_gb:g} GB) are "
-                           f"smaller than the container")
-            continue
-        pool = open_pool(config, env)
-        try:
-            reason = pool_unavailable(pool)
-        except PoolError as error:
-            reason = str(error)
-        if reason is None:
-            record_ask(instance, run_id, demand_id, name, request)
-            try:
-                plan = request_capacity(instance, env, name, log)
-                if name != request.pool:
-                    log(f"dpe: container placed on fallback pool {name} (asked for {request.pool})")
-                return Placed(name, plan)
-            except PoolError as error:
-                reason = f"asking for capacity failed: {error}"
-                _back_off(pool, reason)
-        log(f"dpe: pool {name} cannot take this container now: {reason}")
-        reasons.append(f"{name}: {reason}")
-    close_ask(instance, run_id, demand_id)
-    raise NoCapacity(f"no pool of {', '.join(fallback_chain(env, request.pool))} can take this container now: "
-                     + "; ".join(reasons))
+            return (f"its nodes ({config.node_cpus:g} CPUs, {config.node_memory_gb:g} GB) are smaller than the "
+                    "container")
+        return None
+
+    chain = fallback_chain(env, request.pool)
+    landing = ask_along_chain(instance, env, chain, "container", log, skip=too_small,
+                              before_asking=lambda name: record_ask(instance, run_id, demand_id, name, request))
+    if landing.pool is None:
+        close_ask(instance, run_id, demand_id)
+        raise NoCapacity(f"no pool of {', '.join(chain)} can take this container now: " + "; ".join(landing.reasons))
+    if landing.pool != request.pool:
+        log(f"dpe: container placed on fallback pool {landing.pool} (asked for {request.pool})")
+    return Placed(landing.pool, landing.plan)

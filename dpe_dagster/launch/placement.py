@@ -1,5 +1,5 @@
-"""Placing a run on a pool that can take it: its own pool, or that pool's fallback when the pool's
-capacity does not come (a scale-up overdue past the boot timeout, a failed scaling activity, an
+"""Placing a run or a container on a pool that can take it: its own pool, or that pool's fallback
+when the pool's capacity does not come (a scale-up overdue past the boot timeout, a failed scaling activity, an
 API error that outlasts botocore's retries).
 
 Falling back re-tags the run (`dpe/node_pool` becomes the fallback pool, `dpe/requested_pool`
@@ -11,15 +11,17 @@ pool's price. Every decision is written into the run's event log.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun
 
-from dpe_dagster.config import Environment
+from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import NodePool, open_pool
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.scaling.control import request_capacity
+from dpe_dagster.scaling.policy import Plan
 from dpe_dagster.tags import POOL_TAG, REQUESTED_POOL_TAG, RETRY_NUMBER_TAG, pool_request
 
 
@@ -38,7 +40,7 @@ def pool_unavailable(pool: NodePool, now: float | None = None) -> str | None:
     return None
 
 
-def _back_off(pool: NodePool, reason: str) -> None:
+def _back_off(pool: NodePool | None, reason: str) -> None:
     try:
         pool.back_off(reason)
     except PoolError:
@@ -59,6 +61,48 @@ def fallback_chain(env: Environment, first: str) -> list[str]:
     return chain
 
 
+@dataclass(frozen=True)
+class Landing:
+    """Where an ask along a fallback chain landed: the pool asked and its plan, or none (pool None)
+    with, per pool of the chain, why it could not be asked."""
+
+    pool: str | None
+    plan: Plan | None
+    reasons: tuple[str, ...]
+
+
+def ask_along_chain(instance: DagsterInstance, env: Environment, chain: Sequence[str], what: str,
+                    log: Callable[[str], None], *, skip: Callable[[PoolConfig], str | None] = lambda pool: None,
+                    before_asking: Callable[[str], None] = lambda name: None) -> Landing:
+    """The one fallback loop: ask the first pool of `chain` that can be asked for room now (under
+    its pool lock, `request_capacity`). A pool is passed over when `skip` gives a reason, when it is
+    backed off or its scale-ups do not arrive (`pool_unavailable`), or when asking fails (which
+    backs it off). `before_asking(name)` records where the `what` (a run, a container) goes, just
+    before its pool is asked, so the ask and the demand the autoscaler reads agree."""
+    reasons = []
+    for position, name in enumerate(chain):
+        reason = skip(env.pool(name))
+        pool = None
+        if reason is None:
+            pool = open_pool(env.pool(name), env)
+            try:
+                reason = pool_unavailable(pool)
+            except PoolError as error:
+                reason = str(error)
+        if reason is None:
+            before_asking(name)
+            try:
+                return Landing(name, request_capacity(instance, env, name, log), tuple(reasons))
+            except PoolError as error:
+                reason = f"asking for capacity failed: {error}"
+                _back_off(pool, reason)
+        following = chain[position + 1] if position + 1 < len(chain) else None
+        log(f"dpe: pool {name} cannot take this {what} now: {reason}"
+            + (f"; placing it on fallback pool {following}" if following else ""))
+        reasons.append(f"{name}: {reason}")
+    return Landing(None, None, tuple(reasons))
+
+
 def place_on_pool(instance: DagsterInstance, env: Environment, run: DagsterRun,
               log: Callable[[str], None] | None = None) -> str | None:
     """Ask the run's pool (or its fallback) for capacity now; return the pool the run is placed on,
@@ -76,25 +120,15 @@ def place_on_pool(instance: DagsterInstance, env: Environment, run: DagsterRun,
         # the same pool would meet again (spot loss fails over through Dagster's run retries).
         say(f"dpe: retry {run.tags[RETRY_NUMBER_TAG]} of a run on pool {requested}: placing it on fallback pool {chain[1]}")
         chain = chain[1:]
-    for name in chain:
-        pool = open_pool(env.pool(name), env)
-        try:
-            reason = pool_unavailable(pool)
-        except PoolError as error:
-            reason = str(error)
-        if reason is None:
-            if name != current:
-                instance.add_run_tags(run.run_id, {POOL_TAG: name, REQUESTED_POOL_TAG: requested})
-                current = name
-            try:
-                request_capacity(instance, env, name, say)
-                return name
-            except PoolError as error:
-                reason = f"asking for capacity failed: {error}"
-                _back_off(pool, reason)
-        fallback = env.pool(name).fallback
-        say(f"dpe: pool {name} cannot take this run now: {reason}"
-            + (f"; placing it on fallback pool {fallback}" if fallback and fallback != requested else ""))
+    def move_run(name: str) -> None:
+        nonlocal current
+        if name != current:
+            instance.add_run_tags(run.run_id, {POOL_TAG: name, REQUESTED_POOL_TAG: requested})
+            current = name
+
+    landing = ask_along_chain(instance, env, chain, "run", say, before_asking=move_run)
+    if landing.pool is not None:
+        return landing.pool
     # No pool in the chain can take it now: the run stays on the pool it asked for and waits;
     # the sensor keeps asking every tick.
     if current != requested:

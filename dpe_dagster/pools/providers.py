@@ -17,7 +17,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from dpe_dagster.config import ConfigError
+from dpe_dagster.errors import ConfigError
 
 if TYPE_CHECKING:
     from dpe_dagster.config import Environment, PoolConfig
