@@ -4,7 +4,7 @@
 at its minimum size; nothing here can reach a real AWS account (`aws.emulator` makes the provider
 refuse any endpoint that is not on loopback). Spark runs in local mode in the run's process, so a
 simulated instance holds no real work: an instance is busy while an active run is placed on it
-(see `dpe_dagster.pools.aws.emulator.busy_from_dagster_runs`). Runs start as local subprocesses
+(see `dpe_dagster.pools.aws.run_model.busy_from_dagster_runs`). Runs start as local subprocesses
 (the instance's run launcher is the local one): there is no Kubernetes here.
 
 Prices are us-east-1 list prices for the instance types the groups launch (2 vCPU / 8 GiB:

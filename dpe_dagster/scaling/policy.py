@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
+from dpe_dagster.packing import how_many_fit, whole_nodes as whole_nodes_of
 from dpe_dagster.pools.base import (REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN, REMOVED_IDLE, REMOVED_INTERRUPTED, RUNNING,
                                     Node)
 
@@ -109,8 +110,9 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
         if run.upcoming:
             upcoming = True
         cpus, memory = run.cpus, run.memory_gb
-        if cpus > node_cpus or memory > node_memory_gb:
-            whole_nodes += max(math.ceil(cpus / node_cpus), math.ceil(memory / node_memory_gb))
+        whole = whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
+        if whole:
+            whole_nodes += whole
         elif run.node_id is None:
             size = (cpus, memory)
             waiting[size] = count_of(size, 0) + 1
@@ -132,7 +134,7 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     # them one by one, in time proportional to the sizes, not the runs).
     for (cpus, memory), count in sorted(waiting.items(), reverse=True):
         for room in free:
-            fit = _how_many_fit(room, cpus, memory)
+            fit = how_many_fit(room, cpus, memory)
             if fit:
                 taken = min(fit, count)
                 room[0] -= taken * cpus
@@ -140,22 +142,12 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
                 count -= taken
                 if not count:
                     break
-        per_node = _how_many_fit([node_cpus, node_memory_gb], cpus, memory)
+        per_node = how_many_fit([node_cpus, node_memory_gb], cpus, memory)
         while count:
             taken = min(per_node, count)
             free.append([node_cpus - taken * cpus, node_memory_gb - taken * memory])
             count -= taken
     return whole_nodes + len(free)
-
-
-_SLACK = 1e-9  # room left by subtracting sizes one by one may be a rounding error short
-
-
-def _how_many_fit(room: list[float], cpus: float, memory: float) -> int:
-    by_cpus = math.floor((room[0] + _SLACK) / cpus) if cpus > 0 else math.inf
-    by_memory = math.floor((room[1] + _SLACK) / memory) if memory > 0 else math.inf
-    fit = min(by_cpus, by_memory)
-    return 0 if fit <= 0 else (1 << 62 if fit == math.inf else int(fit))
 
 
 def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:

@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+from dpe_dagster import packing
 from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.policy import NodeRoom
 from dpe_dagster.sim.boot import BootTime
@@ -32,11 +33,7 @@ WHOLE = math.inf  # the group of pending jobs that take whole nodes
 
 def whole_nodes(work: Workload, shape: PoolShape) -> list[int]:
     """Per job, the whole nodes it takes (0: it fits on one node, which it may share)."""
-    return [
-        max(math.ceil(c / shape.cpus), math.ceil(m / shape.memory_gb) if math.isfinite(shape.memory_gb) else 0)
-        if c > shape.cpus or m > shape.memory_gb else 0
-        for c, m in zip(work.cpus, work.memory_gb)
-    ]
+    return [packing.whole_nodes(c, m, shape.cpus, shape.memory_gb) for c, m in zip(work.cpus, work.memory_gb)]
 
 
 class SimulationError(RuntimeError):

@@ -13,7 +13,6 @@ names the nodes it adds (`AMENDS`) and replaces the first for every reader (`rea
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -24,6 +23,7 @@ from dagster import (
 from dagster._core.events import AssetObservationData, DagsterEvent
 from dagster._core.storage.dagster_run import RunRecord
 
+from dpe_dagster import packing
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.demand import ACTIVE_STATUSES
@@ -50,9 +50,7 @@ Owners = Callable[[AssetKey], Sequence[str]]
 def node_share(cpus: float, memory_gb: float, pool: PoolConfig) -> float:
     """Nodes of the pool's shape a run's requests occupy: a fraction of one node when it fits on
     one, whole nodes when it does not."""
-    if cpus <= pool.node_cpus and memory_gb <= pool.node_memory_gb:
-        return max(cpus / pool.node_cpus, memory_gb / pool.node_memory_gb)
-    return float(max(math.ceil(cpus / pool.node_cpus), math.ceil(memory_gb / pool.node_memory_gb)))
+    return packing.node_share(cpus, memory_gb, pool.node_cpus, pool.node_memory_gb)
 
 
 def run_span(record: RunRecord, env: Environment, now: float) -> RunSpan | None:

@@ -10,7 +10,8 @@ from dagster import DagsterEventType
 
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.asg import _Instance
-from dpe_dagster.pools.aws.emulator import busy_from_dagster_runs, emulated_aws
+from dpe_dagster.pools.aws.emulator import emulated_aws
+from dpe_dagster.pools.aws.run_model import busy_from_dagster_runs
 from resources import load_environment
 from tests.pools.test_aws_asg import advance, dagster, queue_run  # noqa: F401  (fixture)
 

@@ -245,7 +245,7 @@ class AwsAsgPool(PoolCapabilities):
             pool_obj._cordon = kube.cordon_instances
             pool_obj._run_lookup = lambda instances: kube.run_instances([i.id for i in instances])
         else:
-            from dpe_dagster.pools.aws.emulator import busy_from_dagster_runs, runs_on_instances
+            from dpe_dagster.pools.aws.run_model import busy_from_dagster_runs, runs_on_instances
 
             pool_obj._busy_lookup = lambda instances: busy_from_dagster_runs(pool, instances)
             pool_obj._run_lookup = lambda instances: runs_on_instances(pool, instances)

@@ -17,15 +17,13 @@ Busy-ness in aws-sim: Spark runs in local mode, so no work lands on a simulated 
 instance counts as busy while it holds an active run: the pool's STARTING and STARTED runs (from
 Dagster's run storage) are packed with the policy's own first-fit onto the pool's serving
 instances, oldest first; the instances that hold at least one run are busy. Runs that are still
-QUEUED hold no instance. See `runs_on_instances`.
+QUEUED hold no instance. See `pools/aws/run_model.py`, the `dagster_runs` busy source.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import math
 import os
 import signal
 import socket
@@ -204,83 +202,6 @@ def emulated_aws(env: Environment) -> Iterator[EmulatedAws]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-# -- busy-ness in aws-sim ------------------------------------------------------------------------
-def busy_from_dagster_runs(pool: PoolConfig, instances: Sequence, instance=None) -> dict[str, tuple[bool, bool]]:
-    """instance id -> (serving, busy) for aws-sim, where no work lands on a simulated instance:
-    an instance that holds a run in `runs_on_instances` is busy."""
-    serving = {i.id for i in instances if _serving(i)}
-    holding = {node_id for held in _emulated_placement(pool, instances, instance).values() for node_id in held}
-    return {i.id: (i.id in serving, i.id in holding) for i in instances}
-
-
-def runs_on_instances(pool: PoolConfig, instances: Sequence, instance=None) -> dict[str, str]:
-    """Dagster run id -> the instance the run occupies, for aws-sim. This is the emulator's model,
-    not real placement (the runs execute elsewhere), the same one that makes instances busy: the
-    pool's STARTING/STARTED runs are packed first-fit, largest first (the policy's rule), onto the
-    serving instances, oldest first. A run larger than one node takes whole free nodes and maps to
-    the first of them."""
-    return {run_id: held[0] for run_id, held in _emulated_placement(pool, instances, instance).items()}
-
-
-def _emulated_placement(pool: PoolConfig, instances: Sequence, instance=None) -> dict[str, list[str]]:
-    """Run id -> the instances it occupies in the emulator's model (see `runs_on_instances`)."""
-    from dagster import DagsterRunStatus, RunsFilter
-
-    from dpe_dagster.paths import dagster_home
-    from dpe_dagster.tags import MEMORY_TAG, POOL_TAG, TagError, parse_memory_gb, requested_cpus
-
-    if instance is None:
-        instance = _dagster_instance(str(dagster_home()))
-    # The pool tag is matched here, not in SQL: a tag filter walks every run that ever carried
-    # the tag, so the read grew with history (as in scaling/demand.py); the status filter is indexed.
-    runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
-    requests = []
-    for run in sorted(runs, key=lambda r: r.run_id):
-        if run.tags.get(POOL_TAG) != pool.name:
-            continue
-        try:
-            cpus = requested_cpus(run.tags, pool.default_run_cpus)
-            memory = parse_memory_gb(run.tags[MEMORY_TAG]) if MEMORY_TAG in run.tags else pool.default_run_memory_gb
-        except TagError:
-            continue
-        requests.append((cpus, memory, run.run_id))
-    # A warned instance first: the run it held keeps it in the model, not moved onto its replacement
-    # (launch times tie at one-second resolution).
-    serving = sorted((i for i in instances if _serving(i)), key=lambda i: (not i.interrupted[0], i.launched_at, i.id))
-    whole = [pool.node_cpus, pool.node_memory_gb]
-    room = {i.id: list(whole) for i in serving}
-    placed: dict[str, list[str]] = {}
-    for cpus, memory, run_id in sorted(requests, key=lambda r: (r[0], r[1]), reverse=True):
-        if cpus > pool.node_cpus or memory > pool.node_memory_gb:
-            # A run larger than one node takes whole nodes, as in the policy.
-            needed = max(math.ceil(cpus / pool.node_cpus), math.ceil(memory / pool.node_memory_gb))
-            free = [i.id for i in serving if room[i.id] == whole][:needed]
-            for node_id in free:
-                room[node_id] = [0.0, 0.0]
-            if free:
-                placed[run_id] = free
-            continue
-        for inst in serving:
-            if room[inst.id][0] >= cpus and room[inst.id][1] >= memory:
-                room[inst.id][0] -= cpus
-                room[inst.id][1] -= memory
-                placed[run_id] = [inst.id]
-                break
-    return placed
-
-
-def _serving(inst) -> bool:
-    return inst.lifecycle_state == "InService" and inst.ec2_state == "running"
-
-
-@functools.lru_cache(maxsize=4)
-def _dagster_instance(home: str):
-    from dagster import DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
-
-    return DagsterInstance.from_ref(InstanceRef.from_dir(home))
 
 
 # -- the server process ------------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""Packing runs onto nodes of one shape: the rules the scaling policy, the simulator, the AWS
+emulator's model of aws-sim and the ledger share. Pure: no I/O, no Dagster.
+
+- A run that fits on one node may share it; one larger than a node (in CPUs or memory) takes
+  whole nodes, as many as its larger dimension needs (`whole_nodes`), and shares none.
+- Runs that share are packed first fit, largest first (`first_fit_decreasing`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Hashable, Iterable, Mapping, Sequence
+
+# Room left by subtracting sizes one by one may be a rounding error short.
+SLACK = 1e-9
+
+
+def whole_nodes(cpus: float, memory_gb: float, node_cpus: float, node_memory_gb: float) -> int:
+    """The whole nodes a run takes: 0 when it fits on one node (which it may share), else as many
+    as the larger of its CPU and memory requests needs."""
+    if cpus <= node_cpus and memory_gb <= node_memory_gb:
+        return 0
+    return max(math.ceil(cpus / node_cpus), math.ceil(memory_gb / node_memory_gb))
+
+
+def node_share(cpus: float, memory_gb: float, node_cpus: float, node_memory_gb: float) -> float:
+    """Nodes of this shape a run's requests occupy: a fraction of one node when it fits on one,
+    whole nodes when it does not."""
+    whole = whole_nodes(cpus, memory_gb, node_cpus, node_memory_gb)
+    return float(whole) if whole else max(cpus / node_cpus, memory_gb / node_memory_gb)
+
+
+def how_many_fit(room: Sequence[float], cpus: float, memory_gb: float) -> int:
+    """How many runs of this size fit in `room` ([cpus, memory] left)."""
+    by_cpus = math.floor((room[0] + SLACK) / cpus) if cpus > 0 else math.inf
+    by_memory = math.floor((room[1] + SLACK) / memory_gb) if memory_gb > 0 else math.inf
+    fit = min(by_cpus, by_memory)
+    return 0 if fit <= 0 else (1 << 62 if fit == math.inf else int(fit))
+
+
+def first_fit_decreasing(requests: Iterable[tuple[float, float, Hashable]], nodes: Sequence[Hashable],
+                         node_cpus: float, node_memory_gb: float,
+                         used: Mapping[Hashable, tuple[float, float]] | None = None) -> dict[Hashable, list[Hashable]]:
+    """Request key -> the nodes it occupies, packing (cpus, memory, key) requests largest first
+    onto `nodes` in their order (each first-fit). A request larger than a node takes that many
+    wholly free nodes; one that finds no room is left out. `used`: room already taken per node."""
+    room = {node: [node_cpus - used.get(node, (0, 0))[0], node_memory_gb - used.get(node, (0, 0))[1]]
+            for node in nodes} if used else {node: [node_cpus, node_memory_gb] for node in nodes}
+    placed: dict[Hashable, list[Hashable]] = {}
+    for cpus, memory_gb, key in sorted(requests, key=lambda r: (r[0], r[1]), reverse=True):
+        whole = whole_nodes(cpus, memory_gb, node_cpus, node_memory_gb)
+        if whole:
+            free = [node for node in nodes if room[node] == [node_cpus, node_memory_gb]][:whole]
+            for node in free:
+                room[node] = [0.0, 0.0]
+            if free:
+                placed[key] = free
+            continue
+        for node in nodes:
+            if how_many_fit(room[node], cpus, memory_gb):
+                room[node][0] -= cpus
+                room[node][1] -= memory_gb
+                placed[key] = [node]
+                break
+    return placed
