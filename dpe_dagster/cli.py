@@ -105,7 +105,8 @@ def demo(
     from dpe_dagster.paths import PROJECT_ROOT, dagster_home, dpe_home
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.local.standalone import spark_pids_of
-    from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
+    from dpe_dagster.usage.eventlog import read_node_lifetimes
+    from dpe_dagster.usage.ledger import read_run_usage
     from dpe_dagster.usage.report import nodes_table, runs_table
 
     if scale_factor is not None:
@@ -206,7 +207,8 @@ def usage(
     list_nodes: bool = typer.Option(False, "--nodes", help="List node lifetimes (removed in the window) instead."),
 ) -> None:
     """Print the usage ledger, read back from Dagster's event log."""
-    from dpe_dagster.usage.ledger import read_node_lifetimes, read_usage
+    from dpe_dagster.usage.eventlog import read_node_lifetimes
+    from dpe_dagster.usage.ledger import read_usage
     from dpe_dagster.usage.live import report_nodes
     from dpe_dagster.usage.report import node_rows, nodes_table, rows_csv, rows_table, runs_table
     from dpe_dagster.usage.summary import GROUPINGS, Window, parse_time, summarize

@@ -10,7 +10,7 @@ from dagster import DagsterInstance
 
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import Node, PoolError, open_pool
-from dpe_dagster.usage.ledger import read_node_lifetimes
+from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.pricing import Price, pricer_for
 from dpe_dagster.usage.records import NodeLifetime
 
