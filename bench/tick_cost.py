@@ -129,7 +129,8 @@ def measure(instance, env, ticks: int, calls: "AwsCalls | None" = None) -> dict:
 
     from dagster import RunsFilter
 
-    from dpe_dagster.scaling.demand import ACTIVE_STATUSES, read_demand
+    from dpe_dagster.runs import ACTIVE_STATUSES
+    from dpe_dagster.scaling.demand import read_demand
     from dpe_dagster.scaling.sensor import build_autoscaler_sensor
     from dpe_dagster.tags import POOL_TAG
 

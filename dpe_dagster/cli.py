@@ -122,7 +122,8 @@ def demo(
     from dpe_dagster.paths import dagster_home, dpe_home, project_root
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.local.standalone import spark_pids_of
-    from dpe_dagster.usage.ledger import read_node_lifetimes, read_run_usage
+    from dpe_dagster.usage.eventlog import read_node_lifetimes
+    from dpe_dagster.usage.ledger import read_run_usage
     from dpe_dagster.usage.report import nodes_table, runs_table
 
     if scale_factor is not None:
@@ -222,7 +223,8 @@ def usage(
     list_nodes: bool = typer.Option(False, "--nodes", help="List node lifetimes (removed in the window) instead."),
 ) -> None:
     """Print the usage ledger, read back from Dagster's event log."""
-    from dpe_dagster.usage.ledger import read_node_lifetimes, read_usage
+    from dpe_dagster.usage.eventlog import read_node_lifetimes
+    from dpe_dagster.usage.ledger import read_usage
     from dpe_dagster.usage.live import report_nodes
     from dpe_dagster.usage.report import node_rows, nodes_table, rows_csv, rows_table, runs_table
     from dpe_dagster.usage.summary import GROUPINGS, Window, parse_time, summarize
@@ -273,7 +275,7 @@ def pools(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 
     from dpe_dagster.paths import dagster_home
     from dpe_dagster.pools import PoolError, open_pool
-    from dpe_dagster.scaling.sensor import read_failures
+    from dpe_dagster.scaling.cursor import read_failures
 
     env = _environment()
     failures: dict[str, dict] = {}
@@ -341,11 +343,30 @@ def ui(port: int = typer.Option(3000, min=1024, max=65535, help="Port of the Dag
 
 
 # -- subcommands defined next to their concept register here ---------------------------------
+@app.command()
+def interruptions(once: bool = typer.Option(False, help="One long poll, then exit (default: poll forever)."),
+                  wait_s: int = typer.Option(20, min=0, max=20, help="SQS WaitTimeSeconds of each poll.")) -> None:
+    """Read the spot interruption queue continuously: cordon warned nodes, ask for replacements at once."""
+    import logging
+
+    from dpe_dagster.pools.aws.interruptions import read_forever, reader_for
+
+    env = _environment()
+    # The Dagster instance is mounted: tell the runs on warned nodes.
+    instance = _instance() if os.environ.get("DAGSTER_HOME") else None
+    try:
+        reader = reader_for(env, instance)
+    except Exception as error:  # ConfigError, PoolError: say which and stop
+        err.print(f"[red]interruptions:[/red] {error}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not read_forever(reader, once=once, wait_s=wait_s):
+        raise typer.Exit(1)
+
+
 def _register_subcommands() -> None:
     from dpe_dagster.sim.command import register as register_simulate
     register_simulate(app)
-    from dpe_dagster.pools.aws.interruptions import register as register_interruptions
-    register_interruptions(app)
 
 
 _register_subcommands()

@@ -1,5 +1,17 @@
-"""The error every configuration check raises (`dpe_dagster.config` re-exports it)."""
+"""The errors dpe raises on purpose: bad configuration, and a provider that could not do what it
+was asked (`dpe_dagster.config` and `dpe_dagster.pools.base` re-export them)."""
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or not allowed; the message names the field."""
+
+
+class PoolError(RuntimeError):
+    """A provider could not do what it was asked; the message says what and why.
+
+    The one rule for failures in the sensors (autoscaler and usage ledger): a provider wraps its
+    SDK's and its processes' errors as PoolError where it calls them, and a sensor that gets a
+    PoolError from one pool logs it naming the pool, keeps that pool's cursor and memory for a
+    later tick, and goes on with the other pools. Any other exception is a bug or a failure of the
+    Dagster instance itself (storage, locks): it fails the tick, so Dagster shows it and no cursor
+    moves past work that was not done."""

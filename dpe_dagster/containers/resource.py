@@ -17,7 +17,7 @@ from dpe_dagster.config import Environment
 from dpe_dagster.containers.request import ContainerRequest, container_request
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.tags import TEAM_TAG
-from dpe_dagster.usage.ledger import UNASSIGNED
+from dpe_dagster.usage.records import UNASSIGNED
 from dpe_dagster.usage.pods import PodSpan, record_pod_span, record_pod_usage
 from dpe_dagster.usage.records import ASSET_COST, ASSET_NODE_SECONDS, UsageRecord
 

@@ -85,7 +85,7 @@ class KubeNodes:
                 config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
                                         client_configuration=api_client.configuration)
         except config.ConfigException as error:
-            from dpe_dagster.pools.base import PoolError
+            from dpe_dagster.errors import PoolError
 
             raise PoolError(f"busy_source kubernetes: no Kubernetes API to ask ({error}); run dpe in the cluster "
                             "(service account) or set KUBECONFIG") from error

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
+from dpe_dagster.errors import PoolError as PoolError  # every provider raises it; re-exported here
+
 PENDING = "pending"  # asked for, not yet able to take work
 RUNNING = "running"
 NODE_STATES = (PENDING, RUNNING)
@@ -41,17 +43,6 @@ class Node:
     # One of INTERRUPTIONS once EC2 warned about the node, and when (unix s): it takes no new work.
     interrupted: str = ""
     interrupted_at: float | None = None
-
-
-class PoolError(RuntimeError):
-    """A provider could not do what it was asked; the message says what and why.
-
-    The one rule for failures in the sensors (autoscaler and usage ledger): a provider wraps its
-    SDK's and its processes' errors as PoolError where it calls them, and a sensor that gets a
-    PoolError from one pool logs it naming the pool, keeps that pool's cursor and memory for a
-    later tick, and goes on with the other pools. Any other exception is a bug or a failure of the
-    Dagster instance itself (storage, locks): it fails the tick, so Dagster shows it and no cursor
-    moves past work that was not done."""
 
 
 @runtime_checkable

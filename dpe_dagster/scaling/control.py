@@ -21,7 +21,8 @@ from dpe_dagster.scaling.activity import pool_activity
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import Plan, PoolActivity, PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.attribution import NodeSpan
-from dpe_dagster.usage.ledger import charged_busy_seconds, record_node_lifetime
+from dpe_dagster.usage.eventlog import record_node_lifetime
+from dpe_dagster.usage.ledger import charged_busy_seconds
 from dpe_dagster.lock import pool_lock
 from dpe_dagster.usage.budget import alert_once, budget_block, hold_or_release, spent_today
 from dpe_dagster.usage.pricing import Price, node_price, pricer_for

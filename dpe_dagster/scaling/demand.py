@@ -8,17 +8,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, RunsFilter
 
 from dpe_dagster.config import Environment
 from dpe_dagster.pools.base import NodePool, PoolError
+from dpe_dagster.runs import ACTIVE_STATUSES
 from dpe_dagster.scaling.history import expected_ends
 from dpe_dagster.scaling.admission import startable
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.spark.kubernetes import executor_pod_size, max_executors
 from dpe_dagster.tags import POOL_TAG, PoolRequest, TagError, container_asks, pool_request
 
-ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def build_pool_health_check(env: Environment):
                  description="Fails while the autoscaler could not size a pool, naming the pool and the error "
                              "(WARN when the pool's provider answers again).")
     def pools_sized(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        from dpe_dagster.scaling.sensor import read_failures
+        from dpe_dagster.scaling.cursor import read_failures
 
         failures = read_failures(context.instance)
         answering = [name for name in env.pools if name in failures and _answers(env, name)]

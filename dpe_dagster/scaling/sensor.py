@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
@@ -10,79 +9,13 @@ from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, se
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import NodePool, PoolError, look_ahead, open_pool
 from dpe_dagster.scaling.activity import PoolArrivals
-from dpe_dagster.scaling.control import NodeMemory, scale_pool
+from dpe_dagster.scaling.control import scale_pool
+from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR, dump_cursor, load_arrivals, load_cursor, load_failures
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.health import report_pool_health
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.scaling.schedules import SCHEDULER_GRACE_S, look_ahead_s, scheduled_runs, upcoming_runs
 from dpe_dagster.usage.pricing import pricer_for
-
-AUTOSCALER_SENSOR = "dpe_autoscaler"
-
-
-def load_cursor(cursor: str | None) -> dict[str, dict[str, NodeMemory]]:
-    raw = json.loads(cursor) if cursor else {}
-    return {
-        pool: {node_id: NodeMemory.from_json(mem) for node_id, mem in nodes.items()}
-        for pool, nodes in raw.get("nodes", {}).items()
-    }
-
-
-def load_arrivals(cursor: str | None) -> dict[str, PoolArrivals]:
-    raw = json.loads(cursor) if cursor else {}
-    return {pool: PoolArrivals.from_json(value) for pool, value in raw.get("arrivals", {}).items()}
-
-
-def load_failures(cursor: str | None) -> dict[str, dict]:
-    """Each pool whose last tick failed: {"error": the PoolError's message, "at": epoch seconds}.
-    A pool is in it until a tick sizes it again."""
-    raw = json.loads(cursor) if cursor else {}
-    return {pool: {"error": str(value["error"]), "at": float(value["at"])}
-            for pool, value in raw.get("failures", {}).items()}
-
-
-def _saved_cursors(instance) -> list[str | None]:
-    """The autoscaler's cursors as the daemon stored them in the instance (one per code location)."""
-    from dagster._core.definitions.run_request import InstigatorType
-
-    return [getattr(state.instigator_data, "cursor", None)
-            for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-            if state.name == AUTOSCALER_SENSOR]
-
-
-def read_node_memory(instance) -> dict[str, dict[str, NodeMemory]]:
-    """What the autoscaler remembers of each live node (busy seconds, ...), by pool and node id;
-    the most recently seen when several code locations run it."""
-    out: dict[str, dict[str, NodeMemory]] = {}
-    for cursor in _saved_cursors(instance):
-        for pool, nodes in load_cursor(cursor).items():
-            for node_id, mem in nodes.items():
-                known = out.setdefault(pool, {}).get(node_id)
-                if known is None or (mem.last_seen or 0) > (known.last_seen or 0):
-                    out[pool][node_id] = mem
-    return out
-
-
-def read_failures(instance) -> dict[str, dict]:
-    """The failures the autoscaler saved in its cursor (in the instance, as the daemon stores every
-    sensor's cursor), by pool; the latest when several code locations run it."""
-    out: dict[str, dict] = {}
-    for cursor in _saved_cursors(instance):
-        for pool, failure in load_failures(cursor).items():
-            if pool not in out or failure["at"] > out[pool]["at"]:
-                out[pool] = failure
-    return out
-
-
-def dump_cursor(memory: dict[str, dict[str, NodeMemory]], arrivals: dict[str, PoolArrivals] | None = None,
-                failures: dict[str, dict] | None = None) -> str:
-    raw: dict = {"nodes": {pool: {n: m.to_json() for n, m in nodes.items()} for pool, nodes in memory.items()}}
-    if arrivals:
-        raw["arrivals"] = {pool: value.to_json() for pool, value in arrivals.items()}
-    if failures:
-        raw["failures"] = failures
-    return json.dumps(raw, sort_keys=True)
-
 
 def build_autoscaler_sensor(env: Environment):
     # Provider objects live as long as the sensor (the code location), not one tick: opening one

@@ -12,7 +12,8 @@ from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterInsta
 from dpe_dagster.config import PoolConfig
 from dpe_dagster.pools.base import Node
 from dpe_dagster.tags import HOLD_REASON_TAG, HOLD_TAG, POOL_TAG
-from dpe_dagster.usage.ledger import Pricer, read_node_lifetimes
+from dpe_dagster.usage.eventlog import read_node_lifetimes
+from dpe_dagster.usage.spans import Pricer
 from dpe_dagster.lock import instance_lock
 from dpe_dagster.usage.summary import day_start
 

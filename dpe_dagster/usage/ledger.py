@@ -17,96 +17,29 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from dagster import (
-    AssetKey, AssetObservation, AssetRecordsFilter, DagsterEventType, DagsterInstance, MetadataValue, RunsFilter,
-)
-from dagster._core.events import AssetObservationData, DagsterEvent
+from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstance, MetadataValue
 from dagster._core.storage.dagster_run import RunRecord
 
-from dpe_dagster import packing
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools.base import Node
-from dpe_dagster.scaling.demand import ACTIVE_STATUSES
-from dpe_dagster.tags import POOL_TAG, TEAM_TAG, TagError, pool_request, request_on
-from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute, node_busy_seconds
+from dpe_dagster.tags import POOL_TAG, TEAM_TAG, pool_request
+from dpe_dagster.usage.attribution import NodeSpan, attribute, node_busy_seconds
 from dpe_dagster.lock import instance_lock
-from dpe_dagster.usage.pricing import CONFIG, Price
+from dpe_dagster.usage.eventlog import observation_event, observations, read_node_lifetimes
+from dpe_dagster.usage.pods import read_pod_usage
+from dpe_dagster.usage.pricing import CONFIG
 from dpe_dagster.usage.records import (
-    ASSET_COST, ASSET_NODE_SECONDS, ASSET_RUN_ID, NODE_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime, UsageRecord,
+    ASSET_COST, ASSET_NODE_SECONDS, ASSET_RUN_ID, RUN_USAGE_KEY, UNASSIGNED, NodeLifetime, UsageRecord,
 )
+from dpe_dagster.usage.spans import Pricer, node_spans, pool_run_span, run_span, runs_overlapping
 
-PAGE = 1000
 AMENDS = "dpe/amends"  # on an amending record: the nodes it adds, and why
 # A node's removal time comes from the autoscaler's clock, a record's time from the ledger
 # writer's: the records a late node may belong to are looked for from this much before it.
 CLOCK_MARGIN_S = 3600.0
-UNASSIGNED = "unassigned"
 STEP_EVENTS = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
                DagsterEventType.ASSET_MATERIALIZATION_PLANNED}
-Pricer = Callable[[PoolConfig, Node], Price]
 Owners = Callable[[AssetKey], Sequence[str]]
-
-
-def node_share(cpus: float, memory_gb: float, pool: PoolConfig) -> float:
-    """Nodes of the pool's shape a run's requests occupy: a fraction of one node when it fits on
-    one, whole nodes when it does not."""
-    return packing.node_share(cpus, memory_gb, pool.node_cpus, pool.node_memory_gb)
-
-
-def run_span(record: RunRecord, env: Environment, now: float) -> RunSpan | None:
-    try:
-        request = pool_request(record.dagster_run.tags, env)
-    except TagError:
-        return None  # never placed: it used nothing
-    if request is None:
-        return None
-    return pool_run_span(record, env.pools[request.pool], now)
-
-
-def pool_run_span(record: RunRecord, pool: PoolConfig, now: float) -> RunSpan | None:
-    """The span of a run on `pool`, the pool its tags name; None if it never started."""
-    try:
-        request = request_on(record.dagster_run.tags, pool)
-    except TagError:
-        return None
-    if record.start_time is None:
-        return None
-    share = node_share(request.cpus, request.memory_gb, pool)
-    return RunSpan(record.dagster_run.run_id, pool.name, share, record.start_time, record.end_time or now)
-
-
-def _runs_overlapping(instance: DagsterInstance, pool: str, since: float) -> list[RunRecord]:
-    from datetime import datetime, timezone
-
-    ended = instance.get_run_records(RunsFilter(tags={POOL_TAG: pool},
-                                                updated_after=datetime.fromtimestamp(since, timezone.utc)))
-    active = instance.get_run_records(RunsFilter(tags={POOL_TAG: pool}, statuses=ACTIVE_STATUSES))
-    return list({r.dagster_run.run_id: r for r in (*ended, *active)}.values())
-
-
-def node_spans(instance: DagsterInstance, env: Environment, pool: str, since: float, until: float,
-               live: Iterable[Node], pricer: Pricer,
-               described: dict[str, dict[str, str]] | None = None) -> list[tuple[NodeSpan, str]]:
-    """Every node of the pool alive at some time in [since, until): removed ones from the ledger,
-    live ones from the provider. Returned with their price source; `described`, if given, gets
-    each node's id, instance type, lifecycle and zone."""
-    spans = []
-    described = {} if described is None else described
-    for lifetime in read_node_lifetimes(instance, since=since):
-        if lifetime.pool == pool:
-            spans.append((NodeSpan(lifetime.node_id, pool, lifetime.price_per_node_hour, lifetime.launched_at,
-                                   lifetime.removed_at), lifetime.price_source))
-            described[lifetime.node_id] = _described(lifetime.node_id, lifetime.instance_type, lifetime.lifecycle,
-                                                      getattr(lifetime, "zone", ""))
-    for node in live:
-        price = pricer(env.pools[pool], node)
-        spans.append((NodeSpan(node.id, pool, price.usd_per_hour, node.launched_at, until), price.source))
-        described[node.id] = _described(node.id, node.instance_type, node.lifecycle, node.zone)
-    return spans
-
-
-def _described(node_id: str, instance_type: str | None, lifecycle: str | None, zone: str | None) -> dict[str, str]:
-    return {"node_id": node_id, "instance_type": instance_type or "", "lifecycle": lifecycle or "", "zone": zone or ""}
 
 
 def _steps(instance: DagsterInstance, run_id: str) -> tuple[dict[str, float], dict[AssetKey, str | None]]:
@@ -167,7 +100,7 @@ def usage_for_run(instance: DagsterInstance, record: RunRecord, env: Environment
     if span is not None:
         request = pool_request(run.tags, env)
         cpus, memory, share = request.cpus, request.memory_gb, span.share
-        runs = [s for r in _runs_overlapping(instance, pool_name, span.start) if (s := run_span(r, env, now))]
+        runs = [s for r in runs_overlapping(instance, pool_name, span.start) if (s := run_span(r, env, now))]
         described: dict[str, dict[str, str]] = {}
         nodes = node_spans(instance, env, pool_name, span.start, span.end, live.get(pool_name, []), pricer, described)
         charges, _ = attribute(runs, [n for n, _ in nodes], since=span.start, until=span.end)
@@ -205,15 +138,6 @@ def usage_for_run(instance: DagsterInstance, record: RunRecord, env: Environment
     )
 
 
-def _observation_event(job_name: str, observation: AssetObservation) -> DagsterEvent:
-    return DagsterEvent(
-        event_type_value=DagsterEventType.ASSET_OBSERVATION.value,
-        job_name=job_name,
-        event_specific_data=AssetObservationData(observation),
-        message=f"dpe usage: {observation.asset_key.to_user_string()}",
-    )
-
-
 def _recorded_keys(instance: DagsterInstance, run_id: str) -> set[AssetKey]:
     """Asset keys that already carry this run's ledger observations."""
     found = set()
@@ -248,7 +172,7 @@ def _write(instance: DagsterInstance, job_name: str, usage: UsageRecord, done: s
     if RUN_USAGE_KEY not in done:
         observation = AssetObservation(asset_key=RUN_USAGE_KEY, metadata={**usage.to_metadata(), **(extra or {})},
                                        description=description)
-        instance.report_dagster_event(_observation_event(job_name, observation), run_id=usage.run_id)
+        instance.report_dagster_event(observation_event(job_name, observation), run_id=usage.run_id)
     for name, part in usage.asset_costs.items():
         key = AssetKey.from_user_string(name)
         if key in done:
@@ -261,7 +185,7 @@ def _write(instance: DagsterInstance, job_name: str, usage: UsageRecord, done: s
             "dpe/team": MetadataValue.text(part["team"]),
             **(extra or {}),
         })
-        instance.report_dagster_event(_observation_event(job_name, observation), run_id=usage.run_id)
+        instance.report_dagster_event(observation_event(job_name, observation), run_id=usage.run_id)
 
 
 def _overlaps(record: UsageRecord, lifetime: NodeLifetime) -> bool:
@@ -315,40 +239,16 @@ def charged_busy_seconds(instance: DagsterInstance, pool: PoolConfig, node: Node
     nodes that charge the runs (`attribution.node_busy_seconds`). `alive`: the pool's nodes not in
     the ledger yet (the provider's), ending when `node` does."""
     now = time.time() if now is None else now
-    runs = [s for r in _runs_overlapping(instance, pool.name, node.start) if (s := pool_run_span(r, pool, now))]
+    runs = [s for r in runs_overlapping(instance, pool.name, node.start) if (s := pool_run_span(r, pool, now))]
     spans = {(n.node_id, n.launched_at): NodeSpan(n.node_id, pool.name, n.price_per_node_hour, n.launched_at, n.removed_at)
              for n in read_node_lifetimes(instance, since=node.start) if n.pool == pool.name}
     spans.update({(n.node_id, n.start): n for n in alive})
     return node_busy_seconds(runs, spans.values(), node)
 
 
-def record_node_lifetime(instance: DagsterInstance, lifetime: NodeLifetime) -> bool:
-    """Write a removed node's lifetime once; False if it was already recorded."""
-    with instance_lock(instance, "ledger"):
-        recent = read_node_lifetimes(instance, since=lifetime.removed_at - 1)
-        if any(n.node_id == lifetime.node_id and n.launched_at == lifetime.launched_at for n in recent):
-            return False
-        instance.report_runless_asset_event(
-            AssetObservation(asset_key=NODE_USAGE_KEY, metadata=lifetime.to_metadata(),
-                             description=f"node {lifetime.node_id} of pool {lifetime.pool} removed")
-        )
-        return True
-
-
-def _observations(instance: DagsterInstance, key: AssetKey, since: float | None = None):
-    cursor = None
-    records_filter = AssetRecordsFilter(asset_key=key, after_timestamp=since) if since is not None else key
-    while True:
-        result = instance.fetch_observations(records_filter, limit=PAGE, cursor=cursor, ascending=True)
-        yield from result.records
-        if not result.has_more:
-            return
-        cursor = result.cursor
-
-
 def _latest_run_usage(instance: DagsterInstance, since: float | None) -> dict[str, tuple[int, UsageRecord]]:
     latest: dict[str, tuple[int, UsageRecord]] = {}
-    for r in _observations(instance, RUN_USAGE_KEY, since):
+    for r in observations(instance, RUN_USAGE_KEY, since):
         record = UsageRecord.from_metadata(r.asset_observation.metadata)
         latest.pop(record.run_id, None)  # keeps the order of the latest writes
         latest[record.run_id] = (r.storage_id, record)
@@ -362,11 +262,6 @@ def read_run_usage(instance: DagsterInstance, since: float | None = None) -> lis
 
 def read_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
     """Everything charged: runs, and the containers (pods) that assets ran on pools."""
-    from dpe_dagster.usage.pods import read_pod_usage
-
     return read_run_usage(instance, since) + read_pod_usage(instance, since)
 
 
-def read_node_lifetimes(instance: DagsterInstance, since: float | None = None) -> list[NodeLifetime]:
-    return [NodeLifetime.from_metadata(r.asset_observation.metadata)
-            for r in _observations(instance, NODE_USAGE_KEY, since)]

@@ -10,7 +10,7 @@ from dagster import DagsterInstance
 
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import Node, PoolError, open_pool
-from dpe_dagster.usage.ledger import read_node_lifetimes
+from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.pricing import Price, pricer_for
 from dpe_dagster.usage.records import NodeLifetime
 
@@ -48,7 +48,7 @@ def report_nodes(instance: DagsterInstance, env: Environment, now: float,
     """The ledger's node lifetimes plus the nodes alive now (see `live_lifetimes`), and the pools
     whose live nodes could not be read. The pools are asked first: a node removed meanwhile is then
     in the ledger, and is counted once, from there."""
-    from dpe_dagster.scaling.sensor import read_node_memory
+    from dpe_dagster.scaling.cursor import read_node_memory
 
     live, failed = live_lifetimes(env, now, pricer, read_node_memory(instance))
     recorded = read_node_lifetimes(instance)

@@ -19,7 +19,7 @@ from dpe_dagster.usage.records import ASSET_COST, ASSET_NODE_SECONDS
 
 def estimate(tags: dict[str, str], seconds: float) -> dict[str, Any]:
     from dpe_dagster.environment import current
-    from dpe_dagster.usage.ledger import node_share
+    from dpe_dagster.usage.spans import node_share
 
     env = current()
     try:

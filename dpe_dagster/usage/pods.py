@@ -26,12 +26,11 @@ from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstanc
 from dpe_dagster.config import Environment
 from dpe_dagster.pools.base import Node
 from dpe_dagster.usage.attribution import RunSpan, attribute
-from dpe_dagster.usage.ledger import (
-    UNASSIGNED, Pricer, _observation_event, _observations, _runs_overlapping, node_share, node_spans, run_span,
-)
 from dpe_dagster.lock import instance_lock
+from dpe_dagster.usage.eventlog import observation_event, observations
 from dpe_dagster.usage.pricing import CONFIG
-from dpe_dagster.usage.records import UsageRecord, _from_metadata, _to_metadata
+from dpe_dagster.usage.records import UNASSIGNED, UsageRecord, from_metadata, to_metadata
+from dpe_dagster.usage.spans import Pricer, node_share, node_spans, run_span, runs_overlapping
 
 POD_USAGE_KEY = AssetKey(["dpe", "pod_usage"])
 POD_SPAN_KEY = AssetKey(["dpe", "pod_span"])  # a pod span waiting for the control plane to price it
@@ -69,7 +68,7 @@ def usage_for_pod(instance: DagsterInstance, env: Environment, span: PodSpan, li
     source = NO_NODE
     if live is not None and pricer is not None:
         ours = RunSpan(span.record_id, span.pool, share, span.started_at, span.ended_at)
-        runs = [s for r in _runs_overlapping(instance, span.pool, span.started_at)
+        runs = [s for r in runs_overlapping(instance, span.pool, span.started_at)
                 if (s := run_span(r, env, span.ended_at))]
         nodes = node_spans(instance, env, span.pool, span.started_at, span.ended_at, live, pricer)
         charges, _ = attribute([*runs, ours], [n for n, _ in nodes], since=span.started_at, until=span.ended_at)
@@ -98,7 +97,7 @@ def usage_for_pod(instance: DagsterInstance, env: Environment, span: PodSpan, li
     )
 
 
-def _run_observations(instance: DagsterInstance, run_id: str, key: AssetKey):
+def _runobservations(instance: DagsterInstance, run_id: str, key: AssetKey):
     for r in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION, limit=100_000).records:
         event = r.event_log_entry.dagster_event
         if event is not None and event.event_specific_data.asset_observation.asset_key == key:
@@ -107,7 +106,7 @@ def _run_observations(instance: DagsterInstance, run_id: str, key: AssetKey):
 
 def _recorded(instance: DagsterInstance, run_id: str, record_id: str) -> bool:
     return any(getattr(o.metadata.get("run_id"), "value", None) == record_id
-               for o in _run_observations(instance, run_id, POD_USAGE_KEY))
+               for o in _runobservations(instance, run_id, POD_USAGE_KEY))
 
 
 def record_pod_usage(instance: DagsterInstance, env: Environment, span: PodSpan, live: Iterable[Node] | None,
@@ -119,16 +118,16 @@ def record_pod_usage(instance: DagsterInstance, env: Environment, span: PodSpan,
         usage = usage_for_pod(instance, env, span, live, pricer)
         observation = AssetObservation(asset_key=POD_USAGE_KEY, metadata=usage.to_metadata(),
                                        description=f"pod {span.pod} of asset {span.asset} on pool {span.pool}")
-        instance.report_dagster_event(_observation_event(span.job_name, observation), run_id=span.run_id)
+        instance.report_dagster_event(observation_event(span.job_name, observation), run_id=span.run_id)
         return usage
 
 
 def record_pod_span(instance: DagsterInstance, span: PodSpan) -> None:
     """Write the unpriced span into its run's event log, for the ledger sensor to price."""
-    observation = AssetObservation(asset_key=POD_SPAN_KEY, metadata=_to_metadata(span),
+    observation = AssetObservation(asset_key=POD_SPAN_KEY, metadata=to_metadata(span),
                                    description=f"pod {span.pod} of asset {span.asset} on pool {span.pool}, "
                                                "priced by the ledger sensor when the run ends")
-    instance.report_dagster_event(_observation_event(span.job_name, observation), run_id=span.run_id)
+    instance.report_dagster_event(observation_event(span.job_name, observation), run_id=span.run_id)
 
 
 def price_pending_pods(instance: DagsterInstance, env: Environment, run_id: str,
@@ -138,8 +137,8 @@ def price_pending_pods(instance: DagsterInstance, env: Environment, run_id: str,
     so far, and a span on another pool reads its nodes with `open_nodes` (a PoolError fails the
     run's pool; whatever was written stays written once)."""
     written = []
-    for observation in _run_observations(instance, run_id, POD_SPAN_KEY):
-        span = _from_metadata(PodSpan, observation.metadata)
+    for observation in _runobservations(instance, run_id, POD_SPAN_KEY):
+        span = from_metadata(PodSpan, observation.metadata)
         if _recorded(instance, run_id, span.record_id):
             continue
         if span.pool not in live:
@@ -152,4 +151,4 @@ def price_pending_pods(instance: DagsterInstance, env: Environment, run_id: str,
 
 def read_pod_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
     return [UsageRecord.from_metadata(r.asset_observation.metadata)
-            for r in _observations(instance, POD_USAGE_KEY, since)]
+            for r in observations(instance, POD_USAGE_KEY, since)]

@@ -18,6 +18,7 @@ NODE_USAGE_KEY = AssetKey(["dpe", "node_usage"])
 ASSET_COST = "dpe/cost_usd"
 ASSET_NODE_SECONDS = "dpe/node_seconds"
 ASSET_RUN_ID = "dpe/run_id"
+UNASSIGNED = "unassigned"  # the team of a record no team owns
 
 
 def cost_of(node_seconds: float, price_per_node_hour: float) -> float:
@@ -53,11 +54,11 @@ class UsageRecord:
     nodes: tuple[Mapping[str, str], ...] = ()
 
     def to_metadata(self) -> dict[str, Any]:
-        return _to_metadata(self)
+        return to_metadata(self)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "UsageRecord":
-        return _from_metadata(cls, metadata)
+        return from_metadata(cls, metadata)
 
     def as_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -101,7 +102,7 @@ class NodeLifetime:
         return cost_of(self.lifetime_seconds, self.price_per_node_hour)
 
     def to_metadata(self) -> dict[str, Any]:
-        metadata = _to_metadata(self)
+        metadata = to_metadata(self)
         metadata.update(
             lifetime_seconds=MetadataValue.float(self.lifetime_seconds),
             idle_seconds=MetadataValue.float(self.idle_seconds),
@@ -111,10 +112,10 @@ class NodeLifetime:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "NodeLifetime":
-        return _from_metadata(cls, metadata)
+        return from_metadata(cls, metadata)
 
 
-def _to_metadata(record: Any) -> dict[str, Any]:
+def to_metadata(record: Any) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
@@ -131,7 +132,7 @@ def _to_metadata(record: Any) -> dict[str, Any]:
     return metadata
 
 
-def _from_metadata(cls: type, metadata: Mapping[str, Any]) -> Any:
+def from_metadata(cls: type, metadata: Mapping[str, Any]) -> Any:
     values = {}
     for f in dataclasses.fields(cls):
         raw = metadata.get(f.name)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from dpe_dagster.kube.nodes import KubeNodes
-from dpe_dagster.pools.aws import instance_id
+from dpe_dagster.pools.aws.asg import instance_id
 
 from tests.fakes.kube_api import TS, LoopbackKubeApi, _fields_match, core_api, kube_api  # noqa: F401  (fixture)
 

@@ -15,7 +15,7 @@ from dpe_dagster.launch.placement import place_on_pool
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.interruptions import InterruptionReader
 from dpe_dagster.tags import INTERRUPTED_TAG
-from dpe_dagster.usage.ledger import read_node_lifetimes
+from dpe_dagster.usage.eventlog import read_node_lifetimes
 from tests.reliability.harness import advance, group, queue_run
 from tests.reliability.test_reconcile import aws_env, moto, tick  # noqa: F401
 from tests.pools.test_interruptions import interruption_queue, warn

@@ -12,7 +12,8 @@ from dagster import build_sensor_context
 
 from dpe_dagster.pools.aws.asg import AwsSettings
 from dpe_dagster.pools.aws.emulator import create_group, create_groups
-from dpe_dagster.scaling.sensor import build_autoscaler_sensor, load_cursor
+from dpe_dagster.scaling.cursor import load_cursor
+from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from tests.reliability.harness import queue_run
 from tests.pools.test_aws_asg import REGION, aws, clients, dagster, environment, group, moto  # noqa: F401 (fixtures)
 
@@ -71,7 +72,7 @@ def test_dpe_pools_shows_the_last_failure_the_sensor_saved(aws_sim):
     from typer.testing import CliRunner
 
     from dpe_dagster.cli import app
-    from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR
+    from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR
 
     env, instance, autoscaling = aws_sim()
     autoscaling.delete_auto_scaling_group(AutoScalingGroupName="dpe-sim-spot-etl", ForceDelete=True)

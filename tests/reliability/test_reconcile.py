@@ -16,8 +16,9 @@ from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
 from dpe_dagster.scaling import control
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.scaling.sensor import dump_cursor, load_cursor
-from dpe_dagster.usage.ledger import read_node_lifetimes, usage_for_run
+from dpe_dagster.scaling.cursor import dump_cursor, load_cursor
+from dpe_dagster.usage.eventlog import read_node_lifetimes
+from dpe_dagster.usage.ledger import usage_for_run
 from dpe_dagster.usage.pricing import pricer_for
 from tests.reliability.harness import advance, alive_instances, clients, environment, queue_run
 

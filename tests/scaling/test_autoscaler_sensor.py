@@ -14,7 +14,7 @@ from dpe_dagster.spark.java import spark_process_env
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.tags import pool_tags
-from dpe_dagster.usage.ledger import read_node_lifetimes
+from dpe_dagster.usage.eventlog import read_node_lifetimes
 from tests.conftest import local_environment
 from tests.pools.test_local_pool import wait_for
 

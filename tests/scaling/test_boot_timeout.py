@@ -13,7 +13,7 @@ from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.control import NodeMemory, scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
-from dpe_dagster.usage.ledger import read_node_lifetimes
+from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.report import node_rows
 from tests.reliability.harness import advance, queue_run
 

@@ -29,7 +29,7 @@ from dpe_dagster.instance import write_instance
 from tests.paths import PROJECT_ROOT
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.schedules import look_ahead_s
-from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR
+from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR
 from tests.conftest import local_environment
 
 pytestmark = pytest.mark.slow

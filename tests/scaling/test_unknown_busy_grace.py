@@ -16,7 +16,7 @@ from dpe_dagster.pools.base import Node, PoolError
 from dpe_dagster.pools.local.standalone import MASTER_CLASS, WORKER_CLASS, _alive, _read_pid
 from dpe_dagster.scaling.control import observe, scale_pool
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
-from dpe_dagster.usage.ledger import read_node_lifetimes
+from dpe_dagster.usage.eventlog import read_node_lifetimes
 from tests.conftest import local_environment
 from tests.pools.test_local_pool import wait_for
 

@@ -14,7 +14,7 @@ from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.usage.ledger import read_node_lifetimes
+from dpe_dagster.usage.eventlog import read_node_lifetimes
 from tests.pools.test_aws_asg import advance, aws, clients, dagster, environment, moto, queue_run  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.tags import HOLD_REASON_TAG, HOLD_TAG
 from dpe_dagster.usage.budget import BUDGET_ALERTS_KEY, BUDGET_HOLD, RELEASED
-from dpe_dagster.usage.ledger import record_node_lifetime
+from dpe_dagster.usage.eventlog import record_node_lifetime
 from dpe_dagster.usage.records import NodeLifetime
 from tests.conftest import local_environment
 

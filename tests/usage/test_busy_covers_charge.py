@@ -15,7 +15,8 @@ from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute, node_busy_seconds
-from dpe_dagster.usage.ledger import read_node_lifetimes, usage_for_run
+from dpe_dagster.usage.eventlog import read_node_lifetimes
+from dpe_dagster.usage.ledger import usage_for_run
 from dpe_dagster.usage.pricing import node_price
 from dpe_dagster.usage.records import cost_of
 from tests.conftest import local_environment

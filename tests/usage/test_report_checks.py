@@ -22,7 +22,7 @@ from dpe_dagster.pools.aws.emulator import create_group
 from dpe_dagster.scaling.health import POOL_HEALTH_CHECK, build_pool_health_check
 from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR, build_autoscaler_sensor
 from dpe_dagster.usage.checks import PAID_CHECK
-from dpe_dagster.usage.ledger import record_node_lifetime
+from dpe_dagster.usage.eventlog import record_node_lifetime
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime
 from tests.reliability.harness import clients

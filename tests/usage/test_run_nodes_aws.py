@@ -10,7 +10,7 @@ import pytest
 from dagster import DagsterEventType
 
 from dpe_dagster.kube.nodes import KubeNodes
-from dpe_dagster.pools.aws import instance_id
+from dpe_dagster.pools.aws.asg import instance_id
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.demand import read_demand

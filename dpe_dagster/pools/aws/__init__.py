@@ -4,18 +4,7 @@ the aws-sim configuration (`emulator.py`). boto3 is imported only when a pool is
 
 from __future__ import annotations
 
-import re
-
 from dpe_dagster.pools.providers import Provider
-
-# A Kubernetes Node's spec.providerID on EKS: aws:///<zone>/<instance id>.
-PROVIDER_ID = re.compile(r"^aws:///(?P<zone>[^/]*)/(?P<instance>i-[0-9a-f]+)$")
-
-
-def instance_id(provider_id: str | None) -> str | None:
-    """The EC2 instance id in a Kubernetes node's providerID, or None for another provider's node."""
-    match = PROVIDER_ID.match(provider_id or "")
-    return match.group("instance") if match else None
 
 
 class AwsAsgProvider(Provider):
@@ -37,6 +26,8 @@ class AwsAsgProvider(Provider):
         return aws_pricer(env)
 
     def node_id(self, kubernetes_provider_id):
+        from dpe_dagster.pools.aws.asg import instance_id
+
         return instance_id(kubernetes_provider_id)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -190,6 +191,16 @@ def _clients(aws: AwsSettings, aws_environment: tuple) -> tuple[Any, Any]:
     return session.client("autoscaling", **kwargs), session.client("ec2", **kwargs)
 
 
+# A Kubernetes Node's spec.providerID on EKS: aws:///<zone>/<instance id>.
+PROVIDER_ID = re.compile(r"^aws:///(?P<zone>[^/]*)/(?P<instance>i-[0-9a-f]+)$")
+
+
+def instance_id(provider_id: str | None) -> str | None:
+    """The EC2 instance id in a Kubernetes node's providerID, or None for another provider's node."""
+    match = PROVIDER_ID.match(provider_id or "")
+    return match.group("instance") if match else None
+
+
 # -- the pool --------------------------------------------------------------------------------
 BusyLookup = Callable[[Sequence["_Instance"]], dict[str, tuple[bool, bool]]]
 RunLookup = Callable[[Sequence["_Instance"]], dict[str, str]]
@@ -238,7 +249,6 @@ class AwsAsgPool(PoolCapabilities):
         pool_obj = cls(pool, settings, aws, autoscaling, ec2)
         if settings.busy_source == "kubernetes":
             from dpe_dagster.kube.nodes import KubeNodes
-            from dpe_dagster.pools.aws import instance_id
 
             kube = KubeNodes.from_environment(pool.labels, instance_id)
             pool_obj._busy_lookup = lambda instances: kube.busy_by_instance([i.id for i in instances])

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -260,40 +259,21 @@ def reader_for(env: Environment, instance: Any | None = None) -> InterruptionRea
     if any(dict(config.settings).get("busy_source", "kubernetes") == "kubernetes" for config in env.pools.values()
            if config.provider == "aws_asg"):
         from dpe_dagster.kube.nodes import KubeNodes
-        from dpe_dagster.pools.aws import instance_id
+        from dpe_dagster.pools.aws.asg import instance_id
 
         cordon = KubeNodes.from_environment(None, instance_id).cordon_instances
     return InterruptionReader(sqs_client(env), url, env, pools, cordon=cordon, instance=instance)
 
 
-def register(app: Any) -> None:
-    import typer
-
-    @app.command()
-    def interruptions(once: bool = typer.Option(False, help="One long poll, then exit (default: poll forever)."),
-                      wait_s: int = typer.Option(20, min=0, max=20, help="SQS WaitTimeSeconds of each poll.")) -> None:
-        """Read the spot interruption queue continuously: cordon warned nodes, ask for replacements at once."""
-        from dpe_dagster.cli import _environment, err
-
-        env = _environment()
-        instance = None
-        if os.environ.get("DAGSTER_HOME"):  # the Dagster instance is mounted: tell the runs on warned nodes
-            from dpe_dagster.cli import _instance
-
-            instance = _instance()
+def read_forever(reader: InterruptionReader, *, once: bool, wait_s: int) -> bool:
+    """Poll the queue (once, or until stopped); False when `once` and the poll failed."""
+    while True:
         try:
-            reader = reader_for(env, instance)
-        except Exception as error:  # ConfigError, PoolError: say which and stop
-            err.print(f"[red]interruptions:[/red] {error}")
-            raise typer.Exit(2) from None
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        while True:
-            try:
-                reader.poll_once(wait_s=wait_s)
-            except Exception as error:  # an API error that outlasted retries: log, keep reading
-                log.error("interruption queue: poll failed: %s", error)
-                if once:
-                    raise typer.Exit(1) from None
-                time.sleep(1)
+            reader.poll_once(wait_s=wait_s)
+        except Exception as error:  # an API error that outlasted retries: log, keep reading
+            log.error("interruption queue: poll failed: %s", error)
             if once:
-                return
+                return False
+            time.sleep(1)
+        if once:
+            return True
