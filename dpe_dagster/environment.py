@@ -89,8 +89,8 @@ def resolve(source: str | os.PathLike | None = None, name: str | None = None,
     """(name, source) of the configuration to load: the source given, else DPE_CONFIG, else the
     project's `[tool.dpe]` entry named `name` (else DPE_ENV, else its default)."""
     if source is not None:
-        source = str(source)
-        return name or _name_of(source), _absolute(source, root or Path.cwd())
+        source = _absolute(str(source), root or Path.cwd())
+        return name or _project_name_of(source, root) or _name_of(source), source
     if os.environ.get(CONFIG_VARIABLE) and name is None:
         source = os.environ[CONFIG_VARIABLE]
         return _name_of(source), _absolute(source, Path.cwd())
@@ -230,6 +230,15 @@ def is_python_source(source: str) -> bool:
 
 def _absolute(source: str, root: Path) -> str:
     return source if is_python_source(source) else str((root / source).resolve())
+
+
+def _project_name_of(source: str, root: Path | None) -> str | None:
+    """The name the project's [tool.dpe] gives this source, if any (e.g. `aws-sim`)."""
+    try:
+        named, _ = project_environments(root)
+    except ConfigError:
+        return None
+    return next((name for name, known in named.items() if known == source), None)
 
 
 def _name_of(source: str) -> str:
