@@ -9,10 +9,12 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dpe_dagster.config import ConfigError
 
@@ -24,17 +26,23 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def _error(label: str, message: object) -> None:
+    """An error on stderr: the label in red, the message as written (no markup, so `[tool.dpe]`
+    and `taints[0]` stay whole)."""
+    err.print(f"[red]{escape(label)}[/red] {escape(str(message))}" if label else f"[red]{escape(str(message))}[/red]")
+
+
 class StepFailed(RuntimeError):
     pass
 
 
-def _environment():
+def _environment(source: Optional[Path] = None):
     from dpe_dagster.environment import load_environment
 
     try:
-        return load_environment()
+        return load_environment(source)
     except ConfigError as error:
-        err.print(f"[red]configuration error:[/red] {error}")
+        _error("configuration error:", error)
         raise typer.Exit(2) from None
 
 
@@ -44,10 +52,10 @@ def _demo_job() -> str:
     try:
         job = project_table().get("demo_job")
     except ConfigError as error:
-        err.print(f"[red]configuration error:[/red] {error}")
+        _error("configuration error:", error)
         raise typer.Exit(2) from None
     if not isinstance(job, str) or not job:
-        err.print("[red]--job:[/red] name the job to run, or set [tool.dpe] demo_job in the project's pyproject.toml")
+        _error("--job:", "name the job to run, or set [tool.dpe] demo_job in the project's pyproject.toml")
         raise typer.Exit(2)
     return job
 
@@ -59,7 +67,7 @@ def _instance(must_exist: bool = True):
 
     home = dagster_home()
     if must_exist and not (home / "dagster.yaml").exists():
-        err.print(f"[red]no dpe instance at {home}[/red]: run `dpe demo` (or `make demo`) first, or set DAGSTER_HOME")
+        _error(f"no dpe instance at {home}:", "run `dpe demo` (or `make demo`) first, or set DAGSTER_HOME")
         raise typer.Exit(2)
     return DagsterInstance.from_config(str(home))
 
@@ -132,7 +140,7 @@ def demo(
     try:
         check_java()
     except JavaMissing as error:
-        err.print(f"[red]{error}[/red]")
+        _error("", error)
         raise typer.Exit(2) from None
     home = dagster_home()
     write_instance(home, env)
@@ -207,7 +215,7 @@ def demo(
     if leaked:
         failed = (failed + "; " if failed else "") + f"Spark processes still alive after the demo: {sorted(leaked)}"
     if failed:
-        err.print(f"[red]demo failed:[/red] {failed}")
+        _error("demo failed:", failed)
         raise typer.Exit(1)
     console.print("[green]demo finished[/green]: every Spark process it started is stopped. "
                   "`dpe usage` shows the ledger; `dpe ui` opens the Dagster UI.")
@@ -225,6 +233,7 @@ def usage(
     """Print the usage ledger, read back from Dagster's event log."""
     from dpe_dagster.usage.eventlog import read_node_lifetimes
     from dpe_dagster.usage.ledger import read_usage
+    from dpe_dagster.scaling.cursor import read_busy_seconds
     from dpe_dagster.usage.live import report_nodes
     from dpe_dagster.usage.report import node_rows, nodes_table, rows_csv, rows_table, runs_table
     from dpe_dagster.usage.summary import GROUPINGS, Window, parse_time, summarize
@@ -240,13 +249,14 @@ def usage(
     except ValueError as error:
         problems.append(str(error))
     if problems:
-        err.print("[red]" + "\n".join(problems) + "[/red]")
+        _error("", "\n".join(problems))
         raise typer.Exit(2)
     with _instance() as instance:
         records, nodes = read_usage(instance), read_node_lifetimes(instance)
-        with_live, unread = report_nodes(instance, _environment(), time.time())  # nodes still up count too
+        # nodes still up count too, with the busy time the autoscaler has counted of them
+        with_live, unread = report_nodes(instance, _environment(), time.time(), read_busy_seconds)
     for pool, error in unread.items():
-        err.print(f"[yellow]pool {pool}: its live nodes are left out: {error}[/yellow]")
+        err.print(f"[yellow]pool {pool}: its live nodes are left out: {escape(str(error))}[/yellow]")
     rows = summarize(by, records, with_live, window)
     if list_nodes:
         removed = [n for n in nodes if window.holds(n.removed_at)]
@@ -315,6 +325,20 @@ def pools(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 
 
 @app.command()
+def schema(check: Optional[Path] = typer.Option(None, "--check", help="Validate this configuration file instead "
+                                                                       "of printing the schema.")) -> None:
+    """Print the JSON schema of a dpe configuration file (pools.yaml), for editors and CI; with
+    --check, validate one file as dpe loads it (environment variables resolved)."""
+    from dpe_dagster.config import schema as config_schema
+
+    if check is None:
+        print(json.dumps(config_schema(), indent=2))
+        return
+    env = _environment(check)
+    console.print(f"{check}: valid; pools: {', '.join(env.pools)}")
+
+
+@app.command()
 def down() -> None:
     """Stop every local pool process (Spark master and workers), busy or not."""
     from dpe_dagster.pools import open_pool
@@ -357,7 +381,7 @@ def interruptions(once: bool = typer.Option(False, help="One long poll, then exi
     try:
         reader = reader_for(env, instance)
     except Exception as error:  # ConfigError, PoolError: say which and stop
-        err.print(f"[red]interruptions:[/red] {error}")
+        _error("interruptions:", error)
         raise typer.Exit(2) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not read_forever(reader, once=once, wait_s=wait_s):

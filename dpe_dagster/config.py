@@ -1,15 +1,22 @@
-"""Environment and node-pool configuration, validated once at load.
+"""Environment and node-pool configuration: the pydantic models that are both the file format and
+the objects the engine reads, validated once at load.
 
 Every error names the field (as a dotted path) and what is allowed, so an operator can fix the
-environment file without reading this module.
+environment file without reading this module. `dpe schema` prints the JSON schema of the file
+(shipped as `dpe_dagster/pools.schema.json`, for editors).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
+
+from dpe_dagster.errors import ConfigError  # re-exported: the name users catch
 
 LIFECYCLES = ("spot", "on-demand")
 # fixed: remove a node idle for idle_timeout_s; auto: the policy decides, never above idle_timeout_s.
@@ -26,6 +33,7 @@ DEFAULT_PLACEMENT = "first-fit"
 # plus this long: a failure that hides the truth must not keep paying for nodes forever.
 DEFAULT_UNKNOWN_BUSY_GRACE_S = 300.0
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+SPARK_MASTERS = ("spark://", "local", "k8s://")
 # A pool name is used as a Kubernetes label value, an ASG tag and a file name: keep it to the
 # intersection of what all three accept.
 POOL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -33,196 +41,243 @@ LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
-from dpe_dagster.errors import ConfigError  # noqa: E402  (re-exported: the name users catch)
+# -- field types: each checks its value and says what is allowed ------------------------------
+def _invalid(message: str, value: Any, at: tuple = ()) -> PydanticCustomError:
+    """A validation error with dpe's wording; `at` extends the field's path (a label's key)."""
+    return PydanticCustomError("dpe", message + "; got {got}", {"got": repr(value), "at": at})
 
 
-def _number(where: str, value: Any, *, minimum: float, integer: bool = False, strict: bool = False) -> Any:
+def Number(*, ge: float | None = None, gt: float | None = None, integer: bool = False, optional: bool = False,
+           description: str | None = None) -> Any:
+    """A finite number (or integer) with a lower bound; None too when `optional`."""
     kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise ConfigError(f"{where}: must be {kind} {'>' if strict else '>='} {minimum}; got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        raise ConfigError(f"{where}: must be {kind} {'>' if strict else '>='} {minimum}; got {value!r}")
-    return value
+    bound = f"> {gt:g}" if gt is not None else f">= {ge:g}"
+
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return value
+        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if (isinstance(value, bool) or not ok_type or not math.isfinite(value)
+                or (gt is not None and value <= gt) or (ge is not None and value < ge)):
+            raise _invalid(f"must be {kind} {bound}", value)
+        return value
+
+    base = int if integer else float
+    return Annotated[Optional[base] if optional else base, Field(ge=ge, gt=gt, description=description),
+                     BeforeValidator(check)]
 
 
-def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{where}: must be one of {', '.join(allowed)}; got {value!r}")
-    return value
+def Choice(allowed: tuple[str, ...], description: str | None = None) -> Any:
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            raise _invalid(f"must be one of {', '.join(allowed)}", value)
+        return value
+
+    return Annotated[Literal[allowed], Field(description=description), BeforeValidator(check)]
 
 
-def _string(where: str, value: Any) -> str:
+def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: must be a non-empty string; got {value!r}")
+        raise _invalid("must be a non-empty string", value)
     return value
 
 
-def _mapping(where: str, value: Any) -> Mapping[str, Any]:
+Text = Annotated[str, Field(min_length=1), BeforeValidator(_text)]
+
+
+def _provider_name(value: Any) -> str:
+    from dpe_dagster.providers import providers, unknown_provider
+
+    if not isinstance(value, str) or value not in providers():
+        raise PydanticCustomError("dpe", "{message}",
+                                  {"message": unknown_provider(value if isinstance(value, str) else repr(value))})
+    return value
+
+
+def _labels(value: Any) -> Any:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: must be a mapping; got {type(value).__name__}")
+        raise _invalid("must be a mapping of Kubernetes label keys to values", value)
+    for key, label in value.items():
+        if not isinstance(key, str) or not LABEL_KEY.match(key):
+            raise _invalid("key is not a valid Kubernetes label key", key)
+        if not isinstance(label, str) or not LABEL_VALUE.match(label):
+            raise PydanticCustomError("dpe", "value {got} is not a valid Kubernetes label value (at most 63 letters, "
+                                      "digits, '-', '_' or '.', starting and ending alphanumeric)",
+                                      {"got": repr(label), "at": (key,)})
     return value
 
 
-def _reject_unknown(where: str, given: Mapping[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+def _mapping(value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        raise _invalid("must be a mapping", value)
+    return value
 
 
-@dataclass(frozen=True)
-class Taint:
-    key: str
-    value: str
-    effect: str
+def _list(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise _invalid("must be a list", value)
+    return value
 
 
-@dataclass(frozen=True)
-class PoolConfig:
-    """A named group of identical machines and the rules for sizing it."""
+def _pattern(pattern: re.Pattern, what: str) -> Any:
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise _invalid(f"must be {what}", value)
+        return value
 
-    name: str
-    provider: str
-    min_size: int
-    max_size: int
-    node_cpus: float
-    node_memory_gb: float
-    lifecycle: str
-    price_per_node_hour: float
-    idle_timeout_s: float
-    boot_timeout_s: float
-    default_run_cpus: float
-    default_run_memory_gb: float
-    fallback: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    taints: tuple[Taint, ...] = ()
-    # Provider-specific settings (ports and folders for `local`, the group name for `aws_asg`).
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    idle_timeout_mode: str = DEFAULT_IDLE_TIMEOUT_MODE
-    # Optional: once the pool has paid this much today (UTC), it stops scaling up until tomorrow.
-    daily_budget_usd: float | None = None
-    placement: str = DEFAULT_PLACEMENT
-    # A waiting run may wait this long (never longer than a boot) for room that running runs free
-    # by their expected ends, instead of a node being booted for it; 0: always boot at once.
-    queue_allowance_s: float = DEFAULT_QUEUE_ALLOWANCE_S
-    # A node whose busy status stays unknown longer than idle_timeout_s plus this is removed.
-    unknown_busy_grace_s: float = DEFAULT_UNKNOWN_BUSY_GRACE_S
+    return BeforeValidator(check)
 
 
-POOL_FIELDS = {
-    "provider", "min_size", "max_size", "node_cpus", "node_memory_gb", "lifecycle",
-    "price_per_node_hour", "idle_timeout_s", "boot_timeout_s", "default_run_cpus",
-    "default_run_memory_gb", "fallback", "labels", "taints", "settings", "idle_timeout_mode",
-    "daily_budget_usd", "placement", "queue_allowance_s", "unknown_busy_grace_s",
-}
+Settings = Annotated[dict[str, Any], BeforeValidator(_mapping)]
 
 
-def _provider(where: str, name: Any) -> str:
-    from dpe_dagster.pools.providers import provider
+class _Model(BaseModel):
+    """A part of the file: unknown fields are named with the allowed ones; values stay immutable."""
 
-    provider(name if isinstance(name, str) else repr(name), where)
-    return name
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise PydanticCustomError("dpe", "must be a mapping; got {got}", {"got": type(data).__name__})
+        allowed = cls.file_fields()
+        # dpe fills in the others (parse_pool and parse_environment refuse them in a file)
+        unknown = sorted(str(key) for key in data if key not in cls.model_fields)
+        if unknown:
+            raise PydanticCustomError("dpe", "unknown field(s) {unknown}; allowed: {allowed}",
+                                      {"unknown": ", ".join(unknown), "allowed": ", ".join(sorted(allowed))})
+        return data
 
-def parse_pool(name: str, raw: Any) -> PoolConfig:
-    where = f"pools.{name}"
-    if not isinstance(name, str) or not POOL_NAME.match(name):
-        raise ConfigError(
-            f"pools: pool name {name!r} is not allowed; use 1-63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    raw = _mapping(where, raw)
-    _reject_unknown(where, raw, POOL_FIELDS)
-    for required in ("provider", "max_size", "node_cpus", "node_memory_gb", "price_per_node_hour"):
-        if required not in raw:
-            raise ConfigError(f"{where}.{required}: is required")
-    min_size = _number(f"{where}.min_size", raw.get("min_size", 0), minimum=0, integer=True)
-    max_size = _number(f"{where}.max_size", raw["max_size"], minimum=max(min_size, 1), integer=True)
-    node_cpus = _number(f"{where}.node_cpus", raw["node_cpus"], minimum=0, strict=True)
-    node_memory_gb = _number(f"{where}.node_memory_gb", raw["node_memory_gb"], minimum=0, strict=True)
-    labels = _mapping(f"{where}.labels", raw.get("labels", {}))
-    for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_KEY.match(key):
-            raise ConfigError(f"{where}.labels: key {key!r} is not a valid Kubernetes label key")
-        if not isinstance(value, str) or not LABEL_VALUE.match(value):
-            raise ConfigError(
-                f"{where}.labels.{key}: value {value!r} is not a valid Kubernetes label value "
-                "(at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric)"
-            )
-    taints = []
-    raw_taints = raw.get("taints", [])
-    if not isinstance(raw_taints, (list, tuple)):
-        raise ConfigError(f"{where}.taints: must be a list of {{key, value, effect}}")
-    for i, taint in enumerate(raw_taints):
-        t_where = f"{where}.taints[{i}]"
-        taint = _mapping(t_where, taint)
-        _reject_unknown(t_where, taint, {"key", "value", "effect"})
-        key = _string(f"{t_where}.key", taint.get("key"))
-        if not LABEL_KEY.match(key):
-            raise ConfigError(f"{t_where}.key: {key!r} is not a valid Kubernetes taint key")
-        value = taint.get("value", "")
-        if not isinstance(value, str) or not LABEL_VALUE.match(value):
-            raise ConfigError(f"{t_where}.value: {value!r} is not a valid Kubernetes taint value")
-        taints.append(Taint(key, value, _choice(f"{t_where}.effect", taint.get("effect"), TAINT_EFFECTS)))
-    default_cpus = _number(f"{where}.default_run_cpus", raw.get("default_run_cpus", node_cpus), minimum=0, strict=True)
-    default_mem = _number(
-        f"{where}.default_run_memory_gb", raw.get("default_run_memory_gb", node_memory_gb), minimum=0, strict=True
-    )
-    fallback = raw.get("fallback")
-    if fallback is not None:
-        _string(f"{where}.fallback", fallback)
-        if fallback == name:
-            raise ConfigError(f"{where}.fallback: a pool cannot fall back to itself")
-    return PoolConfig(
-        name=name,
-        provider=_provider(f"{where}.provider", raw["provider"]),
-        min_size=min_size,
-        max_size=max_size,
-        node_cpus=float(node_cpus),
-        node_memory_gb=float(node_memory_gb),
-        lifecycle=_choice(f"{where}.lifecycle", raw.get("lifecycle", "on-demand"), LIFECYCLES),
-        price_per_node_hour=float(_number(f"{where}.price_per_node_hour", raw["price_per_node_hour"], minimum=0)),
-        idle_timeout_s=float(_number(f"{where}.idle_timeout_s", raw.get("idle_timeout_s", 300), minimum=0)),
-        boot_timeout_s=float(_number(f"{where}.boot_timeout_s", raw.get("boot_timeout_s", 600), minimum=0, strict=True)),
-        default_run_cpus=float(default_cpus),
-        default_run_memory_gb=float(default_mem),
-        fallback=fallback,
-        labels=dict(labels),
-        taints=tuple(taints),
-        settings=dict(_mapping(f"{where}.settings", raw.get("settings", {}))),
-        daily_budget_usd=(None if raw.get("daily_budget_usd") is None else
-                          float(_number(f"{where}.daily_budget_usd", raw["daily_budget_usd"], minimum=0, strict=True))),
-        idle_timeout_mode=_choice(f"{where}.idle_timeout_mode", raw.get("idle_timeout_mode", DEFAULT_IDLE_TIMEOUT_MODE),
-                                  IDLE_TIMEOUT_MODES),
-        placement=_choice(f"{where}.placement", raw.get("placement", DEFAULT_PLACEMENT), PLACEMENTS),
-        queue_allowance_s=float(_number(f"{where}.queue_allowance_s", raw.get("queue_allowance_s", DEFAULT_QUEUE_ALLOWANCE_S), minimum=0)),
-        unknown_busy_grace_s=float(_number(f"{where}.unknown_busy_grace_s",
-                                           raw.get("unknown_busy_grace_s", DEFAULT_UNKNOWN_BUSY_GRACE_S), minimum=0)),
-    )
+    @classmethod
+    def file_fields(cls) -> set[str]:
+        """The fields a file may set (not the ones dpe fills in, such as a pool's name)."""
+        return {name for name, info in cls.model_fields.items() if not _filled_in(info)}
 
 
-@dataclass(frozen=True)
-class Environment:
+def _filled_in(info: Any) -> bool:
+    return bool((info.json_schema_extra or {}).get("filled_in"))
+
+
+FILLED_IN = {"json_schema_extra": {"filled_in": True}}
+
+
+# -- the models ------------------------------------------------------------------------------
+class Taint(_Model):
+    key: Annotated[str, _pattern(LABEL_KEY, "a valid Kubernetes taint key")]
+    value: Annotated[str, _pattern(re.compile(LABEL_VALUE.pattern), "a valid Kubernetes taint value")] = ""
+    effect: Choice(TAINT_EFFECTS)
+
+
+class PoolConfig(_Model):
+    """A named group of identical machines and the rules for sizing it (`pools.<name>`)."""
+
+    name: SkipJsonSchema[str] = Field(**FILLED_IN)
+    provider: Annotated[str, Field(description="a registered provider (entry point group dpe.providers): "
+                                               "local or aws_asg with dpe alone"), BeforeValidator(_provider_name)]
+    min_size: Number(ge=0, integer=True, description="nodes kept even when idle") = 0
+    max_size: Number(ge=1, integer=True, description="never more nodes than this")
+    node_cpus: Number(gt=0, description="CPUs of one node")
+    node_memory_gb: Number(gt=0, description="memory of one node, GB")
+    lifecycle: Choice(LIFECYCLES) = "on-demand"
+    price_per_node_hour: Number(ge=0, description="USD per node-hour (a provider may know the live price)")
+    idle_timeout_s: Number(ge=0, description="a node idle this long is removed (the most, in mode auto)") = 300.0
+    boot_timeout_s: Number(gt=0, description="a node not ready by then is terminated") = 600.0
+    default_run_cpus: Number(gt=0, description="a run's CPUs when its tags say none (default: node_cpus)") = None
+    default_run_memory_gb: Number(gt=0, description="a run's memory when its tags say none (default: "
+                                                    "node_memory_gb)") = None
+    fallback: Optional[Text] = Field(None, description="the pool a run moves to when this one cannot take it")
+    labels: Annotated[dict[str, str], BeforeValidator(_labels)] = Field(default_factory=dict)
+    taints: Annotated[tuple[Taint, ...], BeforeValidator(_list)] = ()
+    settings: Settings = Field(default_factory=dict, description="the provider's own settings (ports and folders "
+                                                                 "for local, group_name for aws_asg)")
+    idle_timeout_mode: Choice(IDLE_TIMEOUT_MODES) = DEFAULT_IDLE_TIMEOUT_MODE
+    daily_budget_usd: Number(gt=0, optional=True, description="once paid today (UTC), no more scale-up until "
+                                                              "tomorrow") = None
+    placement: Choice(PLACEMENTS) = DEFAULT_PLACEMENT
+    queue_allowance_s: Number(ge=0, description="a waiting run may wait this long (never longer than a boot) for "
+                                                "room running runs free, instead of a boot; 0: always boot") = \
+        DEFAULT_QUEUE_ALLOWANCE_S
+    unknown_busy_grace_s: Number(ge=0, description="a node whose busy status stays unknown longer than "
+                                                   "idle_timeout_s plus this is removed") = DEFAULT_UNKNOWN_BUSY_GRACE_S
+
+    @model_validator(mode="before")
+    @classmethod
+    def _run_shape_defaults(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for field, node_field in (("default_run_cpus", "node_cpus"), ("default_run_memory_gb", "node_memory_gb")):
+                if data.get(field) is None and node_field in data:
+                    data[field] = data[node_field]
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PoolConfig":
+        if self.max_size < self.min_size:
+            raise _invalid(f"must be an integer >= {self.min_size}", self.max_size, at=("max_size",))
+        if self.fallback == self.name:
+            raise PydanticCustomError("dpe", "a pool cannot fall back to itself", {"at": ("fallback",)})
+        return self
+
+
+def _spark_master(value: Any) -> Any:
+    if not isinstance(value, str) or not value.startswith(SPARK_MASTERS):
+        raise _invalid(f"must start with one of {', '.join(SPARK_MASTERS)}", value)
+    return value
+
+
+def _spark_conf(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise _invalid("must be a mapping of Spark settings", value)
+    for key, setting in value.items():
+        if not isinstance(key, str) or not key.startswith("spark."):
+            raise _invalid("key must be a Spark setting starting with 'spark.'", key)
+        if not isinstance(setting, (str, int, float)) or isinstance(setting, bool):
+            raise _invalid("must be a string or number", setting, at=(key,))
+    return {key: str(setting) for key, setting in value.items()}
+
+
+class SparkConfig(_Model):
+    master: Annotated[Optional[str], Field(description="spark://, local[...] or k8s://; default: the master of "
+                                                       "the run's local pool"), BeforeValidator(_spark_master)] = None
+    conf: Annotated[dict[str, str], BeforeValidator(_spark_conf)] = Field(default_factory=dict)
+
+
+class Environment(_Model):
     """One deployment's dpe configuration: its pools, Spark settings and sensor cadence (loaded by
     `dpe_dagster.environment.load_environment`)."""
 
-    name: str
-    pools: Mapping[str, PoolConfig]
-    spark: Mapping[str, Any]
-    sensor_interval_s: int
-    max_concurrent_runs: int
-    aws: Mapping[str, Any] = field(default_factory=dict)
+    name: SkipJsonSchema[str] = Field(**FILLED_IN)
+    pools: Annotated[dict[str, PoolConfig], Field(min_length=1), BeforeValidator(_mapping)]
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    sensor_interval_s: Number(ge=1, integer=True, description="seconds between autoscaler ticks") = 30
+    max_concurrent_runs: Number(ge=1, integer=True) = 4
+    aws: Settings = Field(default_factory=dict, description="region, endpoint_url, retry_mode, max_attempts "
+                                                            "(provider aws_asg)")
     # The pool run pods go to (Spark drivers in client mode); the run's tagged pool then holds
     # its executors. None: run pods go to the tagged pool.
-    driver_pool: str | None = None
+    driver_pool: Optional[Text] = None
     # How to load this configuration again (a YAML path or "module:attribute"), e.g. in the
     # daemon's launcher; None for one built in code.
-    source: str | None = None
+    source: SkipJsonSchema[Optional[str]] = Field(None, **FILLED_IN)
+
+    @model_validator(mode="after")
+    def _pools_named_exist(self) -> "Environment":
+        defined = ", ".join(sorted(self.pools))
+        for pool in self.pools.values():
+            if pool.fallback is not None and pool.fallback not in self.pools:
+                raise PydanticCustomError("dpe", "{name} is not a defined pool; defined pools: {defined}",
+                                          {"name": repr(pool.fallback), "defined": defined,
+                                           "at": ("pools", pool.name, "fallback")})
+        if self.driver_pool is not None and self.driver_pool not in self.pools:
+            raise PydanticCustomError("dpe", "{name} is not a defined pool; defined pools: {defined}",
+                                      {"name": repr(self.driver_pool), "defined": defined, "at": ("driver_pool",)})
+        return self
 
     @property
     def on_kubernetes(self) -> bool:
         """Runs and containers go to Kubernetes: Spark's master is a Kubernetes API server."""
-        return str(self.spark.get("master", "")).startswith("k8s://")
+        return (self.spark.master or "").startswith("k8s://")
 
     def pool(self, name: str) -> PoolConfig:
         try:
@@ -234,53 +289,88 @@ class Environment:
             ) from None
 
 
-SPARK_MASTERS = ("spark://", "local", "k8s://")
+POOL_FIELDS = PoolConfig.file_fields()
+ENVIRONMENT_FIELDS = Environment.file_fields()
 
 
-def parse_spark(raw: Any) -> dict[str, Any]:
-    raw = _mapping("spark", raw)
-    _reject_unknown("spark", raw, {"master", "conf"})
-    spark: dict[str, Any] = {}
-    if "master" in raw:
-        master = _string("spark.master", raw["master"])
-        if not master.startswith(SPARK_MASTERS):
-            raise ConfigError(f"spark.master: must start with one of {', '.join(SPARK_MASTERS)}; got {master!r}")
-        spark["master"] = master
-    conf = _mapping("spark.conf", raw.get("conf", {}))
-    for key, value in conf.items():
-        if not isinstance(key, str) or not key.startswith("spark."):
-            raise ConfigError(f"spark.conf: key {key!r} must be a Spark setting starting with 'spark.'")
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"spark.conf.{key}: must be a string or number; got {value!r}")
-    spark["conf"] = {k: str(v) for k, v in conf.items()}
-    return spark
-
-
-ENVIRONMENT_FIELDS = {"pools", "spark", "sensor_interval_s", "max_concurrent_runs", "aws", "driver_pool"}
+# -- loading ---------------------------------------------------------------------------------
+def parse_pool(name: str, raw: Any) -> PoolConfig:
+    """One pool from its fields in the file (`pools.<name>`)."""
+    return _validated(PoolConfig, _named(name, raw), prefix=("pools", name))
 
 
 def parse_environment(name: str, raw: Any) -> Environment:
-    raw = _mapping(name, raw)
-    _reject_unknown(name, raw, ENVIRONMENT_FIELDS)
-    raw_pools = _mapping("pools", raw.get("pools", {}))
-    if not raw_pools:
+    """A whole environment from the file's mapping; `name` is what dpe calls it."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{name}: must be a mapping with at least `pools`; got {type(raw).__name__}")
+    if not raw.get("pools"):
         raise ConfigError("pools: at least one node pool must be defined")
-    pools = {pool_name: parse_pool(pool_name, pool_raw) for pool_name, pool_raw in raw_pools.items()}
-    for pool in pools.values():
-        if pool.fallback is not None and pool.fallback not in pools:
-            raise ConfigError(
-                f"pools.{pool.name}.fallback: {pool.fallback!r} is not a defined pool; "
-                f"defined pools: {', '.join(sorted(pools))}"
-            )
-    driver_pool = raw.get("driver_pool")
-    if driver_pool is not None and driver_pool not in pools:
-        raise ConfigError(f"driver_pool: {driver_pool!r} is not a defined pool; defined pools: {', '.join(sorted(pools))}")
-    return Environment(
-        name=name,
-        pools=pools,
-        driver_pool=driver_pool,
-        spark=parse_spark(raw.get("spark", {})),
-        sensor_interval_s=_number("sensor_interval_s", raw.get("sensor_interval_s", 30), minimum=1, integer=True),
-        max_concurrent_runs=_number("max_concurrent_runs", raw.get("max_concurrent_runs", 4), minimum=1, integer=True),
-        aws=dict(_mapping("aws", raw.get("aws", {}))),
-    )
+    _refuse_filled_in(name, Environment, raw)
+    data = {**raw, "name": name}
+    if isinstance(raw["pools"], Mapping):
+        data["pools"] = {pool: _named(pool, fields) for pool, fields in raw["pools"].items()}
+    return _validated(Environment, data, prefix=())
+
+
+def _named(name: Any, raw: Any) -> Any:
+    if not isinstance(name, str) or not POOL_NAME.match(name):
+        raise ConfigError(f"pools: pool name {name!r} is not allowed; use 1-63 lowercase letters, digits and '-', "
+                          "starting and ending with a letter or digit")
+    if isinstance(raw, Mapping):
+        _refuse_filled_in(f"pools.{name}", PoolConfig, raw)
+        return {**raw, "name": name}
+    return raw
+
+
+def _refuse_filled_in(where: str, model: type[_Model], raw: Mapping) -> None:
+    given = sorted(set(raw) & (set(model.model_fields) - model.file_fields()))
+    if given:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(given)}; allowed: {', '.join(sorted(model.file_fields()))}")
+
+
+def _validated(model: type[_Model], data: Any, prefix: tuple) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError("\n".join(_describe(problem, prefix) for problem in error.errors())) from None
+
+
+def _describe(problem: Mapping[str, Any], prefix: tuple) -> str:
+    """One pydantic error as 'dotted.path: what is allowed; got ...'."""
+    context = problem.get("ctx") or {}
+    path = (*prefix, *problem["loc"], *context.get("at", ()))
+    kind = problem["type"]
+    if kind == "missing":
+        message = "is required"
+    elif kind == "dpe":
+        message = problem["msg"]
+    else:  # a check pydantic made itself (a type inside a list, say)
+        message = f"{problem['msg'][0].lower()}{problem['msg'][1:]}; got {problem.get('input')!r}"
+    return f"{_dotted(path) or 'configuration'}: {message}"
+
+
+def _dotted(path: tuple) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not str(part).startswith(("function-", "[key]")):
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of a dpe configuration file. Any value may instead be read from an
+    environment variable: `{env: NAME}` or `{env: NAME, default: ...}`."""
+    document = Environment.model_json_schema()
+    definitions = document.setdefault("$defs", {})
+    for part in (document, *definitions.values()):
+        for name, field in part.get("properties", {}).items():
+            kept = {key: field.pop(key) for key in ("title", "description", "default") if key in field}
+            part["properties"][name] = {**kept, "anyOf": [field, {"$ref": "#/$defs/FromEnvironment"}]}
+    definitions["FromEnvironment"] = {
+        "description": "the value of an environment variable, read as a YAML scalar",
+        "type": "object", "additionalProperties": False, "required": ["env"],
+        "properties": {"env": {"type": "string", "minLength": 1}, "default": {}},
+    }
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **document, "title": "dpe configuration"}

@@ -13,7 +13,8 @@ from dagster import AssetSpec, Definitions
 from dpe_dagster.config import Environment
 from dpe_dagster.containers import pool_containers
 from dpe_dagster.environment import use
-from dpe_dagster.pools.providers import provider
+from dpe_dagster.providers import provider
+from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.scaling.health import build_pool_health_check
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.spark.resource import SparkResource
@@ -35,8 +36,8 @@ LEDGER_ASSETS = [
 def spark_master(env: Environment) -> str:
     """Where runs' Spark sessions connect: `spark.master`, else the master of the first pool that
     provides one (a local pool)."""
-    if "master" in env.spark:
-        return env.spark["master"]
+    if env.spark.master:
+        return env.spark.master
     for pool in env.pools.values():
         master = provider(pool.provider).spark_master(pool)
         if master:
@@ -50,13 +51,13 @@ def dpe_definitions(env: Environment) -> Definitions:
     use(env)
     boot_timeout = max(p.boot_timeout_s for p in env.pools.values())
     return Definitions(
-        assets=[*LEDGER_ASSETS, build_platform_usage(env)],
+        assets=[*LEDGER_ASSETS, build_platform_usage(env, read_busy_seconds)],
         asset_checks=[build_pool_health_check(env)],
         jobs=[platform_usage_job],
         schedules=[platform_usage_daily],
         sensors=[build_autoscaler_sensor(env), build_ledger_sensor(env)],
         resources={
-            "spark": SparkResource(master=spark_master(env), conf=env.spark.get("conf", {}),
+            "spark": SparkResource(master=spark_master(env), conf=env.spark.conf,
                                    wait_for_master_s=boot_timeout,
                                    default_run_cpus={p.name: p.default_run_cpus for p in env.pools.values()}),
             "containers": pool_containers(env),

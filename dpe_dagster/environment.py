@@ -188,9 +188,7 @@ def _load(name: str, source: str) -> Environment:
 
 
 def _with_source(env: Environment, source: str) -> Environment:
-    from dataclasses import replace
-
-    return replace(env, source=source)
+    return env.model_copy(update={"source": source})
 
 
 def _resolve_env_vars(value: Any, where: str) -> Any:

@@ -79,6 +79,12 @@ def test_dpe_is_imported_from_the_wheel_and_the_team_keeps_its_modules(project):
     assert probe[1] == str(folder / "assets.py") and probe[2] == str(folder / "resources.py")
 
 
+def test_the_pools_file_is_checked_as_the_readme_says(project):
+    folder, env = project
+    done = run([str(folder / ".venv" / "bin" / "dpe"), "schema", "--check", "pools.yaml"], cwd=folder, env=env)
+    assert "pools.yaml: valid; pools: etl" in done.stdout
+
+
 def test_dg_check_defs_passes(project):
     folder, env = project
     done = run([str(folder / ".venv" / "bin" / "dg"), "check", "defs"], cwd=folder, env=env)

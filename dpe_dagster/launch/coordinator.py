@@ -48,7 +48,7 @@ class PoolRunCoordinator(QueuedRunCoordinator):
                 from dpe_dagster.scaling.control import request_capacity
 
                 env = load_environment(self._config, name=self._environment)
-                from dpe_dagster.pools.providers import provider
+                from dpe_dagster.providers import provider
 
                 if pool_name in env.pools and not provider(env.pool(pool_name).provider).starts_processes_here:
                     request_capacity(self._instance, env, pool_name)

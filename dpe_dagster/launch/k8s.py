@@ -59,7 +59,7 @@ from dpe_dagster.launch.capacity import ask_for_capacity
 from dpe_dagster.launch.node_choice import ENDING_TOGETHER, preferred_node
 from dpe_dagster.launch.pod_spec import pod_placement, run_k8s_config
 from dpe_dagster.pools import PoolError, open_pool
-from dpe_dagster.pools.providers import provider
+from dpe_dagster.providers import provider
 from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.demand import landing, read_demand
 from dpe_dagster.scaling.policy import RunDemand

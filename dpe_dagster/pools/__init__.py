@@ -1,5 +1,5 @@
-"""Node pools: the protocol (`base.py`), the providers (`providers.py`, found by entry point) and
-opening a configured pool."""
+"""Node pools: the protocol (`base.py`), one folder per provider (`local/`, `aws/`; the registry
+is `dpe_dagster/providers.py`) and opening a configured pool."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterable
 
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools.base import Node, NodePool, PoolError
-from dpe_dagster.pools.providers import provider
+from dpe_dagster.providers import provider
 
 
 def open_pool(pool: PoolConfig, env: Environment) -> NodePool:

@@ -55,6 +55,13 @@ def read_node_memory(instance) -> dict[str, dict[str, NodeMemory]]:
     return out
 
 
+def read_busy_seconds(instance) -> dict[str, dict[str, float]]:
+    """The busy seconds the autoscaler has counted of each live node, by pool and node id (what
+    the reports add for nodes the ledger has no lifetime for yet: `usage.live.BusySoFar`)."""
+    return {pool: {node_id: mem.busy_seconds for node_id, mem in nodes.items()}
+            for pool, nodes in read_node_memory(instance).items()}
+
+
 def read_failures(instance) -> dict[str, dict]:
     """The failures the autoscaler saved in its cursor (in the instance, as the daemon stores every
     sensor's cursor), by pool; the latest when several code locations run it."""

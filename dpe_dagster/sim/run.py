@@ -85,9 +85,7 @@ class Setup:
 def pool_fields(config: PoolConfig) -> dict[str, Any]:
     """A parsed pool as the raw fields that parse it again (the fallback is another pool's name:
     the replay has no other pools, so it is left out)."""
-    raw = {name: getattr(config, name) for name in POOL_FIELDS if name not in ("fallback", "taints")}
-    raw["taints"] = [vars(taint) for taint in config.taints]
-    return raw
+    return config.model_dump(include=POOL_FIELDS - {"fallback"})
 
 
 def lower_bound(work: Workload, setup: Setup) -> dict[str, float]:

@@ -15,7 +15,7 @@ from dpe_dagster.config import Environment
 from dpe_dagster.paths import dpe_home
 from dpe_dagster.usage.checks import paid_check, paid_spec
 from dpe_dagster.usage.ledger import read_usage
-from dpe_dagster.usage.live import report_nodes
+from dpe_dagster.usage.live import BusySoFar, report_nodes
 from dpe_dagster.usage.summary import DAY, Window, always_on_cost, by_asset, by_day, by_pool, by_pool_day, day_start
 
 PLATFORM_USAGE_KEY = AssetKey(["dpe", "platform_usage"])
@@ -77,9 +77,9 @@ def build_report(records, nodes, window: Window) -> dict:
     }
 
 
-def build_platform_usage(env: Environment):
+def build_platform_usage(env: Environment, busy_so_far: BusySoFar):
     """The `dpe/platform_usage` asset for an environment: its pools are asked for the nodes alive
-    now, which the ledger has no lifetime for yet."""
+    now, which the ledger has no lifetime for yet (their busy time as `busy_so_far` reads it)."""
 
     @asset(key=PLATFORM_USAGE_KEY, group_name="dpe_platform", kinds={"python"},
            check_specs=[paid_spec(PLATFORM_USAGE_KEY)],
@@ -91,7 +91,7 @@ def build_platform_usage(env: Environment):
             raise ValueError(f"days: must be an integer >= 1; got {config.days}")
         now = time.time()
         window = Window(day_start(now) - (config.days - 1) * DAY, now)
-        nodes, unread = report_nodes(context.instance, env, now)
+        nodes, unread = report_nodes(context.instance, env, now, busy_so_far)
         for pool, error in unread.items():
             context.log.warning(f"pool {pool}: its live nodes are left out of this report: {error}")
         report = build_report(read_usage(context.instance), nodes, window)

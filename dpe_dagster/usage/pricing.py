@@ -22,7 +22,7 @@ def node_price(pool: PoolConfig, node: Node) -> Price:
 
 def pricer_for(env) -> Callable[[PoolConfig, Node], Price]:
     """A node pricer for a configuration: each pool's provider's price, else the configured one."""
-    from dpe_dagster.pools.providers import provider
+    from dpe_dagster.providers import provider
 
     by_provider = {name: provider(name).pricer(env) for name in {p.provider for p in env.pools.values()}}
 

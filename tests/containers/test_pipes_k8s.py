@@ -7,7 +7,6 @@ Kubernetes-format API (`tests/fakes/kube_api.py`); the pools are aws-sim's, in t
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 
@@ -117,8 +116,8 @@ def test_capacity_first_then_a_valid_pod_on_the_pool_and_pipes_metadata_back(poo
 def test_a_pool_that_cannot_grow_fails_clearly_within_the_wait_and_deletes_the_pod(sim, pools, kube_api, instance,
                                                                                   tmp_path, monkeypatch):
     env, _ = sim
-    full = dataclasses.replace(env, pools={**env.pools, "spot-etl": dataclasses.replace(env.pools["spot-etl"],
-                                                                                         max_size=1)})
+    one_node = env.pools["spot-etl"].model_copy(update={"max_size": 1})
+    full = env.model_copy(update={"pools": {**env.pools, "spot-etl": one_node}})
     monkeypatch.setattr(dpe_dagster.environment, "load_environment", lambda source=None, name=None, root=None: full)
     # A run already needs the pool's only node (2 CPUs): the container's half CPU would need a second.
     instance.add_run(DagsterRun(job_name="tpch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,

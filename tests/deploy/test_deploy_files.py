@@ -136,7 +136,7 @@ def test_executor_pod_template_configmap_is_current_and_valid(monkeypatch):
     kubernetes_validate.validate(shipped, "1.30.0", strict=True)
     mount = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())["runLauncher"]["config"][
         "customRunLauncher"]["config"]["volume_mounts"][0]["mountPath"]
-    assert env.spark["conf"]["spark.kubernetes.executor.podTemplateFile"].startswith(mount + "/")
+    assert env.spark.conf["spark.kubernetes.executor.podTemplateFile"].startswith(mount + "/")
 
 
 def test_dockerfile_copies_files_that_exist_and_matches_the_projects_python():

@@ -8,7 +8,6 @@ kubernetes-validate.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import kubernetes_validate
@@ -181,6 +180,6 @@ def test_the_preferred_node_survives_dagster_k8s_job_construction_and_a_users_ow
     assert zone in preferred
     assert preferred_hosts(manifest) == [["ip-10-0-3-1.ec2.internal"]]
 
-    driver = pool_container_context(run, dataclasses.replace(env, driver_pool="ondemand-etl"),
+    driver = pool_container_context(run, env.model_copy(update={"driver_pool": "ondemand-etl"}),
                                     preferred_node_name="ip-10-0-3-1.ec2.internal")
     assert "affinity" not in driver.run_k8s_config.pod_spec_config

@@ -9,12 +9,12 @@ import pytest
 from dpe_dagster.config import ConfigError, parse_environment
 from dpe_dagster.pools import look_ahead, open_pool
 from dpe_dagster.pools.base import Node
-from dpe_dagster.pools.providers import ENTRY_POINT_GROUP, providers
+from dpe_dagster.providers import ENTRY_POINT_GROUP, providers
 from dpe_dagster.usage.pricing import CONFIG, pricer_for
 
 THIRD_CLOUD = '''
 from dpe_dagster.pools.base import PENDING, Node, PoolCapabilities, Price
-from dpe_dagster.pools.providers import Provider
+from dpe_dagster.providers import Provider
 
 LOOKED_AHEAD = []
 

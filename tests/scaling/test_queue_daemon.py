@@ -39,8 +39,7 @@ def raw_environment(env: Environment) -> dict:
     """The environment as the JSON the code location parses again."""
     pools = {}
     for name, pool in env.pools.items():
-        raw = {k: v for k, v in dataclasses.asdict(pool).items() if k != "name" and v not in (None, ())}
-        raw["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in pool.settings.items()}
+        raw = pool.model_dump(mode="json", exclude={"name"}, exclude_none=True)
         pools[name] = raw
     return {"pools": pools, "sensor_interval_s": env.sensor_interval_s, "max_concurrent_runs": env.max_concurrent_runs}
 

@@ -14,8 +14,8 @@ from resources import load_environment
 @pytest.mark.parametrize("name", ["staging", "prod"])
 def test_environment_spark_puts_executors_on_spot_and_the_driver_on_demand(name):
     env = load_environment(name)
-    conf = env.spark["conf"]
-    assert env.spark["master"].startswith("k8s://")
+    conf = env.spark.conf
+    assert env.spark.master.startswith("k8s://")
     spot, driver = env.pool("spot-etl"), env.pool("ondemand-driver")
     assert spot.lifecycle == "spot" and driver.lifecycle == "on-demand"
     assert conf["spark.kubernetes.executor.node.selector.dpe.io/pool"] == "spot-etl"

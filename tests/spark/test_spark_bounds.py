@@ -52,21 +52,21 @@ def test_a_run_asking_for_one_cpu_gets_one_core_of_a_two_worker_pool(tmp_path):
 
 def test_executors_on_kubernetes_are_bounded_by_the_run_request():
     env = load_environment("prod")
-    conf = env.spark["conf"]
+    conf = env.spark.conf
     spot = env.pool("spot-etl")
     cores = int(conf["spark.executor.cores"])
     defaults = {name: pool.default_run_cpus for name, pool in env.pools.items()}
-    one_node = run_spark_conf(env.spark["master"], conf, {"dpe/node_pool": "spot-etl", "dpe/cpu": str(cores)},
+    one_node = run_spark_conf(env.spark.master, conf, {"dpe/node_pool": "spot-etl", "dpe/cpu": str(cores)},
                               defaults)
     assert one_node["spark.dynamicAllocation.maxExecutors"] == "1"
-    three = run_spark_conf(env.spark["master"], conf, {"dpe/node_pool": "spot-etl", "dpe/cpu": str(3 * cores)},
+    three = run_spark_conf(env.spark.master, conf, {"dpe/node_pool": "spot-etl", "dpe/cpu": str(3 * cores)},
                            defaults)
     assert three["spark.dynamicAllocation.maxExecutors"] == "3"
     # Never more than the pool can hold, and at least one executor for a fractional request.
-    huge = run_spark_conf(env.spark["master"], conf, {"dpe/node_pool": "spot-etl", "dpe/cpu": "4000"}, defaults)
+    huge = run_spark_conf(env.spark.master, conf, {"dpe/node_pool": "spot-etl", "dpe/cpu": "4000"}, defaults)
     assert huge["spark.dynamicAllocation.maxExecutors"] == str(spot.max_size)
-    small = run_spark_conf(env.spark["master"], conf, {"dpe/node_pool": "spot-etl", "dpe/cpu": "0.5"}, defaults)
+    small = run_spark_conf(env.spark.master, conf, {"dpe/node_pool": "spot-etl", "dpe/cpu": "0.5"}, defaults)
     assert small["spark.dynamicAllocation.maxExecutors"] == "1"
     # Untagged CPUs: the pool's default request.
-    default = run_spark_conf(env.spark["master"], conf, {"dpe/node_pool": "spot-etl"}, defaults)
+    default = run_spark_conf(env.spark.master, conf, {"dpe/node_pool": "spot-etl"}, defaults)
     assert default["spark.dynamicAllocation.maxExecutors"] == str(max(1, int(spot.default_run_cpus // cores)))

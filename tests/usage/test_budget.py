@@ -3,7 +3,6 @@ visible reason, alerts once, and resumes when the budget is raised."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
@@ -59,8 +58,8 @@ def test_a_spent_budget_holds_runs_until_it_is_raised(sqlite_instance, tmp_path)
         plan = request_capacity(instance, env, "spot-etl")
         assert plan.target == 0 and "daily budget" in plan.reason
 
-        raised = dataclasses.replace(env, pools={"spot-etl": dataclasses.replace(env.pools["spot-etl"],
-                                                                                 daily_budget_usd=10.0)})
+        more = env.pools["spot-etl"].model_copy(update={"daily_budget_usd": 10.0})
+        raised = env.model_copy(update={"pools": {"spot-etl": more}})
         tick(raised, instance, cursor)
         assert pool.target() == 1
         assert instance.get_run_by_id(run.run_id).tags[HOLD_TAG] == RELEASED

@@ -23,6 +23,7 @@ from dpe_dagster.scaling.health import POOL_HEALTH_CHECK, build_pool_health_chec
 from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR, build_autoscaler_sensor
 from dpe_dagster.usage.checks import PAID_CHECK
 from dpe_dagster.usage.eventlog import record_node_lifetime
+from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime
 from tests.reliability.harness import clients
@@ -40,7 +41,7 @@ def test_the_report_check_fails_naming_the_pool_day_and_gap_when_the_ledger_pays
     for launched in (now - 1500, now - 900):
         record_node_lifetime(sqlite_instance, NodeLifetime("worker-1", "spot-etl", "spot", "local", launched,
                                                            now - 300, 0.0, 3.6))
-    result = materialize([build_platform_usage(ENV)], instance=sqlite_instance)
+    result = materialize([build_platform_usage(ENV, read_busy_seconds)], instance=sqlite_instance)
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == PAID_CHECK and not check.passed and check.severity == AssetCheckSeverity.ERROR
     failing = check.metadata["failing"].value
@@ -57,7 +58,7 @@ def test_the_report_check_passes_on_a_sound_ledger(sqlite_instance):
     for i, launched in enumerate((now - 1500, now - 900)):
         record_node_lifetime(sqlite_instance, NodeLifetime(f"worker-{i}", "spot-etl", "spot", "local", launched,
                                                            now - 300, 0.0, 3.6))
-    result = materialize([build_platform_usage(ENV)], instance=sqlite_instance)
+    result = materialize([build_platform_usage(ENV, read_busy_seconds)], instance=sqlite_instance)
     (check,) = result.get_asset_check_evaluations()
     assert check.passed, check.description
     assert result.asset_materializations_for_node("dpe__platform_usage")[0].metadata["paid_usd"].value \

@@ -18,13 +18,14 @@ from dpe_dagster.pools import open_pool
 from dpe_dagster.usage.checks import PAID_CHECK
 from dpe_dagster.usage.eventlog import read_node_lifetimes, record_node_lifetime
 from dpe_dagster.usage.live import report_nodes
+from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.pricing import pricer_for
 from dpe_dagster.usage.records import NodeLifetime
 
 
 def report_of(env, instance):
-    result = materialize([build_platform_usage(env)], instance=instance)
+    result = materialize([build_platform_usage(env, read_busy_seconds)], instance=instance)
     metadata = result.asset_materializations_for_node("dpe__platform_usage")[0].metadata
     (check,) = result.get_asset_check_evaluations()
     return metadata, check
@@ -73,7 +74,7 @@ def test_a_node_both_alive_and_in_the_ledger_is_counted_once(aws_sim):
     price = pricer_for(env)(config, node)
     record_node_lifetime(instance, NodeLifetime(node.id, config.name, node.lifecycle, node.instance_type,
                                                 node.launched_at, node.launched_at + 3600, 0.0, price.usd_per_hour))
-    nodes, unread = report_nodes(instance, env, time.time())
+    nodes, unread = report_nodes(instance, env, time.time(), read_busy_seconds)
     assert unread == {}
     assert [n.removed_at for n in nodes if n.node_id == node.id] == [node.launched_at + 3600]
     assert sorted(n.pool for n in nodes) == sorted(env.pools)

@@ -17,6 +17,7 @@ from dagster import Definitions, asset, build_sensor_context, instance_for_test,
 from dpe_dagster.config import parse_environment
 from dpe_dagster.tags import TEAM_TAG, pool_tags
 from dpe_dagster.usage.eventlog import record_node_lifetime
+from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.records import NodeLifetime
 from dpe_dagster.usage.sensor import build_ledger_sensor
@@ -81,7 +82,7 @@ def dpe_usage(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_platform_usage_and_the_cli_agree_to_the_cent(ledger_home):
     home, instance = ledger_home
-    result = materialize([build_platform_usage(ENV)], instance=instance)
+    result = materialize([build_platform_usage(ENV, read_busy_seconds)], instance=instance)
     metadata = result.asset_materializations_for_node("dpe__platform_usage")[0].metadata
     (check,) = result.get_asset_check_evaluations()
     assert check.passed, check.description

@@ -4,7 +4,7 @@ the aws-sim configuration (`emulator.py`). boto3 is imported only when a pool is
 
 from __future__ import annotations
 
-from dpe_dagster.pools.providers import Provider
+from dpe_dagster.providers import Provider
 
 
 class AwsAsgProvider(Provider):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dpe_dagster.pools.providers import Provider
+from dpe_dagster.providers import Provider
 
 
 class LocalProvider(Provider):

@@ -65,7 +65,7 @@ def providers() -> dict[str, Provider]:
         provider = provider() if isinstance(provider, type) else provider
         if not isinstance(provider, Provider):
             raise ConfigError(f"entry point {ENTRY_POINT_GROUP}:{point.name} ({point.value}) is not a "
-                              "dpe_dagster.pools.providers.Provider")
+                              "dpe_dagster.providers.Provider")
         found[point.name] = provider
     return found
 
@@ -74,6 +74,11 @@ def provider(name: str, where: str = "provider") -> Provider:
     """The provider called `name`; an error naming `where` and the installed providers otherwise."""
     installed = providers()
     if name not in installed:
-        raise ConfigError(f"{where}: must be one of {', '.join(sorted(installed)) or '(none installed)'}; got {name!r} "
-                          f"(providers are registered under the entry point group {ENTRY_POINT_GROUP})")
+        raise ConfigError(f"{where}: {unknown_provider(name)}")
     return installed[name]
+
+
+def unknown_provider(name: str) -> str:
+    """What is allowed where a provider is named."""
+    return (f"must be one of {', '.join(sorted(providers())) or '(none installed)'}; got {name!r} "
+            f"(providers are registered under the entry point group {ENTRY_POINT_GROUP})")
