@@ -3,7 +3,8 @@ emulator's model of aws-sim and the ledger share. Pure: no I/O, no Dagster.
 
 - A run that fits on one node may share it; one larger than a node (in CPUs or memory) takes
   whole nodes, as many as its larger dimension needs (`whole_nodes`), and shares none.
-- Runs that share are packed first fit, largest first (`first_fit_decreasing`).
+- Runs that share are packed first fit, largest first (`first_fit_decreasing` when each run's node
+  matters, `pack_by_size` when only how many nodes they need does).
 """
 
 from __future__ import annotations
@@ -38,14 +39,45 @@ def how_many_fit(room: Sequence[float], cpus: float, memory_gb: float) -> int:
     return 0 if fit <= 0 else (1 << 62 if fit == math.inf else int(fit))
 
 
+def pack_by_size(waiting: Mapping[tuple[float, float], int], rooms: list[list[float]], node_cpus: float,
+                 node_memory_gb: float) -> int:
+    """Pack waiting runs, given as how many of each (cpus, memory) size, into `rooms` ([cpus,
+    memory] left on each node, updated in place) and then onto new nodes, appended to `rooms`;
+    returns how many new nodes that takes. First fit, largest first, a size at a time: runs of one
+    size go to the first room that holds them, so each room in turn takes as many as fit (the same
+    packing as placing them one by one, in time proportional to the sizes, not the runs). Sizes
+    must fit on one node (see `whole_nodes`)."""
+    new = 0
+    for (cpus, memory), count in sorted(waiting.items(), reverse=True):
+        for room in rooms:
+            fit = how_many_fit(room, cpus, memory)
+            if fit:
+                taken = min(fit, count)
+                room[0] -= taken * cpus
+                room[1] -= taken * memory
+                count -= taken
+                if not count:
+                    break
+        per_node = how_many_fit([node_cpus, node_memory_gb], cpus, memory)
+        while count:
+            taken = min(per_node, count)
+            rooms.append([node_cpus - taken * cpus, node_memory_gb - taken * memory])
+            new += 1
+            count -= taken
+    return new
+
+
 def first_fit_decreasing(requests: Iterable[tuple[float, float, Hashable]], nodes: Sequence[Hashable],
                          node_cpus: float, node_memory_gb: float,
-                         used: Mapping[Hashable, tuple[float, float]] | None = None) -> dict[Hashable, list[Hashable]]:
+                         used: Mapping[Hashable, tuple[float, float]] | None = None,
+                         free: Mapping[Hashable, Sequence[float]] | None = None) -> dict[Hashable, list[Hashable]]:
     """Request key -> the nodes it occupies, packing (cpus, memory, key) requests largest first
     onto `nodes` in their order (each first-fit). A request larger than a node takes that many
-    wholly free nodes; one that finds no room is left out. `used`: room already taken per node."""
-    room = {node: [node_cpus - used.get(node, (0, 0))[0], node_memory_gb - used.get(node, (0, 0))[1]]
-            for node in nodes} if used else {node: [node_cpus, node_memory_gb] for node in nodes}
+    wholly free nodes; one that finds no room is left out. Room already taken per node: `used`, or
+    `free` ([cpus, memory] left) for the nodes it names."""
+    used = used or {}
+    room = {node: list(free[node]) if free and node in free else
+            [node_cpus - used.get(node, (0, 0))[0], node_memory_gb - used.get(node, (0, 0))[1]] for node in nodes}
     placed: dict[Hashable, list[Hashable]] = {}
     for cpus, memory_gb, key in sorted(requests, key=lambda r: (r[0], r[1]), reverse=True):
         whole = whole_nodes(cpus, memory_gb, node_cpus, node_memory_gb)

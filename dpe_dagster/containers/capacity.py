@@ -10,7 +10,7 @@ Who then asks the provider:
   calls no cloud API and needs no cloud credentials;
 - or this process, at once (`ask_provider=True`, e.g. against the AWS emulator), with the same
   `request_capacity` the launchers use, under the same pool lock. Placement then follows the
-  launchers' rules (`dpe_dagster.launch.placement`): a pool that is backed off, or whose API
+  launchers' rules (`dpe_dagster.launch.pool_choice`): a pool that is backed off, or whose API
   fails, passes the container to its fallback pool.
 """
 
@@ -24,7 +24,7 @@ from dagster import DagsterInstance
 from dpe_dagster.config import Environment
 from dpe_dagster.containers.request import ContainerRequest
 from dpe_dagster.config import PoolConfig
-from dpe_dagster.launch.placement import ask_along_chain, fallback_chain
+from dpe_dagster.launch.pool_choice import ask_along_chain, fallback_chain
 from dpe_dagster.scaling.policy import Plan
 from dpe_dagster.tags import CONTAINER_TAG_PREFIX, container_ask_tag
 

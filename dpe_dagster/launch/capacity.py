@@ -7,7 +7,7 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dpe_dagster.config import Environment
-from dpe_dagster.launch.placement import place_on_pool
+from dpe_dagster.launch.pool_choice import place_on_pool
 from dpe_dagster.tags import TagError
 
 

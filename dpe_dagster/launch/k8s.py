@@ -2,7 +2,7 @@
 
 The moment it launches a run tagged with a node pool it (1) places the run: asks that pool for
 capacity with the same `plan_pool` the sensor uses, or its fallback pool when the pool's capacity
-did not come (see `dpe_dagster.launch.placement`), and (2) adds the pool's nodeSelector,
+did not come (see `dpe_dagster.launch.pool_choice`), and (2) adds the pool's nodeSelector,
 tolerations, do-not-evict annotations and the run's resource requests to the run's Job. The Job
 itself is built by dagster-k8s (`construct_dagster_k8s_job`), with this as one more layer of its
 user-defined k8s config, merged over the launcher's and the code location's.

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
-from dpe_dagster.packing import how_many_fit, whole_nodes as whole_nodes_of
+from dpe_dagster.packing import pack_by_size, whole_nodes as whole_nodes_of
 from dpe_dagster.pools.base import (REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN, REMOVED_IDLE, REMOVED_INTERRUPTED, RUNNING,
                                     Node)
 
@@ -128,26 +128,7 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
         for room, cpus, memory in freeing:
             room[0] += cpus
             room[1] += memory
-    free = list(placed.values())
-    # First fit, largest first, a size at a time: runs of one size go, one by one, to the first
-    # room that holds them, so each room in turn takes as many as fit (the same packing as placing
-    # them one by one, in time proportional to the sizes, not the runs).
-    for (cpus, memory), count in sorted(waiting.items(), reverse=True):
-        for room in free:
-            fit = how_many_fit(room, cpus, memory)
-            if fit:
-                taken = min(fit, count)
-                room[0] -= taken * cpus
-                room[1] -= taken * memory
-                count -= taken
-                if not count:
-                    break
-        per_node = how_many_fit([node_cpus, node_memory_gb], cpus, memory)
-        while count:
-            taken = min(per_node, count)
-            free.append([node_cpus - taken * cpus, node_memory_gb - taken * memory])
-            count -= taken
-    return whole_nodes + len(free)
+    return whole_nodes + len(placed) + pack_by_size(waiting, list(placed.values()), node_cpus, node_memory_gb)
 
 
 def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:

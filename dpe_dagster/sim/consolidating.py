@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dpe_dagster.sim.dpe import grid_at_or_after
 from dpe_dagster.sim.packing import fits_elsewhere, new_nodes_for
-from dpe_dagster.sim.placement import first_fit
+from dpe_dagster.sim.node_choice import first_fit
 
 BATCH_IDLE_S = 1.0
 BATCH_MAX_S = 10.0

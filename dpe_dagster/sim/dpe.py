@@ -26,9 +26,9 @@ from dpe_dagster.config import PoolConfig
 from dpe_dagster.pools.base import Node, PoolError
 from dpe_dagster.scaling.activity import ArrivalRate, pool_activity
 from dpe_dagster.scaling.control import NodeMemory, control_step
-from dpe_dagster.scaling.policy import PoolActivity, PoolState, RunDemand, idle_timeouts, place_run
+from dpe_dagster.scaling.policy import PoolActivity, PoolState, RunDemand, idle_timeouts
 from dpe_dagster.scaling.schedules import ScheduledRuns, upcoming_runs
-from dpe_dagster.sim.placement import first_fit
+from dpe_dagster.sim.node_choice import for_placement
 from dpe_dagster.usage.pricing import CONFIG, Price
 from dpe_dagster.usage.records import NodeLifetime
 
@@ -115,7 +115,7 @@ class DpeScaler:
         self.pool = pool
         self.step_function = control_step  # the production function object, unchanged
         self.interval = sensor_interval_s
-        self.choose = self._place if pool.placement == "ending-together" else first_fit
+        self.choose = for_placement(pool.placement)
         self._arrivals = ArrivalRate()  # CPUs asked per second lately, as the sensor keeps it
         self._arrived_cpus = 0.0  # CPUs of runs arrived since the last sensor tick
         self.memory: dict[str, NodeMemory] = {}  # the sensor's cursor
@@ -168,19 +168,6 @@ class DpeScaler:
 
     def activity(self, now: float) -> PoolActivity:
         return pool_activity(self.pool, self._arrivals, now)
-
-    # -- where a waiting run goes: the scheduler's choice, by the pool's placement ---------------
-    def _place(self, sim, job: int, exclude):
-        """`place_run` on the nodes with room, in the order they became ready (oldest first)."""
-        work = sim.work
-        cpus, mem = work.cpus[job], work.memory_gb[job]
-        rooms = [n.room for n in sim.ready_nodes if n.free_cpus >= cpus and n.free_mem >= mem and n not in exclude]
-        if not rooms:
-            return None
-        expected = work.expected[job]
-        run = RunDemand(run_id(job), cpus, mem, expected_end=None if expected is None else sim.now + expected)
-        chosen = place_run(run, rooms, sim.now)
-        return None if chosen is None else sim.nodes[chosen]
 
     # -- the control loop's moments --------------------------------------------------------------
     def step(self, sim, arrived: bool, ticked: bool, changed: bool) -> None:

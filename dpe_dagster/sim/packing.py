@@ -1,7 +1,10 @@
-"""How many new nodes the pending jobs need, counting the nodes already booting (what Cluster
-Autoscaler's binpacking estimator and Karpenter's provisioner both compute)."""
+"""How many new nodes the baselines' pending jobs need, counting the nodes already booting (what
+Cluster Autoscaler's binpacking estimator and Karpenter's provisioner both compute), with the
+packing rules production uses (`dpe_dagster.packing`)."""
 
 from __future__ import annotations
+
+from dpe_dagster.packing import first_fit_decreasing, pack_by_size
 
 
 def new_nodes_for(sim, jobs=None) -> int:
@@ -21,48 +24,27 @@ def new_nodes_for(sim, jobs=None) -> int:
                 sizes[size] = sizes.get(size, 0) + 1
     booting = sum(1 for node in sim.nodes.values() if not node.ready)
     # whole-node jobs take empty booting nodes first, whatever their order
-    new = max(0, whole_nodes - booting)
-    bins = [[shape.cpus, shape.memory_gb] for _ in range(max(0, booting - whole_nodes))]  # [cpus, memory] left
-    # First fit, decreasing: jobs of one size fill each bin in turn as far as they fit (what
-    # placing them one by one, each in the first bin with room, comes to).
-    for cpus, mem in sorted(sizes, reverse=True):
-        count = sizes[(cpus, mem)]
-        for room in bins:
-            while count and room[0] >= cpus and room[1] >= mem:
-                room[0] -= cpus
-                room[1] -= mem
-                count -= 1
-            if not count:
-                break
-        while count:
-            room = [shape.cpus - cpus, shape.memory_gb - mem]
-            count -= 1
-            while count and room[0] >= cpus and room[1] >= mem:
-                room[0] -= cpus
-                room[1] -= mem
-                count -= 1
-            bins.append(room)
-            new += 1
-    return new
+    rooms = [[shape.cpus, shape.memory_gb] for _ in range(max(0, booting - whole_nodes))]
+    return max(0, whole_nodes - booting) + pack_by_size(sizes, rooms, shape.cpus, shape.memory_gb)
 
 
 def fits_elsewhere(sim, jobs, free: dict, skip) -> dict | None:
-    """Whether these jobs fit, first fit, into the free room of other ready nodes. `free` maps node
-    -> [cpus, memory] left (for nodes not yet touched, the node's own free room is used). Returns
-    the updated room on success, None otherwise (and `free` is left as it was)."""
+    """Whether these jobs fit, first fit decreasing, into the free room of other ready nodes.
+    `free` maps node -> [cpus, memory] left (for nodes not yet touched, the node's own free room is
+    used). Returns the room left on the nodes they would go to, None if one does not fit (or takes
+    whole nodes)."""
     work = sim.work
+    if any(sim.whole[job] for job in jobs):
+        return None
+    nodes = [node for node in sim.ready_nodes if node not in skip]
+    room = {node: free.get(node) or [node.free_cpus, node.free_mem] for node in nodes}
+    placed = first_fit_decreasing(((work.cpus[job], work.memory_gb[job], job) for job in jobs), nodes,
+                                  sim.shape.cpus, sim.shape.memory_gb, free=room)
+    if len(placed) < len(jobs):
+        return None
     trial: dict = {}
-    for job in sorted(jobs, key=lambda j: work.cpus[j], reverse=True):
-        if sim.whole[job]:
-            return None
-        cpus, mem = work.cpus[job], work.memory_gb[job]
-        for node in sim.ready_nodes:
-            if node in skip:
-                continue
-            room = trial.get(node) or free.get(node) or [node.free_cpus, node.free_mem]
-            if room[0] >= cpus and room[1] >= mem:
-                trial[node] = [room[0] - cpus, room[1] - mem]
-                break
-        else:
-            return None
+    for job, (node,) in placed.items():
+        left = trial.setdefault(node, list(room[node]))
+        left[0] -= work.cpus[job]
+        left[1] -= work.memory_gb[job]
     return trial

@@ -20,7 +20,7 @@ import math
 
 from dpe_dagster.sim.dpe import grid_at_or_after
 from dpe_dagster.sim.packing import fits_elsewhere, new_nodes_for
-from dpe_dagster.sim.placement import first_fit
+from dpe_dagster.sim.node_choice import first_fit
 
 SCAN_S = 10.0
 UNNEEDED_S = 600.0

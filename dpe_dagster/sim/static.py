@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from dpe_dagster.sim.placement import first_fit
+from dpe_dagster.sim.node_choice import first_fit
 
 
 def demand_in_nodes(sim_work, whole: list[int], node_cpus: float) -> tuple[np.ndarray, np.ndarray]:

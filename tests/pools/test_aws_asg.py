@@ -15,7 +15,7 @@ from dagster import DagsterEventType, DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from dpe_dagster.config import ConfigError, parse_environment
-from dpe_dagster.launch.placement import place_on_pool
+from dpe_dagster.launch.pool_choice import place_on_pool
 from dpe_dagster.tags import REQUESTED_POOL_TAG
 from dpe_dagster.pools import PoolError, open_pool
 from dpe_dagster.pools.aws.asg import AwsAsgPool

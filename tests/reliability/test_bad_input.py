@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from dpe_dagster.cli import app
 from dpe_dagster.config import ConfigError, parse_environment
-from dpe_dagster.launch import placement
+from dpe_dagster.launch import pool_choice
 from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, TagError, pool_request
 from dpe_dagster.sim.trace import TraceError, read_trace
 from resources import aws_sim
@@ -58,13 +58,13 @@ def test_run_tags_place_or_fail_clearly_and_scale_nothing(pool, cpu, memory, mon
     env = parse_environment("aws-sim", copy.deepcopy(VALID))
     tags = {POOL_TAG: pool, **({CPU_TAG: cpu} if cpu is not None else {}), **({MEMORY_TAG: memory} if memory is not None else {})}
     opened = []
-    monkeypatch.setattr(placement, "open_pool", lambda *a, **k: opened.append(a) or pytest.fail("scaled"))
+    monkeypatch.setattr(pool_choice, "open_pool", lambda *a, **k: opened.append(a) or pytest.fail("scaled"))
     try:
         request = pool_request(tags, env)
     except TagError as error:
         assert str(error).startswith("tag dpe/"), error
         with pytest.raises(TagError):
-            placement.place_on_pool(None, env, SimpleNamespace(tags=tags, run_id="fuzz"))
+            pool_choice.place_on_pool(None, env, SimpleNamespace(tags=tags, run_id="fuzz"))
         assert opened == [], "a run with bad tags must scale nothing"
         return
     assert request.pool in env.pools

@@ -11,7 +11,7 @@ import time
 
 from dagster import DagsterEventType
 
-from dpe_dagster.launch.placement import place_on_pool
+from dpe_dagster.launch.pool_choice import place_on_pool
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.interruptions import InterruptionReader
 from dpe_dagster.tags import INTERRUPTED_TAG

@@ -116,7 +116,7 @@ def test_scale_down_killed_between_terminate_and_record_is_recorded_on_restart(a
 
 def test_a_retried_run_fails_over_to_the_fallback_pool(aws_env):
     """Spot loss: Dagster's run retry of a run that failed on the spot pool goes to its fallback."""
-    from dpe_dagster.launch.placement import place_on_pool
+    from dpe_dagster.launch.pool_choice import place_on_pool
     from dpe_dagster.tags import POOL_TAG, REQUESTED_POOL_TAG
 
     env, instance, autoscaling, ec2 = aws_env

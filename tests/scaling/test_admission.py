@@ -4,7 +4,6 @@ the run coordinator configured in their dagster.yaml."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, instance_for_test
@@ -126,7 +125,7 @@ def test_without_a_queue_every_run_is_demand(tmp_path):
 
 def test_dpe_instance_holds_runs_over_its_limit_and_a_pool_over_budget(tmp_path):
     """The instance dpe writes: its coordinator (PoolRunCoordinator) and limits apply."""
-    env = dataclasses.replace(local_environment(tmp_path), max_concurrent_runs=2)
+    env = local_environment(tmp_path).model_copy(update={"max_concurrent_runs": 2})
     write_instance(tmp_path / "dagster", env)
     with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
         limits = queue_limits(instance)

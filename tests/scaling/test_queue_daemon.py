@@ -9,7 +9,6 @@ is the autoscaler sensor's."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from datetime import datetime
@@ -139,7 +138,7 @@ def test_a_schedules_node_is_up_before_it_fires_and_its_run_starts_on_it(tmp_pat
 
 
 def test_a_run_the_queue_holds_back_buys_no_node(tmp_path):
-    env = dataclasses.replace(local_environment(tmp_path, idle_timeout_s=60), max_concurrent_runs=1)
+    env = local_environment(tmp_path, idle_timeout_s=60).model_copy(update={"max_concurrent_runs": 1})
     release = tmp_path / "release"
     log = tmp_path / "daemon.log"
     with deployment(tmp_path, env, DPE_TEST_RUNS="2", DPE_TEST_RELEASE=str(release)) as (instance, pool, seen):
