@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-from contextlib import closing
 
 import pytest
 from dagster import instance_for_test
@@ -16,24 +14,7 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 from dpe_dagster.config import parse_environment  # noqa: E402  (after the Hypothesis profile is chosen)
-
-POSTGRES_URL = os.environ.get("DPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def postgres_or_skip() -> str:
-    """PostgreSQL tests skip on a machine without it, but CI sets DPE_REQUIRE_POSTGRES=1 so that
-    they can never be skipped there."""
-    try:
-        import psycopg2
-
-        with closing(psycopg2.connect(POSTGRES_URL, connect_timeout=3)):
-            return POSTGRES_URL
-    except Exception as error:  # noqa: BLE001 - any failure to connect means "absent"
-        message = f"PostgreSQL is not reachable at {POSTGRES_URL} ({error.__class__.__name__}: {error})"
-        if os.environ.get("DPE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message + "; DPE_REQUIRE_POSTGRES=1 makes it mandatory")
-        pytest.skip(message)
-
+from tests.support.postgres import postgres_or_skip  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def isolated_dpe_home(tmp_path, monkeypatch):
@@ -63,39 +44,6 @@ def sqlite_instance(tmp_path):
         yield inst
 
 
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def local_environment(tmp_path, **pool_overrides):
-    """A `local` environment whose pool uses free ports and a temporary state folder."""
-    base = free_port()
-    pool = {
-        "provider": "local",
-        "min_size": 0,
-        "max_size": 2,
-        "node_cpus": 1,
-        "node_memory_gb": 1,
-        "lifecycle": "spot",
-        "price_per_node_hour": 0.036,
-        "idle_timeout_s": 3,
-        "boot_timeout_s": 60,
-        "default_run_cpus": 1,
-        "default_run_memory_gb": 1,
-        "settings": {
-            "state_dir": str(tmp_path / "pool"),
-            "master_port": free_port(),
-            "master_webui_port": free_port(),
-            "worker_port_base": 20000 + base % 20000,
-            "worker_webui_port_base": 40000 + base % 20000,
-        },
-    }
-    pool.update(pool_overrides)
-    return parse_environment("local", {"pools": {"spot-etl": pool}, "sensor_interval_s": 1})
-
-
 @pytest.fixture
 def aws_sim(monkeypatch, tmp_path):
     """Makes the aws-sim environment (pool fields overridable) against a fresh moto server on
@@ -106,7 +54,7 @@ def aws_sim(monkeypatch, tmp_path):
     from dpe_dagster.instance import write_instance
     from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
     from resources import aws_sim as aws_sim_environment
-    from tests.reliability.harness import clients
+    from tests.support.aws import clients
 
     made = []
 

@@ -10,8 +10,17 @@ import os
 import time
 from pathlib import Path
 
-from dagster import (DefaultScheduleStatus, DefaultSensorStatus, Definitions, RunRequest, ScheduleDefinition,
-                     in_process_executor, job, op, sensor)
+from dagster import (
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    Definitions,
+    RunRequest,
+    ScheduleDefinition,
+    in_process_executor,
+    job,
+    op,
+    sensor,
+)
 
 from dpe_dagster.config import parse_environment
 from dpe_dagster.pools import open_pool

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.local import free_port
 from tests.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import subprocess
 
 from dagster import DefaultScheduleStatus, DefaultSensorStatus
 
-from dpe_dagster.daemon import dagster_bin
 from assets.definitions import defs
+from dpe_dagster.daemon import dagster_bin
 from tests.paths import PROJECT_ROOT
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from dpe_dagster.pools.local.standalone import spark_pids_of
 from dpe_dagster.daemon import dagster_bin, start_daemon, start_dagster_process, stop_process_group
 from dpe_dagster.instance import write_instance
-from tests.paths import PROJECT_ROOT
+from dpe_dagster.pools.local.standalone import spark_pids_of
 from resources import load_environment
-from tests.conftest import free_port
+from tests.support.local import free_port
+from tests.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 # Kept after the run (git-ignored): what the browser saw.

@@ -5,7 +5,6 @@ import dagster as dg
 from dpe_dagster.spark.resource import SparkResource
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.metering import metered
-
 from resources import Greeting
 
 

@@ -16,7 +16,7 @@ from dpe_dagster.containers import KubernetesPoolContainers
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.tags import CONTAINER_TAG_PREFIX, container_ask_tag
-from tests.containers.test_pipes_k8s import instance, kube_api, pools, sim  # noqa: F401 (fixtures)
+from tests.support.pods import instance, kube_api, pools, sim  # noqa: F401 (fixtures)
 
 
 def started_run(instance, tags: dict[str, str]) -> str:

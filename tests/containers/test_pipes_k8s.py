@@ -11,57 +11,17 @@ import time
 import uuid
 
 import kubernetes_validate
-import pytest
-from dagster import DagsterRunStatus, instance_for_test, materialize
+from dagster import DagsterRunStatus, materialize
 from dagster._core.storage.dagster_run import DagsterRun
 
 import dpe_dagster.environment
-import resources
 from assets.containers import word_count
 from dpe_dagster.containers import KubernetesPoolContainers
 from dpe_dagster.launch.pod_spec import NOT_SAFE_TO_EVICT
-from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.aws.emulator import emulated_aws
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.pods import read_pod_usage
-from tests.fakes.kube_api import LoopbackPodApi
-
-K8S_VERSION = "1.30.0"
-
-
-@pytest.fixture(scope="module")
-def sim():
-    env = resources.load_environment("aws-sim")
-    with emulated_aws(env) as emulated:
-        yield env, emulated
-
-
-@pytest.fixture
-def pools(sim, instance):
-    env, _ = sim
-    for config in env.pools.values():  # every test starts from empty, healthy groups
-        pool = open_pool(config, env)
-        if pool.backoff():
-            pool._delete_tags(["dpe:backoff-until", "dpe:backoff-reason"])
-        nodes = [n.id for n in pool.nodes()]
-        if nodes:
-            pool.remove_nodes(nodes)
-    return {name: open_pool(config, env) for name, config in env.pools.items()}
-
-
-@pytest.fixture
-def kube_api():
-    api = LoopbackPodApi()
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def instance(tmp_path, monkeypatch):
-    (tmp_path / "dagster").mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))  # aws-sim reads busy-ness from its runs
-    with instance_for_test(temp_dir=str(tmp_path / "dagster")) as inst:
-        yield inst
+from tests.fakes.kube_api import K8S_VERSION
+from tests.support.pods import instance, kube_api, pools, sim  # noqa: F401  (fixtures and helpers)
 
 
 def containers(kube_api, tmp_path, node_wait_s: float = 20) -> KubernetesPoolContainers:

@@ -13,18 +13,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
+from tests.fakes.kube_api import K8S_VERSION
+from tests.paths import PROJECT_ROOT as ROOT
+from tests.support.deploy import DEPLOY
+from tests.support.deploy import CloudFormationLoader as _CfnLoader
+
 TEMPLATE = DEPLOY / "cloudformation" / "spot-node-pool.yaml"
-
-
-class _CfnLoader(yaml.SafeLoader):
-    pass
-
-
-_CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: {
-    suffix: loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
-    else loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node)})
 
 
 def test_cloudformation_template_passes_cfn_lint():
@@ -119,13 +113,12 @@ def test_helm_values_use_dpes_launcher_with_config_dagster_accepts_and_postgres(
 @pytest.mark.parametrize("path", sorted((DEPLOY / "k8s").glob("*.yaml")), ids=lambda p: p.name)
 def test_kubernetes_manifests_validate(path):
     for document in yaml.safe_load_all(path.read_text()):
-        kubernetes_validate.validate(document, "1.30.0", strict=True)
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
 
 
 def test_executor_pod_template_configmap_is_current_and_valid(monkeypatch):
-    from resources import load_environment
-
     from dpe_dagster.spark.kubernetes import spark_on_k8s
+    from resources import load_environment
 
     config_map = yaml.safe_load((DEPLOY / "k8s" / "spark-executor-template.yaml").read_text())
     env = load_environment("prod")
@@ -133,7 +126,7 @@ def test_executor_pod_template_configmap_is_current_and_valid(monkeypatch):
                             service_account="dagster").executor_pod_template
     shipped = yaml.safe_load(config_map["data"]["executor-pod-template.yaml"])
     assert shipped == expected, "regenerate deploy/k8s/spark-executor-template.yaml (see deploy/README.md)"
-    kubernetes_validate.validate(shipped, "1.30.0", strict=True)
+    kubernetes_validate.validate(shipped, K8S_VERSION, strict=True)
     mount = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())["runLauncher"]["config"][
         "customRunLauncher"]["config"]["volume_mounts"][0]["mountPath"]
     assert env.spark.conf["spark.kubernetes.executor.podTemplateFile"].startswith(mount + "/")

@@ -17,14 +17,14 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-
-import time
 
 import boto3
 
 from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, SCALE_UP_SINCE_TAG
+from tests.support.aws import aws, dagster, moto  # noqa: F401  (fixtures and helpers)
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "deploy" / "iam-policy.json"
@@ -132,10 +132,9 @@ def test_policy_grants_exactly_what_the_code_calls():
 
 
 def test_every_call_a_pool_makes_at_run_time_is_granted(aws, dagster):  # noqa: F811
-    from tests.pools.test_aws_asg import clients, environment
-
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.aws.emulator import create_groups
+    from tests.support.aws import clients, environment
 
     env = environment(aws.url, boot_timeout_s=1)
     autoscaling, ec2 = clients(aws.url)
@@ -163,10 +162,9 @@ def test_tags_dpe_writes_are_allowed_and_no_other_tag(aws, dagster):  # noqa: F8
     """Every tag request a pool makes through its life (scale-up bookkeeping, back-off) is allowed on
     dpe's groups; the role can neither rewrite nor delete `dpe:managed`, which is what makes a
     group dpe's, nor any other tag."""
-    from tests.pools.test_aws_asg import clients, environment
-
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.aws.emulator import create_groups
+    from tests.support.aws import clients, environment
 
     env = environment(aws.url, boot_timeout_s=1)
     autoscaling, ec2 = clients(aws.url)
@@ -207,11 +205,10 @@ def test_tags_dpe_writes_are_allowed_and_no_other_tag(aws, dagster):  # noqa: F8
 def test_interruption_mark_is_the_only_instance_tag_dpe_may_write(aws, dagster):  # noqa: F811
     """`dpe interruptions` marks a warned instance with one tag; the role may write that key on the
     instances of dpe's groups (`aws:autoscaling:groupName`, which AWS sets on them) and nothing else."""
-    from tests.pools.test_aws_asg import clients, environment
-
     from dpe_dagster.pools import open_pool
-    from dpe_dagster.tags import INSTANCE_INTERRUPTED_TAG as INTERRUPTED_TAG
     from dpe_dagster.pools.aws.emulator import create_groups
+    from dpe_dagster.tags import INSTANCE_INTERRUPTED_TAG as INTERRUPTED_TAG
+    from tests.support.aws import clients, environment
 
     env = environment(aws.url)
     autoscaling, ec2 = clients(aws.url)
@@ -251,4 +248,3 @@ def test_evaluator_follows_aws_rules_for_the_operators_it_knows():
     assert not evaluate(deny, "autoscaling:CreateOrUpdateTags", "x", {"aws:TagKeys": ["dpe:a"]})
 
 
-from tests.pools.test_aws_asg import aws, dagster, moto  # noqa: E402,F401  (fixtures)

@@ -28,6 +28,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# The Kubernetes version this API speaks, and that manifests are validated against (kubernetes-validate).
+K8S_VERSION = "1.30.0"
+
 TS = "2026-11-24T02:00:00Z"
 
 

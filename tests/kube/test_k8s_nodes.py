@@ -13,8 +13,8 @@ import pytest
 
 from dpe_dagster.kube.nodes import KubeNodes
 from dpe_dagster.pools.aws.asg import instance_id
-
 from tests.fakes.kube_api import TS, LoopbackKubeApi, _fields_match, core_api, kube_api  # noqa: F401  (fixture)
+from tests.support.aws import aws, ec2_states, kube_pool, moto  # noqa: F401  (fixtures and helpers)
 
 
 def test_instance_ids_come_from_provider_ids():
@@ -61,33 +61,10 @@ def test_cordon_makes_the_node_unschedulable_and_not_ready_for_work(kube_api):
 
 
 # -- the aws_asg pool with busy-ness from Kubernetes -------------------------------------------
-@pytest.fixture
-def kube_pool(aws, kube_api, tmp_path, monkeypatch):
-    from tests.pools.test_aws_asg import clients, environment
-
-    from dpe_dagster.pools import open_pool
-    from dpe_dagster.pools.aws.emulator import create_groups
-
-    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig(tmp_path / "kubeconfig")))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    env = environment(aws.url, labels={"dpe.io/pool": "spot-etl"},
-                      settings={"group_name": "test-spot", "busy_source": "kubernetes"})
-    autoscaling, ec2 = clients(aws.url)
-    create_groups(env, autoscaling, ec2)
-    pool = open_pool(env.pool("spot-etl"), env)
-    pool.set_target(2)
-    ids = sorted(n.id for n in pool.nodes())
-    for i, iid in enumerate(ids):
-        kube_api.add_node(f"ip-10-0-2-{i}", iid, labels={"dpe.io/pool": "spot-etl"})
-        kube_api.add_pod(f"aws-node-{i}", f"ip-10-0-2-{i}", owner_kind="DaemonSet", namespace="kube-system")
-    return pool, ids, ec2
-
-
-from tests.pools.test_aws_asg import aws, moto  # noqa: E402,F401  (fixtures)
 
 
 def test_pool_cordons_an_idle_node_before_terminating_its_instance(kube_pool, kube_api):
-    from tests.pools.test_aws_asg import ec2_states
+    from tests.support.aws import ec2_states
 
     pool, (idle, busy), ec2 = kube_pool
     kube_api.add_pod("dagster-run-1", "ip-10-0-2-1")
@@ -110,9 +87,8 @@ def test_pool_cordons_an_idle_node_before_terminating_its_instance(kube_pool, ku
 
 
 def test_node_that_takes_work_while_being_cordoned_is_uncordoned_and_kept(kube_pool, kube_api):
-    from tests.pools.test_aws_asg import ec2_states
-
     from dpe_dagster.pools import PoolError
+    from tests.support.aws import ec2_states
 
     pool, (first, _), ec2 = kube_pool
     # The scheduler binds a pod to the node in the instant between dpe's check and its cordon.

@@ -7,88 +7,15 @@ test_k8s_nodes; the pools are aws-sim's, in the AWS emulator.
 
 from __future__ import annotations
 
-import sys
-import uuid
-
 import kubernetes_validate
-import pytest
-import yaml
-from dagster import DagsterInstance, DagsterRunStatus
-from dagster._core.code_pointer import ModuleCodePointer
-from dagster._core.launcher import LaunchRunContext
-from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster import DagsterRunStatus
 
 from dpe_dagster.config import parse_environment
-from dpe_dagster.launch.k8s import PoolK8sRunLauncher
-from dpe_dagster.tags import REQUESTED_POOL_TAG
 from dpe_dagster.launch.pod_spec import NOT_SAFE_TO_EVICT, pod_placement, run_k8s_config
 from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.aws.emulator import emulated_aws
-from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG
-from resources import load_environment
-from tests.fakes.kube_api import LoopbackKubeApi
-
-K8S_VERSION = "1.30.0"
-IMAGE = "registry.example.com/dpe:1.0"
-
-
-@pytest.fixture(scope="module")
-def sim():
-    env = load_environment("aws-sim")
-    with emulated_aws(env) as emulated:
-        yield env, emulated
-
-
-@pytest.fixture
-def kube_api():
-    api = LoopbackKubeApi()
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def instance(sim, kube_api, tmp_path, monkeypatch):
-    """A Dagster instance whose dagster.yaml names this launcher, as the Helm values in deploy/ do."""
-    env, _ = sim
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # before anything reads busy-ness from runs
-    for config in env.pools.values():  # every test starts from empty groups
-        pool = open_pool(config, env)
-        if pool.backoff():
-            pool._delete_tags(["dpe:backoff-until", "dpe:backoff-reason"])
-        nodes = [n.id for n in pool.nodes()]
-        if nodes:
-            pool.remove_nodes(nodes)
-    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({
-        "run_launcher": {"module": "dpe_dagster.launch.k8s", "class": "PoolK8sRunLauncher", "config": {
-            "environment": "aws-sim",
-            "job_image": IMAGE,
-            "job_namespace": "dagster",
-            "service_account_name": "dagster",
-            "instance_config_map": "dagster-instance",
-            "postgres_password_secret": "dagster-postgresql-secret",
-            "dagster_home": "/opt/dagster/dagster_home",
-            "load_incluster_config": False,
-            "kubeconfig_file": str(kube_api.kubeconfig(tmp_path / "kubeconfig")),
-        }},
-        "telemetry": {"enabled": False},
-    }))
-    with DagsterInstance.from_config(str(tmp_path)) as dagster:
-        yield dagster
-
-
-def make_run(instance: DagsterInstance, tags: dict) -> DagsterRun:
-    origin = JobPythonOrigin("tpch", RepositoryPythonOrigin(
-        sys.executable, ModuleCodePointer("assets.definitions", "defs", working_directory="/opt/dpe"),
-        container_image=IMAGE))
-    return instance.add_run(DagsterRun(job_name="tpch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTING,
-                                       job_code_origin=origin, tags=tags))
-
-
-def launch(instance: DagsterInstance, run: DagsterRun) -> None:
-    launcher = instance.run_launcher
-    assert isinstance(launcher, PoolK8sRunLauncher)
-    launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, REQUESTED_POOL_TAG
+from tests.fakes.kube_api import K8S_VERSION
+from tests.support.k8s_runs import IMAGE, instance, kube_api, launch, make_run, sim  # noqa: F401  (fixtures and helpers)
 
 
 def test_launch_asks_the_pool_for_capacity_and_puts_the_job_on_it(sim, instance, kube_api):

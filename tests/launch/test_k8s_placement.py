@@ -20,7 +20,8 @@ from dpe_dagster.launch.k8s import pool_container_context
 from dpe_dagster.launch.pod_spec import HOSTNAME_LABEL
 from dpe_dagster.pools import open_pool
 from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG
-from tests.launch.test_k8s_launcher import IMAGE, K8S_VERSION, instance, kube_api, launch, make_run, sim  # noqa: F401 (fixtures)
+from tests.fakes.kube_api import K8S_VERSION
+from tests.support.k8s_runs import IMAGE, instance, kube_api, launch, make_run, sim  # noqa: F401 (fixtures)
 
 POOL = "spot-etl"
 

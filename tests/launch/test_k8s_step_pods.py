@@ -14,7 +14,7 @@ from dagster_k8s import k8s_job_executor
 
 from dpe_dagster.pools import open_pool
 from dpe_dagster.tags import POOL_TAG
-from tests.launch.test_k8s_launcher import IMAGE, instance, kube_api, launch, sim  # noqa: F401 - fixtures
+from tests.support.k8s_runs import IMAGE, instance, kube_api, launch, sim  # noqa: F401 - fixtures
 
 
 @op

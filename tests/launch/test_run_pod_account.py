@@ -5,16 +5,16 @@ use it, and the launcher pins every run's pod to it whatever else asks."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import kubernetes_validate
 import yaml
 
 from dpe_dagster.launch.k8s import RUN_SERVICE_ACCOUNT
 from dpe_dagster.tags import POOL_TAG
-from tests.launch.test_k8s_launcher import K8S_VERSION, instance, kube_api, launch, make_run, sim  # noqa: F401 (fixtures)
+from tests.fakes.kube_api import K8S_VERSION
+from tests.support.deploy import DEPLOY
+from tests.support.k8s_runs import instance, kube_api, launch, make_run, sim  # noqa: F401 (fixtures)
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CONTROL_PLANE = "dagster"
 
 

@@ -7,94 +7,23 @@ which answers chosen API actions with AWS-format throttling or 5xx errors, so bo
 from __future__ import annotations
 
 import time
-import urllib.request
 
-import boto3
 import pytest
-from dagster import DagsterEventType, DagsterInstance
-from dagster._core.instance.ref import InstanceRef
+from dagster import DagsterEventType
 
-from dpe_dagster.config import ConfigError, parse_environment
+from dpe_dagster.config import ConfigError
 from dpe_dagster.launch.pool_choice import place_on_pool
-from dpe_dagster.tags import REQUESTED_POOL_TAG
 from dpe_dagster.pools import PoolError, open_pool
 from dpe_dagster.pools.aws.asg import AwsAsgPool
-from dpe_dagster.tags import BACKOFF_UNTIL_TAG
-from tests.fakes.aws_faults import FaultProxy
-from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
+from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.tags import POOL_TAG
+from dpe_dagster.tags import BACKOFF_UNTIL_TAG, POOL_TAG, REQUESTED_POOL_TAG
+from tests.fakes.aws_faults import FaultProxy
 from tests.reliability.harness import advance, queue_run
-
-REGION = "us-east-1"
-
+from tests.support.aws import REGION, aws, clients, dagster, ec2_states, environment, group, moto  # noqa: F401  (fixtures and helpers)
 
 # -- servers ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def moto():
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def aws(moto, monkeypatch):
-    """A clean emulator, dummy credentials through the standard environment variables only."""
-    urllib.request.urlopen(urllib.request.Request(f"{moto.url}/moto-api/reset", data=b"", method="POST")).close()
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(key, raising=False)
-    return moto
-
-
-def environment(endpoint: str, **spot_overrides) -> object:
-    spot = {
-        "provider": "aws_asg", "min_size": 0, "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
-        "lifecycle": "spot", "price_per_node_hour": 0.035, "idle_timeout_s": 30, "boot_timeout_s": 60,
-        "default_run_cpus": 2, "default_run_memory_gb": 4, "fallback": "ondemand-etl",
-        "settings": {"group_name": "test-spot", "busy_source": "dagster_runs", "backoff_s": 300,
-                     "instance_types": ["m6i.large", "m5.large", "m5a.large"]},
-    }
-    spot.update(spot_overrides)
-    return parse_environment("test", {
-        "aws": {"region": REGION, "endpoint_url": endpoint, "max_attempts": 3},
-        "pools": {
-            "spot-etl": spot,
-            "ondemand-etl": {
-                "provider": "aws_asg", "min_size": 0, "max_size": 2, "node_cpus": 2, "node_memory_gb": 8,
-                "lifecycle": "on-demand", "price_per_node_hour": 0.096, "idle_timeout_s": 30,
-                "default_run_cpus": 2, "default_run_memory_gb": 4,
-                "settings": {"group_name": "test-ondemand", "busy_source": "dagster_runs"},
-            },
-        },
-    })
-
-
-def clients(url: str):
-    kwargs = {"region_name": REGION, "endpoint_url": url}
-    return boto3.client("autoscaling", **kwargs), boto3.client("ec2", **kwargs)
-
-
-@pytest.fixture
-def dagster(tmp_path, monkeypatch):
-    """A real (SQLite) Dagster instance; DAGSTER_HOME points aws-sim's busy lookup at it."""
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path)))
-    yield instance
-    instance.dispose()
-
-
-def ec2_states(ec2, ids) -> dict[str, str]:
-    out = {}
-    for reservation in ec2.describe_instances(InstanceIds=list(ids))["Reservations"]:
-        for inst in reservation["Instances"]:
-            out[inst["InstanceId"]] = inst["State"]["Name"]
-    return out
-
-
-def group(autoscaling, name: str) -> dict:
-    return autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
 
 
 # -- scaling ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import create_groups
-from tests.pools.test_aws_asg import REGION, aws, clients, environment, moto  # noqa: F401  (fixtures)
+from tests.support.aws import REGION, aws, clients, environment, moto  # noqa: F401  (fixtures)
 
 
 def ec2_that_does_not_list_yet(url: str, hidden: set[str]):

@@ -13,7 +13,8 @@ from dpe_dagster.pools.aws.asg import _Instance
 from dpe_dagster.pools.aws.emulator import emulated_aws
 from dpe_dagster.pools.aws.run_model import busy_from_dagster_runs
 from resources import load_environment
-from tests.pools.test_aws_asg import advance, dagster, queue_run  # noqa: F401  (fixture)
+from tests.reliability.harness import advance, queue_run  # noqa: F401  (fixture)
+from tests.support.aws import dagster  # noqa: F401  (fixture)
 
 
 def _port_open(url: str) -> bool:

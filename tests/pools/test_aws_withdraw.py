@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 
-import boto3
-
 from dagster import DagsterEventType
 
 from dpe_dagster.pools import open_pool
@@ -21,18 +19,17 @@ from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from tests.reliability.harness import advance, queue_run
-from tests.pools.test_aws_asg import REGION, aws, clients, dagster, ec2_states, environment, group, moto  # noqa: F401
-
-
-def autoscaling_that_has_not_launched(url: str, pending: set[str]):
-    client = boto3.client("autoscaling", region_name=REGION, endpoint_url=url)
-
-    def leave_out(parsed, **_):
-        for asg in parsed.get("AutoScalingGroups", []):
-            asg["Instances"] = [i for i in asg.get("Instances", []) if i["InstanceId"] not in pending]
-
-    client.meta.events.register("after-call.autoscaling.DescribeAutoScalingGroups", leave_out)
-    return client
+from tests.support.aws import (  # noqa: F401  (fixtures and helpers)
+    REGION,
+    autoscaling_that_has_not_launched,
+    aws,
+    clients,
+    dagster,
+    ec2_states,
+    environment,
+    group,
+    moto,
+)
 
 
 def test_unfilled_desired_capacity_is_withdrawn_when_demand_drops_but_busy_nodes_stay(aws, dagster):  # noqa: F811
@@ -63,7 +60,6 @@ def test_unfilled_desired_capacity_is_withdrawn_when_demand_drops_but_busy_nodes
     assert [n.id for n in pool.nodes()] == busy
     assert {i["InstanceId"]: i["ProtectedFromScaleIn"] for i in asg["Instances"]
             if i["InstanceId"] in busy} == {busy[0]: True}
-
 
 
 def test_policy_withdraws_only_the_part_no_node_fills():

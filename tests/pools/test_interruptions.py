@@ -8,41 +8,25 @@ from __future__ import annotations
 import json
 import time
 
-import boto3
 from dagster import DagsterEventType
 
-from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.pools.aws.interruptions import WARNING, InterruptionReader
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from tests.reliability.harness import advance, queue_run
-from tests.pools.test_aws_asg import REGION, aws, clients, dagster, environment, group, moto  # noqa: F401
-
-
-def interruption_queue(url: str):
-    """The queue and rule deploy/cloudformation/interruption-queue.yaml makes, in the emulator."""
-    kwargs = {"region_name": REGION, "endpoint_url": url}
-    sqs, events = boto3.client("sqs", **kwargs), boto3.client("events", **kwargs)
-    queue = sqs.create_queue(QueueName="dpe-interruptions")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="dpe-interruptions", EventPattern=json.dumps({
-        "source": ["aws.ec2"],
-        "detail-type": ["EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation"]}))
-    events.put_targets(Rule="dpe-interruptions", Targets=[{"Id": "queue", "Arn": arn}])
-    return sqs, events, queue
-
-
-def warn(events, instance_id: str, detail_type: str = WARNING) -> None:
-    events.put_events(Entries=[{
-        "Source": "aws.ec2", "DetailType": detail_type,
-        "Resources": [f"arn:aws:ec2:{REGION}:123456789012:instance/{instance_id}"],
-        "Detail": json.dumps({"instance-id": instance_id, "instance-action": "terminate"}),
-    }])
-
-
-def pools_of(env):
-    return {name: open_pool(env.pool(name), env) for name in env.pools}
+from tests.support.aws import (  # noqa: F401  (fixtures and helpers)
+    REGION,
+    aws,
+    clients,
+    dagster,
+    environment,
+    group,
+    interruption_queue,
+    moto,
+    pools_of,
+    warn,
+)
 
 
 def test_warning_during_a_run_asks_for_the_replacement_within_a_second(aws, dagster):
@@ -148,9 +132,9 @@ def _raw_pool(pool) -> dict:
 def test_prod_environment_reads_the_queue_url_the_deployment_sets(monkeypatch):
     import yaml
 
-    from resources import load_environment
     from dpe_dagster.pools.aws.interruptions import queue_url
-    from tests.deploy.test_deploy_files import DEPLOY
+    from resources import load_environment
+    from tests.support.deploy import DEPLOY
 
     [deployment] = yaml.safe_load_all((DEPLOY / "k8s" / "interruptions.yaml").read_text())
     [container] = deployment["spec"]["template"]["spec"]["containers"]
@@ -169,13 +153,13 @@ def test_queue_template_passes_cfn_lint_and_routes_what_the_reader_reads():
     import yaml
 
     from dpe_dagster.pools.aws.interruptions import DETAIL_TYPES
-    from tests.deploy.test_deploy_files import DEPLOY, _CfnLoader
+    from tests.support.deploy import DEPLOY, CloudFormationLoader
 
     template_path = DEPLOY / "cloudformation" / "interruption-queue.yaml"
     result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(template_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    template = yaml.load(template_path.read_text(), Loader=_CfnLoader)
+    template = yaml.load(template_path.read_text(), Loader=CloudFormationLoader)
     pattern = template["Resources"]["Rule"]["Properties"]["EventPattern"]
     assert pattern == {"source": ["aws.ec2"], "detail-type": list(DETAIL_TYPES)}
     # The queue name is the one deploy/iam-policy.json lets dpe read, nothing wider.

@@ -10,24 +10,15 @@ from contextlib import closing
 
 import pytest
 
-from dpe_dagster.spark.java import spark_process_env
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.pools.local.standalone import _alive
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
-from tests.conftest import local_environment
+from dpe_dagster.spark.java import spark_process_env
+from tests.support.local import local_environment
+from tests.support.local import wait_for  # noqa: F401  (fixtures and helpers)
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout_s=60, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import postgres_or_skip
+from tests.support.postgres import postgres_or_skip
 from tests.reliability import summary
 from tests.reliability.harness import KEY_ID, REGION, SECRET
 

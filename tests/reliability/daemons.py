@@ -19,12 +19,12 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dpe_dagster.daemon import dagster_bin, start_dagster_process, stop_process_group
-from tests.fakes.aws_faults import FaultInjector, FaultRates
 from dpe_dagster.instance import write_instance
-from tests.paths import PROJECT_ROOT
 from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
 from resources import load_environment
-from tests.conftest import POSTGRES_URL
+from tests.support.postgres import POSTGRES_URL
+from tests.fakes.aws_faults import FaultInjector, FaultRates
+from tests.paths import PROJECT_ROOT
 from tests.reliability import summary
 from tests.reliability.harness import KEY_ID, REGION, SECRET, alive_instances, clients, wait_for
 

@@ -5,20 +5,26 @@ daemon would."""
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 from typing import Callable
 
-import boto3
+import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster._core.events import DagsterEvent
+from dagster._core.instance.ref import InstanceRef
 from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dpe_dagster.config import Environment, parse_environment
+from dpe_dagster.pools.aws.emulator import create_groups
+from dpe_dagster.scaling.control import scale_pool
+from dpe_dagster.scaling.cursor import dump_cursor, load_cursor
+from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.tags import CPU_TAG, POOL_TAG
 from resources import aws_sim
+from tests.support.aws import REGION, clients  # noqa: F401  (REGION: for the suite's modules)
 
-REGION = "us-east-1"
 # The dummy secret of the suite: no log, event or report may ever show it.
 SECRET = "dpe-reliability-secret-7f3a9c2e1b"
 KEY_ID = "AKIADPERELIABILITY01"
@@ -32,11 +38,6 @@ def environment(idle_timeout_s: float = 6, sensor_interval_s: int = 2) -> Enviro
     for pool in raw["pools"].values():
         pool["idle_timeout_s"] = idle_timeout_s
     return parse_environment("aws-sim", raw)
-
-
-def clients(url: str):
-    kwargs = {"region_name": REGION, "endpoint_url": url}
-    return boto3.client("autoscaling", **kwargs), boto3.client("ec2", **kwargs)
 
 
 def group(autoscaling, name: str) -> dict:
@@ -90,3 +91,26 @@ def wait_for(what: str, check: Callable[[], object], timeout_s: float, every_s: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}. {detail()}")
         time.sleep(every_s)
+
+
+@pytest.fixture
+def aws_env(moto, monkeypatch, tmp_path):
+    """aws-sim's groups in a clean emulator (`moto`: tests.support.aws), and a real instance."""
+    urllib.request.urlopen(urllib.request.Request(f"{moto.url}/moto-api/reset", data=b"", method="POST")).close()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    env = environment()
+    autoscaling, ec2 = clients(moto.url)
+    create_groups(env, autoscaling, ec2)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path)))
+    yield env, instance, autoscaling, ec2
+    instance.dispose()
+
+
+def tick(instance, env, pool, memory, now):
+    config = env.pool("spot-etl")
+    result, memory = scale_pool(instance, config, pool, read_demand(instance, env).of("spot-etl"), memory, now)
+    # Through the sensor's cursor, as a restarted daemon would read it.
+    return result, load_cursor(dump_cursor({"spot-etl": memory}))["spot-etl"]

@@ -9,9 +9,9 @@ from collections import Counter
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from tests.fakes import aws_faults as faults
 from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.ledger import read_run_usage
+from tests.fakes import aws_faults as faults
 
 MEASURED: Counter = Counter()
 # Every key is printed, also at 0 (a missing key would read as "not measured").

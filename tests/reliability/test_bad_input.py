@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from dpe_dagster.cli import app
 from dpe_dagster.config import ConfigError, parse_environment
 from dpe_dagster.launch import pool_choice
-from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, TagError, pool_request
 from dpe_dagster.sim.trace import TraceError, read_trace
+from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, TagError, pool_request
 from resources import aws_sim
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

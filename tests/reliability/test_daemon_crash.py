@@ -8,14 +8,13 @@ from __future__ import annotations
 import pytest
 from dagster import DagsterEventType, DagsterRunStatus
 
-from tests.fakes.aws_faults import FaultRates
 from dpe_dagster.instance import start_timeout_s
-from dpe_dagster.tags import REQUESTED_POOL_TAG
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR, load_cursor
-from dpe_dagster.tags import POOL_TAG
+from dpe_dagster.tags import POOL_TAG, REQUESTED_POOL_TAG
 from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.ledger import read_run_usage
+from tests.fakes.aws_faults import FaultRates
 from tests.reliability.daemons import Deployment
 from tests.reliability.harness import wait_for
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import yaml
 
-from tests.fakes.aws_faults import FaultRates
 from dpe_dagster.instance import instance_config
+from tests.fakes.aws_faults import FaultRates
 
 
 def test_the_suite_instance_is_the_deployed_instance(deploy):

@@ -16,9 +16,8 @@ from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.interruptions import InterruptionReader
 from dpe_dagster.tags import INTERRUPTED_TAG
 from dpe_dagster.usage.eventlog import read_node_lifetimes
-from tests.reliability.harness import advance, group, queue_run
-from tests.reliability.test_reconcile import aws_env, moto, tick  # noqa: F401
-from tests.pools.test_interruptions import interruption_queue, warn
+from tests.reliability.harness import advance, aws_env, group, queue_run, tick  # noqa: F401  (fixtures and helpers)
+from tests.support.aws import interruption_queue, moto, warn  # noqa: F401  (fixtures and helpers)
 
 
 def test_warning_during_a_run_replaces_the_node_at_once_and_charges_it_once(aws_env, measured):

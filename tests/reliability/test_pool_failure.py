@@ -15,7 +15,7 @@ from dpe_dagster.pools.aws.emulator import create_group, create_groups
 from dpe_dagster.scaling.cursor import load_cursor
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from tests.reliability.harness import queue_run
-from tests.pools.test_aws_asg import REGION, aws, clients, dagster, environment, group, moto  # noqa: F401 (fixtures)
+from tests.support.aws import REGION, aws, clients, dagster, environment, group, moto  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 

@@ -5,50 +5,17 @@ writing its record) is still charged, exactly once. In-process against moto; fas
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance
-from dagster._core.instance.ref import InstanceRef
+from dagster import DagsterEventType
 
 from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
 from dpe_dagster.scaling import control
-from dpe_dagster.scaling.control import scale_pool
-from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.scaling.cursor import dump_cursor, load_cursor
 from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.ledger import usage_for_run
 from dpe_dagster.usage.pricing import pricer_for
-from tests.reliability.harness import advance, alive_instances, clients, environment, queue_run
-
-
-@pytest.fixture(scope="module")
-def moto():
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def aws_env(moto, monkeypatch, tmp_path):
-    urllib.request.urlopen(urllib.request.Request(f"{moto.url}/moto-api/reset", data=b"", method="POST")).close()
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    env = environment()
-    autoscaling, ec2 = clients(moto.url)
-    create_groups(env, autoscaling, ec2)
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path)))
-    yield env, instance, autoscaling, ec2
-    instance.dispose()
-
-
-def tick(instance, env, pool, memory, now):
-    config = env.pool("spot-etl")
-    result, memory = scale_pool(instance, config, pool, read_demand(instance, env).of("spot-etl"), memory, now)
-    # Through the sensor's cursor, as a restarted daemon would read it.
-    return result, load_cursor(dump_cursor({"spot-etl": memory}))["spot-etl"]
+from tests.reliability.harness import advance, alive_instances, aws_env, queue_run, tick  # noqa: F401  (fixtures and helpers)
+from tests.support.aws import moto  # noqa: F401  (fixture)
 
 
 def test_a_node_lost_under_a_run_is_charged_once(aws_env, measured):

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from dpe_dagster.config import ConfigError, parse_environment
-from tests.paths import PROJECT_ROOT
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.tags import POOL_TAG, TagError, pool_request
 from resources import aws_sim
+from tests.paths import PROJECT_ROOT
 from tests.reliability.harness import KEY_ID, SECRET
 
 SOURCES = ["dpe_dagster", "resources", "assets", "bench"]

@@ -21,7 +21,7 @@ from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.usage.eventlog import read_node_lifetimes
-from tests.conftest import postgres_or_skip
+from tests.support.postgres import postgres_or_skip
 from tests.reliability.harness import advance, alive_instances, clients, environment, queue_run
 
 pytestmark = pytest.mark.slow

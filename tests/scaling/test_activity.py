@@ -10,10 +10,10 @@ import pytest
 from dagster import build_sensor_context
 
 from dpe_dagster.config import parse_environment, parse_pool
-from dpe_dagster.scaling.activity import ARRIVAL_RATE_WINDOW_S, TYPICAL_BOOT_S, PoolArrivals
 from dpe_dagster.pools.base import Node
-from dpe_dagster.scaling.policy import PoolState, RunDemand, idle_timeout
+from dpe_dagster.scaling.activity import ARRIVAL_RATE_WINDOW_S, TYPICAL_BOOT_S, PoolArrivals
 from dpe_dagster.scaling.cursor import load_arrivals
+from dpe_dagster.scaling.policy import PoolState, RunDemand, idle_timeout
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from tests.reliability.harness import queue_run
 

@@ -4,7 +4,6 @@ the run coordinator configured in their dagster.yaml."""
 
 from __future__ import annotations
 
-
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, instance_for_test
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
@@ -14,10 +13,10 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dpe_dagster.instance import write_instance
 from dpe_dagster.scaling.admission import queue_limits
 from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.tags import pool_tags
-from dpe_dagster.tags import HOLD_TAG
+from dpe_dagster.tags import HOLD_TAG, pool_tags
 from dpe_dagster.usage.budget import BUDGET_HOLD
-from tests.conftest import local_environment, postgres_or_skip
+from tests.support.local import local_environment
+from tests.support.postgres import postgres_or_skip
 
 QUEUED, STARTED, STARTING = DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED, DagsterRunStatus.STARTING
 # Dagster requires queued runs to say where their job lives.

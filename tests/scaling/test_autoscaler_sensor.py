@@ -10,13 +10,13 @@ from dagster import DagsterEventType, DagsterRunStatus, build_sensor_context
 from dagster._core.events import DagsterEvent
 from dagster._core.test_utils import create_run_for_test
 
-from dpe_dagster.spark.java import spark_process_env
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
+from dpe_dagster.spark.java import spark_process_env
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.eventlog import read_node_lifetimes
-from tests.conftest import local_environment
-from tests.pools.test_local_pool import wait_for
+from tests.support.local import local_environment
+from tests.support.local import wait_for
 
 pytestmark = pytest.mark.slow
 

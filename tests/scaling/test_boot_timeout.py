@@ -16,6 +16,7 @@ from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.report import node_rows
 from tests.reliability.harness import advance, queue_run
+from tests.support.aws import aws, dagster, moto  # noqa: F401  (fixtures and helpers)
 
 POOL = parse_pool("spot-etl", {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
                                "price_per_node_hour": 0.1, "idle_timeout_s": 60, "boot_timeout_s": 300})
@@ -65,16 +66,14 @@ def test_the_sensor_memory_says_since_when_a_node_is_not_ready_and_old_cursors_s
 
 
 # -- an Auto Scaling group whose instance never joins Kubernetes (moto + loopback Kubernetes API) --
-from tests.pools.test_aws_asg import aws, dagster, moto  # noqa: E402,F401  (fixtures)
 from tests.fakes.kube_api import kube_api  # noqa: E402,F401  (fixture)
 
 
 @pytest.fixture
 def kube_group(aws, kube_api, tmp_path, monkeypatch):
-    from tests.pools.test_aws_asg import clients, environment
-
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.aws.emulator import create_groups
+    from tests.support.aws import clients, environment
 
     def make(**pool_fields):
         monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig(tmp_path / "kubeconfig")))
@@ -99,7 +98,7 @@ def tick(dagster, env, pool, memory):
 
 def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_timeout_and_charged(
         kube_group, kube_api, dagster):
-    from tests.pools.test_aws_asg import ec2_states, group
+    from tests.support.aws import ec2_states, group
 
     env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2)
     run_id = queue_run(dagster, "spot-etl")
@@ -135,7 +134,7 @@ def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_ti
 
 def test_an_idle_node_someone_cordons_is_removed_a_boot_timeout_later_a_busy_one_never(
         kube_group, kube_api, dagster):
-    from tests.pools.test_aws_asg import ec2_states
+    from tests.support.aws import ec2_states
 
     env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2)
     pool.set_target(2)
@@ -157,7 +156,7 @@ def test_an_idle_node_someone_cordons_is_removed_a_boot_timeout_later_a_busy_one
 
 
 def test_a_stuck_instance_at_the_groups_min_size_is_replaced_not_refused(kube_group, kube_api, dagster):
-    from tests.pools.test_aws_asg import ec2_states, group
+    from tests.support.aws import ec2_states, group
 
     env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2, min_size=1)
     autoscaling.update_auto_scaling_group(AutoScalingGroupName="test-spot", MinSize=1, DesiredCapacity=1)

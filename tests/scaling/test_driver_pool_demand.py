@@ -22,13 +22,13 @@ from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import PoolState, plan_pool
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
-from dpe_dagster.tags import CPU_TAG, POOL_TAG
 from dpe_dagster.spark.kubernetes import executor_shape
+from dpe_dagster.tags import CPU_TAG, POOL_TAG
 from resources import load_environment
 from resources.staging import cluster_environment
-from tests.pools.test_aws_asg import dagster, moto  # noqa: F401 (fixtures)
-from tests.launch.test_k8s_launcher import instance, kube_api, launch, make_run, sim  # noqa: F401 (fixtures)
 from tests.reliability.harness import new_run
+from tests.support.aws import dagster, moto  # noqa: F401 (fixtures)
+from tests.support.k8s_runs import instance, kube_api, launch, make_run, sim  # noqa: F401 (fixtures)
 
 REGION = "us-east-1"
 

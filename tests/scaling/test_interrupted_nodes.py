@@ -9,6 +9,19 @@ import pytest
 from dpe_dagster.config import parse_pool
 from dpe_dagster.pools.base import REBALANCE_RECOMMENDATION, SPOT_INTERRUPTION, Node
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
+from tests.reliability.harness import advance, queue_run  # noqa: F401  (fixtures and helpers)
+from tests.support.aws import (  # noqa: F401  (fixtures and helpers)
+    autoscaling_that_has_not_launched,
+    aws,
+    clients,
+    dagster,
+    environment,
+    group,
+    interruption_queue,
+    moto,
+    pools_of,
+    warn,
+)
 
 
 def _pool(min_size: int = 0, max_size: int = 4):
@@ -77,16 +90,12 @@ from dpe_dagster.pools import open_pool  # noqa: E402
 from dpe_dagster.pools.aws.emulator import create_groups  # noqa: E402
 from dpe_dagster.pools.aws.interruptions import REBALANCE, InterruptionReader  # noqa: E402
 from dpe_dagster.scaling.control import scale_pool  # noqa: E402
-from dpe_dagster.scaling.demand import read_demand  # noqa: E402
 from dpe_dagster.scaling.cursor import dump_cursor, load_cursor  # noqa: E402
+from dpe_dagster.scaling.demand import read_demand  # noqa: E402
 from dpe_dagster.usage.eventlog import read_node_lifetimes  # noqa: E402
 from dpe_dagster.usage.ledger import read_run_usage, record_run_usage  # noqa: E402
 from dpe_dagster.usage.pricing import pricer_for  # noqa: E402
 from dpe_dagster.usage.summary import Window, by_pool  # noqa: E402
-from tests.reliability.harness import advance, queue_run  # noqa: E402
-from tests.pools.test_aws_asg import aws, clients, dagster, environment, group, moto  # noqa: E402,F401
-from tests.pools.test_aws_withdraw import autoscaling_that_has_not_launched  # noqa: E402
-from tests.pools.test_interruptions import interruption_queue, pools_of, warn  # noqa: E402
 
 
 def _tick(dagster, env, pool, memory, now):

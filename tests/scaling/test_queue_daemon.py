@@ -25,11 +25,11 @@ from dagster._core.storage.tags import SCHEDULE_NAME_TAG, SCHEDULED_EXECUTION_TI
 from dpe_dagster.config import Environment
 from dpe_dagster.daemon import dagster_bin, start_dagster_process, stop_process_group
 from dpe_dagster.instance import write_instance
-from tests.paths import PROJECT_ROOT
 from dpe_dagster.pools import open_pool
-from dpe_dagster.scaling.schedules import look_ahead_s
 from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR
-from tests.conftest import local_environment
+from dpe_dagster.scaling.schedules import look_ahead_s
+from tests.support.local import local_environment
+from tests.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

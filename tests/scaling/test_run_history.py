@@ -12,8 +12,7 @@ from dagster import DagsterEvent, DagsterEventType, DagsterRun, DagsterRunStatus
 from dpe_dagster.config import parse_environment
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.history import RunDurations, median_duration
-from dpe_dagster.tags import PARTITION_SET_TAG
-from dpe_dagster.tags import pool_tags
+from dpe_dagster.tags import PARTITION_SET_TAG, pool_tags
 from tests.reliability.harness import _ORIGIN
 
 T0 = 1_800_000_000.0  # run times are set through the run storage's own event handling

@@ -11,16 +11,22 @@ from dagster import DefaultScheduleStatus, Definitions, ScheduleDefinition, job,
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteInstigatorOrigin, RemoteRepositoryOrigin
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, ScheduleInstigatorData
-
-from dpe_dagster.scaling.activity import TYPICAL_BOOT_S
-from dpe_dagster.scaling.policy import RunDemand
 from dagster._core.storage.tags import SCHEDULE_NAME_TAG, SCHEDULED_EXECUTION_TIME_TAG
 from dagster._core.test_utils import create_run_for_test
 
-from dpe_dagster.scaling.schedules import (SCHEDULER_GRACE_S, ScheduledRuns, fire_times, look_ahead_s,
-                                           scheduled_run_id, scheduled_runs, upcoming_runs)
+from dpe_dagster.scaling.activity import TYPICAL_BOOT_S
+from dpe_dagster.scaling.policy import RunDemand
+from dpe_dagster.scaling.schedules import (
+    SCHEDULER_GRACE_S,
+    ScheduledRuns,
+    fire_times,
+    look_ahead_s,
+    scheduled_run_id,
+    scheduled_runs,
+    upcoming_runs,
+)
 from dpe_dagster.tags import PoolRequest, pool_tags
-from tests.conftest import local_environment
+from tests.support.local import local_environment
 
 
 def utc(*fields) -> float:

@@ -17,8 +17,9 @@ from dpe_dagster.pools.local.standalone import MASTER_CLASS, WORKER_CLASS, _aliv
 from dpe_dagster.scaling.control import observe, scale_pool
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.eventlog import read_node_lifetimes
-from tests.conftest import local_environment
-from tests.pools.test_local_pool import wait_for
+from tests.support.local import local_environment
+from tests.support.aws import aws, dagster, moto  # noqa: F401  (fixtures and helpers)
+from tests.support.local import wait_for
 
 RAW = {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8, "price_per_node_hour": 0.1,
        "idle_timeout_s": 60}
@@ -108,15 +109,13 @@ def test_workers_of_a_dead_master_are_kept_for_the_grace_then_stopped_and_the_le
 
 
 # -- an Auto Scaling group whose Kubernetes API stops answering (moto + loopback Kubernetes API) --
-from tests.pools.test_aws_asg import aws, dagster, moto  # noqa: E402,F401  (fixtures)
 from tests.fakes.kube_api import kube_api  # noqa: E402,F401  (fixture)
 
 
 def test_instances_kubernetes_cannot_see_are_kept_for_the_grace_then_terminated(aws, kube_api, dagster, tmp_path,
                                                                                  monkeypatch):
-    from tests.pools.test_aws_asg import clients, ec2_states, environment
-
     from dpe_dagster.pools.aws.emulator import create_groups
+    from tests.support.aws import clients, ec2_states, environment
 
     monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig(tmp_path / "kubeconfig")))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

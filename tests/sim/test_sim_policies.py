@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import random
 
 import pytest
-
-import dataclasses
-import inspect
 
 from dpe_dagster.config import POOL_FIELDS
 from dpe_dagster.scaling import control
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.dpe import DpeScaler, SimulatedPool
 from dpe_dagster.sim.engine import Simulation, SimulationError
-from dpe_dagster.sim.run import UNBOUNDED_POOL, POLICIES, Setup, lower_bound, make_scaler, simulate, simulate_policy
+from dpe_dagster.sim.run import POLICIES, UNBOUNDED_POOL, Setup, lower_bound, make_scaler, simulate, simulate_policy
 from dpe_dagster.sim.static import static_sizes
 from dpe_dagster.sim.trace import Trace
 from dpe_dagster.sim.workload import build_workload, expected_durations

@@ -4,12 +4,22 @@ node-aware packing, adaptive idle timeouts, placement by expected end. With defa
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dpe_dagster.config import ConfigError, parse_pool
 from dpe_dagster.pools.base import Node
-from dpe_dagster.scaling.policy import (NodeRoom, PoolActivity, PoolState, RunDemand, idle_timeouts, nodes_for,
-                                        extension_class, place_run, plan_pool)
+from dpe_dagster.scaling.policy import (
+    NodeRoom,
+    PoolActivity,
+    PoolState,
+    RunDemand,
+    extension_class,
+    idle_timeouts,
+    nodes_for,
+    place_run,
+    plan_pool,
+)
 
 BASE = {"provider": "local", "max_size": 20, "node_cpus": 8, "node_memory_gb": 32, "price_per_node_hour": 1.0}
 

@@ -7,8 +7,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpe_dagster.sim.engine import PoolShape, whole_nodes
 from dpe_dagster.sim.boot import BootTime
+from dpe_dagster.sim.engine import PoolShape, whole_nodes
 from dpe_dagster.sim.reference import clairvoyant_node_seconds
 from dpe_dagster.sim.run import Setup, clairvoyant, lower_bound
 from dpe_dagster.sim.workload import Workload

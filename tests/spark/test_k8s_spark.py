@@ -9,6 +9,7 @@ import pytest
 from dpe_dagster.config import ConfigError, parse_pool
 from dpe_dagster.spark.kubernetes import spark_on_k8s
 from resources import load_environment
+from tests.fakes.kube_api import K8S_VERSION
 
 
 @pytest.mark.parametrize("name", ["staging", "prod"])
@@ -37,7 +38,7 @@ def test_executor_pod_template_tolerates_the_spot_taint_and_is_evictable():
     spark = spark_on_k8s(env.pool("spot-etl"), env.pool("ondemand-driver"), image="dpe:1", namespace="dagster",
                          service_account="dagster")
     template = spark.executor_pod_template
-    kubernetes_validate.validate(template, "1.30.0", strict=True)
+    kubernetes_validate.validate(template, K8S_VERSION, strict=True)
     assert template["spec"]["nodeSelector"] == {"dpe.io/pool": "spot-etl"}
     assert {"key": "dpe.io/pool", "operator": "Equal", "value": "spot-etl", "effect": "NoSchedule"} in \
         template["spec"]["tolerations"]

@@ -11,11 +11,11 @@ import pytest
 from dagster import asset, materialize
 
 from dpe_dagster.pools import open_pool
-from dpe_dagster.tags import pool_tags
 from dpe_dagster.spark.resource import SparkResource, run_spark_conf
+from dpe_dagster.tags import pool_tags
 from resources import load_environment
-from tests.conftest import local_environment
-from tests.pools.test_local_pool import wait_for
+from tests.support.local import local_environment
+from tests.support.local import wait_for
 
 
 def _master_apps(webui: str) -> list[dict]:

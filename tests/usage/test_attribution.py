@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from dagster import AssetKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute
 from dpe_dagster.usage.ledger import split_by_step_time
-from dagster import AssetKey
 
 
 @st.composite

@@ -15,7 +15,8 @@ from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.usage.eventlog import read_node_lifetimes
-from tests.pools.test_aws_asg import advance, aws, clients, dagster, environment, moto, queue_run  # noqa: F401
+from tests.reliability.harness import advance, queue_run  # noqa: F401
+from tests.support.aws import aws, clients, dagster, environment, moto  # noqa: F401
 
 pytestmark = pytest.mark.slow
 LIFETIME_S = 100  # long enough that EC2's one-second timestamps are well inside 1%

@@ -19,9 +19,8 @@ from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.ledger import usage_for_run
 from dpe_dagster.usage.pricing import node_price
 from dpe_dagster.usage.records import cost_of
-from tests.conftest import local_environment
-from tests.pools.test_local_pool import wait_for
-from tests.usage.test_run_nodes_local import start_spark_run, stop_spark_run
+from tests.support.local import local_environment
+from tests.support.local import start_spark_run, stop_spark_run, wait_for
 
 
 def test_busy_is_what_runs_were_charged_on_the_node():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from dagster import DagsterEventType, build_sensor_context
+from dagster import DagsterEventType
 from dagster._core.events import DagsterEvent
 
 from dpe_dagster.pools import open_pool
@@ -16,16 +16,10 @@ from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.ledger import AMENDS, read_run_usage
 from dpe_dagster.usage.records import RUN_USAGE_KEY
-from dpe_dagster.usage.sensor import build_ledger_sensor
 from tests.reliability.harness import advance, clients, queue_run
+from tests.support.ledger import ledger_tick  # noqa: F401  (fixtures and helpers)
 
 POOL = "spot-etl"
-
-
-def ledger_tick(env, instance, cursor):
-    context = build_sensor_context(instance=instance, cursor=cursor)
-    build_ledger_sensor(env)(context)
-    return context.cursor
 
 
 def run_usage_observations(instance, run_id):

@@ -11,7 +11,7 @@ from dagster import asset, instance_for_test, materialize
 
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.ledger import read_run_usage
-from tests.conftest import postgres_or_skip
+from tests.support.postgres import postgres_or_skip
 
 WRITER = textwrap.dedent("""
     import sys

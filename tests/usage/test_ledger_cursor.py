@@ -21,7 +21,7 @@ from dpe_dagster.pools.local.standalone import LocalSparkPool
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.ledger import read_run_usage
 from dpe_dagster.usage.sensor import LATE_COMMIT_S, ReadCursor, build_ledger_sensor, parse_cursor
-from tests.conftest import postgres_or_skip
+from tests.support.postgres import postgres_or_skip
 
 ENV = parse_environment("local", {"pools": {"spot-etl": {
     "provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8, "price_per_node_hour": 0.36,

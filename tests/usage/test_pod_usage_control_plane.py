@@ -16,8 +16,8 @@ from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.usage.pods import NO_NODE, POD_SPAN_KEY, PodSpan, read_pod_usage, record_pod_span
 from tests.reliability.harness import advance, new_run, queue_run
-from tests.usage.test_ledger_complete import ledger_tick
-from tests.containers.test_pipes_k8s import instance, kube_api, pools, sim  # noqa: F401 (fixtures)
+from tests.support.ledger import ledger_tick
+from tests.support.pods import instance, kube_api, pools, sim  # noqa: F401 (fixtures)
 
 POOL = "spot-etl"
 

@@ -13,9 +13,10 @@ import pytest
 
 from dpe_dagster.config import parse_pool
 from dpe_dagster.pools.aws.emulator import MotoServer
-from dpe_dagster.pools.base import Node
 from dpe_dagster.pools.aws.pricing import SPOT_HISTORY, SpotPriceHistory, aws_node_price, on_demand_price
-from dpe_dagster.usage.pricing import CONFIG, node_price as configured_price
+from dpe_dagster.pools.base import Node
+from dpe_dagster.usage.pricing import CONFIG
+from dpe_dagster.usage.pricing import node_price as configured_price
 
 
 def node_price(pool, node, region=None, spot=None):

@@ -7,10 +7,15 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from dagster import (
-    AssetCheckKey, AssetCheckSeverity, AssetSelection, AssetSpec, Definitions, build_sensor_context,
-    define_asset_job, materialize,
+    AssetCheckKey,
+    AssetCheckSeverity,
+    AssetSelection,
+    AssetSpec,
+    Definitions,
+    build_sensor_context,
+    define_asset_job,
+    materialize,
 )
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteInstigatorOrigin, RemoteRepositoryOrigin
@@ -19,11 +24,11 @@ from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatu
 from dpe_dagster.config import parse_environment
 from dpe_dagster.pools.aws.asg import AwsSettings
 from dpe_dagster.pools.aws.emulator import create_group
+from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.scaling.health import POOL_HEALTH_CHECK, build_pool_health_check
 from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR, build_autoscaler_sensor
 from dpe_dagster.usage.checks import PAID_CHECK
 from dpe_dagster.usage.eventlog import record_node_lifetime
-from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime
 from tests.reliability.harness import clients

@@ -15,13 +15,13 @@ import pytest
 from dagster import Definitions, asset, build_sensor_context, instance_for_test, materialize
 
 from dpe_dagster.config import parse_environment
+from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.tags import TEAM_TAG, pool_tags
 from dpe_dagster.usage.eventlog import record_node_lifetime
-from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.records import NodeLifetime
 from dpe_dagster.usage.sensor import build_ledger_sensor
-from tests.conftest import postgres_or_skip
+from tests.support.postgres import postgres_or_skip
 
 ENV = parse_environment("local", {"pools": {"spot-etl": {
     "provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8, "price_per_node_hour": 0.36,

@@ -10,15 +10,14 @@ import pytest
 from dagster import DagsterEventType
 
 from dpe_dagster.kube.nodes import KubeNodes
-from dpe_dagster.pools.aws.asg import instance_id
 from dpe_dagster.pools import open_pool
+from dpe_dagster.pools.aws.asg import instance_id
 from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.spark.kubernetes import RUN_ID_LABEL, executor_run_labels
-from tests.pools.test_aws_asg import aws, clients, dagster, environment, moto  # noqa: F401  (fixtures)
 from tests.fakes.kube_api import LoopbackKubeApi, _fields_match, core_api
-from tests.kube.test_k8s_nodes import kube_pool  # noqa: F401  (fixture)
 from tests.reliability.harness import advance, queue_run
+from tests.support.aws import aws, clients, dagster, environment, kube_pool, moto  # noqa: F401  (fixtures and helpers)
 
 RUN_A = "0f3a9c2e-1b2d-4e5f-8a9b-0c1d2e3f4a5b"
 RUN_B = "7c1e5d4a-9b8f-4a3e-b2c1-d0e9f8a7b6c5"

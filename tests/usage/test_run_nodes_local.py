@@ -7,57 +7,23 @@ third node, where packing every run from scratch would have said two."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 from dagster import DagsterRunStatus, build_sensor_context
 from dagster._core.test_utils import create_run_for_test
 
-from dpe_dagster.spark.java import spark_process_env
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.control import request_capacity, scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import PoolState, nodes_for, plan_pool
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
-from dpe_dagster.tags import pool_tags
 from dpe_dagster.spark.resource import run_app_name, run_id_of_app
-from tests.conftest import local_environment
-from tests.pools.test_local_pool import wait_for
+from dpe_dagster.tags import pool_tags
+from tests.support.local import local_environment
+from tests.support.local import start_spark_run, stop_spark_run, wait_for  # noqa: F401  (fixtures and helpers)
 
 pytestmark = pytest.mark.slow
-
-# A run's Spark work: a session on the pool's master, named as dpe's SparkResource names it, that
-# holds its executor until told to stop (its stdin closes).
-RUN_SCRIPT = """
-import sys
-from pyspark.sql import SparkSession
-
-master, name, cores = sys.argv[1:4]
-spark = (SparkSession.builder.master(master).appName(name)
-         .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-         .config("spark.ui.enabled", "false").config("spark.cores.max", cores)
-         .config("spark.executor.memory", "512m").getOrCreate())
-print("session up", flush=True)
-sys.stdin.read()
-spark.stop()
-"""
-
-
-def start_spark_run(master_url: str, run_id: str, cores: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, master_url, run_app_name("dpe", run_id), str(cores)],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=spark_process_env())
-
-
-def stop_spark_run(process: subprocess.Popen) -> None:
-    try:
-        process.stdin.close()
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def test_app_names_carry_the_full_run_id():

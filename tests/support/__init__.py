@@ -1,0 +1,2 @@
+"""What several test modules share: fixtures and helpers (fakes of outside services are in
+tests/fakes/)."""
