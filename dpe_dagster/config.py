@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -42,7 +42,7 @@ LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
 # -- field types: each checks its value and says what is allowed ------------------------------
-def _invalid(message: str, value: Any, at: tuple = ()) -> PydanticCustomError:
+def invalid(message: str, value: Any, at: tuple = ()) -> PydanticCustomError:
     """A validation error with dpe's wording; `at` extends the field's path (a label's key)."""
     return PydanticCustomError("dpe", message + "; got {got}", {"got": repr(value), "at": at})
 
@@ -59,7 +59,7 @@ def Number(*, ge: float | None = None, gt: float | None = None, integer: bool = 
         ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
         if (isinstance(value, bool) or not ok_type or not math.isfinite(value)
                 or (gt is not None and value <= gt) or (ge is not None and value < ge)):
-            raise _invalid(f"must be {kind} {bound}", value)
+            raise invalid(f"must be {kind} {bound}", value)
         return value
 
     base = int if integer else float
@@ -70,15 +70,30 @@ def Number(*, ge: float | None = None, gt: float | None = None, integer: bool = 
 def Choice(allowed: tuple[str, ...], description: str | None = None) -> Any:
     def check(value: Any) -> Any:
         if value not in allowed:
-            raise _invalid(f"must be one of {', '.join(allowed)}", value)
+            raise invalid(f"must be one of {', '.join(allowed)}", value)
         return value
 
     return Annotated[Literal[allowed], Field(description=description), BeforeValidator(check)]
 
 
+def Checked(base: Any, check: Callable[[Any], bool], what: str, **field: Any) -> Any:
+    """A value of type `base` for which `check` holds; otherwise 'must be <what>; got ...'.
+    `field`: the JSON schema's constraints and description (pydantic's `Field`)."""
+    def validate(value: Any) -> Any:
+        try:
+            ok = check(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise invalid(f"must be {what}", value)
+        return value
+
+    return Annotated[base, Field(**field), BeforeValidator(validate)]
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise _invalid("must be a non-empty string", value)
+        raise invalid("must be a non-empty string", value)
     return value
 
 
@@ -96,10 +111,10 @@ def _provider_name(value: Any) -> str:
 
 def _labels(value: Any) -> Any:
     if not isinstance(value, Mapping):
-        raise _invalid("must be a mapping of Kubernetes label keys to values", value)
+        raise invalid("must be a mapping of Kubernetes label keys to values", value)
     for key, label in value.items():
         if not isinstance(key, str) or not LABEL_KEY.match(key):
-            raise _invalid("key is not a valid Kubernetes label key", key)
+            raise invalid("key is not a valid Kubernetes label key", key)
         if not isinstance(label, str) or not LABEL_VALUE.match(label):
             raise PydanticCustomError("dpe", "value {got} is not a valid Kubernetes label value (at most 63 letters, "
                                       "digits, '-', '_' or '.', starting and ending alphanumeric)",
@@ -109,20 +124,20 @@ def _labels(value: Any) -> Any:
 
 def _mapping(value: Any) -> Any:
     if not isinstance(value, Mapping):
-        raise _invalid("must be a mapping", value)
+        raise invalid("must be a mapping", value)
     return value
 
 
 def _list(value: Any) -> Any:
     if not isinstance(value, (list, tuple)):
-        raise _invalid("must be a list", value)
+        raise invalid("must be a list", value)
     return value
 
 
 def _pattern(pattern: re.Pattern, what: str) -> Any:
     def check(value: Any) -> Any:
         if not isinstance(value, str) or not pattern.match(value):
-            raise _invalid(f"must be {what}", value)
+            raise invalid(f"must be {what}", value)
         return value
 
     return BeforeValidator(check)
@@ -131,7 +146,7 @@ def _pattern(pattern: re.Pattern, what: str) -> Any:
 Settings = Annotated[dict[str, Any], BeforeValidator(_mapping)]
 
 
-class _Model(BaseModel):
+class ConfigModel(BaseModel):
     """A part of the file: unknown fields are named with the allowed ones; values stay immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -163,13 +178,13 @@ FILLED_IN = {"json_schema_extra": {"filled_in": True}}
 
 
 # -- the models ------------------------------------------------------------------------------
-class Taint(_Model):
+class Taint(ConfigModel):
     key: Annotated[str, _pattern(LABEL_KEY, "a valid Kubernetes taint key")]
     value: Annotated[str, _pattern(re.compile(LABEL_VALUE.pattern), "a valid Kubernetes taint value")] = ""
     effect: Choice(TAINT_EFFECTS)
 
 
-class PoolConfig(_Model):
+class PoolConfig(ConfigModel):
     """A named group of identical machines and the rules for sizing it (`pools.<name>`)."""
 
     name: SkipJsonSchema[str] = Field(**FILLED_IN)
@@ -211,10 +226,14 @@ class PoolConfig(_Model):
                     data[field] = data[node_field]
         return data
 
+    def as_file(self) -> dict[str, Any]:
+        """This pool as its fields in a file (`pools.<name>`), which `parse_pool` reads back."""
+        return self.model_dump(mode="json", exclude={"name"}, exclude_none=True)
+
     @model_validator(mode="after")
     def _consistent(self) -> "PoolConfig":
         if self.max_size < self.min_size:
-            raise _invalid(f"must be an integer >= {self.min_size}", self.max_size, at=("max_size",))
+            raise invalid(f"must be an integer >= {self.min_size}", self.max_size, at=("max_size",))
         if self.fallback == self.name:
             raise PydanticCustomError("dpe", "a pool cannot fall back to itself", {"at": ("fallback",)})
         return self
@@ -222,28 +241,28 @@ class PoolConfig(_Model):
 
 def _spark_master(value: Any) -> Any:
     if not isinstance(value, str) or not value.startswith(SPARK_MASTERS):
-        raise _invalid(f"must start with one of {', '.join(SPARK_MASTERS)}", value)
+        raise invalid(f"must start with one of {', '.join(SPARK_MASTERS)}", value)
     return value
 
 
 def _spark_conf(value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise _invalid("must be a mapping of Spark settings", value)
+        raise invalid("must be a mapping of Spark settings", value)
     for key, setting in value.items():
         if not isinstance(key, str) or not key.startswith("spark."):
-            raise _invalid("key must be a Spark setting starting with 'spark.'", key)
+            raise invalid("key must be a Spark setting starting with 'spark.'", key)
         if not isinstance(setting, (str, int, float)) or isinstance(setting, bool):
-            raise _invalid("must be a string or number", setting, at=(key,))
+            raise invalid("must be a string or number", setting, at=(key,))
     return {key: str(setting) for key, setting in value.items()}
 
 
-class SparkConfig(_Model):
+class SparkConfig(ConfigModel):
     master: Annotated[Optional[str], Field(description="spark://, local[...] or k8s://; default: the master of "
                                                        "the run's local pool"), BeforeValidator(_spark_master)] = None
     conf: Annotated[dict[str, str], BeforeValidator(_spark_conf)] = Field(default_factory=dict)
 
 
-class Environment(_Model):
+class Environment(ConfigModel):
     """One deployment's dpe configuration: its pools, Spark settings and sensor cadence (loaded by
     `dpe_dagster.environment.load_environment`)."""
 
@@ -274,6 +293,11 @@ class Environment(_Model):
                                       {"name": repr(self.driver_pool), "defined": defined, "at": ("driver_pool",)})
         return self
 
+    def as_file(self) -> dict[str, Any]:
+        """This configuration as the mapping a file holds, which `parse_environment` reads back."""
+        return self.model_dump(mode="json", exclude={"name": True, "source": True, "pools": {"__all__": {"name"}}},
+                               exclude_none=True)
+
     @property
     def on_kubernetes(self) -> bool:
         """Runs and containers go to Kubernetes: Spark's master is a Kubernetes API server."""
@@ -296,7 +320,7 @@ ENVIRONMENT_FIELDS = Environment.file_fields()
 # -- loading ---------------------------------------------------------------------------------
 def parse_pool(name: str, raw: Any) -> PoolConfig:
     """One pool from its fields in the file (`pools.<name>`)."""
-    return _validated(PoolConfig, _named(name, raw), prefix=("pools", name))
+    return validated(PoolConfig, _named(name, raw), prefix=("pools", name))
 
 
 def parse_environment(name: str, raw: Any) -> Environment:
@@ -309,7 +333,35 @@ def parse_environment(name: str, raw: Any) -> Environment:
     data = {**raw, "name": name}
     if isinstance(raw["pools"], Mapping):
         data["pools"] = {pool: _named(pool, fields) for pool, fields in raw["pools"].items()}
-    return _validated(Environment, data, prefix=())
+    env = validated(Environment, data, prefix=())
+    _check_provider_settings(env)
+    return env
+
+
+def _check_provider_settings(env: Environment) -> None:
+    """Each pool's `settings`, and the environment blocks its provider owns (`aws`), by the
+    provider's own models: all the errors at once, naming the field."""
+    from dpe_dagster.providers import provider
+
+    problems, owned = [], {}
+    for pool in env.pools.values():
+        kind = provider(pool.provider)
+        owned.update(kind.environment_models())
+        model = kind.settings_model()
+        if model is not None:
+            problems += _problems(model, pool.settings, ("pools", pool.name, "settings"))
+    for key, model in owned.items():
+        problems += _problems(model, getattr(env, key), (key,))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _problems(model: type[ConfigModel], data: Any, prefix: tuple) -> list[str]:
+    try:
+        validated(model, data, prefix)
+    except ConfigError as error:
+        return str(error).splitlines()
+    return []
 
 
 def _named(name: Any, raw: Any) -> Any:
@@ -322,13 +374,13 @@ def _named(name: Any, raw: Any) -> Any:
     return raw
 
 
-def _refuse_filled_in(where: str, model: type[_Model], raw: Mapping) -> None:
+def _refuse_filled_in(where: str, model: type[ConfigModel], raw: Mapping) -> None:
     given = sorted(set(raw) & (set(model.model_fields) - model.file_fields()))
     if given:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(given)}; allowed: {', '.join(sorted(model.file_fields()))}")
 
 
-def _validated(model: type[_Model], data: Any, prefix: tuple) -> Any:
+def validated(model: type[ConfigModel], data: Any, prefix: tuple) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -362,8 +414,23 @@ def _dotted(path: tuple) -> str:
 def schema() -> dict[str, Any]:
     """The JSON schema of a dpe configuration file. Any value may instead be read from an
     environment variable: `{env: NAME}` or `{env: NAME, default: ...}`."""
+    from dpe_dagster.providers import providers
+
     document = Environment.model_json_schema()
     definitions = document.setdefault("$defs", {})
+    by_provider = []
+    for name, kind in sorted(providers().items()):  # what each installed provider checks itself
+        model = kind.settings_model()
+        if model is not None:
+            definitions[model.__name__] = _own_schema(model, definitions)
+            by_provider.append({"if": {"properties": {"provider": {"const": name}}, "required": ["provider"]},
+                                "then": {"properties": {"settings": {"$ref": f"#/$defs/{model.__name__}"}}}})
+        for key, block in kind.environment_models().items():
+            definitions[block.__name__] = _own_schema(block, definitions)
+            document["properties"][key] = {"description": f"for provider {name}",
+                                           "$ref": f"#/$defs/{block.__name__}"}
+    if by_provider:
+        definitions["PoolConfig"]["allOf"] = by_provider
     for part in (document, *definitions.values()):
         for name, field in part.get("properties", {}).items():
             kept = {key: field.pop(key) for key in ("title", "description", "default") if key in field}
@@ -374,3 +441,10 @@ def schema() -> dict[str, Any]:
         "properties": {"env": {"type": "string", "minLength": 1}, "default": {}},
     }
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **document, "title": "dpe configuration"}
+
+
+def _own_schema(model: type[ConfigModel], definitions: dict) -> dict:
+    """A model's schema with its own definitions moved into the document's."""
+    part = model.model_json_schema()
+    definitions.update(part.pop("$defs", {}))
+    return part

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from dpe_dagster.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dpe_dagster.config import Environment, PoolConfig
+    from dpe_dagster.config import ConfigModel, Environment, PoolConfig
     from dpe_dagster.pools.base import Node, NodePool, Price
 
 ENTRY_POINT_GROUP = "dpe.providers"
@@ -54,6 +54,16 @@ class Provider:
     def spark_master(self, pool: PoolConfig) -> str | None:
         """The Spark master a run on this pool connects to, when the pool provides one."""
         return None
+
+    def settings_model(self) -> type[ConfigModel] | None:
+        """The model of a pool's `settings` for this provider (a `dpe_dagster.config.ConfigModel`):
+        checked when the configuration loads and shown by `dpe schema`. None: free-form."""
+        return None
+
+    def environment_models(self) -> Mapping[str, type[ConfigModel]]:
+        """Blocks of the environment this provider owns, by key (`aws` for aws_asg), checked when
+        an environment with one of its pools loads."""
+        return {}
 
 
 @lru_cache(maxsize=1)

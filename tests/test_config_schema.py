@@ -63,6 +63,11 @@ BAD = {
     "taints: [{key: dpe.io/spot, effect: Sometimes}]": (
         "pools.etl.taints[0].effect: must be one of NoSchedule, PreferNoSchedule, NoExecute; got 'Sometimes'",
         ["pools", "etl", "taints", 0, "effect"]),
+    # a provider's own settings, by the provider's model: in the schema, and checked at load
+    "settings: {master_port: 80}": ("pools.etl.settings.master_port: must be a port number 1024-65000; got 80",
+                                    ["pools", "etl", "settings", "master_port"]),
+    "settings: {group_name: x}": ("pools.etl.settings: unknown field(s) group_name; allowed: daemon_memory",
+                                  ["pools", "etl", "settings"]),
 }
 
 
@@ -97,3 +102,18 @@ def test_dpe_schema_check_reports_every_bad_field_without_a_traceback(tmp_path):
     good = subprocess.run([sys.executable, "-m", "dpe_dagster.cli", "schema", "--check", str(YAML_CONFIGS[1])],
                           capture_output=True, text=True)
     assert good.returncode == 0 and "valid; pools: etl" in good.stdout, good.stderr
+
+
+def test_an_aws_pool_s_settings_and_the_aws_block_are_checked_when_the_configuration_loads():
+    raw = {"aws": {"region": "us-east-1", "max_attempts": 50},
+           "pools": {"spot": {"provider": "aws_asg", "max_size": 2, "node_cpus": 2, "node_memory_gb": 8,
+                              "price_per_node_hour": 0.035, "settings": {"group_name": "dpe:spot", "busy_source": "ec2"}}}}
+    assert [list(error.absolute_path) for error in _with_causes(validator().iter_errors(raw))
+            if list(error.absolute_path) in (["aws", "max_attempts"], ["pools", "spot", "settings", "busy_source"])]
+    with pytest.raises(ConfigError) as raised:
+        parse_environment("team", raw)  # no pool opened, no AWS call: the file alone is wrong
+    assert str(raised.value).splitlines() == [
+        "pools.spot.settings.group_name: must be the Auto Scaling group's name (1-255 characters, no ':'); got 'dpe:spot'",
+        "pools.spot.settings.busy_source: must be one of kubernetes, dagster_runs; got 'ec2'",
+        "aws.max_attempts: must be an integer 1-20; got 50",
+    ]

@@ -11,7 +11,7 @@ import time
 import pytest
 from dagster import DagsterEventType
 
-from dpe_dagster.config import ConfigError
+from dpe_dagster.config import ConfigError, parse_environment
 from dpe_dagster.launch.pool_choice import place_on_pool
 from dpe_dagster.pools import PoolError, open_pool
 from dpe_dagster.pools.aws.asg import AwsAsgPool
@@ -232,9 +232,14 @@ def test_a_tick_describes_many_groups_at_once_and_each_look_reads_its_own(aws, m
     ({"group_name": "g", "instance_types": "m5.large"}, "pools.spot-etl.settings.instance_types"),
 ])
 def test_bad_pool_settings_name_the_field(settings, field):
-    env = environment("http://127.0.0.1:1", settings=settings)
+    # Refused when the configuration loads, before any pool is opened or AWS is called ...
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        AwsAsgPool.from_config(env.pool("spot-etl"), env)
+        environment("http://127.0.0.1:1", settings=settings)
+    # ... and by the provider itself, for a pool built in code.
+    good = environment("http://127.0.0.1:1")
+    pool = good.pool("spot-etl").model_copy(update={"settings": settings})
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        AwsAsgPool.from_config(pool, good)
 
 
 @pytest.mark.parametrize("aws_raw, field", [
@@ -246,9 +251,11 @@ def test_bad_pool_settings_name_the_field(settings, field):
 ])
 def test_bad_aws_settings_name_the_field(aws_raw, field):
     env = environment("http://127.0.0.1:1")
-    env = type(env)(**{**env.__dict__, "aws": aws_raw})
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        AwsAsgPool.from_config(env.pool("spot-etl"), env)
+        parse_environment("test", {**env.as_file(), "aws": aws_raw})
+    in_code = env.model_copy(update={"aws": aws_raw})
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        AwsAsgPool.from_config(in_code.pool("spot-etl"), in_code)
 
 
 def test_missing_group_and_missing_credentials_are_clear_errors(aws, monkeypatch, tmp_path):

@@ -36,11 +36,7 @@ pytestmark = pytest.mark.slow
 
 def raw_environment(env: Environment) -> dict:
     """The environment as the JSON the code location parses again."""
-    pools = {}
-    for name, pool in env.pools.items():
-        raw = pool.model_dump(mode="json", exclude={"name"}, exclude_none=True)
-        pools[name] = raw
-    return {"pools": pools, "sensor_interval_s": env.sensor_interval_s, "max_concurrent_runs": env.max_concurrent_runs}
+    return env.as_file()
 
 
 def code_location_env(folder: Path, env: Environment) -> dict[str, str]:

@@ -15,6 +15,16 @@ class AwsAsgProvider(Provider):
 
         return AwsAsgPool.from_config(pool, env)
 
+    def settings_model(self):
+        from dpe_dagster.pools.aws.asg import AsgSettings
+
+        return AsgSettings
+
+    def environment_models(self):
+        from dpe_dagster.pools.aws.asg import AwsSettings
+
+        return {"aws": AwsSettings}
+
     def look_ahead(self, pools):
         from dpe_dagster.pools.aws.asg import describe_groups
 

@@ -30,10 +30,12 @@ import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
-from dpe_dagster.config import ConfigError, Environment, PoolConfig
+from pydantic import Field
+
+from dpe_dagster.config import Checked, Choice, ConfigModel, Environment, PoolConfig, validated
 from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolCapabilities, PoolError, ScaleUpHealth
 from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, INSTANCE_INTERRUPTED_TAG, SCALE_UP_SINCE_TAG
 
@@ -41,9 +43,6 @@ log = logging.getLogger("dpe.pools.aws_asg")
 
 BUSY_SOURCES = ("kubernetes", "dagster_runs")
 RETRY_MODES = ("standard", "adaptive")
-ASG_SETTINGS = {"group_name", "busy_source", "backoff_s", "instance_types"}
-AWS_FIELDS = {"region", "endpoint_url", "retry_mode", "max_attempts", "emulator",
-              "interruption_queue_url"}  # the last one: read and validated in pools/aws/interruptions.py
 # ASG lifecycle states in which an instance is on its way out (or parked): not a node.
 _GONE_STATES = ("Terminating", "Terminated", "Detaching", "Detached", "Warmed")
 _LIVE_EC2_STATES = ("pending", "running")
@@ -51,73 +50,48 @@ _BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
 
 
 # -- configuration ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AwsSettings:
+def _is_integer(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+class AwsSettings(ConfigModel):
     """Per-environment AWS settings (`aws:` in the environment)."""
 
-    region: str
-    endpoint_url: str | None = None
-    retry_mode: str = "standard"
-    max_attempts: int = 8
+    region: Checked(str, lambda value: isinstance(value, str) and bool(value), "an AWS region name like 'us-east-1'",
+                    min_length=1)
+    endpoint_url: Checked(Optional[str], lambda value: value is None or (
+        isinstance(value, str) and urlparse(value).scheme in ("http", "https")), "an http(s) URL",
+        description="an endpoint other than AWS's own (default: AWS_ENDPOINT_URL, else AWS)") = None
+    retry_mode: Choice(RETRY_MODES) = "standard"
+    max_attempts: Checked(int, lambda value: _is_integer(value, 1, 20), "an integer 1-20", ge=1, le=20) = 8
     # The environment talks only to an AWS emulator on loopback (aws-sim): refuse anything else.
-    emulator: bool = False
+    emulator: Checked(bool, lambda value: isinstance(value, bool), "true or false") = False
+    # Read and validated where the queue is read (pools/aws/interruptions.py).
+    interruption_queue_url: Optional[str] = Field(None, description="the SQS queue `dpe interruptions` reads")
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> "AwsSettings":
-        unknown = sorted(set(raw) - AWS_FIELDS)
-        if unknown:
-            raise ConfigError(f"aws: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(AWS_FIELDS))}")
-        region = raw.get("region")
-        if not isinstance(region, str) or not region:
-            raise ConfigError(f"aws.region: must be an AWS region name like 'us-east-1'; got {region!r}")
-        endpoint = raw.get("endpoint_url")
-        if endpoint is not None and (not isinstance(endpoint, str) or urlparse(endpoint).scheme not in ("http", "https")):
-            raise ConfigError(f"aws.endpoint_url: must be an http(s) URL; got {endpoint!r}")
-        mode = raw.get("retry_mode", "standard")
-        if mode not in RETRY_MODES:
-            raise ConfigError(f"aws.retry_mode: must be one of {', '.join(RETRY_MODES)}; got {mode!r}")
-        attempts = raw.get("max_attempts", 8)
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 20:
-            raise ConfigError(f"aws.max_attempts: must be an integer 1-20; got {attempts!r}")
-        emulator = raw.get("emulator", False)
-        if not isinstance(emulator, bool):
-            raise ConfigError(f"aws.emulator: must be true or false; got {emulator!r}")
-        return cls(region, endpoint, mode, attempts, emulator)
+        return validated(cls, dict(raw), ("aws",))
 
 
-@dataclass(frozen=True)
-class AsgSettings:
+class AsgSettings(ConfigModel):
     """Per-pool settings (`pools.<name>.settings` for provider `aws_asg`)."""
 
-    group_name: str
-    busy_source: str = "kubernetes"
-    backoff_s: float = 600.0
+    group_name: Checked(str, lambda value: isinstance(value, str) and 1 <= len(value) <= 255 and not any(
+        c in value for c in ":\n"), "the Auto Scaling group's name (1-255 characters, no ':')", min_length=1,
+        max_length=255)
+    busy_source: Choice(BUSY_SOURCES) = "kubernetes"
+    backoff_s: Checked(float, lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+                       and value > 0, "a number of seconds > 0", gt=0) = 600.0
     # The instance types the group may launch; the emulator creates the group with them, in AWS the
     # group's MixedInstancesPolicy (deploy/) is the truth and this is documentation.
-    instance_types: tuple[str, ...] = ()
+    instance_types: Checked(tuple[str, ...], lambda value: isinstance(value, (list, tuple)) and all(
+        isinstance(t, str) and "." in t for t in value), "a list of EC2 instance types like ['m6i.large', "
+        "'m5.large']") = ()
 
     @classmethod
     def parse(cls, pool_name: str, raw: Mapping[str, Any]) -> "AsgSettings":
-        where = f"pools.{pool_name}.settings"
-        unknown = sorted(set(raw) - ASG_SETTINGS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; "
-                              f"allowed for provider aws_asg: {', '.join(sorted(ASG_SETTINGS))}")
-        group = raw.get("group_name")
-        if not isinstance(group, str) or not 1 <= len(group) <= 255 or any(c in group for c in ":\n"):
-            raise ConfigError(f"{where}.group_name: must be the Auto Scaling group's name (1-255 characters, "
-                              f"no ':'); got {group!r}")
-        busy = raw.get("busy_source", "kubernetes")
-        if busy not in BUSY_SOURCES:
-            raise ConfigError(f"{where}.busy_source: must be one of {', '.join(BUSY_SOURCES)}; got {busy!r}")
-        backoff = raw.get("backoff_s", 600.0)
-        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff > 0:
-            raise ConfigError(f"{where}.backoff_s: must be a number of seconds > 0; got {backoff!r}")
-        types = raw.get("instance_types", ())
-        if not isinstance(types, (list, tuple)) or not all(isinstance(t, str) and "." in t for t in types):
-            raise ConfigError(f"{where}.instance_types: must be a list of EC2 instance types like "
-                              f"['m6i.large', 'm5.large']; got {types!r}")
-        return cls(group, busy, float(backoff), tuple(types))
+        return validated(cls, dict(raw), ("pools", pool_name, "settings"))
 
 
 def _is_loopback_url(url: str | None) -> bool:

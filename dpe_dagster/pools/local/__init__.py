@@ -14,6 +14,11 @@ class LocalProvider(Provider):
 
         return LocalSparkPool.from_config(pool)
 
+    def settings_model(self):
+        from dpe_dagster.pools.local.standalone import LocalSparkSettings
+
+        return LocalSparkSettings
+
     def spark_master(self, pool):
         from dpe_dagster.pools.local.standalone import LocalSparkPool
 

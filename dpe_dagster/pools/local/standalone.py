@@ -27,11 +27,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
-from dpe_dagster.config import ConfigError, PoolConfig
+from pydantic import Field
+
+from dpe_dagster.config import Checked, ConfigModel, PoolConfig, validated
 from dpe_dagster.spark.java import spark_home, spark_process_env
 from dpe_dagster.paths import dpe_home
 from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolCapabilities, PoolError
@@ -40,43 +41,28 @@ from dpe_dagster.spark.resource import run_id_of_app
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
-LOCAL_SETTINGS = {"master_port", "master_webui_port", "worker_port_base", "worker_webui_port_base", "state_dir",
-                  "daemon_memory"}
+def _is_port(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1024 <= value <= 65000
 
 
-@dataclass(frozen=True)
-class LocalSparkSettings:
-    master_port: int = 7077
-    master_webui_port: int = 8080
-    worker_port_base: int = 7100
-    worker_webui_port_base: int = 8100
-    state_dir: Path | None = None
-    daemon_memory: str = "512m"
+Port = Checked(int, _is_port, "a port number 1024-65000", ge=1024, le=65000)
+HeapSize = Checked(str, lambda value: isinstance(value, str) and re.fullmatch(r"[1-9][0-9]*[kmgKMG]?", value),
+                   "a JVM heap size such as 512m or 1g", pattern=r"^[1-9][0-9]*[kmgKMG]?$")
+
+
+class LocalSparkSettings(ConfigModel):
+    """`pools.<name>.settings` for provider `local`."""
+
+    master_port: Port = 7077
+    master_webui_port: Port = 8080
+    worker_port_base: Port = Field(7100, description="worker i listens on this port + i")
+    worker_webui_port_base: Port = 8100
+    state_dir: Optional[Path] = Field(None, description="pid files and logs (default: DPE_HOME/pools/<pool>)")
+    daemon_memory: HeapSize = Field("512m", description="heap of the master and worker daemons")
 
     @classmethod
     def parse(cls, pool_name: str, raw: dict) -> "LocalSparkSettings":
-        unknown = sorted(set(raw) - LOCAL_SETTINGS)
-        if unknown:
-            raise ConfigError(
-                f"pools.{pool_name}.settings: unknown field(s) {', '.join(unknown)}; "
-                f"allowed for provider local: {', '.join(sorted(LOCAL_SETTINGS))}"
-            )
-        values = {}
-        for key in ("master_port", "master_webui_port", "worker_port_base", "worker_webui_port_base"):
-            if key in raw:
-                value = raw[key]
-                if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 65000:
-                    raise ConfigError(f"pools.{pool_name}.settings.{key}: must be a port number 1024-65000; got {value!r}")
-                values[key] = value
-        if "state_dir" in raw:
-            values["state_dir"] = Path(raw["state_dir"])
-        if "daemon_memory" in raw:
-            memory = str(raw["daemon_memory"])
-            if not re.fullmatch(r"[1-9][0-9]*[kmgKMG]?", memory):
-                raise ConfigError(f"pools.{pool_name}.settings.daemon_memory: must be a JVM heap size such as "
-                                  f"512m or 1g; got {raw['daemon_memory']!r}")
-            values["daemon_memory"] = memory
-        return cls(**values)
+        return validated(cls, raw, ("pools", pool_name, "settings"))
 
 
 def _alive(pid: int, expected_class: str) -> bool:
