@@ -138,3 +138,9 @@ GROUP_MANAGED_TAG = "dpe:managed"
 # The instance tag `dpe interruptions` writes on a node EC2 warned about: "<kind> <unix time of the
 # warning>". The control loop, another process, reads it with the instance (no extra call).
 INSTANCE_INTERRUPTED_TAG = "dpe:interrupted"
+
+# Kubernetes labels and annotations dpe puts on the pods it makes: the pool's label (a pool's
+# nodes carry it too, `labels` in its configuration), and which asset and run a container pod is for.
+POOL_LABEL = "dpe.io/pool"
+ASSET_ANNOTATION = "dpe.io/asset"
+RUN_ID_ANNOTATION = "dpe.io/run-id"

@@ -15,6 +15,7 @@ from dpe_dagster.containers.capacity import NoCapacity, Placed, ask_pool_for_con
 from dpe_dagster.containers.request import ContainerRequest
 from dpe_dagster.containers.resource import PoolContainers, Ran, fail, new_id
 from dpe_dagster.launch.pod_spec import pod_placement
+from dpe_dagster.tags import ASSET_ANNOTATION, RUN_ID_ANNOTATION
 
 CONTAINER_NAME = "main"
 
@@ -26,7 +27,7 @@ def pod_for(environment: Environment, request: ContainerRequest, pool: str, asse
     limit equal to its request (so it cannot take a neighbour's memory on a shared node)."""
     placement = pod_placement(environment.pool(pool), request.cpus, request.memory_gb)
     meta = placement.metadata()
-    meta["annotations"].update({"dpe.io/asset": asset, "dpe.io/run-id": run_id})
+    meta["annotations"].update({ASSET_ANNOTATION: asset, RUN_ID_ANNOTATION: run_id})
     spec = {
         **placement.pod_spec(),
         "restartPolicy": "Never",

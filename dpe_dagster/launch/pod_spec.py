@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from dpe_dagster.config import ConfigError, PoolConfig
+from dpe_dagster.tags import POOL_LABEL
 
-POOL_LABEL = "dpe.io/pool"
 # The node label the kubelet sets to the node's name: what a pod can prefer a node by.
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 # The largest weight the API allows: among the pool's nodes, the chosen one wins outright.

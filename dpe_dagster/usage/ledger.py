@@ -29,7 +29,8 @@ from dpe_dagster.usage.eventlog import observation_event, observations, read_nod
 from dpe_dagster.usage.pods import read_pod_usage
 from dpe_dagster.usage.pricing import CONFIG
 from dpe_dagster.usage.records import (
-    ASSET_COST, ASSET_NODE_SECONDS, ASSET_RUN_ID, RUN_USAGE_KEY, UNASSIGNED, NodeLifetime, UsageRecord,
+    ASSET_COST, ASSET_NODE_SECONDS, ASSET_POOL, ASSET_RUN_ID, ASSET_TEAM, RUN_USAGE_KEY, UNASSIGNED, NodeLifetime,
+    UsageRecord,
 )
 from dpe_dagster.usage.spans import Pricer, node_spans, pool_run_span, run_span, runs_overlapping
 
@@ -181,8 +182,8 @@ def _write(instance: DagsterInstance, job_name: str, usage: UsageRecord, done: s
             ASSET_COST: MetadataValue.float(part["cost_usd"]),
             ASSET_NODE_SECONDS: MetadataValue.float(part["node_seconds"]),
             ASSET_RUN_ID: MetadataValue.text(usage.run_id),
-            "dpe/pool": MetadataValue.text(usage.pool),
-            "dpe/team": MetadataValue.text(part["team"]),
+            ASSET_POOL: MetadataValue.text(usage.pool),
+            ASSET_TEAM: MetadataValue.text(part["team"]),
             **(extra or {}),
         })
         instance.report_dagster_event(observation_event(job_name, observation), run_id=usage.run_id)

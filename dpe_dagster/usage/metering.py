@@ -14,7 +14,7 @@ from typing import Any, Callable
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from dpe_dagster.tags import TagError, pool_request
-from dpe_dagster.usage.records import ASSET_COST, ASSET_NODE_SECONDS
+from dpe_dagster.usage.records import ASSET_COST, ASSET_COST_BASIS, ASSET_NODE_SECONDS, ASSET_POOL
 
 
 def estimate(tags: dict[str, str], seconds: float) -> dict[str, Any]:
@@ -33,8 +33,8 @@ def estimate(tags: dict[str, str], seconds: float) -> dict[str, Any]:
     return {
         ASSET_COST: MetadataValue.float(node_seconds / 3600 * pool.price_per_node_hour),
         ASSET_NODE_SECONDS: MetadataValue.float(node_seconds),
-        "dpe/pool": MetadataValue.text(pool.name),
-        "dpe/cost_basis": MetadataValue.text("estimate: step time x requested share x configured price"),
+        ASSET_POOL: MetadataValue.text(pool.name),
+        ASSET_COST_BASIS: MetadataValue.text("estimate: step time x requested share x configured price"),
     }
 
 

@@ -14,10 +14,15 @@ from dagster import AssetKey, MetadataValue
 
 RUN_USAGE_KEY = AssetKey(["dpe", "run_usage"])
 NODE_USAGE_KEY = AssetKey(["dpe", "node_usage"])
-# Per-asset attribution, written on each asset the run materialized.
+# The metadata dpe writes on materializations. Per-asset attribution, written on each asset the
+# run materialized:
 ASSET_COST = "dpe/cost_usd"
 ASSET_NODE_SECONDS = "dpe/node_seconds"
 ASSET_RUN_ID = "dpe/run_id"
+ASSET_POOL = "dpe/pool"  # the pool it ran on
+ASSET_TEAM = "dpe/team"
+ASSET_COST_BASIS = "dpe/cost_basis"  # how the cost was found (an estimate, or measured)
+ASSET_POD = "dpe/pod"  # the pod of a container asset
 UNASSIGNED = "unassigned"  # the team of a record no team owns
 
 
