@@ -47,36 +47,7 @@ def invalid(message: str, value: Any, at: tuple = ()) -> PydanticCustomError:
     return PydanticCustomError("dpe", message + "; got {got}", {"got": repr(value), "at": at})
 
 
-def Number(*, ge: float | None = None, gt: float | None = None, integer: bool = False, optional: bool = False,
-           description: str | None = None) -> Any:
-    """A finite number (or integer) with a lower bound; None too when `optional`."""
-    kind = "an integer" if integer else "a number"
-    bound = f"> {gt:g}" if gt is not None else f">= {ge:g}"
-
-    def check(value: Any) -> Any:
-        if value is None and optional:
-            return value
-        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if (isinstance(value, bool) or not ok_type or not math.isfinite(value)
-                or (gt is not None and value <= gt) or (ge is not None and value < ge)):
-            raise invalid(f"must be {kind} {bound}", value)
-        return value
-
-    base = int if integer else float
-    return Annotated[Optional[base] if optional else base, Field(ge=ge, gt=gt, description=description),
-                     BeforeValidator(check)]
-
-
-def Choice(allowed: tuple[str, ...], description: str | None = None) -> Any:
-    def check(value: Any) -> Any:
-        if value not in allowed:
-            raise invalid(f"must be one of {', '.join(allowed)}", value)
-        return value
-
-    return Annotated[Literal[allowed], Field(description=description), BeforeValidator(check)]
-
-
-def Checked(base: Any, check: Callable[[Any], bool], what: str, **field: Any) -> Any:
+def Checked(base: Any, check: Callable[[Any], Any], what: str, **field: Any) -> Any:
     """A value of type `base` for which `check` holds; otherwise 'must be <what>; got ...'.
     `field`: the JSON schema's constraints and description (pydantic's `Field`)."""
     def validate(value: Any) -> Any:
@@ -91,13 +62,29 @@ def Checked(base: Any, check: Callable[[Any], bool], what: str, **field: Any) ->
     return Annotated[base, Field(**field), BeforeValidator(validate)]
 
 
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise invalid("must be a non-empty string", value)
-    return value
+def Number(*, ge: float | None = None, gt: float | None = None, integer: bool = False, optional: bool = False,
+           description: str | None = None) -> Any:
+    """A finite number (or integer) with a lower bound; None too when `optional`."""
+    def ok(value: Any) -> bool:
+        if value is None:
+            return optional
+        is_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+        return (is_type and not isinstance(value, bool) and math.isfinite(value)
+                and (gt is None or value > gt) and (ge is None or value >= ge))
+
+    base = int if integer else float
+    bound = f"> {gt:g}" if gt is not None else f">= {ge:g}"
+    return Checked(Optional[base] if optional else base, ok, f"{'an integer' if integer else 'a number'} {bound}",
+                   ge=ge, gt=gt, description=description)
 
 
-Text = Annotated[str, Field(min_length=1), BeforeValidator(_text)]
+def Choice(allowed: tuple[str, ...], description: str | None = None) -> Any:
+    return Checked(Literal[allowed], lambda value: value in allowed, f"one of {', '.join(allowed)}",
+                   description=description)
+
+
+Text = Checked(str, lambda value: isinstance(value, str) and value, "a non-empty string", min_length=1)
+Settings = Checked(dict[str, Any], lambda value: isinstance(value, Mapping), "a mapping")
 
 
 def _provider_name(value: Any) -> str:
@@ -120,30 +107,6 @@ def _labels(value: Any) -> Any:
                                       "digits, '-', '_' or '.', starting and ending alphanumeric)",
                                       {"got": repr(label), "at": (key,)})
     return value
-
-
-def _mapping(value: Any) -> Any:
-    if not isinstance(value, Mapping):
-        raise invalid("must be a mapping", value)
-    return value
-
-
-def _list(value: Any) -> Any:
-    if not isinstance(value, (list, tuple)):
-        raise invalid("must be a list", value)
-    return value
-
-
-def _pattern(pattern: re.Pattern, what: str) -> Any:
-    def check(value: Any) -> Any:
-        if not isinstance(value, str) or not pattern.match(value):
-            raise invalid(f"must be {what}", value)
-        return value
-
-    return BeforeValidator(check)
-
-
-Settings = Annotated[dict[str, Any], BeforeValidator(_mapping)]
 
 
 class ConfigModel(BaseModel):
@@ -179,8 +142,8 @@ FILLED_IN = {"json_schema_extra": {"filled_in": True}}
 
 # -- the models ------------------------------------------------------------------------------
 class Taint(ConfigModel):
-    key: Annotated[str, _pattern(LABEL_KEY, "a valid Kubernetes taint key")]
-    value: Annotated[str, _pattern(re.compile(LABEL_VALUE.pattern), "a valid Kubernetes taint value")] = ""
+    key: Checked(str, lambda value: LABEL_KEY.match(value), "a valid Kubernetes taint key")
+    value: Checked(str, lambda value: LABEL_VALUE.match(value), "a valid Kubernetes taint value") = ""
     effect: Choice(TAINT_EFFECTS)
 
 
@@ -203,7 +166,7 @@ class PoolConfig(ConfigModel):
                                                     "node_memory_gb)") = None
     fallback: Optional[Text] = Field(None, description="the pool a run moves to when this one cannot take it")
     labels: Annotated[dict[str, str], BeforeValidator(_labels)] = Field(default_factory=dict)
-    taints: Annotated[tuple[Taint, ...], BeforeValidator(_list)] = ()
+    taints: Checked(tuple[Taint, ...], lambda value: isinstance(value, (list, tuple)), "a list of taints") = ()
     settings: Settings = Field(default_factory=dict, description="the provider's own settings (ports and folders "
                                                                  "for local, group_name for aws_asg)")
     idle_timeout_mode: Choice(IDLE_TIMEOUT_MODES) = DEFAULT_IDLE_TIMEOUT_MODE
@@ -267,7 +230,8 @@ class Environment(ConfigModel):
     `dpe_dagster.environment.load_environment`)."""
 
     name: SkipJsonSchema[str] = Field(**FILLED_IN)
-    pools: Annotated[dict[str, PoolConfig], Field(min_length=1), BeforeValidator(_mapping)]
+    pools: Checked(dict[str, PoolConfig], lambda value: isinstance(value, Mapping), "a mapping of pool names to "
+                   "pools", min_length=1)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     sensor_interval_s: Number(ge=1, integer=True, description="seconds between autoscaler ticks") = 30
     max_concurrent_runs: Number(ge=1, integer=True) = 4
