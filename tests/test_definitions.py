@@ -17,6 +17,12 @@ def test_workspace_loads_with_the_dagster_cli():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_dg_check_defs_passes_on_this_repository():
+    result = subprocess.run([dagster_bin("dg"), "check", "defs"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0 and "All definitions loaded successfully" in result.stdout + result.stderr, (
+        result.stdout + result.stderr)
+
+
 def test_pipeline_job_schedule_and_sensors_are_defined():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"tpch_tables", "tpch_q1", "tpch_q3", "tpch_q5", "tpch_q6", "dpe/run_usage", "dpe/node_usage"} <= keys

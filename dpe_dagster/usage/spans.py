@@ -69,8 +69,8 @@ def node_spans(instance: DagsterInstance, env: Environment, pool: str, since: fl
         if lifetime.pool == pool:
             spans.append((NodeSpan(lifetime.node_id, pool, lifetime.price_per_node_hour, lifetime.launched_at,
                                    lifetime.removed_at), lifetime.price_source))
-            described[lifetime.node_id] = _described(lifetime.node_id, lifetime.instance_type, lifetime.lifecycle,
-                                                      getattr(lifetime, "zone", ""))
+            # a node's lifetime does not record its zone
+            described[lifetime.node_id] = _described(lifetime.node_id, lifetime.instance_type, lifetime.lifecycle, "")
     for node in live:
         price = pricer(env.pools[pool], node)
         spans.append((NodeSpan(node.id, pool, price.usd_per_hour, node.launched_at, until), price.source))

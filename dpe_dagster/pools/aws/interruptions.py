@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from dpe_dagster.config import Environment
+from dpe_dagster.pools.aws.asg import AwsAsgPool
 from dpe_dagster.pools.base import REBALANCE_RECOMMENDATION, SPOT_INTERRUPTION, NodePool, PoolError
 
 log = logging.getLogger(__name__)
@@ -180,11 +181,11 @@ class InterruptionReader:
     def _mark(self, action: Action, event: Interruption) -> None:
         """Before the replacement is asked for: a tick between the two would otherwise see a
         target the nodes have not filled, and withdraw the replacement."""
-        mark = getattr(self.pools[action.pool], "mark_interrupted", None)
-        if mark is None:
+        pool = self.pools[action.pool]
+        if not isinstance(pool, AwsAsgPool):  # an EC2 instance is only ever an aws_asg pool's node
             return
         try:
-            mark(action.instance_id, event.kind, event.at(time.time()))
+            pool.mark_interrupted(action.instance_id, event.kind, event.at(time.time()))
         except PoolError as error:
             log.warning("pool %s: %s not marked as interrupted: %s", action.pool, action.instance_id, error)
 
