@@ -73,7 +73,7 @@ def first_fit_decreasing(requests: Iterable[tuple[float, float, Hashable]], node
                          free: Mapping[Hashable, Sequence[float]] | None = None) -> dict[Hashable, list[Hashable]]:
     """Request key -> the nodes it occupies, packing (cpus, memory, key) requests largest first
     onto `nodes` in their order (each first-fit). A request larger than a node takes that many
-    wholly free nodes; one that finds no room is left out. Room already taken per node: `used`, or
+    wholly free nodes (the free ones there are, if fewer); one that finds no room is left out. Room already taken per node: `used`, or
     `free` ([cpus, memory] left) for the nodes it names."""
     used = used or {}
     room = {node: list(free[node]) if free and node in free else
