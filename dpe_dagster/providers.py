@@ -7,8 +7,9 @@ A provider is registered under the entry point group `dpe.providers` by the pack
     my_cloud = "my_package.pools:PROVIDER"
 
 and the pool field `provider: my_cloud` picks it. A provider owns everything that differs between
-clouds: opening a pool (its `settings`), reading many pools at once before a tick, the price of a
-node, and which of its nodes a Kubernetes node is. Nothing else in dpe names a provider.
+clouds: opening a pool, the model of its `settings` (and of environment blocks such as `aws`),
+reading many pools at once before a tick, the price of a node, and which of its nodes a Kubernetes
+node is. Nothing else in dpe names a provider.
 """
 
 from __future__ import annotations
