@@ -98,9 +98,9 @@ def test_only_the_cli_starts_the_aws_emulator():
     assert users <= {"dpe_dagster.cli"}, users
 
 
-def test_pools_and_kubernetes_know_nothing_of_scaling_usage_or_launching():
+def test_pools_kubernetes_and_spark_know_nothing_of_scaling_usage_or_launching():
     for module, names in imports().items():
-        if module.startswith(("dpe_dagster.pools", "dpe_dagster.kube")):
+        if module.startswith(("dpe_dagster.pools", "dpe_dagster.kube", "dpe_dagster.spark")):
             above = {n for n in names if n.split(".")[1:2] and n.split(".")[1] in
                      ("scaling", "usage", "launch", "containers", "sim", "cli", "definitions", "component")}
             assert not above, f"{module} imports {sorted(above)}"

@@ -7,7 +7,7 @@ the container. An asset names a pool, never pod settings. Per environment (`pool
 - `KubernetesPoolContainers` (where runs go to Kubernetes: Spark's master is `k8s://`): asks for room first, through its run (a tag the
   autoscaler reads as demand; the run pod calls no cloud API), then creates the pod through
   dagster-k8s's `PipesK8sClient` with the pool's nodeSelector, tolerations and do-not-evict
-  annotations (`dpe_dagster.launch.pod_spec`) and the requests; it waits for a node at most
+  annotations (`dpe_dagster.kube.pod_spec`) and the requests; it waits for a node at most
   `node_wait_s` (default: the pool's boot timeout) and then fails, saying why the pool did not
   grow, instead of hanging.
 - `LocalPoolContainers` (elsewhere): the command runs on this machine as a subprocess through

@@ -14,7 +14,7 @@ from dpe_dagster.config import Environment
 from dpe_dagster.containers.capacity import NoCapacity, Placed, ask_pool_for_container, close_ask
 from dpe_dagster.containers.request import ContainerRequest
 from dpe_dagster.containers.resource import PoolContainers, Ran, fail, new_id
-from dpe_dagster.launch.pod_spec import pod_placement
+from dpe_dagster.kube.pod_spec import pod_placement
 from dpe_dagster.tags import ASSET_ANNOTATION, RUN_ID_ANNOTATION
 
 CONTAINER_NAME = "main"

@@ -57,7 +57,7 @@ from dpe_dagster.environment import CONFIG_FIELDS, load_environment
 from dpe_dagster.kube.nodes import KubeNodes
 from dpe_dagster.launch.capacity import ask_for_capacity
 from dpe_dagster.launch.node_choice import ENDING_TOGETHER, preferred_node
-from dpe_dagster.launch.pod_spec import pod_placement, run_k8s_config
+from dpe_dagster.kube.pod_spec import pod_placement, run_k8s_config
 from dpe_dagster.pools import PoolError, open_pool
 from dpe_dagster.providers import provider
 from dpe_dagster.scaling.control import request_capacity

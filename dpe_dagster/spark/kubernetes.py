@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from dpe_dagster.config import ConfigError, PoolConfig
-from dpe_dagster.launch.pod_spec import merge_pod_template, pod_placement
+from dpe_dagster.kube.pod_spec import merge_pod_template, pod_placement
 
 # Spark's own sizes: a bare number is MiB for executor memory and its overhead.
 _SPARK_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)

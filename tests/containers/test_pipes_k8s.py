@@ -17,7 +17,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 import dpe_dagster.environment
 from assets.containers import word_count
 from dpe_dagster.containers import KubernetesPoolContainers
-from dpe_dagster.launch.pod_spec import NOT_SAFE_TO_EVICT
+from dpe_dagster.kube.pod_spec import NOT_SAFE_TO_EVICT
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.pods import read_pod_usage
 from tests.fakes.kube_api import K8S_VERSION

@@ -11,7 +11,7 @@ import kubernetes_validate
 from dagster import DagsterRunStatus
 
 from dpe_dagster.config import parse_environment
-from dpe_dagster.launch.pod_spec import NOT_SAFE_TO_EVICT, pod_placement, run_k8s_config
+from dpe_dagster.kube.pod_spec import NOT_SAFE_TO_EVICT, pod_placement, run_k8s_config
 from dpe_dagster.pools import open_pool
 from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, REQUESTED_POOL_TAG
 from tests.fakes.kube_api import K8S_VERSION

@@ -17,7 +17,7 @@ from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job
 
 import resources.aws_sim
 from dpe_dagster.launch.k8s import pool_container_context
-from dpe_dagster.launch.pod_spec import HOSTNAME_LABEL
+from dpe_dagster.kube.pod_spec import HOSTNAME_LABEL
 from dpe_dagster.pools import open_pool
 from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG
 from tests.fakes.kube_api import K8S_VERSION
