@@ -60,9 +60,7 @@ def test_cordon_makes_the_node_unschedulable_and_not_ready_for_work(kube_api):
     assert kube_api.nodes["ip-10-0-1-1"]["spec"]["unschedulable"] is False
 
 
-# -- the aws_asg pool with busy-ness from Kubernetes -------------------------------------------
-
-
+# -- the aws_asg pool with busy-ness from Kubernetes (`kube_pool`: tests/support/aws.py) ---------
 def test_pool_cordons_an_idle_node_before_terminating_its_instance(kube_pool, kube_api):
     from tests.support.aws import ec2_states
 

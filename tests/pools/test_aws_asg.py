@@ -23,9 +23,6 @@ from tests.fakes.aws_faults import FaultProxy
 from tests.reliability.harness import advance, queue_run
 from tests.support.aws import REGION, aws, clients, dagster, ec2_states, environment, group, moto  # noqa: F401  (fixtures and helpers)
 
-# -- servers ---------------------------------------------------------------------------------
-
-
 # -- scaling ---------------------------------------------------------------------------------
 def test_pool_scales_from_zero_for_queued_runs_and_back_to_zero_after_idle_timeout(aws, dagster):
     env = environment(aws.url)
