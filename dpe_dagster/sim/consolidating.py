@@ -15,7 +15,7 @@ beginning; that is the default here (`evictable=False`): then only empty nodes a
 from __future__ import annotations
 
 from dpe_dagster.sim.dpe import grid_at_or_after
-from dpe_dagster.sim.packing import fits_elsewhere, new_nodes_for
+from dpe_dagster.sim.estimator import fits_elsewhere, new_nodes_for
 from dpe_dagster.sim.node_choice import first_fit
 
 BATCH_IDLE_S = 1.0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from dpe_dagster.sim.dpe import grid_at_or_after
-from dpe_dagster.sim.packing import fits_elsewhere, new_nodes_for
+from dpe_dagster.sim.estimator import fits_elsewhere, new_nodes_for
 from dpe_dagster.sim.node_choice import first_fit
 
 SCAN_S = 10.0

@@ -1,6 +1,7 @@
-"""How many new nodes the baselines' pending jobs need, counting the nodes already booting (what
-Cluster Autoscaler's binpacking estimator and Karpenter's provisioner both compute), with the
-packing rules production uses (`dpe_dagster.packing`)."""
+"""The baselines' binpacking estimator: how many new nodes the pending jobs need, counting the
+nodes already booting (what Cluster Autoscaler's estimator and Karpenter's provisioner compute),
+and whether a node's jobs fit elsewhere (consolidation), with production's packing rules
+(`dpe_dagster.packing`)."""
 
 from __future__ import annotations
 
