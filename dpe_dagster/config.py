@@ -283,8 +283,12 @@ ENVIRONMENT_FIELDS = Environment.file_fields()
 
 # -- loading ---------------------------------------------------------------------------------
 def parse_pool(name: str, raw: Any) -> PoolConfig:
-    """One pool from its fields in the file (`pools.<name>`)."""
-    return validated(PoolConfig, _named(name, raw), prefix=("pools", name))
+    """One pool from its fields in the file (`pools.<name>`), its `settings` checked by its provider."""
+    pool = validated(PoolConfig, _named(name, raw), prefix=("pools", name))
+    problems = _settings_problems(pool)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return pool
 
 
 def parse_environment(name: str, raw: Any) -> Environment:
@@ -309,15 +313,19 @@ def _check_provider_settings(env: Environment) -> None:
 
     problems, owned = [], {}
     for pool in env.pools.values():
-        kind = provider(pool.provider)
-        owned.update(kind.environment_models())
-        model = kind.settings_model()
-        if model is not None:
-            problems += _problems(model, pool.settings, ("pools", pool.name, "settings"))
+        owned.update(provider(pool.provider).environment_models())
+        problems += _settings_problems(pool)
     for key, model in owned.items():
         problems += _problems(model, getattr(env, key), (key,))
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _settings_problems(pool: PoolConfig) -> list[str]:
+    from dpe_dagster.providers import provider
+
+    model = provider(pool.provider).settings_model()
+    return [] if model is None else _problems(model, pool.settings, ("pools", pool.name, "settings"))
 
 
 def _problems(model: type[ConfigModel], data: Any, prefix: tuple) -> list[str]:

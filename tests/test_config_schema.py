@@ -117,3 +117,11 @@ def test_an_aws_pool_s_settings_and_the_aws_block_are_checked_when_the_configura
         "pools.spot.settings.busy_source: must be one of kubernetes, dagster_runs; got 'ec2'",
         "aws.max_attempts: must be an integer 1-20; got 50",
     ]
+
+
+def test_one_pool_parsed_alone_has_its_settings_checked_too():
+    from dpe_dagster.config import parse_pool
+
+    with pytest.raises(ConfigError, match=r"^pools\.spot\.settings\.group_name: is required$"):
+        parse_pool("spot", {"provider": "aws_asg", "max_size": 2, "node_cpus": 2, "node_memory_gb": 8,
+                            "price_per_node_hour": 0.035})

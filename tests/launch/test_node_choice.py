@@ -19,7 +19,7 @@ def pool(placement: str | None = "ending-together"):
               "labels": {"dpe.io/pool": "spot-etl"}, "settings": {"group_name": "g"}}
     if placement is not None:
         fields["placement"] = placement
-    return parse_environment("t", {"pools": {"spot-etl": fields}}).pool("spot-etl")
+    return parse_environment("t", {"aws": {"region": "us-east-1"}, "pools": {"spot-etl": fields}}).pool("spot-etl")
 
 
 def node(node_id: str, age_h: float, state: str = "running") -> Node:

@@ -49,10 +49,11 @@ def test_executor_pod_template_tolerates_the_spot_taint_and_is_evictable():
 
 def test_a_spot_driver_pool_is_refused_naming_the_field():
     spot = parse_pool("spot-etl", {"provider": "aws_asg", "max_size": 3, "node_cpus": 4, "node_memory_gb": 16,
-                                   "price_per_node_hour": 0.07, "lifecycle": "spot", "labels": {"dpe.io/pool": "x"}})
+                                   "price_per_node_hour": 0.07, "lifecycle": "spot", "labels": {"dpe.io/pool": "x"},
+                                   "settings": {"group_name": "dpe-spot"}})
     with pytest.raises(ConfigError, match=r"pools\.spot-etl\.lifecycle: the Spark driver's pool must be on-demand"):
         spark_on_k8s(spot, spot, image="dpe:1", namespace="dagster", service_account="dagster")
     unlabeled = parse_pool("bare", {"provider": "aws_asg", "max_size": 3, "node_cpus": 4, "node_memory_gb": 16,
-                                    "price_per_node_hour": 0.07})
+                                    "price_per_node_hour": 0.07, "settings": {"group_name": "dpe-bare"}})
     with pytest.raises(ConfigError, match=r"pools\.bare\.labels"):
         spark_on_k8s(unlabeled, unlabeled, image="dpe:1", namespace="dagster", service_account="dagster")

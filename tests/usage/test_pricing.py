@@ -24,9 +24,10 @@ def node_price(pool, node, region=None, spot=None):
     return (aws_node_price(node, region, spot) if region else None) or configured_price(pool, node)
 
 SPOT = parse_pool("spot-etl", {"provider": "aws_asg", "max_size": 3, "node_cpus": 2, "node_memory_gb": 8,
-                               "lifecycle": "spot", "price_per_node_hour": 0.035})
+                               "lifecycle": "spot", "price_per_node_hour": 0.035, "settings": {"group_name": "spot"}})
 ON_DEMAND = parse_pool("ondemand-etl", {"provider": "aws_asg", "max_size": 3, "node_cpus": 2, "node_memory_gb": 8,
-                                        "lifecycle": "on-demand", "price_per_node_hour": 0.5})
+                                        "lifecycle": "on-demand", "price_per_node_hour": 0.5,
+                                        "settings": {"group_name": "ondemand"}})
 NOW = time.time()
 
 
