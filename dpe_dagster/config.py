@@ -62,20 +62,25 @@ def Checked(base: Any, check: Callable[[Any], Any], what: str, **field: Any) -> 
     return Annotated[base, Field(**field), BeforeValidator(validate)]
 
 
-def Number(*, ge: float | None = None, gt: float | None = None, integer: bool = False, optional: bool = False,
-           description: str | None = None) -> Any:
-    """A finite number (or integer) with a lower bound; None too when `optional`."""
+def Number(*, ge: float | None = None, gt: float | None = None, le: float | None = None, integer: bool = False,
+           optional: bool = False, what: str | None = None, description: str | None = None) -> Any:
+    """A finite number (or integer) with a lower bound, and an upper one when `le` is given; None
+    too when `optional`. `what`: how the error names it (default: 'a number' or 'an integer')."""
     def ok(value: Any) -> bool:
         if value is None:
             return optional
         is_type = isinstance(value, int) if integer else isinstance(value, (int, float))
         return (is_type and not isinstance(value, bool) and math.isfinite(value)
-                and (gt is None or value > gt) and (ge is None or value >= ge))
+                and (gt is None or value > gt) and (ge is None or value >= ge) and (le is None or value <= le))
 
     base = int if integer else float
-    bound = f"> {gt:g}" if gt is not None else f">= {ge:g}"
-    return Checked(Optional[base] if optional else base, ok, f"{'an integer' if integer else 'a number'} {bound}",
-                   ge=ge, gt=gt, description=description)
+    if le is not None:
+        bound = f"{ge:g}-{le:g}"
+    else:
+        bound = f"> {gt:g}" if gt is not None else f">= {ge:g}"
+    kind = what or ("an integer" if integer else "a number")
+    return Checked(Optional[base] if optional else base, ok, f"{kind} {bound}", ge=ge, gt=gt, le=le,
+                   description=description)
 
 
 def Choice(allowed: tuple[str, ...], description: str | None = None) -> Any:

@@ -69,24 +69,22 @@ def pack_by_size(waiting: Mapping[tuple[float, float], int], rooms: list[list[fl
 
 def first_fit_decreasing(requests: Iterable[tuple[float, float, Hashable]], nodes: Sequence[Hashable],
                          node_cpus: float, node_memory_gb: float,
-                         used: Mapping[Hashable, tuple[float, float]] | None = None,
                          free: Mapping[Hashable, Sequence[float]] | None = None) -> dict[Hashable, list[Hashable]]:
     """Request key -> the nodes it occupies, packing (cpus, memory, key) requests largest first
     onto `nodes` in their order (each first-fit). A request larger than a node takes that many
-    wholly free nodes (the free ones there are, if fewer); one that finds no room is left out. Room already taken per node: `used`, or
-    `free` ([cpus, memory] left) for the nodes it names."""
-    used = used or {}
-    room = {node: list(free[node]) if free and node in free else
-            [node_cpus - used.get(node, (0, 0))[0], node_memory_gb - used.get(node, (0, 0))[1]] for node in nodes}
+    wholly free nodes (the free ones there are, if fewer); one that finds no room is left out.
+    `free`: [cpus, memory] left on the nodes it names (the others are empty); it is not changed."""
+    free = free or {}
+    room = {node: list(free[node]) if node in free else [node_cpus, node_memory_gb] for node in nodes}
     placed: dict[Hashable, list[Hashable]] = {}
     for cpus, memory_gb, key in sorted(requests, key=lambda r: (r[0], r[1]), reverse=True):
         whole = whole_nodes(cpus, memory_gb, node_cpus, node_memory_gb)
         if whole:
-            free = [node for node in nodes if room[node] == [node_cpus, node_memory_gb]][:whole]
-            for node in free:
+            empty = [node for node in nodes if room[node] == [node_cpus, node_memory_gb]][:whole]
+            for node in empty:
                 room[node] = [0.0, 0.0]
-            if free:
-                placed[key] = free
+            if empty:
+                placed[key] = empty
             continue
         for node in nodes:
             if how_many_fit(room[node], cpus, memory_gb):

@@ -27,12 +27,11 @@ def test_first_fit_decreasing_places_largest_first_and_whole_node_runs_on_empty_
     placed = first_fit_decreasing([(1, 1, "small"), (3, 1, "large"), (8, 1, "huge"), (1, 1, "small-2")],
                                   ["n1", "n2", "n3", "n4"], 4, 16)
     assert placed == {"huge": ["n1", "n2"], "large": ["n3"], "small": ["n3"], "small-2": ["n4"]}
-    # Room already taken counts: n1 has 3 CPUs used, so the 2-CPU run goes to n2.
-    assert first_fit_decreasing([(2, 1, "r")], ["n1", "n2"], 4, 16, used={"n1": (3, 1)}) == {"r": ["n2"]}
+    # Room already taken counts: n1 has 3 CPUs used (1 left), so the 2-CPU run goes to n2.
     assert first_fit_decreasing([(2, 1, "r")], ["n1", "n2"], 4, 16, free={"n1": [1, 15]}) == {"r": ["n2"]}
     # A whole-node run takes the empty nodes there are (the aws-sim model marks them busy), none if none.
     assert first_fit_decreasing([(5, 1, "too-big")], ["n1"], 4, 16) == {"too-big": ["n1"]}
-    assert first_fit_decreasing([(5, 1, "too-big")], ["n1"], 4, 16, used={"n1": (1, 1)}) == {}
+    assert first_fit_decreasing([(5, 1, "too-big")], ["n1"], 4, 16, free={"n1": [3, 15]}) == {}
 
 
 def test_pack_by_size_fills_the_rooms_given_before_new_nodes():

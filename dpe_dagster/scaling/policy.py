@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
 from dpe_dagster.packing import pack_by_size, whole_nodes as whole_nodes_of
@@ -294,7 +294,7 @@ def extension_class(seconds: float) -> int:
     return round(math.log2(1.0 + max(0.0, seconds) / 60.0))
 
 
-def place_run(run: RunDemand, nodes: Sequence[NodeRoom], now: float) -> str | None:
+def place_run(run: RunDemand, nodes: Iterable[NodeRoom], now: float) -> str | None:
     """The node a waiting run should go to, among those with room (None: no room anywhere).
     `nodes` are listed oldest first.
 

@@ -26,5 +26,6 @@ def for_placement(placement: str) -> Callable:
 
 def _place(sim, job: int, exclude, expected_end: float | None) -> object | None:
     run = RunDemand(str(job), sim.work.cpus[job], sim.work.memory_gb[job], expected_end=expected_end)
-    chosen = place_run(run, [node.room for node in sim.ready_nodes if node not in exclude], sim.now)
+    # lazily: first fit stops at the first node with room
+    chosen = place_run(run, (node.room for node in sim.ready_nodes if node not in exclude), sim.now)
     return None if chosen is None else sim.nodes[chosen]

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field
 
-from dpe_dagster.config import Checked, Choice, ConfigModel, Environment, PoolConfig, validated
+from dpe_dagster.config import Checked, Choice, ConfigModel, Environment, Number, PoolConfig, validated
 from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolCapabilities, PoolError, ScaleUpHealth
 from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, INSTANCE_INTERRUPTED_TAG, SCALE_UP_SINCE_TAG
 
@@ -50,10 +50,6 @@ _BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
 
 
 # -- configuration ---------------------------------------------------------------------------
-def _is_integer(value, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
 class AwsSettings(ConfigModel):
     """Per-environment AWS settings (`aws:` in the environment)."""
 
@@ -63,7 +59,7 @@ class AwsSettings(ConfigModel):
         isinstance(value, str) and urlparse(value).scheme in ("http", "https")), "an http(s) URL",
         description="an endpoint other than AWS's own (default: AWS_ENDPOINT_URL, else AWS)") = None
     retry_mode: Choice(RETRY_MODES) = "standard"
-    max_attempts: Checked(int, lambda value: _is_integer(value, 1, 20), "an integer 1-20", ge=1, le=20) = 8
+    max_attempts: Number(ge=1, le=20, integer=True) = 8
     # The environment talks only to an AWS emulator on loopback (aws-sim): refuse anything else.
     emulator: Checked(bool, lambda value: isinstance(value, bool), "true or false") = False
     # Read and validated where the queue is read (pools/aws/interruptions.py).
@@ -81,8 +77,7 @@ class AsgSettings(ConfigModel):
         c in value for c in ":\n"), "the Auto Scaling group's name (1-255 characters, no ':')", min_length=1,
         max_length=255)
     busy_source: Choice(BUSY_SOURCES) = "kubernetes"
-    backoff_s: Checked(float, lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
-                       and value > 0, "a number of seconds > 0", gt=0) = 600.0
+    backoff_s: Number(gt=0, what="a number of seconds") = 600.0
     # The instance types the group may launch; the emulator creates the group with them, in AWS the
     # group's MixedInstancesPolicy (deploy/) is the truth and this is documentation.
     instance_types: Checked(tuple[str, ...], lambda value: isinstance(value, (list, tuple)) and all(

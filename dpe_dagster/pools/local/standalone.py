@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 from pydantic import Field
 
-from dpe_dagster.config import Checked, ConfigModel, PoolConfig, validated
+from dpe_dagster.config import Checked, ConfigModel, Number, PoolConfig, validated
 from dpe_dagster.spark.java import spark_home, spark_process_env
 from dpe_dagster.paths import dpe_home
 from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolCapabilities, PoolError
@@ -41,11 +41,8 @@ from dpe_dagster.spark.resource import run_id_of_app
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
-def _is_port(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1024 <= value <= 65000
 
-
-Port = Checked(int, _is_port, "a port number 1024-65000", ge=1024, le=65000)
+Port = Number(ge=1024, le=65000, integer=True, what="a port number")
 HeapSize = Checked(str, lambda value: isinstance(value, str) and re.fullmatch(r"[1-9][0-9]*[kmgKMG]?", value),
                    "a JVM heap size such as 512m or 1g", pattern=r"^[1-9][0-9]*[kmgKMG]?$")
 
