@@ -144,3 +144,6 @@ INSTANCE_INTERRUPTED_TAG = "dpe:interrupted"
 POOL_LABEL = "dpe.io/pool"
 ASSET_ANNOTATION = "dpe.io/asset"
 RUN_ID_ANNOTATION = "dpe.io/run-id"
+# The label a pool's nodes carry for their lifecycle (spot / on-demand), set by their launch
+# template (deploy/cloudformation/node-pool.yaml, the aws-sim emulator).
+LIFECYCLE_LABEL = "dpe.io/lifecycle"

@@ -1,11 +1,15 @@
-"""Which of a pool's instances are busy, as Kubernetes sees them; cordoning before removal.
+"""Which of a pool's instances are busy, as Kubernetes sees them; cordoning and draining before removal.
 
 - An instance is a node when a Node's `spec.providerID` names it, as the pool's provider reads it
   (`Provider.node_id`; on EKS `aws:///us-east-1a/i-0abc...`).
 - A node is ready to take work when its `Ready` condition is True and it is not cordoned.
-- A node is busy when any pod that is not a DaemonSet's (nor a static/mirror pod) and has not
-  finished runs on it: such a pod is a run, an executor or a user's workload, and removing the node
-  would kill it. DaemonSet pods run on every node and go with it.
+- What on a node is work (`holds_work`): any pod that has not finished, except a DaemonSet's, a
+  static (mirror) pod, and a *movable* pod: one that a ReplicaSet, StatefulSet or
+  ReplicationController keeps alive elsewhere when it is evicted, that dpe did not place (no
+  `dpe.io/pool` or `dagster/run-id` label) and that does not say it must not be evicted. A
+  webserver or an add-on that landed on a pool node does not keep the node paid forever: it is
+  evicted when the node goes (`drain`), as Cluster Autoscaler moves such pods. Runs, executors,
+  containers, Jobs and bare pods are work.
 - An instance with no Node yet (still booting, not joined) is not ready and not busy; so is an
   idle node someone cordoned. Either is removed once not ready for the pool's boot timeout.
 
@@ -14,46 +18,78 @@ session labels the run's executor pods the same way (spark/kubernetes.py), so on
 active pods finds every pod of every run. A run maps to the pool node where its pods request the
 most CPU (its executors, on an executor pool; its own pod, on the driver pool).
 
-Reads use field selectors (`spec.nodeName=...`), one list call per node of the pool, so the cost
-grows with the pool, not the cluster. No Kubernetes API server can run on the development
-machine: the tests serve Kubernetes-format JSON over HTTP on loopback to the real client.
+Cost of a look: one list of the pool's nodes (label selector) and one list of the cluster's active
+pods, shared by every pool looking within `SNAPSHOT_MAX_AGE_S` (a tick sizes all its pools on one
+pod list); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
+What decides a removal is read fresh, node by node, at the last moment (`busy_by_instance(...,
+fresh=True)`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from dpe_dagster.errors import PoolError
+from dpe_dagster.tags import POOL_LABEL
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 RUN_ID_LABEL = "dagster/run-id"  # dagster-k8s's label on run pods; dpe puts it on executors too
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+# Controllers that recreate an evicted pod elsewhere: their pods move, they do not hold a node.
+REPLICATED = ("ReplicaSet", "StatefulSet", "ReplicationController")
+# A pod that says so is never moved (the annotations dpe itself puts on runs, kube/pod_spec.py).
+DO_NOT_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
+# How long one list of the cluster's pods serves the pools that look after it (within one tick).
+SNAPSHOT_MAX_AGE_S = 2.0
 
 
-def is_ready(node: Any) -> bool:
-    if node.spec is not None and node.spec.unschedulable:
+# -- what a node and a pod are (Kubernetes JSON, as the API serves it) --------------------------
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def is_ready(node: Mapping[str, Any]) -> bool:
+    if (node.get("spec") or {}).get("unschedulable"):
         return False
-    conditions = (node.status.conditions or []) if node.status is not None else []
-    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (node.get("status") or {}).get("conditions") or [])
 
 
-def holds_work(pod: Any) -> bool:
+def _finished(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _owner_kinds(pod: Mapping[str, Any]) -> list[str]:
+    return [o.get("kind", "") for o in _meta(pod).get("ownerReferences") or [] if o.get("controller", True)]
+
+
+def is_daemon(pod: Mapping[str, Any]) -> bool:
+    """A pod that runs on every node and goes with it: a DaemonSet's, or a static (mirror) pod."""
+    return MIRROR_ANNOTATION in (_meta(pod).get("annotations") or {}) or "DaemonSet" in _owner_kinds(pod)
+
+
+def placed_by_dpe(pod: Mapping[str, Any]) -> bool:
+    labels = _meta(pod).get("labels") or {}
+    return POOL_LABEL in labels or RUN_ID_LABEL in labels
+
+
+def movable(pod: Mapping[str, Any]) -> bool:
+    """A pod that is evicted, not waited for, when its node goes (see the module docstring)."""
+    if _finished(pod) or is_daemon(pod) or placed_by_dpe(pod):
+        return False
+    annotations = _meta(pod).get("annotations") or {}
+    if any(annotations.get(key) == value for key, value in DO_NOT_EVICT.items()):
+        return False
+    return any(kind in REPLICATED for kind in _owner_kinds(pod))
+
+
+def holds_work(pod: Mapping[str, Any]) -> bool:
     """A pod whose node must not be removed under it."""
-    if pod.status is not None and pod.status.phase in ("Succeeded", "Failed"):
-        return False
-    if MIRROR_ANNOTATION in ((pod.metadata.annotations or {}) if pod.metadata else {}):
-        return False
-    owners = (pod.metadata.owner_references or []) if pod.metadata else []
-    return not any(owner.kind == "DaemonSet" for owner in owners)
-
-
-def cpu_request(pod: Any) -> float:
-    """The CPUs a pod asks for (its containers' requests; a container that asks for none counts
-    as a little, so that a run's pod still places it when nothing else does)."""
-    total = 0.0
-    for container in (pod.spec.containers or []) if pod.spec is not None else []:
-        requests = (container.resources.requests or {}) if container.resources is not None else {}
-        total += _cpus(requests.get("cpu")) if "cpu" in requests else 0.001
-    return total
+    return not (_finished(pod) or is_daemon(pod) or movable(pod))
 
 
 def _cpus(quantity: Any) -> float:
@@ -61,8 +97,50 @@ def _cpus(quantity: Any) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+def cpu_request(pod: Mapping[str, Any]) -> float:
+    """The CPUs a pod asks for (its containers' requests; a container that asks for none counts
+    as a little, so that a run's pod still places it when nothing else does)."""
+    total = 0.0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        requests = (container.get("resources") or {}).get("requests") or {}
+        total += _cpus(requests["cpu"]) if "cpu" in requests else 0.001
+    return total
+
+
+def node_name_of(pod: Mapping[str, Any]) -> str | None:
+    return (pod.get("spec") or {}).get("nodeName")
+
+
+# -- one list of the cluster's active pods, shared within a tick --------------------------------
+class _PodSnapshots:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_host: dict[str, tuple[float, dict[str, list[dict]]]] = {}
+
+    def get(self, host: str, list_pods: Callable[[], list[dict]]) -> dict[str, list[dict]]:
+        with self._lock:
+            found = self._by_host.get(host)
+            if found is not None and time.monotonic() - found[0] <= SNAPSHOT_MAX_AGE_S:
+                return found[1]
+        by_node: dict[str, list[dict]] = {}
+        for pod in list_pods():
+            name = node_name_of(pod)
+            if name:
+                by_node.setdefault(name, []).append(pod)
+        with self._lock:
+            self._by_host[host] = (time.monotonic(), by_node)
+        return by_node
+
+    def forget(self, host: str) -> None:
+        with self._lock:
+            self._by_host.pop(host, None)
+
+
+_SNAPSHOTS = _PodSnapshots()
+
+
 class KubeNodes:
-    """The kubernetes client's view of the nodes behind a pool's instances."""
+    """The Kubernetes API's view of the nodes behind a pool's instances."""
 
     def __init__(self, core_api: Any, label_selector: str | None, node_id: Callable[[str | None], str | None]):
         # node_id: a Node's spec.providerID -> the id of the pool's node it is (the provider's parser)
@@ -76,64 +154,83 @@ class KubeNodes:
         """In a pod: the service account (in-cluster config); elsewhere: KUBECONFIG / ~/.kube/config."""
         from kubernetes import client, config
 
-        api_client = client.ApiClient(configuration=client.Configuration())
+        configuration = client.Configuration()
         try:
             if os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_incluster_config(client_configuration=api_client.configuration)
+                config.load_incluster_config(client_configuration=configuration)
             else:
                 # KUBECONFIG is read now, not when the kubernetes package was imported.
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
-                                        client_configuration=api_client.configuration)
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
         except config.ConfigException as error:
-            from dpe_dagster.errors import PoolError
-
             raise PoolError(f"busy_source kubernetes: no Kubernetes API to ask ({error}); run dpe in the cluster "
                             "(service account) or set KUBECONFIG") from error
-        selector = ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or None
-        return cls(client.CoreV1Api(api_client), selector, node_id)
+        # The client's connections take the TLS settings when it is made: after the configuration is read.
+        return cls(client.CoreV1Api(client.ApiClient(configuration)), label_selector(labels), node_id)
 
-    def nodes_by_instance(self) -> dict[str, Any]:
-        kwargs = {"label_selector": self.label_selector} if self.label_selector else {}
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def _host(self) -> str:
+        return str(self.core.api_client.configuration.host)
+
+    def _items(self, method: Callable[..., Any], *args: Any, **params: Any) -> list[dict]:
+        """A list call's items as JSON (the client's models cost ~10x more to build)."""
+        response = method(*args, _preload_content=False, **params)
+        return json.loads(response.data).get("items") or []
+
+    def nodes_by_instance(self) -> dict[str, dict]:
+        params = {"label_selector": self.label_selector} if self.label_selector else {}
         found = {}
-        for node in self.core.list_node(**kwargs).items:
-            iid = self.node_id(node.spec.provider_id if node.spec else None)
+        for node in self._items(self.core.list_node, **params):
+            iid = self.node_id((node.get("spec") or {}).get("providerID"))
             if iid:
                 found[iid] = node
         return found
 
-    def pods_on(self, node_name: str) -> list[Any]:
-        return self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node_name},{ACTIVE_PODS}").items
+    def _all_active_pods(self) -> list[dict]:
+        return self._items(self.core.list_pod_for_all_namespaces, field_selector=ACTIVE_PODS)
 
-    def busy_by_instance(self, instance_ids: Iterable[str]) -> dict[str, tuple[bool, bool]]:
-        """instance id -> (ready to take work, busy). Errors propagate: the caller counts a node it
-        cannot see as busy, for a bounded grace (its busy status is unknown)."""
+    def pods_by_node(self, fresh: bool = False, node_names: Sequence[str] = ()) -> dict[str, list[dict]]:
+        """Active pods by node name: from the tick's shared list, or (`fresh`) asked now for these
+        nodes only (one call per node: for the few a removal is about to take)."""
+        if not fresh:
+            return _SNAPSHOTS.get(self._host, self._all_active_pods)
+        return {name: self._items(self.core.list_pod_for_all_namespaces,
+                                  field_selector=f"spec.nodeName={name},{ACTIVE_PODS}") for name in node_names}
+
+    def busy_by_instance(self, instance_ids: Iterable[str], fresh: bool = False) -> dict[str, tuple[bool, bool]]:
+        """instance id -> (ready to take work, busy). `fresh`: read now, node by node (before a
+        removal); otherwise from the pod list the pools share within a tick. Errors propagate: the
+        caller counts a node it cannot see as busy, for a bounded grace (its busy status is unknown)."""
+        instance_ids = list(instance_ids)
         nodes = self.nodes_by_instance()
+        names = [_meta(nodes[iid])["name"] for iid in instance_ids if iid in nodes]
+        pods = self.pods_by_node(fresh, names) if names else {}
         out = {}
         for iid in instance_ids:
             node = nodes.get(iid)
             if node is None:
                 out[iid] = (False, False)
                 continue
-            busy = any(holds_work(pod) for pod in self.pods_on(node.metadata.name))
+            busy = any(holds_work(pod) for pod in pods.get(_meta(node)["name"], []))
             out[iid] = (is_ready(node), busy)
         return out
 
     def run_instances(self, instance_ids: Iterable[str]) -> dict[str, str]:
         """Dagster run id -> the instance (among these) whose node the run's active pods request
-        the most CPU on (ties: the lowest instance id). Two list calls: the pool's nodes and the
-        active pods carrying a run id label."""
+        the most CPU on (ties: the lowest instance id)."""
         wanted = set(instance_ids)
-        instance_of_node = {node.metadata.name: iid for iid, node in self.nodes_by_instance().items() if iid in wanted}
-        pods = self.core.list_pod_for_all_namespaces(label_selector=RUN_ID_LABEL, field_selector=ACTIVE_PODS).items
+        instance_of_node = {_meta(node)["name"]: iid for iid, node in self.nodes_by_instance().items() if iid in wanted}
         cpus: dict[str, dict[str, float]] = {}  # run id -> instance id -> CPUs requested there
-        for pod in pods:
-            run_id = ((pod.metadata.labels or {}) if pod.metadata else {}).get(RUN_ID_LABEL)
-            iid = instance_of_node.get(pod.spec.node_name if pod.spec else None)
-            if run_id and iid and holds_work(pod):
-                held = cpus.setdefault(run_id, {})
-                held[iid] = held.get(iid, 0.0) + cpu_request(pod)
+        by_node = self.pods_by_node()
+        for name, iid in instance_of_node.items():
+            for pod in by_node.get(name, []):
+                run_id = (_meta(pod).get("labels") or {}).get(RUN_ID_LABEL)
+                if run_id and holds_work(pod):
+                    held = cpus.setdefault(run_id, {})
+                    held[iid] = held.get(iid, 0.0) + cpu_request(pod)
         return {run_id: min(held, key=lambda iid: (-held[iid], iid)) for run_id, held in cpus.items()}
 
+    # -- acting ----------------------------------------------------------------------------------
     def cordon_instances(self, instance_ids: Sequence[str], cordoned: bool = True) -> list[str]:
         """Mark the nodes of these instances unschedulable (or schedulable again); returns the node
         names changed. An instance with no node has nothing to cordon."""
@@ -143,6 +240,46 @@ class KubeNodes:
             node = nodes.get(iid)
             if node is None:
                 continue
-            self.core.patch_node(node.metadata.name, {"spec": {"unschedulable": cordoned}})
-            changed.append(node.metadata.name)
+            self.core.patch_node(_meta(node)["name"], {"spec": {"unschedulable": cordoned}})
+            changed.append(_meta(node)["name"])
+        _SNAPSHOTS.forget(self._host)
         return changed
+
+    def evict(self, instance_ids: Sequence[str], which: Callable[[Mapping[str, Any]], bool] = movable,
+              grace_period_s: int | None = None) -> list[str]:
+        """Evict the pods on these instances' nodes that `which` selects (default: the movable
+        ones), through the Eviction API, so PodDisruptionBudgets and each pod's grace period (and
+        preStop hook) are honoured. Returns "namespace/name" of each pod evicted; a refused
+        eviction (a budget, HTTP 429) raises PoolError naming the pod."""
+        from kubernetes import client
+
+        nodes = self.nodes_by_instance()
+        names = [_meta(nodes[iid])["name"] for iid in instance_ids if iid in nodes]
+        evicted = []
+        for pods in self.pods_by_node(fresh=True, node_names=names).values():
+            for pod in pods:
+                if not which(pod) or (_meta(pod).get("deletionTimestamp")):
+                    continue
+                namespace, name = _meta(pod)["namespace"], _meta(pod)["name"]
+                body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+                                         delete_options=client.V1DeleteOptions(grace_period_seconds=grace_period_s)
+                                         if grace_period_s is not None else None)
+                try:
+                    self.core.create_namespaced_pod_eviction(name, namespace, body)
+                except client.ApiException as error:
+                    if error.status == 404:
+                        continue  # gone already
+                    raise PoolError(f"could not evict pod {namespace}/{name} from node {node_name_of(pod)}: "
+                                    f"{error.status} {error.reason}") from error
+                evicted.append(f"{namespace}/{name}")
+        _SNAPSHOTS.forget(self._host)
+        return evicted
+
+
+def label_selector(labels: Mapping[str, str] | None) -> str | None:
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or None
+
+
+def not_a_daemon(pod: Mapping[str, Any]) -> bool:
+    """Every pod that does not go with its node: what a node about to be taken away is drained of."""
+    return not (_finished(pod) or is_daemon(pod))

@@ -54,7 +54,7 @@ from dagster_k8s.launcher import K8sRunLauncher
 
 from dpe_dagster.config import Environment
 from dpe_dagster.environment import CONFIG_FIELDS, load_environment
-from dpe_dagster.kube.nodes import KubeNodes
+from dpe_dagster.kube.nodes import KubeNodes, label_selector
 from dpe_dagster.launch.capacity import ask_for_capacity
 from dpe_dagster.launch.node_choice import ENDING_TOGETHER, preferred_node
 from dpe_dagster.kube.pod_spec import pod_placement, run_k8s_config
@@ -185,9 +185,8 @@ class PoolK8sRunLauncher(K8sRunLauncher):
         try:
             nodes = open_pool(pool, env).nodes()
             active = read_demand(self._instance, env).of(pool.name)
-            selector = ",".join(f"{key}={value}" for key, value in sorted(pool.labels.items())) or None
             node_id = provider(pool.provider).node_id
-            kube_nodes = KubeNodes(self._api_client.core_api, selector, node_id).nodes_by_instance()
+            kube_nodes = KubeNodes(self._api_client.core_api, label_selector(pool.labels), node_id).nodes_by_instance()
         except Exception as error:  # noqa: BLE001 - the scheduler can still place the pod on the pool
             self._instance.report_engine_event(
                 f"dpe: pool {pool.name} places runs ending-together, but its nodes, runs or Kubernetes nodes could "
@@ -207,7 +206,7 @@ class PoolK8sRunLauncher(K8sRunLauncher):
                 f"dpe: pool {pool.name} would place this run on node {node_id}, which Kubernetes does not list "
                 "(yet); launching without a preferred node", run)
             return None
-        name = kube_node.metadata.name
+        name = kube_node["metadata"]["name"]
         self._instance.report_engine_event(
             f"dpe: pool {pool.name} places runs ending-together: this run prefers node {name} ({node_id})", run)
         return name

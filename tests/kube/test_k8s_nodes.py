@@ -1,20 +1,20 @@
-"""Busy nodes, instance-id mapping and cordoning, through the real kubernetes client.
-
-No Kubernetes API server can run on this machine, so `LoopbackKubeApi` serves Kubernetes-format
-JSON (Node, Pod and Job objects as an EKS cluster returns them) over HTTP on 127.0.0.1 and applies
-the few writes dpe makes (merge-patching a node, creating a Job) the way the API server does.
-"""
+"""Busy nodes, instance-id mapping, cordoning and draining, on the real control plane
+(tests/cluster/): the scheduler places the pods, the DaemonSet and Job controllers make them, kwok
+runs them, and the AWS emulator's instances join as EKS nodes (`kube_pool`)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from kubernetes import client
 
 from dpe_dagster.kube.nodes import KubeNodes
+from dpe_dagster.pools import PoolError
 from dpe_dagster.pools.aws.asg import instance_id
-from tests.fakes.kube_api import TS, LoopbackKubeApi, _fields_match, core_api, kube_api  # noqa: F401  (fixture)
 from tests.support.aws import aws, ec2_states, kube_pool, moto  # noqa: F401  (fixtures and helpers)
+from tests.support.cluster import cluster, eks, kube, node_ready, pods_on, wait_for  # noqa: F401  (fixtures)
+
+POOL = {"dpe.io/pool": "spot-etl"}
+TOLERATE_POOL = [{"key": "dpe.io/pool", "operator": "Exists"}]
 
 
 def test_instance_ids_come_from_provider_ids():
@@ -23,91 +23,160 @@ def test_instance_ids_come_from_provider_ids():
     assert instance_id(None) is None
 
 
-def test_node_with_only_daemonset_mirror_or_finished_pods_is_idle_any_other_pod_makes_it_busy(kube_api):
-    kube_api.add_node("ip-10-0-1-1", "i-000000000000000a1")
-    kube_api.add_node("ip-10-0-1-2", "i-000000000000000a2")
-    kube_api.add_node("ip-10-0-1-3", "i-000000000000000a3", ready=False)
-    for node in ("ip-10-0-1-1", "ip-10-0-1-2"):
-        kube_api.add_pod(f"aws-node-{node}", node, owner_kind="DaemonSet", namespace="kube-system")
-        kube_api.add_pod(f"kube-proxy-{node}", node, owner_kind="DaemonSet", namespace="kube-system")
-    kube_api.add_pod("static-etcd", "ip-10-0-1-1", owner_kind="Node", mirror=True, namespace="kube-system")
-    kube_api.add_pod("dagster-run-done", "ip-10-0-1-1", phase="Succeeded")
-    kube_api.add_pod("dagster-run-0f3a", "ip-10-0-1-2")
-    kube = KubeNodes(core_api(kube_api.url), None, instance_id)
-    busy = kube.busy_by_instance(["i-000000000000000a1", "i-000000000000000a2", "i-000000000000000a3",
-                                  "i-000000000000000ff"])
+def _job(name: str, node: str) -> dict:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": node},
+                "tolerations": TOLERATE_POOL, "containers": [{"name": "main", "image": "busybox"}]}}}}
+
+
+def _deployment(name: str, node: str | None) -> dict:
+    """One replica on `node`, or (None) on any of the pool's nodes."""
+    selector = {"kubernetes.io/hostname": node} if node else POOL
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"nodeSelector": selector, "tolerations": TOLERATE_POOL,
+                         "containers": [{"name": "main", "image": "busybox"}]}}}}
+
+
+def _running(kube, node: str, prefix: str) -> bool:
+    return any(p.metadata.name.startswith(prefix) and p.status.phase == "Running" for p in pods_on(kube.core(), node))
+
+
+def test_what_on_a_node_is_work(kube_pool, kube):
+    """DaemonSet pods, finished pods and a replicated pod dpe did not place leave a node idle; a
+    Job's pod or a bare pod make it busy; a node that never joined is neither ready nor busy."""
+    pool, (first, second), ec2, (node1, node2) = kube_pool
+    core = kube.core()
+    kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", instance_id)
+    # node1: a replicated pod (a webserver that landed there) and a Job whose pod finished.
+    kube.apply([_deployment("stray-webserver", node1), _job("finished", node1)])
+    wait_for("the stray pod running", lambda: _running(kube, node1, "stray-webserver"))
+    finished = wait_for("the Job's pod", lambda: [p for p in pods_on(core, node1) if p.metadata.name.startswith("finished")])
+    finished[0].status.phase = "Succeeded"  # as the kubelet reports a container that exited 0
+    core.replace_namespaced_pod_status(finished[0].metadata.name, "default", finished[0])
+    # node2: a run's Job.
+    kube.apply([_job("dagster-run-0f3a", node2)])
+    wait_for("the run's pod running", lambda: _running(kube, node2, "dagster-run-0f3a"))
+    busy = kube_nodes.busy_by_instance([first, second, "i-000000000000000ff"], fresh=True)
     assert busy == {
-        "i-000000000000000a1": (True, False),   # daemons, a static pod and a finished run only
-        "i-000000000000000a2": (True, True),    # a run's pod
-        "i-000000000000000a3": (False, False),  # NotReady: cannot take work yet
+        first: (True, False),  # DaemonSets, a finished pod and a movable pod only
+        second: (True, True),  # a run's pod
         "i-000000000000000ff": (False, False),  # booted, not joined the cluster yet
     }
-    # A bare pod with no owner (someone's kubectl run) holds work too.
-    kube_api.add_pod("debug-shell", "ip-10-0-1-1", owner_kind=None)
-    assert kube.busy_by_instance(["i-000000000000000a1"]) == {"i-000000000000000a1": (True, True)}
+    # The shared view of a tick says the same.
+    assert kube_nodes.busy_by_instance([first, second]) == {first: (True, False), second: (True, True)}
+    # A bare pod with no owner (someone's kubectl run) is work.
+    core.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug-shell"},
+                                           "spec": {"nodeName": node1, "containers": [{"name": "sh", "image": "busybox"}]}})
+    assert kube_nodes.busy_by_instance([first], fresh=True) == {first: (True, True)}
 
 
-def test_cordon_makes_the_node_unschedulable_and_not_ready_for_work(kube_api):
-    kube_api.add_node("ip-10-0-1-1", "i-000000000000000a1", labels={"dpe.io/pool": "spot-etl"})
-    kube_api.add_node("ip-10-0-9-9", "i-000000000000000b1", labels={"dpe.io/pool": "other"})
-    kube = KubeNodes(core_api(kube_api.url), "dpe.io/pool=spot-etl", instance_id)
-    assert set(kube.nodes_by_instance()) == {"i-000000000000000a1"}
-    assert kube.cordon_instances(["i-000000000000000a1", "i-000000000000000b1"]) == ["ip-10-0-1-1"]
-    assert kube_api.nodes["ip-10-0-1-1"]["spec"]["unschedulable"] is True
-    assert "unschedulable" not in kube_api.nodes["ip-10-0-9-9"]["spec"]
-    assert kube.busy_by_instance(["i-000000000000000a1"]) == {"i-000000000000000a1": (False, False)}
-    kube.cordon_instances(["i-000000000000000a1"], False)
-    assert kube_api.nodes["ip-10-0-1-1"]["spec"]["unschedulable"] is False
+def test_cordon_makes_the_node_unschedulable_and_not_ready_for_work(kube_pool, kube):
+    pool, (first, second), ec2, (node1, node2) = kube_pool
+    core = kube.core()
+    kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", instance_id)
+    other = KubeNodes(core, "dpe.io/pool=other", instance_id)
+    assert set(kube_nodes.nodes_by_instance()) == {first, second} and other.nodes_by_instance() == {}
+    assert kube_nodes.cordon_instances([first, "i-000000000000000ff"]) == [node1]
+    assert core.read_node(node1).spec.unschedulable is True and not core.read_node(node2).spec.unschedulable
+    assert kube_nodes.busy_by_instance([first]) == {first: (False, False)}
+    # The scheduler keeps new pods off it.
+    kube.apply([_job("after-cordon", node1)])
+    pod = wait_for("the Job's pod", lambda: [p for p in core.list_namespaced_pod("default").items
+                                              if p.metadata.name.startswith("after-cordon")])[0]
+    wait_for("the pod reported unschedulable", lambda: any(
+        c.type == "PodScheduled" and c.reason == "Unschedulable"
+        for c in core.read_namespaced_pod(pod.metadata.name, "default").status.conditions or []))
+    kube_nodes.cordon_instances([first], False)
+    assert not core.read_node(node1).spec.unschedulable
+    wait_for("the pod scheduled once the node is schedulable again", lambda: _running(kube, node1, "after-cordon"))
 
 
-# -- the aws_asg pool with busy-ness from Kubernetes (`kube_pool`: tests/support/aws.py) ---------
-def test_pool_cordons_an_idle_node_before_terminating_its_instance(kube_pool, kube_api):
-    from tests.support.aws import ec2_states
-
-    pool, (idle, busy), ec2 = kube_pool
-    kube_api.add_pod("dagster-run-1", "ip-10-0-2-1")
+# -- the aws_asg pool with busy-ness from Kubernetes ----------------------------------------------
+def test_pool_cordons_and_drains_an_idle_node_before_terminating_its_instance(kube_pool, kube, eks):
+    pool, (idle, busy), ec2, (idle_node, busy_node) = kube_pool
+    core = kube.core()
+    kube.apply([_job("dagster-run-1", busy_node)])
+    wait_for("the run's pod running", lambda: _running(kube, busy_node, "dagster-run-1"))
+    # A stray pod that may run on any of the pool's nodes lands on the idle one.
+    core.patch_node(busy_node, {"spec": {"unschedulable": True}})
+    kube.apply([_deployment("stray-webserver", None)])
+    wait_for("the stray pod running", lambda: _running(kube, idle_node, "stray-webserver"))
+    core.patch_node(busy_node, {"spec": {"unschedulable": False}})
     nodes = {n.id: n for n in pool.nodes()}
     assert (nodes[idle].busy, nodes[busy].busy) == (False, True)
     assert nodes[idle].state == nodes[busy].state == "running"
 
     pool.remove_nodes([idle])
-    patches = [i for i, r in enumerate(kube_api.requests) if r == ("PATCH", "/api/v1/nodes/ip-10-0-2-0")]
-    assert patches and kube_api.nodes["ip-10-0-2-0"]["spec"]["unschedulable"] is True
     assert ec2_states(ec2, [idle])[idle] in ("shutting-down", "terminated")
     assert pool.target() == 1
-
-    from dpe_dagster.pools import PoolError
+    # The stray pod was evicted, and its Deployment put it on the node that is left.
+    wait_for("the stray pod rescheduled on the other node", lambda: _running(kube, busy_node, "stray-webserver"))
+    wait_for("the terminated instance's Node gone", lambda: idle_node not in {n.metadata.name for n in core.list_node().items})
 
     with pytest.raises(PoolError, match="refusing to remove busy node"):
         pool.remove_nodes([busy])
     assert ec2_states(ec2, [busy])[busy] == "running"
-    assert "unschedulable" not in kube_api.nodes["ip-10-0-2-1"]["spec"]
+    assert not core.read_node(busy_node).spec.unschedulable
 
 
-def test_node_that_takes_work_while_being_cordoned_is_uncordoned_and_kept(kube_pool, kube_api):
-    from dpe_dagster.pools import PoolError
-    from tests.support.aws import ec2_states
+def test_node_that_takes_work_while_being_cordoned_is_uncordoned_and_kept(kube_pool, kube):
+    pool, (first, _), ec2, (node1, _) = kube_pool
+    core = kube.core()
+    cordon = pool._cordon
 
-    pool, (first, _), ec2 = kube_pool
-    # The scheduler binds a pod to the node in the instant between dpe's check and its cordon.
-    def bind_a_pod_as_it_is_cordoned(name):
-        if kube_api.nodes[name]["spec"].get("unschedulable") and not any(
-                p["metadata"]["name"] == "late-run" for p in kube_api.pods):
-            kube_api.add_pod("late-run", name)
+    # The scheduler bound a pod to the node in the instant between dpe's check and its cordon.
+    def cordon_as_a_pod_lands(instance_ids, cordoned=True):
+        changed = cordon(instance_ids, cordoned)
+        if cordoned:
+            core.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "late-run"},
+                                                   "spec": {"nodeName": node1,
+                                                            "containers": [{"name": "main", "image": "busybox"}]}})
+        return changed
 
-    kube_api.on_patch = bind_a_pod_as_it_is_cordoned
+    pool._cordon = cordon_as_a_pod_lands
     with pytest.raises(PoolError, match="took work while being cordoned"):
         pool.remove_nodes([first])
-    assert kube_api.nodes["ip-10-0-2-0"]["spec"]["unschedulable"] is False
+    assert not core.read_node(node1).spec.unschedulable
     assert ec2_states(ec2, [first])[first] == "running" and pool.target() == 2
 
 
-def test_unreachable_kubernetes_api_means_every_node_counts_as_busy(kube_pool, kube_api):
-    pool, ids, ec2 = kube_pool
-    kube_api.close()
-    time.sleep(0.1)
-    assert all(n.busy for n in pool.nodes())
-    from dpe_dagster.pools import PoolError
+def test_a_pod_budget_that_refuses_the_drain_keeps_the_node(kube_pool, kube):
+    """A movable pod whose PodDisruptionBudget allows no eviction: the API server refuses it, and
+    the node is uncordoned and kept, not terminated under the pod."""
+    pool, (idle, _), ec2, (idle_node, _) = kube_pool
+    core = kube.core()
+    kube.apply([_deployment("guarded", idle_node), {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "guarded", "namespace": "default"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}}])
+    wait_for("the guarded pod running", lambda: _running(kube, idle_node, "guarded"))
+    wait_for("the budget observed", lambda: client.PolicyV1Api(kube.api_client()).read_namespaced_pod_disruption_budget(
+        "guarded", "default").status.observed_generation)
+    with pytest.raises(PoolError, match="could not drain"):
+        pool.remove_nodes([idle])
+    assert ec2_states(ec2, [idle])[idle] == "running" and not core.read_node(idle_node).spec.unschedulable
 
+
+def test_unreachable_kubernetes_api_means_every_node_counts_as_busy(kube_pool, kube, monkeypatch, tmp_path):
+    from dpe_dagster.pools import open_pool
+    from tests.cluster.control_plane import write_kubeconfig
+    from dpe_dagster.pools.aws.emulator import free_port
+
+    pool, ids, ec2, _ = kube_pool
+    dead = write_kubeconfig(tmp_path / "dead", f"https://127.0.0.1:{free_port()}", kube.ca_file, "x")
+    monkeypatch.setenv("KUBECONFIG", str(dead))
+    blind = open_pool(pool.config, pool_environment(pool))
+    assert all(n.busy and not n.busy_known for n in blind.nodes())
     with pytest.raises(PoolError, match="refusing to remove busy node"):
-        pool.remove_nodes(ids[:1])
+        blind.remove_nodes(ids[:1])
+    assert ec2_states(ec2, ids[:1])[ids[0]] == "running"
+
+
+def pool_environment(pool):
+    from dpe_dagster.config import parse_environment
+
+    return parse_environment("test", {"aws": {"region": pool.aws.region, "endpoint_url": pool.aws.endpoint_url,
+                                              "max_attempts": 3},
+                                      "pools": {pool.name: {**pool.config.as_file(), "fallback": None}}})

@@ -123,22 +123,26 @@ def pools_of(env):
 
 
 @pytest.fixture
-def kube_pool(aws, kube_api, tmp_path, monkeypatch):
-    """The aws_asg pool with busy-ness from Kubernetes: two instances, each a Node of the loopback
-    Kubernetes API (`kube_api`: tests.fakes.kube_api) with a DaemonSet pod."""
-    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig(tmp_path / "kubeconfig")))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+def kube_pool(aws, eks):
+    """The aws_asg pool with busy-ness from Kubernetes: two instances that joined the real control
+    plane as EKS nodes (`eks`: tests/support/cluster.py), each running the DaemonSets' pods.
+    Returns (pool, instance ids, ec2 client, node names), sorted by instance id."""
+    from tests.support.cluster import node_ready, pods_on, wait_for
+
     env = environment(aws.url, labels={"dpe.io/pool": "spot-etl"},
-                      settings={"group_name": "test-spot", "busy_source": "kubernetes"})
+                      settings={"group_name": "test-spot", "busy_source": "kubernetes",
+                                "instance_types": ["m6i.large", "m5.large"]})
     autoscaling, ec2 = clients(aws.url)
     create_groups(env, autoscaling, ec2)
     pool = open_pool(env.pool("spot-etl"), env)
     pool.set_target(2)
     ids = sorted(n.id for n in pool.nodes())
-    for i, iid in enumerate(ids):
-        kube_api.add_node(f"ip-10-0-2-{i}", iid, labels={"dpe.io/pool": "spot-etl"})
-        kube_api.add_pod(f"aws-node-{i}", f"ip-10-0-2-{i}", owner_kind="DaemonSet", namespace="kube-system")
-    return pool, ids, ec2
+    names = [eks.node_name(iid) for iid in ids]
+    for name in names:
+        wait_for(f"node {name} Ready", lambda: node_ready(eks.core, name))
+        wait_for(f"DaemonSet pods running on {name}",
+                 lambda: sum(p.status.phase == "Running" for p in pods_on(eks.core, name)) >= 2)
+    return pool, ids, ec2, names
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,7 @@ def instance_id(provider_id: str | None) -> str | None:
 
 
 # -- the pool --------------------------------------------------------------------------------
-BusyLookup = Callable[[Sequence["_Instance"]], dict[str, tuple[bool, bool]]]
+BusyLookup = Callable[..., dict[str, tuple[bool, bool]]]  # (instances, fresh=False)
 RunLookup = Callable[[Sequence["_Instance"]], dict[str, str]]
 
 
@@ -193,10 +193,12 @@ class AwsAsgPool(PoolCapabilities):
 
     def __init__(self, config: PoolConfig, settings: AsgSettings, aws: AwsSettings, autoscaling: Any, ec2: Any,
                  busy_lookup: BusyLookup | None = None, cordon: Callable[..., Any] | None = None,
-                 run_lookup: RunLookup | None = None):
-        # busy_lookup: instances -> {id: (ready to take work, busy)}; cordon(instance_ids, cordoned=True)
-        # marks the matching Kubernetes nodes (un)schedulable; run_lookup: instances -> {run id:
-        # instance id it holds}. All come from the pool's busy_source.
+                 run_lookup: RunLookup | None = None, drain: Callable[[Sequence[str]], Any] | None = None):
+        # busy_lookup(instances, fresh=False) -> {id: (ready to take work, busy)}, `fresh` read at
+        # the moment of a removal; cordon(instance_ids, cordoned=True) marks the matching Kubernetes
+        # nodes (un)schedulable; drain(instance_ids) evicts what may move off them (pods that are
+        # not work, kube/nodes.py); run_lookup: instances -> {run id: instance id it holds}. All
+        # come from the pool's busy_source.
         self.name = config.name
         self.config = config
         self.settings = settings
@@ -206,6 +208,7 @@ class AwsAsgPool(PoolCapabilities):
         self._busy_lookup = busy_lookup
         self._cordon = cordon
         self._run_lookup = run_lookup
+        self._drain = drain
         # (group, monotonic time): a group description the next look may use instead of asking
         # again; see describe_groups and _group_for_look.
         self._view: tuple[dict, float] | None = None
@@ -220,13 +223,15 @@ class AwsAsgPool(PoolCapabilities):
             from dpe_dagster.kube.nodes import KubeNodes
 
             kube = KubeNodes.from_environment(pool.labels, instance_id)
-            pool_obj._busy_lookup = lambda instances: kube.busy_by_instance([i.id for i in instances])
+            pool_obj._busy_lookup = lambda instances, fresh=False: kube.busy_by_instance(
+                [i.id for i in instances], fresh)
             pool_obj._cordon = kube.cordon_instances
+            pool_obj._drain = kube.evict
             pool_obj._run_lookup = lambda instances: kube.run_instances([i.id for i in instances])
         else:
             from dpe_dagster.pools.aws.run_model import busy_from_dagster_runs, runs_on_instances
 
-            pool_obj._busy_lookup = lambda instances: busy_from_dagster_runs(pool, instances)
+            pool_obj._busy_lookup = lambda instances, fresh=False: busy_from_dagster_runs(pool, instances)
             pool_obj._run_lookup = lambda instances: runs_on_instances(pool, instances)
         return pool_obj
 
@@ -451,7 +456,7 @@ class AwsAsgPool(PoolCapabilities):
         # Check busy at the last moment, not from the caller's older view.
         # Busy-ness is judged over the whole group (a run placed on one instance is not on another).
         # Unknown counts as busy, except for the nodes removed as stuck (unknown for too long).
-        busy = self._busy(list(members.values()))
+        busy = self._busy(list(members.values()), fresh=True)
 
         def refuses(node_id: str) -> bool:
             is_busy = busy.get(node_id, (False, None))[1]
@@ -478,12 +483,22 @@ class AwsAsgPool(PoolCapabilities):
                             "been unknown past the grace", self.name, ", ".join(node_ids), error)
                 cordoned = False
             if cordoned:
-                busy = self._busy(list(members.values()))
+                busy = self._busy(list(members.values()), fresh=True)
             now_busy = sorted(n for n in node_ids if refuses(n)) if cordoned else []
             if now_busy:
                 self._cordon(now_busy, False)
                 raise PoolError(f"pool {self.name}: node(s) {', '.join(now_busy)} took work while being cordoned; "
                                 "uncordoned and kept")
+            if cordoned and self._drain is not None:
+                # What is on the nodes but is not work (a replicated pod that landed there) moves
+                # off through the Eviction API before the instances go.
+                try:
+                    self._drain(node_ids)
+                except Exception as error:
+                    with _suppress():
+                        self._cordon(node_ids, False)
+                    raise PoolError(f"pool {self.name}: could not drain {', '.join(node_ids)}: {error}; uncordoned, "
+                                    "nothing removed") from error
         done: list[str] = []
         for node_id in node_ids:
             try:
@@ -506,15 +521,16 @@ class AwsAsgPool(PoolCapabilities):
                    Tags=[{"Key": INSTANCE_INTERRUPTED_TAG, "Value": f"{kind} {at:.3f}"}])
 
     # -- busy-ness and protection -------------------------------------------------------------
-    def _busy(self, instances: Sequence[_Instance]) -> dict[str, tuple[bool, bool | None]]:
+    def _busy(self, instances: Sequence[_Instance], fresh: bool = False) -> dict[str, tuple[bool, bool | None]]:
         """instance id -> (ready to take work, busy); busy None: unknown, which counts as busy (a
-        node dpe cannot see must not be removed as idle) for a bounded grace (policy.stuck_nodes)."""
+        node dpe cannot see must not be removed as idle) for a bounded grace (policy.stuck_nodes).
+        `fresh`: read now, not from the view the pools of a tick share (before a removal)."""
         if not instances:
             return {}
         if self._busy_lookup is None:
             return {inst.id: (self._serving(inst), None) for inst in instances}
         try:
-            return self._busy_lookup(instances)
+            return self._busy_lookup(instances, fresh=fresh)
         except Exception as error:  # the lookup talks to another system; its failure must not remove nodes
             log.warning("pool %s: cannot tell which nodes are busy (%s); treating all as busy", self.name, error)
             return {inst.id: (self._serving(inst), None) for inst in instances}

@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from dpe_dagster.config import Environment, PoolConfig
+from dpe_dagster.pools.aws.eks import node_labels, node_user_data
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.tags import GROUP_MANAGED_TAG, GROUP_POOL_TAG
 
 # moto accepts any AMI id of the right shape; this one is in its default image list.
 EMULATOR_AMI = "ami-12c6146b"
+EMULATOR_CLUSTER = "dpe-sim"
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "dpe-emulator", "AWS_SECRET_ACCESS_KEY": "dpe-emulator"}
 # Variables that could send emulated calls elsewhere or to a real account: unset inside the block.
 _CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
@@ -128,11 +130,18 @@ def create_group(autoscaling, ec2, pool: PoolConfig, region: str) -> str:
     settings = AsgSettings.parse(pool.name, dict(pool.settings))
     types = list(settings.instance_types) or ["m6i.large"]
     template = f"dpe-{pool.name}"
+    spot = pool.lifecycle == "spot"
     ec2.create_launch_template(
         LaunchTemplateName=template,
-        LaunchTemplateData={"ImageId": EMULATOR_AMI, "InstanceType": types[0]},
+        LaunchTemplateData={
+            "ImageId": EMULATOR_AMI, "InstanceType": types[0],
+            # What the node's kubelet registers with (labels, taints), as the CloudFormation template writes it.
+            "UserData": node_user_data(EMULATOR_CLUSTER, node_labels(pool),
+                                       [(t.key, t.value, t.effect) for t in pool.taints]),
+            # Run pods must not reach the instance role through the metadata service: one hop only.
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+        },
     )
-    spot = pool.lifecycle == "spot"
     autoscaling.create_auto_scaling_group(
         AutoScalingGroupName=settings.group_name,
         MinSize=pool.min_size,

@@ -1,0 +1,121 @@
+"""The real Kubernetes control plane for the tests (tests/cluster/): started once per test session,
+emptied after each test that uses it, with the AWS emulator's instances joining it as EKS nodes.
+
+Where Go is missing the tests that need the cluster skip with the reason; with
+`DPE_REQUIRE_CLUSTER=1` (CI, `.ci/run`) they fail instead, as do all of them when it cannot start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Callable
+
+import pytest
+import yaml
+
+from tests.cluster.build import GoMissing, build
+from tests.cluster.control_plane import ControlPlane
+from tests.cluster.eks import EksNodes, install_daemonsets
+from tests.paths import PROJECT_ROOT
+
+K8S_DEPLOY = PROJECT_ROOT / "deploy" / "k8s"
+# Namespaces the cluster starts with; everything else a test made is deleted after it.
+SYSTEM_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
+
+
+def _required() -> bool:
+    return os.environ.get("DPE_REQUIRE_CLUSTER") == "1"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok, with the EKS
+    DaemonSets (kube-proxy, aws-node) installed."""
+    try:
+        binaries = build(quiet=True)
+    except GoMissing as error:
+        if _required():
+            pytest.fail(f"DPE_REQUIRE_CLUSTER=1 and {error}")
+        pytest.skip(f"needs the Kubernetes control plane: {error}")
+    plane = ControlPlane(binaries.folder, tmp_path_factory.mktemp("cluster"))
+    plane.start()
+    try:
+        install_daemonsets(plane)
+        yield plane
+    finally:
+        plane.stop()
+
+
+def reset(cluster: ControlPlane) -> None:
+    """Back to an empty cluster: no nodes, no Jobs or pods, no namespace a test made."""
+    from kubernetes import client
+
+    core, batch = cluster.core(), client.BatchV1Api(cluster.api_client())
+    apps, policy = client.AppsV1Api(cluster.api_client()), client.PolicyV1Api(cluster.api_client())
+    for namespace in core.list_namespace().items:
+        name = namespace.metadata.name
+        collections = [batch.delete_collection_namespaced_job, apps.delete_collection_namespaced_deployment,
+                       apps.delete_collection_namespaced_stateful_set, apps.delete_collection_namespaced_replica_set,
+                       policy.delete_collection_namespaced_pod_disruption_budget]
+        if name != "kube-system":  # its DaemonSets are the cluster's (install_daemonsets)
+            collections.append(apps.delete_collection_namespaced_daemon_set)
+        for delete in collections:
+            with contextlib.suppress(client.ApiException):
+                delete(name, propagation_policy="Background")
+        with contextlib.suppress(client.ApiException):
+            core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+        if name not in SYSTEM_NAMESPACES and name != "dagster":
+            with contextlib.suppress(client.ApiException):
+                core.delete_namespace(name)
+    with contextlib.suppress(client.ApiException):
+        core.delete_collection_node()
+
+
+@pytest.fixture
+def kube(cluster, monkeypatch):
+    """The cluster for one test, as cluster-admin through KUBECONFIG; emptied afterwards."""
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    yield cluster
+    reset(cluster)
+
+
+def deploy_documents(*names: str) -> list[dict]:
+    """The manifests of deploy/k8s/ (all of them, or these files), as documents."""
+    paths = [K8S_DEPLOY / name for name in names] if names else sorted(K8S_DEPLOY.glob("*.yaml"))
+    return [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.fixture
+def eks(kube, aws):
+    """The AWS emulator's instances joining the cluster as EKS nodes (kwok plays their kubelets)."""
+    nodes = EksNodes(kube, aws.url, boot_s=0.5)
+    with nodes:
+        yield nodes
+
+
+def wait_for(what: str, check: Callable[[], object], timeout_s: float = 30, interval_s: float = 0.1):
+    """Poll until `check()` is truthy and return it; fail naming `what` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as error:  # noqa: BLE001 - the API may answer 404 until the object exists
+            last_error = error
+        time.sleep(interval_s)
+    raise AssertionError(f"{what}: not within {timeout_s:g}s" + (f" (last error: {last_error})" if last_error else ""))
+
+
+def node_ready(core, name: str) -> bool:
+    node = core.read_node(name)
+    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+
+
+def pods_on(core, node_name: str) -> list:
+    return core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node_name}").items
+
