@@ -204,6 +204,8 @@ class ControlPlane:
             f"--client-ca-file={self.ca_file}",
             f"--token-auth-file={self.dir / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
+            # Logs are fetched from a node's InternalIP (the stand-in kubelet listens on 127.0.0.1).
+            "--kubelet-preferred-address-types=InternalIP",
             "--enable-admission-plugins=NodeRestriction",
             f"--service-account-issuer={ISSUER}",
             f"--service-account-key-file={self.pki / 'sa.pub'}",
