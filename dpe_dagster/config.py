@@ -166,9 +166,10 @@ class PoolConfig(ConfigModel):
     price_per_node_hour: Number(ge=0, description="USD per node-hour (a provider may know the live price)")
     idle_timeout_s: Number(ge=0, description="a node idle this long is removed (the most, in mode auto)") = 300.0
     boot_timeout_s: Number(gt=0, description="a node not ready by then is terminated") = 600.0
-    default_run_cpus: Number(gt=0, description="a run's CPUs when its tags say none (default: node_cpus)") = None
-    default_run_memory_gb: Number(gt=0, description="a run's memory when its tags say none (default: "
-                                                    "node_memory_gb)") = None
+    default_run_cpus: Number(gt=0, description="a run's CPUs when its tags say none (default: what runs can have "
+                                               "of a node, node_cpus - reserved_cpus)") = None
+    default_run_memory_gb: Number(gt=0, description="a run's memory when its tags say none (default: what runs can "
+                                                    "have of a node, node_memory_gb - reserved_memory_gb)") = None
     fallback: Optional[Text] = Field(None, description="the pool a run moves to when this one cannot take it")
     labels: Annotated[dict[str, str], BeforeValidator(_labels)] = Field(default_factory=dict)
     taints: Checked(tuple[Taint, ...], lambda value: isinstance(value, (list, tuple)), "a list of taints") = ()
@@ -183,16 +184,12 @@ class PoolConfig(ConfigModel):
         DEFAULT_QUEUE_ALLOWANCE_S
     unknown_busy_grace_s: Number(ge=0, description="a node whose busy status stays unknown longer than "
                                                    "idle_timeout_s plus this is removed") = DEFAULT_UNKNOWN_BUSY_GRACE_S
-
-    @model_validator(mode="before")
-    @classmethod
-    def _run_shape_defaults(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            data = dict(data)
-            for field, node_field in (("default_run_cpus", "node_cpus"), ("default_run_memory_gb", "node_memory_gb")):
-                if data.get(field) is None and node_field in data:
-                    data[field] = data[node_field]
-        return data
+    reserved_cpus: Number(ge=0, optional=True, description="CPUs of each node that runs cannot have: the kubelet's "
+                          "reservation and the DaemonSets' requests (default: what the provider knows of its "
+                          "nodes; aws_asg on Kubernetes: EKS's, else 0)") = None
+    reserved_memory_gb: Number(ge=0, optional=True, description="memory (GB) of each node that runs cannot have: "
+                               "the kubelet's reservation, the eviction threshold and the DaemonSets' requests "
+                               "(default: as reserved_cpus)") = None
 
     def as_file(self) -> dict[str, Any]:
         """This pool as its fields in a file (`pools.<name>`), which `parse_pool` reads back."""
@@ -204,7 +201,35 @@ class PoolConfig(ConfigModel):
             raise invalid(f"must be an integer >= {self.min_size}", self.max_size, at=("max_size",))
         if self.fallback == self.name:
             raise PydanticCustomError("dpe", "a pool cannot fall back to itself", {"at": ("fallback",)})
+        if self.reserved_cpus is None or self.reserved_memory_gb is None:
+            from dpe_dagster.providers import provider
+
+            cpus, memory_gb = provider(self.provider).node_reserved(self)
+            self = self.model_copy(update={"reserved_cpus": self.reserved_cpus if self.reserved_cpus is not None
+                                           else cpus, "reserved_memory_gb": self.reserved_memory_gb
+                                           if self.reserved_memory_gb is not None else memory_gb})
+        if self.reserved_cpus >= self.node_cpus:
+            raise invalid(f"must be less than node_cpus ({self.node_cpus:g}): runs need room on a node",
+                          self.reserved_cpus, at=("reserved_cpus",))
+        if self.reserved_memory_gb >= self.node_memory_gb:
+            raise invalid(f"must be less than node_memory_gb ({self.node_memory_gb:g}): runs need room on a node",
+                          self.reserved_memory_gb, at=("reserved_memory_gb",))
+        if self.default_run_cpus is None or self.default_run_memory_gb is None:
+            # A run that says nothing takes what a node has for runs: one whole node.
+            self = self.model_copy(update={
+                "default_run_cpus": self.room_cpus if self.default_run_cpus is None else self.default_run_cpus,
+                "default_run_memory_gb": self.room_memory_gb if self.default_run_memory_gb is None
+                else self.default_run_memory_gb})
         return self
+
+    # What runs' pods can have of one node: what packing, placement and a run's share of a node count.
+    @property
+    def room_cpus(self) -> float:
+        return self.node_cpus - (self.reserved_cpus or 0.0)
+
+    @property
+    def room_memory_gb(self) -> float:
+        return self.node_memory_gb - (self.reserved_memory_gb or 0.0)
 
 
 def _spark_master(value: Any) -> Any:
@@ -230,6 +255,16 @@ class SparkConfig(ConfigModel):
     conf: Annotated[dict[str, str], BeforeValidator(_spark_conf)] = Field(default_factory=dict)
 
 
+class KubernetesSettings(ConfigModel):
+    """Where runs, containers and Spark executors go when the environment runs on Kubernetes."""
+
+    namespace: Checked(str, lambda value: isinstance(value, str) and POOL_NAME.match(value),
+                       "a Kubernetes namespace name") = "dagster"
+
+
+SANDBOX = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
 class Environment(ConfigModel):
     """One deployment's dpe configuration: its pools, Spark settings and sensor cadence (loaded by
     `dpe_dagster.environment.load_environment`)."""
@@ -245,6 +280,13 @@ class Environment(ConfigModel):
     # The pool run pods go to (Spark drivers in client mode); the run's tagged pool then holds
     # its executors. None: run pods go to the tagged pool.
     driver_pool: Optional[Text] = None
+    # Runs (the k8s run launcher), container assets and Spark executors are pods in this namespace.
+    kubernetes: Optional[KubernetesSettings] = Field(None, description="set when runs and containers go to "
+                                                                       "Kubernetes: their namespace")
+    sandbox: Checked(Optional[str], lambda value: value is None or (isinstance(value, str) and SANDBOX.match(value)),
+                     "'package.module:attribute'", description="what `dpe demo` starts first to stand in for the "
+                     "clouds this environment talks to: a context manager factory given the environment (e.g. an "
+                     "emulated cluster); none for real ones") = None
     # How to load this configuration again (a YAML path or "module:attribute"), e.g. in the
     # daemon's launcher; None for one built in code.
     source: SkipJsonSchema[Optional[str]] = Field(None, **FILLED_IN)
@@ -269,8 +311,13 @@ class Environment(ConfigModel):
 
     @property
     def on_kubernetes(self) -> bool:
-        """Runs and containers go to Kubernetes: Spark's master is a Kubernetes API server."""
-        return (self.spark.master or "").startswith("k8s://")
+        """Runs and containers go to Kubernetes (the `kubernetes` block; Spark's master on a
+        Kubernetes API server implies it)."""
+        return self.kubernetes is not None or (self.spark.master or "").startswith("k8s://")
+
+    @property
+    def namespace(self) -> str:
+        return self.kubernetes.namespace if self.kubernetes is not None else KubernetesSettings().namespace
 
     def pool(self, name: str) -> PoolConfig:
         try:

@@ -52,6 +52,11 @@ class Provider:
         """The id of this provider's node that a Kubernetes Node's `spec.providerID` names."""
         return None
 
+    def node_reserved(self, pool: PoolConfig) -> tuple[float, float]:
+        """(CPUs, GB) of each of the pool's nodes that runs cannot have (a kubelet's reservation,
+        DaemonSets), when the pool does not say: (0, 0) for a provider whose nodes run nothing else."""
+        return 0.0, 0.0
+
     def spark_master(self, pool: PoolConfig) -> str | None:
         """The Spark master a run on this pool connects to, when the pool provides one."""
         return None

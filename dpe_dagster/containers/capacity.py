@@ -71,9 +71,9 @@ def ask_pool_for_container(instance: DagsterInstance, env: Environment, request:
             "the autoscaler sizes the pool for it")
         return Placed(request.pool)
     def too_small(config: PoolConfig) -> str | None:
-        if request.cpus > config.node_cpus or request.memory_gb > config.node_memory_gb:
-            return (f"its nodes ({config.node_cpus:g} CPUs, {config.node_memory_gb:g} GB) are smaller than the "
-                    "container")
+        if request.cpus > config.room_cpus or request.memory_gb > config.room_memory_gb:
+            return (f"its nodes ({config.room_cpus:g} CPUs, {config.room_memory_gb:g} GB for runs) are smaller than "
+                    "the container")
         return None
 
     chain = fallback_chain(env, request.pool)

@@ -30,18 +30,18 @@ class ContainerRequest:
 
 
 def _node_shape(pool: PoolConfig) -> str:
-    return f"one node of pool {pool.name} has {pool.node_cpus:g} CPUs and {pool.node_memory_gb:g} GB"
+    return f"one node of pool {pool.name} has {pool.room_cpus:g} CPUs and {pool.room_memory_gb:g} GB for runs"
 
 
 def parse_cpus(pool: PoolConfig, value: float | int | str | None) -> float:
     if value is None:
-        return min(pool.default_run_cpus, pool.node_cpus)
+        return min(pool.default_run_cpus, pool.room_cpus)
     try:
         cpus = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
         cpus = math.nan
-    if not (0 < cpus <= pool.node_cpus):
-        raise ContainerError(f"cpus: must be a number in (0, {pool.node_cpus:g}] (a container runs on one node; "
+    if not (0 < cpus <= pool.room_cpus):
+        raise ContainerError(f"cpus: must be a number in (0, {pool.room_cpus:g}] (a container runs on one node; "
                              f"{_node_shape(pool)}); got {value!r}")
     return cpus
 

@@ -36,7 +36,7 @@ def node_rooms(pool: PoolConfig, nodes: Sequence[Node], holding: Sequence[RunDem
         used[run.node_id][1] += run.memory_gb
         if run.expected_end is not None:
             ends[run.node_id] = max(run.expected_end, ends.get(run.node_id, run.expected_end))
-    return [NodeRoom(node.id, pool.node_cpus - used[node.id][0], pool.node_memory_gb - used[node.id][1],
+    return [NodeRoom(node.id, pool.room_cpus - used[node.id][0], pool.room_memory_gb - used[node.id][1],
                      ends.get(node.id)) for node in running]
 
 

@@ -147,7 +147,7 @@ def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
         return [pool.idle_timeout_s] * idle_nodes
     boot = max(0.0, activity.boot_s)
     cpus_soon = max(0.0, activity.cpu_arrival_rate) * boot
-    return [min(pool.idle_timeout_s, boot * (1.0 + cpus_soon / (pool.node_cpus * k)))
+    return [min(pool.idle_timeout_s, boot * (1.0 + cpus_soon / (pool.room_cpus * k)))
             for k in range(1, idle_nodes + 1)]
 
 
@@ -203,7 +203,7 @@ def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], 
     ending = None
     if activity is not None and activity.queue_s > 0:
         ending = (now, now + min(activity.queue_s, activity.boot_s))
-    needed = nodes_for(demand, pool.node_cpus, pool.node_memory_gb, ending)
+    needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, ending)
     wanted = min(max(needed, pool.min_size), pool.max_size)
     current = max(state.target, len(state.nodes))
     capped = f" (capped at max_size {pool.max_size})" if needed > pool.max_size else ""

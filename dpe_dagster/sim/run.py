@@ -52,9 +52,9 @@ class Setup:
 
     @classmethod
     def from_pool(cls, config: PoolConfig, *, sensor_interval_s: float, **world: Any) -> "Setup":
-        """A replay of an environment's pool: its shape, price and every policy setting, unless
-        `world` overrides the shape for the trace."""
-        world.setdefault("node_cpus", config.node_cpus)
+        """A replay of an environment's pool: its shape (what runs can have of a node), price and
+        every policy setting, unless `world` overrides the shape for the trace."""
+        world.setdefault("node_cpus", config.room_cpus)
         world.setdefault("price", config.price_per_node_hour)
         return cls(sensor_interval_s=sensor_interval_s, pool_config=config, **world)
 
@@ -68,6 +68,10 @@ class Setup:
             "node_cpus": self.node_cpus,
             "node_memory_gb": self.node_memory_gb or UNMODELLED_MEMORY_GB,
             "price_per_node_hour": self.price,
+            # The replay's node is what runs can have of one (the trace's processors per node), for
+            # every policy alike: nothing of it is reserved.
+            "reserved_cpus": 0.0,
+            "reserved_memory_gb": 0.0,
         }
         if self.pool_config is None:
             raw: dict[str, Any] = {"provider": "local", "boot_timeout_s": max(self.boot.typical() * 2, 1.0),

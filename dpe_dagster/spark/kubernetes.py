@@ -52,11 +52,12 @@ def executor_run_labels(run_id: str) -> dict[str, str]:
 
 
 def executor_shape(pool: PoolConfig) -> tuple[int, int]:
-    """(cores, memory MiB) of one executor filling one node of the pool, leaving room for the
-    kubelet, DaemonSets and Spark's memory overhead (10%)."""
-    cores = max(1, math.floor(pool.node_cpus) - (1 if pool.node_cpus >= 4 else 0))
-    usable_mib = pool.node_memory_gb * 1024 * 0.80 - 512  # system reserve and DaemonSets
-    memory = int(usable_mib / 1.10)
+    """(cores, memory MiB) of one executor filling what runs can have of one node of the pool
+    (`room_cpus`, `room_memory_gb`: the node less the kubelet's reservation and the DaemonSets),
+    its pod's memory being the heap plus Spark's overhead (10%, at least 384 MiB)."""
+    cores = max(1, math.floor(pool.room_cpus))
+    room_mib = pool.room_memory_gb * 1024
+    memory = int(min(room_mib / (1 + DEFAULT_OVERHEAD_FACTOR), room_mib - MIN_OVERHEAD_MIB)) - 1
     if memory < 512:
         raise ConfigError(f"pools.{pool.name}.node_memory_gb: {pool.node_memory_gb:g} GB nodes leave no room for a "
                           "Spark executor; use nodes of at least 2 GB")

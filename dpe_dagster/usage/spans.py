@@ -23,9 +23,9 @@ Pricer = Callable[[PoolConfig, Node], Price]
 
 
 def node_share(cpus: float, memory_gb: float, pool: PoolConfig) -> float:
-    """Nodes of the pool's shape a run's requests occupy: a fraction of one node when it fits on
-    one, whole nodes when it does not."""
-    return packing.node_share(cpus, memory_gb, pool.node_cpus, pool.node_memory_gb)
+    """Nodes of the pool's shape a run's requests occupy: a fraction of what runs can have of one
+    node when it fits on one, whole nodes when it does not."""
+    return packing.node_share(cpus, memory_gb, pool.room_cpus, pool.room_memory_gb)
 
 
 def run_span(record: RunRecord, env: Environment, now: float) -> RunSpan | None:

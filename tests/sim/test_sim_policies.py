@@ -39,12 +39,14 @@ def test_the_simulators_dpe_is_an_environments_pool_run_by_the_production_contro
     scaler = make_scaler("dpe", work, setup, [0] * len(work), 0.0)
     assert scaler.step_function is control.control_step  # the production function object, not a copy
     replayed = scaler.pool
-    # every policy setting is the environment's; only the node shape (the trace's) and the
-    # capacity limit (lifted for the replay, as the baselines have none) differ
+    # every policy setting is the environment's; only the node shape (the trace's: what runs can
+    # have of a node, nothing reserved) and the capacity limit (lifted for the replay, as the
+    # baselines have none) differ
     for name in POOL_FIELDS - {"fallback", "node_cpus", "node_memory_gb", "default_run_cpus", "default_run_memory_gb",
-                               "max_size", "taints"}:
+                               "max_size", "taints", "reserved_cpus", "reserved_memory_gb"}:
         assert getattr(replayed, name) == getattr(deployed, name), name
     assert (replayed.node_cpus, replayed.max_size, replayed.taints) == (8, UNBOUNDED_POOL, deployed.taints)
+    assert (replayed.room_cpus, replayed.reserved_cpus) == (8, 0)
 
     # the replay acts through the provider protocol, as the sensor and the launcher do
     calls = []

@@ -35,6 +35,15 @@ class AwsAsgProvider(Provider):
 
         return aws_pricer(env)
 
+    def node_reserved(self, pool):
+        """On Kubernetes (busy_source kubernetes, the default), what EKS's kubelet and DaemonSets take
+        of a node of the pool's shape; with busy_source dagster_runs nothing runs but the runs."""
+        from dpe_dagster.pools.aws.eks import reserved_for_shape
+
+        if (pool.settings or {}).get("busy_source", "kubernetes") != "kubernetes":
+            return 0.0, 0.0
+        return reserved_for_shape(pool.node_cpus, pool.node_memory_gb)
+
     def node_id(self, kubernetes_provider_id):
         from dpe_dagster.pools.aws.asg import instance_id
 

@@ -20,6 +20,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -121,15 +122,22 @@ def node_resources(instance_type: str, daemonsets: Iterable[DaemonSetRequest] = 
     )
 
 
-def reserved_for(instance_types: Iterable[str], node_cpus: float, node_memory_gb: float) -> tuple[float, float]:
-    """(CPUs, GB) of a pool's node that pods of runs cannot have, for the least roomy of these
-    instance types against the pool's nominal shape (node_cpus, node_memory_gb)."""
-    rooms = [node_resources(t) for t in instance_types]
-    if not rooms:
-        return 0.0, 0.0
-    cpus = min(r.room_cpus for r in rooms)
-    memory_gb = min(r.room_memory_mib for r in rooms) / MIB_PER_GIB
-    return round(max(0.0, node_cpus - cpus), 4), round(max(0.0, node_memory_gb - memory_gb), 4)
+def max_pods_for(vcpus: float) -> int:
+    """The pods a node of this many vCPUs runs (the fewest among the known types of that size)."""
+    sizes = sorted({shape.vcpus for shape in INSTANCE_TYPES.values()})
+    size = next((s for s in sizes if s >= vcpus), sizes[-1])
+    return min(shape.max_pods for shape in INSTANCE_TYPES.values() if shape.vcpus == size)
+
+
+def reserved_for_shape(node_cpus: float, node_memory_gb: float,
+                       daemonsets: Iterable[DaemonSetRequest] = EKS_DAEMONSETS) -> tuple[float, float]:
+    """(CPUs, GB) of a node of this shape that runs cannot have on EKS: kube-reserved, the
+    eviction threshold and the DaemonSets' requests."""
+    daemonsets = list(daemonsets)
+    cpus = kube_reserved_cpus(math.ceil(node_cpus)) + sum(d.cpus for d in daemonsets)
+    memory_mib = (kube_reserved_memory_mib(max_pods_for(node_cpus)) + EVICTION_HARD_MIB
+                  + sum(d.memory_mib for d in daemonsets))
+    return round(cpus, 4), round(memory_mib / MIB_PER_GIB, 4)
 
 
 # -- joining: the launch template's user data ---------------------------------------------------

@@ -50,7 +50,7 @@ def _modelled_placement(pool: PoolConfig, instances: Sequence, instance=None) ->
     # A warned instance first: the run it held keeps it in the model, not moved onto its replacement
     # (launch times tie at one-second resolution).
     serving = sorted((i for i in instances if _serving(i)), key=lambda i: (not i.interrupted[0], i.launched_at, i.id))
-    return packing.first_fit_decreasing(requests, [i.id for i in serving], pool.node_cpus, pool.node_memory_gb)
+    return packing.first_fit_decreasing(requests, [i.id for i in serving], pool.room_cpus, pool.room_memory_gb)
 
 
 def _serving(inst) -> bool:
