@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup lint demo test test-fast test-reliability check-java check-uv ui clean
+.PHONY: setup lint cluster demo test test-fast test-reliability check-java check-uv ui clean
 
 check-java:
 	@java_bin=$${JAVA_HOME:+$$JAVA_HOME/bin/}java; \
@@ -27,14 +27,19 @@ check-uv:
 setup: check-java check-uv
 	@$(UV) sync --locked --all-extras --quiet
 
-demo: setup
+# The Kubernetes control plane the tests (and eks-sim) run against, built from Go modules into a
+# cache outside the clone (tests/cluster/build.py); skipped with a message where Go is missing.
+cluster: setup
+	@$(VENV)/bin/python -m tests.cluster.build >/dev/null || [ $$? -eq 3 ]
+
+demo: setup $(if $(filter eks-sim,$(DPE_ENV)),cluster)
 	$(VENV)/bin/dpe demo
 
 # The linter's configuration is in pyproject.toml ([tool.ruff]).
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup lint
+test: setup lint cluster
 	DPE_UV="$(UV)" $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Faults, crashes, spot loss, two controllers, bad input, secrets; ends with a summary line.

@@ -101,15 +101,28 @@ def _pool_summary(env) -> str:
 
 @contextmanager
 def _cloud_for(env):
-    """A configuration with `aws.emulator` runs against an AWS API emulator on loopback that lives
-    as long as the demo."""
-    if env.aws.get("emulator"):
-        from dpe_dagster.pools.aws.emulator import emulated_aws
+    """What stands in for the environment's clouds for as long as the demo: the AWS emulator on
+    loopback (`aws.emulator`), then the environment's `sandbox` (e.g. eks-sim's Kubernetes control
+    plane). Yields the sandbox's object, or None: its `instance` (dagster.yaml sections) and
+    `instance_written(path)`, when it has them, shape the demo's Dagster instance."""
+    import importlib
 
-        with emulated_aws(env):
-            yield
-    else:
-        yield
+    with ExitStack() as stack:
+        if env.aws.get("emulator"):
+            from dpe_dagster.pools.aws.emulator import emulated_aws
+
+            stack.enter_context(emulated_aws(env))
+        sandbox = None
+        if env.sandbox:
+            module, _, attribute = env.sandbox.partition(":")
+            try:
+                factory = getattr(importlib.import_module(module), attribute)
+                with console.status(f"starting the sandbox {env.sandbox}"):
+                    sandbox = stack.enter_context(factory(env))
+            except Exception as error:
+                raise StepFailed(f"sandbox: {env.sandbox} could not start: {type(error).__name__}: {error}") from error
+            console.print(f"[green]✓[/green] sandbox {env.sandbox} started")
+        yield sandbox
 
 
 @app.command()
@@ -130,6 +143,7 @@ def demo(
     from dpe_dagster.paths import dagster_home, dpe_home, project_root
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.local.standalone import spark_pids_of
+    from dpe_dagster.providers import provider
     from dpe_dagster.usage.eventlog import read_node_lifetimes
     from dpe_dagster.usage.ledger import read_run_usage
     from dpe_dagster.usage.report import nodes_table, runs_table
@@ -143,7 +157,6 @@ def demo(
         _error("", error)
         raise typer.Exit(2) from None
     home = dagster_home()
-    write_instance(home, env)
     os.environ["DAGSTER_HOME"] = str(home)
     # Every process the demo starts inherits DPE_HOME: that is how leftovers are found at the end.
     os.environ["DPE_HOME"] = str(dpe_home())
@@ -156,7 +169,10 @@ def demo(
     failed = None
     with ExitStack() as stack:
         try:
-            stack.enter_context(_cloud_for(env))
+            sandbox = stack.enter_context(_cloud_for(env))
+            written = write_instance(home, env, getattr(sandbox, "instance", None))
+            if hasattr(sandbox, "instance_written"):
+                sandbox.instance_written(written)
             instance = stack.enter_context(_instance())
             daemon = start_daemon(home, dpe_home() / "logs" / "daemon.log")
             stack.callback(stop_process_group, daemon)
@@ -210,7 +226,8 @@ def demo(
             with console.status("stopping the daemon and every pool process"):
                 stack.close()
                 for config in env.pools.values():
-                    open_pool(config, env).shutdown()
+                    if provider(config.provider).starts_processes_here:
+                        open_pool(config, env).shutdown()
     leaked = spark_pids_of(dpe_home())
     if leaked:
         failed = (failed + "; " if failed else "") + f"Spark processes still alive after the demo: {sorted(leaked)}"

@@ -64,6 +64,7 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
                          image=image, namespace=namespace, service_account="dpe-run")
     return {
         "sensor_interval_s": 15,
+        "kubernetes": {"namespace": namespace},
         "max_concurrent_runs": 10,
         "aws": {"region": region, "retry_mode": "adaptive", "max_attempts": 8,
                 # The spot interruption queue `dpe interruptions` reads (deploy/cloudformation/interruption-queue.yaml).

@@ -13,14 +13,11 @@ import time
 from typing import Callable
 
 import pytest
-import yaml
-
 from tests.cluster.build import GoMissing, build
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.eks import EksNodes, install_daemonsets
 from tests.paths import PROJECT_ROOT
 
-K8S_DEPLOY = PROJECT_ROOT / "deploy" / "k8s"
 # Namespaces the cluster starts with; everything else a test made is deleted after it.
 SYSTEM_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
 
@@ -80,12 +77,6 @@ def kube(cluster, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     yield cluster
     reset(cluster)
-
-
-def deploy_documents(*names: str) -> list[dict]:
-    """The manifests of deploy/k8s/ (all of them, or these files), as documents."""
-    paths = [K8S_DEPLOY / name for name in names] if names else sorted(K8S_DEPLOY.glob("*.yaml"))
-    return [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 @pytest.fixture
