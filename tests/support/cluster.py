@@ -16,7 +16,6 @@ import pytest
 from tests.cluster.build import GoMissing, build
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.eks import EksNodes, install_daemonsets
-from tests.paths import PROJECT_ROOT
 
 # Namespaces the cluster starts with; everything else a test made is deleted after it.
 SYSTEM_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
