@@ -63,7 +63,7 @@ from dpe_dagster.providers import provider
 from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.demand import landing, read_demand
 from dpe_dagster.scaling.policy import RunDemand
-from dpe_dagster.tags import POOL_TAG, TagError, pool_request
+from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, TagError, pool_request
 
 RUN_SERVICE_ACCOUNT = "dpe-run"
 
@@ -79,6 +79,23 @@ def step_pod_refusal(executor_name: str | None) -> str | None:
     return (f"dpe cannot place this run: its job uses {executor}, which starts a pod per step without the run's "
             "node pool (no pool selector, no demand for its nodes); jobs on a node pool must run their steps in "
             "the run pod: use in_process_executor or multiprocess_executor (the default)")
+
+
+def oversized_pod(run: DagsterRun, env: Environment) -> str | None:
+    """Why this run's pod can never be scheduled: it asks for more than one node of its pool has for
+    runs (a pod runs on one node; `room_cpus`, `room_memory_gb`). None when it fits, or names no pool."""
+    request = pool_request(run.tags, env)
+    if request is None:
+        return None
+    pod = landing(request, env).run_pod
+    pool = env.pool(pod.pool)
+    if pod.cpus <= pool.room_cpus and pod.memory_gb <= pool.room_memory_gb:
+        return None
+    tags = CPU_TAG if pod.cpus > pool.room_cpus else MEMORY_TAG
+    return (f"dpe cannot place this run: its pod asks for {pod.cpus:g} CPUs and {pod.memory_gb:g} GB ({tags}), and a "
+            f"node of pool {pool.name} has {pool.room_cpus:g} CPUs and {pool.room_memory_gb:g} GB for runs "
+            f"({pool.node_cpus:g} and {pool.node_memory_gb:g} less what the kubelet and DaemonSets keep): a pod runs "
+            "on one node, so it would never be scheduled. Ask for less, or use a pool of larger nodes")
 
 
 def pool_container_context(run: DagsterRun, env: Environment,
@@ -142,6 +159,13 @@ class PoolK8sRunLauncher(K8sRunLauncher):
         refusal = step_pod_refusal(self._executor_name(run)) if POOL_TAG in run.tags else None
         if refusal:
             self._instance.report_run_failed(run, message=refusal)
+            return
+        try:
+            too_big = oversized_pod(run, env)
+        except TagError:
+            too_big = None  # ask_for_capacity fails the run, naming the tag
+        if too_big:
+            self._instance.report_run_failed(run, message=too_big)
             return
         if not ask_for_capacity(self._instance, run, env):
             return

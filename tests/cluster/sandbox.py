@@ -82,7 +82,7 @@ class EksSandbox:
     env: Environment
     cluster: ControlPlane
     nodes: EksNodes
-    kubelet: ProcessKubelet
+    kubelet: ProcessKubelet | None
     kubeconfig: Path  # the control plane's ServiceAccount's
     instance: dict
 
@@ -99,8 +99,9 @@ class EksSandbox:
 
 @contextlib.contextmanager
 def eks_sandbox(env: Environment, cluster: ControlPlane | None = None, workdir: Path | None = None,
-                boot_s: float = 3.0) -> Iterator[EksSandbox]:
-    """`cluster`: one already running (the tests'); otherwise one is started for the block."""
+                boot_s: float = 3.0, run_pods: bool = True) -> Iterator[EksSandbox]:
+    """`cluster`: one already running (the tests'); otherwise one is started for the block.
+    `run_pods=False`: kwok plays the nodes' kubelets (pods run, but nothing runs in them)."""
     workdir = Path(workdir or dpe_home() / "eks-sim")
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint:
@@ -117,8 +118,11 @@ def eks_sandbox(env: Environment, cluster: ControlPlane | None = None, workdir: 
         cluster.apply(chart.objects(chart.values(), env.namespace, instance={}))
         kubeconfig = cluster.kubeconfig_for(workdir / "control-plane.kubeconfig", env.namespace,
                                             CONTROL_PLANE_ACCOUNT)
-        kubelet = stack.enter_context(ProcessKubelet(cluster, workdir / "kubelet", pod_image_environment()))
-        nodes = stack.enter_context(EksNodes(cluster, endpoint, region, boot_s=boot_s, kubelet=PROCESS_KUBELET))
+        kubelet = None
+        if run_pods:
+            kubelet = stack.enter_context(ProcessKubelet(cluster, workdir / "kubelet", pod_image_environment()))
+        nodes = stack.enter_context(EksNodes(cluster, endpoint, region, boot_s=boot_s,
+                                             kubelet=PROCESS_KUBELET if run_pods else None))
         os.environ["KUBECONFIG"] = str(kubeconfig)
         try:
             yield EksSandbox(env, cluster, nodes, kubelet, kubeconfig,

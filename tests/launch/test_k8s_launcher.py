@@ -1,25 +1,33 @@
-"""The k8s run launcher: a run tagged with a pool gets capacity at once and a Job (built by
-dagster-k8s) that lands on that pool's nodes; the manifest passes kubernetes-validate.
-
-The Job goes through the real kubernetes client to the loopback Kubernetes-format API of
-test_k8s_nodes; the pools are aws-sim's, in the AWS emulator.
-"""
+"""The k8s run launcher on the real control plane: a run tagged with a pool gets capacity at once and
+a Job (built by dagster-k8s) that the API server admits; a node joins as the emulator launches the
+instance, and the scheduler binds the run's pod to that pool's node."""
 
 from __future__ import annotations
 
-import kubernetes_validate
 from dagster import DagsterRunStatus
 
 from dpe_dagster.config import parse_environment
 from dpe_dagster.kube.pod_spec import NOT_SAFE_TO_EVICT, pod_placement, run_k8s_config
 from dpe_dagster.pools import open_pool
 from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, REQUESTED_POOL_TAG
-from tests.fakes.kube_api import K8S_VERSION
-from tests.support.k8s_runs import IMAGE, instance, kube_api, launch, make_run, sim  # noqa: F401  (fixtures and helpers)
+from tests.support.cluster import wait_for
+from tests.support.k8s_runs import IMAGE, cluster, eks_sim, instance, jobs, kube, launch, make_run  # noqa: F401
 
 
-def test_launch_asks_the_pool_for_capacity_and_puts_the_job_on_it(sim, instance, kube_api):
-    env, _ = sim
+def run_pod(kube, run_id: str):
+    """The run's pod once the scheduler bound it, and its node."""
+    core = kube.core()
+
+    def bound():
+        pods = core.list_namespaced_pod("dagster", label_selector=f"dagster/run-id={run_id}").items
+        return pods[0] if pods and pods[0].spec.node_name else None
+
+    pod = wait_for(f"run {run_id}'s pod bound to a node", bound, timeout_s=60)
+    return pod, core.read_node(pod.spec.node_name)
+
+
+def test_launch_asks_the_pool_for_capacity_and_the_scheduler_puts_the_pod_on_it(eks_sim, instance, kube):
+    env, _ = eks_sim
     spot = open_pool(env.pool("spot-etl"), env)
     assert spot.target() == 0
     run = make_run(instance, {POOL_TAG: "spot-etl", CPU_TAG: "2", MEMORY_TAG: "6g"})
@@ -29,29 +37,31 @@ def test_launch_asks_the_pool_for_capacity_and_puts_the_job_on_it(sim, instance,
     assert spot.target() == 1
     assert any("scale up 0 -> 1" in e.message for e in instance.all_logs(run.run_id))
 
-    assert len(kube_api.jobs) == 1
-    job = kube_api.jobs[0]
-    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
-    assert job["kind"] == "Job" and job["metadata"]["name"] == f"dagster-run-{run.run_id}"
+    [job] = jobs(kube)
+    assert job["metadata"]["name"] == f"dagster-run-{run.run_id}"
     template = job["spec"]["template"]
     spec = template["spec"]
     assert spec["nodeSelector"] == {"dpe.io/pool": "spot-etl"}
     assert {"key": "dpe.io/pool", "operator": "Equal", "value": "spot-etl", "effect": "NoSchedule"} in spec["tolerations"]
     for key, value in NOT_SAFE_TO_EVICT.items():
         assert template["metadata"]["annotations"][key] == value
-    assert template["metadata"]["labels"]["dpe.io/pool"] == "spot-etl"
     container = spec["containers"][0]
-    assert container["image"] == IMAGE
-    assert container["resources"]["requests"] == {"cpu": "2", "memory": "6144Mi"}
-    assert "execute_run" in " ".join(container["args"])
+    assert container["image"] == IMAGE and "execute_run" in " ".join(container["args"])
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "6Gi"}
     assert spec["serviceAccountName"] == "dpe-run"  # the run pod's own, not the control plane's
-    assert ("POST", "/apis/batch/v1/namespaces/dagster/jobs") in kube_api.requests
+
+    # The instance joined as a node of the pool; the scheduler bound the run's pod there.
+    pod, node = run_pod(kube, run.run_id)
+    [instance_id] = [n.id for n in spot.nodes()]
+    assert node.spec.provider_id.endswith(f"/{instance_id}")
+    assert node.metadata.labels["dpe.io/pool"] == "spot-etl" and node.metadata.labels["dpe.io/lifecycle"] == "spot"
+    wait_for("the pool seeing its node busy", lambda: [n.busy for n in spot.nodes()] == [True])
 
 
-def test_a_backed_off_spot_pool_sends_the_run_and_its_job_to_the_fallback_pool(sim, instance, kube_api):
-    env, _ = sim
+def test_a_backed_off_spot_pool_sends_the_run_and_its_pod_to_the_fallback_pool(eks_sim, instance, kube):
+    env, _ = eks_sim
     spot = open_pool(env.pool("spot-etl"), env)
-    spot.back_off("test: no spot capacity for m6i.large in us-east-1a")
+    spot.back_off("test: no spot capacity for m6i.xlarge in us-east-1a")
     run = make_run(instance, {POOL_TAG: "spot-etl"})
     launch(instance, run)
 
@@ -60,21 +70,33 @@ def test_a_backed_off_spot_pool_sends_the_run_and_its_job_to_the_fallback_pool(s
     assert open_pool(env.pool("ondemand-etl"), env).target() == 1 and spot.target() == 0
     assert any("no spot capacity" in e.message and "fallback pool ondemand-etl" in e.message
                for e in instance.all_logs(run.run_id))
-    job = kube_api.jobs[-1]
-    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    [job] = jobs(kube)
     assert job["spec"]["template"]["spec"]["nodeSelector"] == {"dpe.io/pool": "ondemand-etl"}
-    # The on-demand pool has no taint: the pod needs no toleration to land there.
-    assert not job["spec"]["template"]["spec"].get("tolerations")
+    _, node = run_pod(kube, run.run_id)
+    assert node.metadata.labels["dpe.io/pool"] == "ondemand-etl"
+    assert node.metadata.labels["dpe.io/lifecycle"] == "on-demand"
 
 
-def test_a_run_naming_an_unknown_pool_fails_with_the_allowed_pools_and_creates_no_job(instance, kube_api):
+def test_a_run_naming_an_unknown_pool_fails_with_the_allowed_pools_and_creates_no_job(instance, kube):
     run = make_run(instance, {POOL_TAG: "gpu-xl"})
     launch(instance, run)
-    assert kube_api.jobs == []
+    assert jobs(kube) == []
     failed = instance.get_run_by_id(run.run_id)
     assert failed.status == DagsterRunStatus.FAILURE
     assert any("'gpu-xl' is not a node pool" in (e.message or "") and "spot-etl" in (e.message or "")
                for e in instance.all_logs(run.run_id))
+
+
+def test_a_run_larger_than_what_a_node_has_for_runs_fails_at_launch_and_creates_no_job(eks_sim, instance, kube):
+    """On Kubernetes a pod runs on one node: a run pod asking for more than a node has for runs
+    would stay Pending forever; it is refused with the figures instead."""
+    env, _ = eks_sim
+    run = make_run(instance, {POOL_TAG: "spot-etl", CPU_TAG: "4"})
+    launch(instance, run)
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+    assert jobs(kube) == [] and open_pool(env.pool("spot-etl"), env).target() == 0
+    message = " ".join(e.message or "" for e in instance.all_logs(run.run_id))
+    assert "dpe/cpu" in message and "3.795" in message, message
 
 
 def test_run_k8s_config_is_dagster_k8s_user_config_and_merges_over_the_users():

@@ -1,5 +1,7 @@
-"""The k8s run launcher under test: aws-sim's pools in the emulator, the loopback Kubernetes API,
-an instance whose dagster.yaml names the launcher, and making and launching runs."""
+"""The k8s run launcher under test, as eks-sim deploys it on the real control plane: eks-sim's pools
+in the AWS emulator, nodes joining as instances launch (the stand-in kubelet runs their pods), the
+RBAC of deploy/k8s/ and the Dagster chart's objects, an instance whose dagster.yaml names the
+launcher acting as the control plane's ServiceAccount, and making and launching runs."""
 
 from __future__ import annotations
 
@@ -15,48 +17,47 @@ from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dpe_dagster.launch.k8s import PoolK8sRunLauncher
-from tests.fakes.kube_api import LoopbackKubeApi
-from tests.support.aws import empty_pools, sim  # noqa: F401  (sim: a fixture)
+from dpe_dagster.pools.aws.emulator import emulated_aws
+from resources import load_environment
+from tests.cluster.sandbox import IMAGE, eks_sandbox
+from tests.support.aws import empty_pools
+from tests.support.cluster import cluster, kube  # noqa: F401  (fixtures)
 
-IMAGE = "registry.example.com/dpe:1.0"
+__all__ = ["IMAGE", "eks_sim", "instance", "make_run", "launch", "jobs", "cluster", "kube"]
+
+
+@pytest.fixture(scope="module")
+def eks_sim(cluster, tmp_path_factory):
+    """eks-sim's environment, its groups in an emulator of their own, on the session's cluster,
+    kwok playing the kubelets (a run's pod runs, nothing runs in it): (env, the sandbox)."""
+    env = load_environment("eks-sim")
+    with emulated_aws(env), eks_sandbox(env, cluster=cluster, workdir=tmp_path_factory.mktemp("eks-sim"),
+                                        boot_s=0.5, run_pods=False) as sandbox:
+        yield env, sandbox
 
 
 @pytest.fixture
-def kube_api():
-    api = LoopbackKubeApi()
-    yield api
-    api.close()
-
-
-@pytest.fixture
-def instance(sim, kube_api, tmp_path, monkeypatch):
-    """A Dagster instance whose dagster.yaml names this launcher, as the Helm values in deploy/ do."""
-    env, _ = sim
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # before anything reads busy-ness from runs
+def instance(eks_sim, kube, tmp_path, monkeypatch):
+    """A Dagster instance whose dagster.yaml names the k8s run launcher as eks-sim writes it; every
+    pool empty."""
+    env, sandbox = eks_sim
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(sandbox.kubeconfig))  # the control plane's account, as deployed
     empty_pools(env)
+    launcher = sandbox.instance["run_launcher"]
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({
-        "run_launcher": {"module": "dpe_dagster.launch.k8s", "class": "PoolK8sRunLauncher", "config": {
-            "environment": "aws-sim",
-            "job_image": IMAGE,
-            "job_namespace": "dagster",
-            "service_account_name": "dagster",
-            "instance_config_map": "dagster-instance",
-            "postgres_password_secret": "dagster-postgresql-secret",
-            "dagster_home": "/opt/dagster/dagster_home",
-            "load_incluster_config": False,
-            "kubeconfig_file": str(kube_api.kubeconfig(tmp_path / "kubeconfig")),
-        }},
+        "run_launcher": {**launcher, "config": {**launcher["config"], "dagster_home": str(tmp_path)}},
         "telemetry": {"enabled": False},
     }))
     with DagsterInstance.from_config(str(tmp_path)) as dagster:
         yield dagster
 
 
-def make_run(instance: DagsterInstance, tags: dict) -> DagsterRun:
-    origin = JobPythonOrigin("tpch", RepositoryPythonOrigin(
+def make_run(instance: DagsterInstance, tags: dict, job_name: str = "tpch") -> DagsterRun:
+    origin = JobPythonOrigin(job_name, RepositoryPythonOrigin(
         sys.executable, ModuleCodePointer("assets.definitions", "defs", working_directory="/opt/dpe"),
         container_image=IMAGE))
-    return instance.add_run(DagsterRun(job_name="tpch", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTING,
+    return instance.add_run(DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTING,
                                        job_code_origin=origin, tags=tags))
 
 
@@ -64,3 +65,11 @@ def launch(instance: DagsterInstance, run: DagsterRun) -> None:
     launcher = instance.run_launcher
     assert isinstance(launcher, PoolK8sRunLauncher)
     launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+
+
+def jobs(cluster, namespace: str = "dagster") -> list[dict]:
+    """The Jobs in the namespace, as the API server stored them (camelCase JSON)."""
+    from kubernetes import client
+
+    api = client.BatchV1Api(cluster.api_client())
+    return [api.api_client.sanitize_for_serialization(job) for job in api.list_namespaced_job(namespace).items]
