@@ -15,3 +15,9 @@ class PoolError(RuntimeError):
     later tick, and goes on with the other pools. Any other exception is a bug or a failure of the
     Dagster instance itself (storage, locks): it fails the tick, so Dagster shows it and no cursor
     moves past work that was not done."""
+
+
+class PoolBusy(PoolError):
+    """The provider refused for now because the pool is in the middle of something else (AWS:
+    another scaling activity on the group), after retrying: it says nothing about capacity, so the
+    pool is not backed off and the run does not move to a fallback; the next tick asks again."""

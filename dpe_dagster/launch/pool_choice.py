@@ -19,6 +19,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import NodePool, open_pool
+from dpe_dagster.errors import PoolBusy
 from dpe_dagster.pools.base import PoolError
 from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.policy import Plan
@@ -77,7 +78,8 @@ def ask_along_chain(instance: DagsterInstance, env: Environment, chain: Sequence
     """The one fallback loop: ask the first pool of `chain` that can be asked for room now (under
     its pool lock, `request_capacity`). A pool is passed over when `skip` gives a reason, when it is
     backed off or its scale-ups do not arrive (`pool_unavailable`), or when asking fails (which
-    backs it off). `before_asking(name)` records where the `what` (a run, a container) goes, just
+    backs it off), except when the pool is only busy with another activity (`PoolBusy`): the ask
+    then stays on it, unanswered, for the autoscaler's next tick. `before_asking(name)` records where the `what` (a run, a container) goes, just
     before its pool is asked, so the ask and the demand the autoscaler reads agree."""
     reasons = []
     for position, name in enumerate(chain):
@@ -93,6 +95,11 @@ def ask_along_chain(instance: DagsterInstance, env: Environment, chain: Sequence
             before_asking(name)
             try:
                 return Landing(name, request_capacity(instance, env, name, log), tuple(reasons))
+            except PoolBusy as error:
+                # Not a capacity problem: the run stays on this pool, the autoscaler asks again.
+                log(f"dpe: pool {name} is busy with another scaling activity ({error}); the {what} stays on it and "
+                    "the autoscaler asks again at its next tick")
+                return Landing(name, None, tuple(reasons))
             except PoolError as error:
                 reason = f"asking for capacity failed: {error}"
                 _back_off(pool, reason)

@@ -282,3 +282,59 @@ def test_emulator_environment_refuses_an_endpoint_off_loopback(monkeypatch):
     with pytest.raises(PoolError, match="only to an AWS emulator on loopback"):
         AwsAsgPool.from_config(env.pool("spot-etl"), env).target()
     assert sent == []
+
+
+# -- another scaling activity in progress ---------------------------------------------------------
+CONTENTION = (400, "Sender", "ScalingActivityInProgress",
+              "Scaling activity 7f3a is in progress and blocks this action")
+
+
+def test_a_scaling_activity_in_progress_is_waited_out_not_taken_for_missing_capacity(aws, dagster):
+    """Under load Auto Scaling answers SetDesiredCapacity and TerminateInstanceInAutoScalingGroup
+    with ScalingActivityInProgress, which botocore does not retry: dpe retries it itself."""
+    proxy = FaultProxy(aws.url)
+    try:
+        env = environment(proxy.url)
+        autoscaling, ec2 = clients(aws.url)
+        create_groups(env, autoscaling, ec2)
+        proxy.faults[("SetDesiredCapacity", None)] = [CONTENTION, CONTENTION]
+        run_id = queue_run(dagster, "spot-etl")
+        assert place_on_pool(dagster, env, dagster.get_run_by_id(run_id)) == "spot-etl"
+        assert proxy.seen["SetDesiredCapacity"] == 3  # twice refused, then done
+        assert group(autoscaling, "test-spot")["DesiredCapacity"] == 1
+        pool = open_pool(env.pool("spot-etl"), env)
+        assert pool.backoff() is None
+        [node] = pool.nodes()
+        advance(dagster, run_id, DagsterEventType.RUN_SUCCESS)
+        proxy.faults[("TerminateInstanceInAutoScalingGroup", None)] = [CONTENTION]
+        pool.remove_nodes([node.id])
+        assert ec2_states(ec2, [node.id])[node.id] in ("shutting-down", "terminated")
+        assert group(autoscaling, "test-spot")["DesiredCapacity"] == 0
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow  # dpe's own pauses between retries (about 7 s)
+def test_a_group_busy_for_longer_keeps_the_run_on_its_pool_without_a_back_off(aws, dagster):
+    """Contention past the retries is not a capacity failure: the run is not sent on-demand and
+    the spot pool is not backed off; the autoscaler's next tick asks again."""
+    proxy = FaultProxy(aws.url)
+    try:
+        env = environment(proxy.url)
+        autoscaling, ec2 = clients(aws.url)
+        create_groups(env, autoscaling, ec2)
+        proxy.persistent[("SetDesiredCapacity", "test-spot")] = CONTENTION
+        run_id = queue_run(dagster, "spot-etl")
+        assert place_on_pool(dagster, env, dagster.get_run_by_id(run_id)) == "spot-etl"
+        run = dagster.get_run_by_id(run_id)
+        assert run.tags["dpe/node_pool"] == "spot-etl"
+        messages = " ".join(e.message for e in dagster.all_logs(run_id))
+        assert "busy with another scaling activity" in messages and "ScalingActivityInProgress" in messages
+        pool = open_pool(env.pool("spot-etl"), env)
+        assert pool.backoff() is None
+        assert group(autoscaling, "test-ondemand")["DesiredCapacity"] == 0
+        del proxy.persistent[("SetDesiredCapacity", "test-spot")]
+        assert place_on_pool(dagster, env, dagster.get_run_by_id(run_id)) == "spot-etl"
+        assert group(autoscaling, "test-spot")["DesiredCapacity"] == 1
+    finally:
+        proxy.close()

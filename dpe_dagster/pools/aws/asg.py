@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 from pydantic import Field
 
 from dpe_dagster.config import Checked, Choice, ConfigModel, Environment, Number, PoolConfig, validated
+from dpe_dagster.errors import PoolBusy
 from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolCapabilities, PoolError, ScaleUpHealth
 from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, INSTANCE_INTERRUPTED_TAG, SCALE_UP_SINCE_TAG
 
@@ -47,6 +48,11 @@ RETRY_MODES = ("standard", "adaptive")
 _GONE_STATES = ("Terminating", "Terminated", "Detaching", "Detached", "Warmed")
 _LIVE_EC2_STATES = ("pending", "running")
 _BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
+# What Auto Scaling answers while another activity on the group is under way (SetDesiredCapacity,
+# TerminateInstanceInAutoScalingGroup under load): it clears in seconds, botocore's retry modes do
+# not retry it, and it says nothing about capacity. Retried after these pauses, then PoolBusy.
+CONTENTION = ("ScalingActivityInProgress", "ResourceContention")
+CONTENTION_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -237,8 +243,6 @@ class AwsAsgPool(PoolCapabilities):
 
     # -- AWS calls ----------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
         if not what.startswith("Describe"):
             # Something changes: a group description handed over for the next look is stale now.
             self._view = None
@@ -249,6 +253,18 @@ class AwsAsgPool(PoolCapabilities):
                 f"pool {self.name}: this environment talks only to an AWS emulator on loopback, and AWS_ENDPOINT_URL "
                 f"is {os.environ.get('AWS_ENDPOINT_URL')!r}: run it through `dpe demo`, which starts the emulator"
             )
+        pauses = list(CONTENTION_PAUSES_S)
+        while True:
+            try:
+                return self._call_once(what, fn, kwargs)
+            except PoolBusy:
+                if not pauses:
+                    raise
+                time.sleep(pauses.pop(0))
+
+    def _call_once(self, what: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
         try:
             return fn(**kwargs)
         except NoCredentialsError:
@@ -259,7 +275,8 @@ class AwsAsgPool(PoolCapabilities):
         except ClientError as error:
             info = error.response.get("Error", {})
             attempts = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-            raise PoolError(
+            kind = PoolBusy if info.get("Code") in CONTENTION else PoolError
+            raise kind(
                 f"pool {self.name}: {what} on group {self.settings.group_name!r} failed: "
                 f"{info.get('Code', '?')}: {info.get('Message', '')} (after {attempts + 1} attempt(s))"
             ) from error
