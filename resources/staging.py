@@ -56,9 +56,13 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
                              default_run_memory_gb=14,
                              taints=[{"key": "dpe.io/pool", "value": "ondemand-etl", "effect": "NoSchedule"}],
                              settings={"instance_types": ["m6i.xlarge", "m5.xlarge"]}),
+        # Tainted like the others: only run pods (which tolerate it) land there, never the control
+        # plane or add-ons, which would keep a node paid; those run on the system node group.
         "ondemand-driver": pool("ondemand-driver", min_size=1, max_size=4, node_cpus=2, node_memory_gb=8,
                                 lifecycle="on-demand", price_per_node_hour=0.096, default_run_cpus=1,
-                                default_run_memory_gb=3, settings={"instance_types": ["m6i.large", "m5.large"]}),
+                                default_run_memory_gb=3,
+                                taints=[{"key": "dpe.io/pool", "value": "ondemand-driver", "effect": "NoSchedule"}],
+                                settings={"instance_types": ["m6i.large", "m5.large"]}),
     }
     spark = spark_on_k8s(parse_pool("spot-etl", pools["spot-etl"]), parse_pool("ondemand-driver", pools["ondemand-driver"]),
                          image=image, namespace=namespace, service_account="dpe-run")

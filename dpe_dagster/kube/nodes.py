@@ -230,6 +230,14 @@ class KubeNodes:
                     held[iid] = held.get(iid, 0.0) + cpu_request(pod)
         return {run_id: min(held, key=lambda iid: (-held[iid], iid)) for run_id, held in cpus.items()}
 
+    def pods_left(self, instance_ids: Sequence[str]) -> int:
+        """How many pods that do not go with their node (not DaemonSets', not static) are still on
+        these instances' nodes, read now: 0 once they are drained (or the nodes gone)."""
+        nodes = self.nodes_by_instance()
+        names = [_meta(nodes[iid])["name"] for iid in instance_ids if iid in nodes]
+        return sum(not_a_daemon(pod) for pods in self.pods_by_node(fresh=True, node_names=names).values()
+                   for pod in pods) if names else 0
+
     # -- acting ----------------------------------------------------------------------------------
     def cordon_instances(self, instance_ids: Sequence[str], cordoned: bool = True) -> list[str]:
         """Mark the nodes of these instances unschedulable (or schedulable again); returns the node

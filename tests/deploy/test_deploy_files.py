@@ -17,48 +17,82 @@ from tests.fakes.kube_api import K8S_VERSION
 from tests.paths import PROJECT_ROOT as ROOT
 from tests.support.deploy import DEPLOY
 from tests.support.deploy import CloudFormationLoader as _CfnLoader
+from tests.support.deploy import Stack
 
-TEMPLATE = DEPLOY / "cloudformation" / "spot-node-pool.yaml"
+TEMPLATES = DEPLOY / "cloudformation"
+TEMPLATE = TEMPLATES / "node-pool.yaml"
 
 
-def test_cloudformation_template_passes_cfn_lint():
-    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)],
+@pytest.mark.parametrize("template", sorted(TEMPLATES.glob("*.yaml")), ids=lambda p: p.name)
+def test_cloudformation_templates_pass_cfn_lint(template):
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(template)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_spot_group_is_mixed_price_capacity_optimized_rebalancing_and_scales_from_zero():
-    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
-    group = template["Resources"]["AutoScalingGroup"]["Properties"]
-    assert "DesiredCapacity" not in group, "dpe owns the desired capacity"
-    assert group["CapacityRebalance"] is True
-    policy = group["MixedInstancesPolicy"]
-    assert policy["InstancesDistribution"]["SpotAllocationStrategy"] == "price-capacity-optimized"
-    assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 0
-    assert len(policy["LaunchTemplate"]["Overrides"]) >= 4
-    assert len(template["Parameters"]["InstanceTypes"]["Default"].split(",")) >= 4
-    tags = {t["Key"] if isinstance(t["Key"], str) else str(t["Key"]): t for t in group["Tags"]}
-    for key in ("k8s.io/cluster-autoscaler/node-template/label/dpe.io/pool",
-                "k8s.io/cluster-autoscaler/node-template/taint/dpe.io/pool", "dpe:managed"):
-        assert key in tags and tags[key]["PropagateAtLaunch"] is False
-    user_data = str(template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"])
-    assert "--node-labels=dpe.io/pool=${PoolName}" in user_data
-    assert "--register-with-taints=dpe.io/pool=${PoolName}:NoSchedule" in user_data
-    # The group name is what staging/prod derive: <cluster>-<pool>.
-    assert group["AutoScalingGroupName"] == {"Sub": "${ClusterName}-${PoolName}"}
+def stack_parameters(pool) -> dict:
+    """What deploy/README.md says to pass for one pool of the environment."""
+    return {"ClusterName": "dpe-prod", "PoolName": pool.name, "Lifecycle": pool.lifecycle,
+            "Tainted": "true" if pool.taints else "false", "InstanceTypes": ",".join(pool.settings["instance_types"]),
+            "NodeCpus": str(int(pool.node_cpus)), "NodeMemory": f"{int(pool.node_memory_gb)}Gi",
+            "ClusterEndpoint": "https://0123.gr7.us-east-1.eks.amazonaws.com", "ClusterCertificateAuthority": "LS0t",
+            "NodeImageId": "ami-0123456789abcdef0", "NodeInstanceProfileArn": "arn:aws:iam::111122223333:instance-profile/n",
+            "NodeSecurityGroupIds": ["sg-0123"], "SubnetIds": ["subnet-1", "subnet-2"],
+            "InterruptionQueueArn": "arn:aws:sqs:us-east-1:111122223333:dpe-prod-interruptions",
+            "LifecycleHookRoleArn": "arn:aws:iam::111122223333:role/dpe-prod-lifecycle-hook"}
 
 
-def test_cloudformation_pool_matches_the_prod_environment(monkeypatch):
+@pytest.mark.parametrize("pool_name", ["spot-etl", "ondemand-etl", "ondemand-driver"])
+def test_the_node_pool_template_makes_each_pool_of_prod_as_dpe_expects(pool_name, monkeypatch):
+    """One template for every pool (spot or on-demand, tainted, its own instance types), as prod
+    declares them: the group dpe sizes, the nodes' labels and taints the pool's pods select and
+    tolerate, and what the kubelet leaves of such a node for runs."""
+    from dpe_dagster.pools.aws.eks import instance_shape, kubelet_labels_and_taints, node_labels, node_resources
     from resources import load_environment
 
     monkeypatch.setenv("DPE_CLUSTER_NAME", "dpe-prod")
-    spot = load_environment("prod").pool("spot-etl")
-    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
-    assert template["Parameters"]["PoolName"]["Default"] == spot.name
-    assert spot.settings["group_name"] == "dpe-prod-spot-etl"
-    assert spot.labels == {"dpe.io/pool": "spot-etl"}
-    assert [(t.key, t.value, t.effect) for t in spot.taints] == [("dpe.io/pool", "spot-etl", "NoSchedule")]
-    assert template["Parameters"]["InstanceTypes"]["Default"].split(",") == list(spot.settings["instance_types"])
+    pool = load_environment("prod").pool(pool_name)
+    stack = Stack(yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader), stack_parameters(pool))
+    group, launch = stack.resource("AutoScalingGroup"), stack.resource("LaunchTemplate")
+    assert group["AutoScalingGroupName"] == pool.settings["group_name"]
+    assert "DesiredCapacity" not in group, "dpe owns the desired capacity"
+    policy = group["MixedInstancesPolicy"]
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == list(pool.settings["instance_types"])
+    assert policy["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == (0 if pool.lifecycle == "spot"
+                                                                                      else 100)
+    assert policy["InstancesDistribution"]["SpotAllocationStrategy"] == "price-capacity-optimized"
+    # AWS launches no replacement of its own for a rebalance recommendation (dpe does), and any
+    # termination it starts waits in the hook for dpe's drain.
+    assert group["CapacityRebalance"] is False
+    [hook] = group["LifecycleHookSpecificationList"]
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert hook["NotificationTargetARN"].endswith(":dpe-prod-interruptions") and hook["DefaultResult"] == "CONTINUE"
+    tags = {t["Key"]: t for t in group["Tags"]}
+    assert tags["dpe:managed"]["Value"] == "true" and tags["dpe:managed"]["PropagateAtLaunch"] is False
+    data = launch["LaunchTemplateData"]
+    # Pods must not reach the node's role through the instance metadata service.
+    assert data["MetadataOptions"] == {"HttpTokens": "required", "HttpPutResponseHopLimit": 1}
+    labels, taints = kubelet_labels_and_taints(data["UserData"])
+    assert labels == node_labels(pool)
+    assert taints == [(t.key, t.value, t.effect) for t in pool.taints]
+    for instance_type in pool.settings["instance_types"]:
+        shape, resources = instance_shape(instance_type), node_resources(instance_type)
+        assert (shape.vcpus, shape.memory_gib) == (pool.node_cpus, pool.node_memory_gb), instance_type
+        # What the pool counts as room for runs is there on every type it may get.
+        assert resources.room_cpus >= pool.room_cpus and resources.room_memory_mib / 1024 >= pool.room_memory_gb - 1e-9
+
+
+def test_the_emulator_joins_nodes_as_the_template_does(monkeypatch):
+    """aws-sim's and eks-sim's groups carry the same user data as node-pool.yaml makes."""
+    from dpe_dagster.pools.aws.eks import kubelet_labels_and_taints, node_labels, node_user_data
+    from resources import load_environment
+
+    for pool in load_environment("eks-sim").pools.values():
+        emulated = node_user_data("dpe-sim", node_labels(pool), [(t.key, t.value, t.effect) for t in pool.taints])
+        stack = Stack(yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader),
+                      {**stack_parameters(pool), "ClusterName": "dpe-sim"})
+        assert kubelet_labels_and_taints(emulated) == kubelet_labels_and_taints(
+            stack.resource("LaunchTemplate")["LaunchTemplateData"]["UserData"])
 
 
 def test_helm_values_use_dpes_launcher_with_config_dagster_accepts_and_postgres(monkeypatch):

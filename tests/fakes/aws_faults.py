@@ -12,7 +12,9 @@ Faults, each drawn independently per request with its rate (`FaultRates`):
 
 Besides rates, tests can queue exact faults per API action (`faults`, `persistent`), and every
 forwarded mutating call is kept in `actions` (action, group, parameters, time), so a test can tell
-whether one scale decision reached AWS twice. Counts are in `injected` (per kind) and `seen` (per
+whether one scale decision reached AWS twice. Where the emulator lacks an API (moto has no
+CompleteLifecycleAction), `stand_ins` answers it with AWS's empty success and records it in
+`actions` too: the call's parameters are what a test can check, not its effect. Counts are in `injected` (per kind) and `seen` (per
 action). Only for tests and benchmarks; the proxy listens on 127.0.0.1 only.
 
     python -m tests.fakes.aws_faults --upstream http://127.0.0.1:5000 --rate 0.2
@@ -35,7 +37,8 @@ from typing import Callable
 KINDS = ("500", "503", "throttle", "latency", "dropped")
 # AWS calls that change something: each is kept in `FaultInjector.actions` when it reaches the server.
 MUTATING = ("SetDesiredCapacity", "TerminateInstanceInAutoScalingGroup", "SetInstanceProtection",
-            "CreateOrUpdateTags", "DeleteTags", "TerminateInstances", "RunInstances")
+            "CreateOrUpdateTags", "DeleteTags", "TerminateInstances", "RunInstances", "SuspendProcesses",
+            "CompleteLifecycleAction")
 # Everything this process's injectors did, summed (the reliability suite's summary reads it).
 TOTALS: Counter = Counter()
 _TOTALS_LOCK = threading.Lock()
@@ -91,6 +94,7 @@ class FaultInjector:
         self.actions: list[tuple[str, str | None, dict, float]] = []
         self.on_forward = on_forward  # called after a mutating call reached the server
         self.enabled = True  # rates apply only while enabled (queued faults always do)
+        self.stand_ins: set[str] = set()  # actions answered here with an empty success (see the docstring)
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.url = ""
@@ -171,6 +175,15 @@ class FaultInjector:
                     payload = (f"<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}"
                                f"</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>").encode()
                     self._answer(status, [("Content-Type", "text/xml")], payload)
+                    return
+                if action in proxy.stand_ins:
+                    params = {k: v[0] for k, v in form.items() if k not in ("Action", "Version")}
+                    with proxy._lock:
+                        proxy.actions.append((action, group, params, time.time()))
+                    payload = (f'<{action}Response xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">'
+                               f"<{action}Result/><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId>"
+                               f"</ResponseMetadata></{action}Response>").encode()
+                    self._answer(200, [("Content-Type", "text/xml")], payload)
                     return
                 if delay:
                     proxy._count("latency")

@@ -1,5 +1,9 @@
 """A node that is not ready by its pool's boot timeout (never joined Kubernetes, or cordoned by
-someone else) is terminated and charged, and the ledger says why; a busy one never is."""
+someone else) is terminated and charged, and the ledger says why; a busy one never is.
+
+The pool parts run on the real control plane (tests/cluster/): an instance of the AWS emulator
+joins as an EKS node only when the test says it has booted (`join`), so one that never does is an
+instance whose kubelet never registered."""
 
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.eventlog import read_node_lifetimes
 from dpe_dagster.usage.report import node_rows
+from tests.cluster.eks import EksNodes
 from tests.reliability.harness import advance, queue_run
 from tests.support.aws import aws, dagster, moto  # noqa: F401  (fixtures and helpers)
+from tests.support.cluster import cluster, kube, node_ready, pods_on, wait_for  # noqa: F401  (fixtures)
 
 POOL = parse_pool("spot-etl", {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
                                "price_per_node_hour": 0.1, "idle_timeout_s": 60, "boot_timeout_s": 300})
@@ -65,19 +71,14 @@ def test_the_sensor_memory_says_since_when_a_node_is_not_ready_and_old_cursors_s
     assert NodeMemory.from_json([5.0, 1.0, 7.0]).instance_type == "unknown"
 
 
-# -- an Auto Scaling group whose instance never joins Kubernetes (moto + loopback Kubernetes API) --
-from tests.fakes.kube_api import kube_api  # noqa: E402,F401  (fixture)
-
-
+# -- an Auto Scaling group whose instance never joins Kubernetes (moto + the real control plane) --
 @pytest.fixture
-def kube_group(aws, kube_api, tmp_path, monkeypatch):
+def kube_group(aws, kube):
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.aws.emulator import create_groups
     from tests.support.aws import clients, environment
 
     def make(**pool_fields):
-        monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig(tmp_path / "kubeconfig")))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         env = environment(aws.url, labels={"dpe.io/pool": "spot-etl"}, idle_timeout_s=3600,
                           settings={"group_name": "test-spot", "busy_source": "kubernetes"}, **pool_fields)
         autoscaling, ec2 = clients(aws.url)
@@ -87,8 +88,34 @@ def kube_group(aws, kube_api, tmp_path, monkeypatch):
     return make
 
 
-def join(kube_api, instance_id: str, name: str) -> None:
-    kube_api.add_node(name, instance_id, labels={"dpe.io/pool": "spot-etl"})
+@pytest.fixture
+def booting(aws, kube):
+    """The emulator's instances join the cluster when `join` says they have booted, not before."""
+    return EksNodes(kube, aws.url, boot_s=0)
+
+
+def join(booting: EksNodes, *instance_ids: str) -> list[str]:
+    """These instances (every one that is up, in fact) finish booting: their kubelets register
+    them as EKS nodes, which become Ready. Returns the nodes' names."""
+    booting.sync()
+    names = [booting.node_name(iid) for iid in instance_ids]
+    for name in names:
+        wait_for(f"node {name} Ready", lambda: node_ready(booting.core, name))
+    return names
+
+
+def run_on(kube, name: str, node: str, run_id: str | None = None) -> None:
+    """A Job whose pod is bound to `node` (a run's, labelled as dagster-k8s labels it, with
+    `run_id`), running."""
+    labels = {"dagster/run-id": run_id} if run_id else {}
+    kube.apply([{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": "default"},
+                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": {
+                     "restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": node},
+                     "tolerations": [{"key": "dpe.io/pool", "operator": "Exists"}],
+                     "containers": [{"name": "main", "image": "busybox",
+                                     "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]}}}}])
+    wait_for(f"{name}'s pod running on {node}", lambda: any(
+        p.metadata.name.startswith(name) and p.status.phase == "Running" for p in pods_on(kube.core(), node)))
 
 
 def tick(dagster, env, pool, memory):
@@ -97,14 +124,15 @@ def tick(dagster, env, pool, memory):
 
 
 def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_timeout_and_charged(
-        kube_group, kube_api, dagster):
+        kube_group, booting, kube, dagster):
     from tests.support.aws import ec2_states, group
 
     env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2)
-    run_id = queue_run(dagster, "spot-etl")
+    run_id = queue_run(dagster, "spot-etl", cpus=1)  # fits what a 2-vCPU node has for runs
     result, memory = tick(dagster, env, pool, {})
     [never] = [n.id for n in pool.nodes()]
     assert [n.state for n in pool.nodes()] == ["pending"]  # EC2 runs it; Kubernetes never sees it
+    assert kube.core().list_node().items == []
     result, memory = tick(dagster, env, pool, memory)
     assert result.removed == [], "inside its boot timeout it is left to boot"
 
@@ -124,44 +152,56 @@ def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_ti
     assert row["removed_because"] == "boot timeout" and row["paid_usd"] == pytest.approx(lifetime.cost_usd)
 
     # The replacement joins and takes the run: it is never removed for its boot, however long it runs.
-    join(kube_api, replacement, "ip-10-0-3-1")
-    kube_api.add_pod("dagster-run-1", "ip-10-0-3-1")
+    [node] = join(booting, replacement)
+    run_on(kube, "dagster-run-1", node, run_id)
     advance(dagster, run_id, DagsterEventType.RUN_START)
+    wait_for("the pool seeing its node ready and busy",
+             lambda: [(n.id, n.state, n.busy) for n in pool.nodes()] == [(replacement, "running", True)])
     time.sleep(2.2)
     result, memory = tick(dagster, env, pool, memory)
     assert result.removed == [] and [n.id for n in pool.nodes()] == [replacement]
+    assert ec2_states(ec2, [replacement])[replacement] == "running"
 
 
 def test_an_idle_node_someone_cordons_is_removed_a_boot_timeout_later_a_busy_one_never(
-        kube_group, kube_api, dagster):
+        kube_group, booting, kube, dagster):
     from tests.support.aws import ec2_states
 
     env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2)
     pool.set_target(2)
     idle, busy = sorted(n.id for n in pool.nodes())
-    join(kube_api, idle, "ip-10-0-4-1")
-    join(kube_api, busy, "ip-10-0-4-2")
-    kube_api.add_pod("someones-job", "ip-10-0-4-2")
+    idle_node, busy_node = join(booting, idle, busy)
+    run_on(kube, "someones-job", busy_node)
+    wait_for("the pool seeing both nodes ready, one busy", lambda: {(n.id, n.state, n.busy) for n in pool.nodes()} == {
+        (idle, "running", False), (busy, "running", True)})
     result, memory = tick(dagster, env, pool, {})
-    assert {n.state for n in pool.nodes()} == {"running"}
+    assert result.removed == [] and {n.state for n in pool.nodes()} == {"running"}
     time.sleep(2.2)  # older than the boot timeout already: what counts is how long it is not ready
-    for name in ("ip-10-0-4-1", "ip-10-0-4-2"):
-        kube_api.nodes[name]["spec"]["unschedulable"] = True  # `kubectl cordon` by someone else
+    core = kube.core()
+    for name in (idle_node, busy_node):
+        core.patch_node(name, {"spec": {"unschedulable": True}})  # `kubectl cordon` by someone else
     result, memory = tick(dagster, env, pool, memory)
     assert result.removed == []
+    assert {n.state for n in pool.nodes()} == {"pending"}
     time.sleep(2.2)
     result, memory = tick(dagster, env, pool, memory)
     assert [(r.node_id, r.removed_because) for r in result.removed] == [(idle, "boot timeout")]
+    assert ec2_states(ec2, [idle])[idle] in ("shutting-down", "terminated")
     assert ec2_states(ec2, [busy])[busy] == "running"
+    # The busy node keeps its work, still cordoned by whoever cordoned it.
+    assert core.read_node(busy_node).spec.unschedulable is True
+    assert any(p.metadata.name.startswith("someones-job") and p.status.phase == "Running"
+               for p in pods_on(core, busy_node))
 
 
-def test_a_stuck_instance_at_the_groups_min_size_is_replaced_not_refused(kube_group, kube_api, dagster):
+def test_a_stuck_instance_at_the_groups_min_size_is_replaced_not_refused(kube_group, kube, dagster):
     from tests.support.aws import ec2_states, group
 
     env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2, min_size=1)
     autoscaling.update_auto_scaling_group(AutoScalingGroupName="test-spot", MinSize=1, DesiredCapacity=1)
     [never] = [n.id for n in pool.nodes()]
     result, memory = tick(dagster, env, pool, {})
+    assert result.removed == [] and [n.state for n in pool.nodes()] == ["pending"]
     time.sleep(2.2)
     result, memory = tick(dagster, env, pool, memory)
     assert [(r.node_id, r.removed_because) for r in result.removed] == [(never, "boot timeout")]

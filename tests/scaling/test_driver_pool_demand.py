@@ -2,8 +2,9 @@
 pool (the run pod, as the launcher builds it), the run's executors on its tagged pool.
 
 Real parts: a SQLite Dagster instance holding queued runs, the shipped staging environment, the
-autoscaler sensor against moto's server on loopback, and the k8s launcher's Job sent to the
-loopback Kubernetes-format API."""
+autoscaler sensor against moto's server on loopback, and the k8s launcher on eks-sim
+(tests/support/k8s_runs.py): its Job admitted by the real control plane, the driver pool's instance
+joining as a node, and the scheduler binding the run's pod to it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import yaml
 from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 
 import resources.aws_sim
+import resources.eks_sim
 from dpe_dagster.config import ConfigError, parse_environment
 from dpe_dagster.launch.k8s import pool_container_context
 from dpe_dagster.pools import open_pool
@@ -28,7 +30,8 @@ from resources import load_environment
 from resources.staging import cluster_environment
 from tests.reliability.harness import new_run
 from tests.support.aws import dagster, moto  # noqa: F401 (fixtures)
-from tests.support.k8s_runs import instance, kube_api, launch, make_run, sim  # noqa: F401 (fixtures)
+from tests.support.cluster import wait_for
+from tests.support.k8s_runs import cluster, eks_sim, instance, jobs, kube, launch, make_run  # noqa: F401 (fixtures)
 
 REGION = "us-east-1"
 
@@ -57,8 +60,11 @@ def test_each_queued_run_asks_the_driver_pool_for_one_driver_and_its_pool_for_it
     drivers = demand.of("ondemand-driver")
     assert sorted(d.run_id for d in drivers) == sorted([*small, big])
     assert {(d.cpus, d.memory_gb) for d in drivers} == {(driver.default_run_cpus, driver.default_run_memory_gb)}
-    # Three 1-CPU / 3 GB drivers on 2-CPU / 8 GB nodes: two nodes, not the pool's minimum of one.
-    assert nodes_wanted(env, demand, "ondemand-driver") == 2
+    # Three 1-CPU / 3 GB drivers on 2-vCPU / 8 GiB EKS nodes, which have 1.805 CPUs for runs (the
+    # kubelet's reservation and the DaemonSets take the rest): one driver per node, as the scheduler
+    # would place them; three nodes, not the pool's minimum of one.
+    assert driver.room_cpus == pytest.approx(1.805) and driver.room_cpus < 2 * driver.default_run_cpus
+    assert nodes_wanted(env, demand, "ondemand-driver") == 3
 
     cores, _ = executor_shape(spot)
     executors = demand.of("spot-etl")
@@ -117,23 +123,36 @@ def test_the_autoscaler_sensor_sizes_the_driver_pool_and_the_executor_pool(moto,
 # -- the launcher ---------------------------------------------------------------------------------
 @pytest.fixture
 def driver_pool_env(monkeypatch):
-    """aws-sim with run pods on its on-demand pool (the launcher reads the environment at each launch)."""
-    shipped = resources.aws_sim.environment
-    monkeypatch.setattr(resources.aws_sim, "environment", lambda: {**shipped(), "driver_pool": "ondemand-etl"})
+    """eks-sim with run pods on its on-demand pool (the launcher reads the environment at each launch)."""
+    shipped = resources.eks_sim.environment
+    monkeypatch.setattr(resources.eks_sim, "environment", lambda: {**shipped(), "driver_pool": "ondemand-etl"})
 
 
-def test_the_launcher_puts_the_run_pod_on_the_driver_pool_and_asks_it_for_room(driver_pool_env, sim, instance,
-                                                                                 kube_api):
-    env, _ = sim
+def test_the_launcher_puts_the_run_pod_on_the_driver_pool_and_asks_it_for_room(driver_pool_env, eks_sim, instance,
+                                                                                 kube):
+    env, _ = eks_sim
     run = make_run(instance, {POOL_TAG: "spot-etl"})
     launch(instance, run)
-    pod = kube_api.jobs[-1]["spec"]["template"]["spec"]
+    [job] = jobs(kube)
+    pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"dpe.io/pool": "ondemand-etl"}
     assert open_pool(env.pool("ondemand-etl"), env).target() == 1  # asked at launch, not at the next tick
     assert open_pool(env.pool("spot-etl"), env).target() == 1
 
+    # The driver pool's instance joins, and the scheduler binds the run's pod to it.
+    core = kube.core()
 
-def test_a_launcher_driver_pool_that_disagrees_with_the_environment_fails_the_run_saying_so(sim, instance, kube_api,
+    def bound():
+        pods = core.list_namespaced_pod("dagster", label_selector=f"dagster/run-id={run.run_id}").items
+        return pods[0] if pods and pods[0].spec.node_name else None
+
+    node = core.read_node(wait_for("the run's pod bound to a node", bound, timeout_s=60).spec.node_name)
+    assert node.metadata.labels["dpe.io/pool"] == "ondemand-etl"
+    [driver_node] = [n.id for n in open_pool(env.pool("ondemand-etl"), env).nodes()]
+    assert node.spec.provider_id.endswith(f"/{driver_node}")
+
+
+def test_a_launcher_driver_pool_that_disagrees_with_the_environment_fails_the_run_saying_so(eks_sim, instance, kube,
                                                                                             tmp_path):
     config = yaml.safe_load((tmp_path / "dagster.yaml").read_text())
     config["run_launcher"]["config"]["driver_pool"] = "ondemand-etl"
@@ -145,5 +164,5 @@ def test_a_launcher_driver_pool_that_disagrees_with_the_environment_fails_the_ru
         launch(other, run)
         assert other.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
         failure = [e.message for e in other.all_logs(run.run_id) if "driver_pool" in (e.message or "")]
-    assert failure and "run_launcher.config.driver_pool: 'ondemand-etl' disagrees with environment 'aws-sim'" in failure[0]
-    assert not kube_api.jobs
+    assert failure and "run_launcher.config.driver_pool: 'ondemand-etl' disagrees with environment 'eks-sim'" in failure[0]
+    assert jobs(kube) == []

@@ -19,6 +19,8 @@ from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.eventlog import read_node_lifetimes
 from tests.support.local import local_environment
 from tests.support.aws import aws, dagster, moto  # noqa: F401  (fixtures and helpers)
+from tests.support.cluster import cluster, eks, kube, node_ready, pods_on  # noqa: F401  (fixtures)
+from tests.support.cluster import wait_for as wait_until
 from tests.support.local import wait_for
 
 RAW = {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8, "price_per_node_hour": 0.1,
@@ -108,17 +110,13 @@ def test_workers_of_a_dead_master_are_kept_for_the_grace_then_stopped_and_the_le
     assert pool.pids() == []
 
 
-# -- an Auto Scaling group whose Kubernetes API stops answering (moto + loopback Kubernetes API) --
-from tests.fakes.kube_api import kube_api  # noqa: E402,F401  (fixture)
-
-
-def test_instances_kubernetes_cannot_see_are_kept_for_the_grace_then_terminated(aws, kube_api, dagster, tmp_path,
+# -- an Auto Scaling group whose Kubernetes API stops answering (moto + the real control plane) --
+def test_instances_kubernetes_cannot_see_are_kept_for_the_grace_then_terminated(aws, eks, kube, dagster, tmp_path,
                                                                                  monkeypatch):
-    from dpe_dagster.pools.aws.emulator import create_groups
+    from dpe_dagster.pools.aws.emulator import create_groups, free_port
+    from tests.cluster.control_plane import write_kubeconfig
     from tests.support.aws import clients, ec2_states, environment
 
-    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig(tmp_path / "kubeconfig")))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     env = environment(aws.url, labels={"dpe.io/pool": "spot-etl"}, idle_timeout_s=1, unknown_busy_grace_s=2,
                       settings={"group_name": "test-spot", "busy_source": "kubernetes"})
     autoscaling, ec2 = clients(aws.url)
@@ -127,19 +125,38 @@ def test_instances_kubernetes_cannot_see_are_kept_for_the_grace_then_terminated(
     pool = open_pool(config, env)
     pool.set_target(1)
     [iid] = [n.id for n in pool.nodes()]
-    kube_api.add_node("ip-10-0-5-1", iid, labels={"dpe.io/pool": "spot-etl"})
-    kube_api.add_pod("dagster-run-1", "ip-10-0-5-1")  # busy when last seen
+    node = eks.node_name(iid)  # the instance joins the cluster as an EKS node
+    wait_until(f"node {node} Ready", lambda: node_ready(eks.core, node))
+    # A run's pod on it: busy when last seen.
+    kube.apply([{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "dagster-run-1", "namespace": "default"},
+                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"dagster/run-id": "1"}}, "spec": {
+                     "restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": node},
+                     "tolerations": [{"key": "dpe.io/pool", "operator": "Exists"}],
+                     "containers": [{"name": "main", "image": "busybox",
+                                     "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]}}}}])
+    wait_until("the run's pod running", lambda: any(p.metadata.name.startswith("dagster-run-1")
+                                                     and p.status.phase == "Running" for p in pods_on(eks.core, node)))
+    wait_until("the pool seeing its node busy", lambda: [(n.state, n.busy, n.busy_known) for n in pool.nodes()]
+               == [("running", True, True)])
     tick, memory = scale_pool(dagster, config, pool, [], {}, time.time())
-    assert tick.removed == [] and memory[iid].busy_seconds == 0.0
+    assert tick.removed == [] and memory[iid].busy_seconds == 0.0 and memory[iid].unknown_since is None
 
-    kube_api.close()
-    time.sleep(0.1)
+    # The Kubernetes API stops answering: the autoscaler's pool asks an endpoint where nothing
+    # listens (the same CA and a token, as a kubeconfig whose API server went away).
+    dead = write_kubeconfig(tmp_path / "unreachable.kubeconfig", f"https://127.0.0.1:{free_port()}", kube.ca_file,
+                            "any-token")
+    monkeypatch.setenv("KUBECONFIG", str(dead))
+    pool = open_pool(config, env)
+    [seen] = pool.nodes()
+    assert (seen.id, seen.busy, seen.busy_known) == (iid, True, False)
     start = time.time()
     tick, memory = scale_pool(dagster, config, pool, [], memory, start)
     assert tick.removed == [] and memory[iid].unknown_since == start
     tick, memory = scale_pool(dagster, config, pool, [], memory, start + 2.9)
     assert tick.removed == [], "kept while unknown, for the idle timeout plus the grace"
+    assert ec2_states(ec2, [iid])[iid] == "running"
     tick, memory = scale_pool(dagster, config, pool, [], memory, start + 3.0)
     assert [(r.node_id, r.removed_because) for r in tick.removed] == [(iid, "busy unknown")]
     assert tick.removed[0].unknown_seconds >= 3.0
     assert ec2_states(ec2, [iid])[iid] in ("shutting-down", "terminated")
+    assert [r.removed_because for r in read_node_lifetimes(dagster)] == ["busy unknown"]

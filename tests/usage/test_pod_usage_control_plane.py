@@ -1,6 +1,8 @@
 """A container's pod in staging/prod, where its run cannot read the pool's nodes: the run writes
 the unpriced span, and the control plane's ledger sensor prices it once when the run ends (real
-Dagster instance, the aws-sim pools in a moto server on loopback, the loopback Kubernetes API)."""
+Dagster instance, the aws-sim pools in a moto server on loopback; for the container itself, eks-sim's
+pools in the AWS emulator and the session's Kubernetes control plane, where the pod runs on a node of
+the pool: tests/support/pods.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.usage.pods import NO_NODE, POD_SPAN_KEY, PodSpan, read_pod_usage, record_pod_span
 from tests.reliability.harness import advance, new_run, queue_run
 from tests.support.ledger import ledger_tick
-from tests.support.pods import instance, kube_api, pools, sim  # noqa: F401 (fixtures)
+from tests.support.cluster import node_ready, wait_for
+from tests.support.pods import (  # noqa: F401 (fixtures and helpers)
+    RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_kubeconfig,
+)
 
 POOL = "spot-etl"
 
@@ -87,22 +92,48 @@ def test_a_pod_span_of_a_run_on_no_pool_is_priced_on_the_pool_it_ran_on(aws_sim)
     assert instance.get_run_by_id(holder).status == DagsterRunStatus.QUEUED
 
 
-def test_a_run_without_cloud_credentials_leaves_its_pod_span_for_the_control_plane(sim, pools, kube_api, instance,
+def test_a_run_without_cloud_credentials_leaves_its_pod_span_for_the_control_plane(eks_sim, pools, admissions,
+                                                                                    run_kubeconfig, instance, kube,
                                                                                     tmp_path, monkeypatch):
-    kube_api.on_create = lambda pod: kube_api.bind_later(pod["metadata"]["name"], 0.1)
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    containers = KubernetesPoolContainers(environment="aws-sim", namespace="dagster", load_incluster_config=False,
-                                          kubeconfig_file=str(kube_api.kubeconfig(tmp_path / "kubeconfig")),
-                                          poll_interval_s=0.05, node_wait_s=20)
-    result = materialize([word_count], resources={"containers": containers}, instance=instance)
+    # A node of the pool is up (the autoscaler, which has the credentials, brought it earlier).
+    spot = pools[POOL]
+    spot.set_target(1)
+    core = kube.core()
+    node = wait_for("a node of the pool ready", lambda: next(
+        (n.metadata.name for n in core.list_node(label_selector=f"dpe.io/pool={POOL}").items
+         if node_ready(core, n.metadata.name)), None), timeout_s=60)
+
+    # The run's pod: no cloud credentials, and the run's own ServiceAccount for the API server.
+    with monkeypatch.context() as run_pod:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            run_pod.delenv(key, raising=False)
+        run_pod.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        run_pod.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        run_pod.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        run_pod.setenv("KUBECONFIG", str(run_kubeconfig))
+        containers = KubernetesPoolContainers(environment="eks-sim", namespace="dagster", load_incluster_config=False,
+                                              kubeconfig_file=str(run_kubeconfig), poll_interval_s=0.1,
+                                              node_wait_s=30)
+        result = materialize([word_count], resources={"containers": containers}, instance=instance)
     assert result.success
+
+    # The pod ran on the pool's node, and its time waits, unpriced, for the control plane.
+    [pod] = admissions.created
+    name = pod["metadata"]["name"]
+    assert admissions.deleted_by(RUN_USER) == [name]
+    assert admissions.last_seen(name)["spec"]["nodeName"] == node and pool_of_node(core, node)[0] == POOL
     (span,) = pending_spans(instance, result.run_id)
     assert span.metadata["pool"].value == POOL and span.metadata["asset"].value == "word_count"
+    assert span.metadata["pod"].value == name
     assert span.metadata["ended_at"].value >= span.metadata["started_at"].value > 0
     assert read_pod_usage(instance) == []
     messages = [e.message or "" for e in instance.all_logs(result.run_id)]
     assert any("the control plane prices it when the run ends" in m and "no AWS credentials" in m for m in messages)
+
+    # The run has ended: the control plane's ledger sensor (its credentials, its account) prices it
+    # on the pool's node.
+    env, _ = eks_sim
+    ledger_tick(env, instance, None)
+    (usage,) = read_pod_usage(instance)
+    assert usage.run_id == f"{result.run_id}/{name}" and usage.pool == POOL and usage.assets == ("word_count",)
+    assert usage.cost_usd > 0 and usage.price_source != NO_NODE

@@ -53,6 +53,9 @@ _BATCH = 50  # SetInstanceProtection takes at most 50 instance ids
 # not retry it, and it says nothing about capacity. Retried after these pauses, then PoolBusy.
 CONTENTION = ("ScalingActivityInProgress", "ResourceContention")
 CONTENTION_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
+# Auto Scaling's processes that would resize the group or pick instances to terminate behind dpe's
+# back (rebalancing zones, alarms' and schedules' scaling): dpe suspends them on each group it looks at.
+OWNED_PROCESSES = ("AZRebalance", "AlarmNotification", "ScheduledActions")
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -423,6 +426,7 @@ class AwsAsgPool(PoolCapabilities):
                 interrupted_at=inst.interrupted[1],
             ))
         self._sync_protection(alive, {n.id for n in nodes if n.busy})
+        self._own_processes(group)
         if SCALE_UP_SINCE_TAG in _tags(group) and sum(n.state == RUNNING for n in nodes) >= int(group["DesiredCapacity"]):
             try:
                 self._delete_tags([SCALE_UP_SINCE_TAG])
@@ -563,6 +567,24 @@ class AwsAsgPool(PoolCapabilities):
                                InstanceIds=ids[start:start + _BATCH], ProtectedFromScaleIn=flag)
                 except PoolError as error:
                     log.warning("%s", error)
+
+    def _own_processes(self, group: Mapping[str, Any]) -> None:
+        suspended = {p.get("ProcessName") for p in group.get("SuspendedProcesses", [])}
+        missing = [p for p in OWNED_PROCESSES if p not in suspended]
+        if missing:
+            try:
+                self._call("SuspendProcesses", self.autoscaling.suspend_processes,
+                           AutoScalingGroupName=self.settings.group_name, ScalingProcesses=missing)
+                log.info("pool %s: suspended %s on group %s (dpe sizes it)", self.name, ", ".join(missing),
+                         self.settings.group_name)
+            except PoolError as error:  # only safety: the next look retries
+                log.warning("%s", error)
+
+    def complete_termination(self, instance_id: str, hook_name: str, token: str | None = None) -> None:
+        """Let a termination that waits in the group's lifecycle hook go on (its node is drained)."""
+        self._call("CompleteLifecycleAction", self.autoscaling.complete_lifecycle_action,
+                   AutoScalingGroupName=self.settings.group_name, LifecycleHookName=hook_name, InstanceId=instance_id,
+                   LifecycleActionResult="CONTINUE", **({"LifecycleActionToken": token} if token else {}))
 
     # -- scale-up health and back-off ---------------------------------------------------------
     def _set_tags(self, values: Mapping[str, str]) -> None:

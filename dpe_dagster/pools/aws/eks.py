@@ -137,7 +137,12 @@ def reserved_for_shape(node_cpus: float, node_memory_gb: float,
     cpus = kube_reserved_cpus(math.ceil(node_cpus)) + sum(d.cpus for d in daemonsets)
     memory_mib = (kube_reserved_memory_mib(max_pods_for(node_cpus)) + EVICTION_HARD_MIB
                   + sum(d.memory_mib for d in daemonsets))
-    return round(cpus, 4), round(memory_mib / MIB_PER_GIB, 4)
+    # Rounded up: what runs may count on is never more than the node has.
+    return _ceil4(cpus), _ceil4(memory_mib / MIB_PER_GIB)
+
+
+def _ceil4(value: float) -> float:
+    return math.ceil(round(value * 10_000, 6)) / 10_000
 
 
 # -- joining: the launch template's user data ---------------------------------------------------

@@ -1,15 +1,24 @@
-"""Spot interruptions, as Karpenter and the Node Termination Handler handle them.
+"""Spot interruptions and terminations AWS starts, as Karpenter and the Node Termination Handler
+handle them.
 
 EC2 sends "EC2 Spot Instance Interruption Warning" two minutes before it reclaims a spot instance,
 and "EC2 Instance Rebalance Recommendation" when one is at raised risk. An EventBridge rule
-(deploy/cloudformation/interruption-queue.yaml) puts both on an SQS queue; `dpe interruptions`
-long-polls it (WaitTimeSeconds) and, for an instance of one of dpe's pools:
+(deploy/cloudformation/interruption-queue.yaml) puts both on an SQS queue, and each pool's group
+sends there the notification of its termination lifecycle hook (deploy/cloudformation/node-pool.yaml:
+an instance Auto Scaling is about to terminate, for a health replacement or an operator, waits
+there). `dpe interruptions` long-polls the queue (WaitTimeSeconds) and, for an instance of one of
+dpe's pools:
 
-- warning: cordons the node (no new pod lands there; Spark's decommissioning, enabled in the
-  executor config, migrates the blocks of executors there) and asks for the replacement at once,
-  instead of at the next autoscaler tick: one more node on the pool, or on its `fallback` when the
-  pool is at its max_size;
-- rebalance recommendation: cordons the node only (the warning, if it comes, replaces it).
+- warning: cordons the node, drains it through the Eviction API (every pod that does not go with
+  the node; each pod's grace period capped at `DRAIN_GRACE_S`, inside the notice, so a Spark
+  executor's preStop hook decommissions it: its blocks move to other executors or to the
+  fallback storage, `spark.storage.decommission.fallbackStorage.path`), and asks for the
+  replacement at once, instead of at the next autoscaler tick: one more node on the pool, or on
+  its `fallback` when the pool is at its max_size;
+- rebalance recommendation: cordons the node only (the warning, if it comes, replaces it);
+- termination (lifecycle hook): cordons and drains the node, and lets the termination go on
+  (CompleteLifecycleAction) once nothing but DaemonSets is left on it, or after `HOOK_WAIT_S`. A
+  node dpe removes itself was drained before; its hook is completed at once.
 
 Either way the node is marked on the provider (`mark_interrupted`: a tag on the instance, written
 before the replacement is asked for), so the autoscaler, in its own process, sees it as going: no
@@ -40,6 +49,14 @@ log = logging.getLogger(__name__)
 WARNING = "EC2 Spot Instance Interruption Warning"
 REBALANCE = "EC2 Instance Rebalance Recommendation"
 DETAIL_TYPES = (WARNING, REBALANCE)
+TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+TEST_NOTIFICATION = "autoscaling:TEST_NOTIFICATION"
+# A drained pod gets at most this long to stop (a Spark executor decommissions in it), inside the
+# two minutes between a spot warning and the reclaim.
+DRAIN_GRACE_S = 100
+# How long a termination waits in the lifecycle hook for its node to drain (the hook's heartbeat
+# timeout in node-pool.yaml is 180 s, after which AWS goes on anyway).
+HOOK_WAIT_S = 150.0
 
 
 class MalformedMessage(ValueError):
@@ -68,6 +85,17 @@ class Interruption:
 
 
 @dataclass(frozen=True)
+class Termination:
+    """Auto Scaling is about to terminate an instance; it waits in the group's lifecycle hook."""
+
+    instance_id: str
+    group: str
+    hook: str
+    token: str | None
+    time: str
+
+
+@dataclass(frozen=True)
 class Action:
     pool: str  # the pool owning the instance
     instance_id: str
@@ -77,13 +105,19 @@ class Action:
     asked_at: float | None = None  # unix time the replacement was asked for, once it was
 
 
-def parse(body: str) -> Interruption:
+def parse(body: str) -> Interruption | Termination | None:
+    """An EC2 interruption event, a termination lifecycle notification, or None for Auto Scaling's
+    test notification (sent when a hook is created)."""
     try:
         event = json.loads(body)
     except (TypeError, ValueError) as error:
         raise MalformedMessage(f"message body is not JSON ({error}); expected an EventBridge event") from error
     if not isinstance(event, dict):
         raise MalformedMessage(f"message body must be a JSON object (an EventBridge event); got {type(event).__name__}")
+    if event.get("Event") == TEST_NOTIFICATION:
+        return None
+    if "LifecycleTransition" in event:
+        return _termination(event)
     if event.get("source") != "aws.ec2":
         raise MalformedMessage(f"source: must be 'aws.ec2'; got {event.get('source')!r}")
     kind = event.get("detail-type")
@@ -94,6 +128,20 @@ def parse(body: str) -> Interruption:
     if not isinstance(iid, str) or not iid.startswith("i-"):
         raise MalformedMessage(f"detail.instance-id: must be an EC2 instance id like 'i-0abc...'; got {iid!r}")
     return Interruption(iid, kind, str(event.get("time", "")))
+
+
+def _termination(event: Mapping[str, Any]) -> Termination:
+    if event.get("LifecycleTransition") != TERMINATING:
+        raise MalformedMessage(f"LifecycleTransition: must be {TERMINATING!r}; got {event.get('LifecycleTransition')!r}")
+    iid = event.get("EC2InstanceId")
+    if not isinstance(iid, str) or not iid.startswith("i-"):
+        raise MalformedMessage(f"EC2InstanceId: must be an EC2 instance id like 'i-0abc...'; got {iid!r}")
+    for field in ("AutoScalingGroupName", "LifecycleHookName"):
+        if not isinstance(event.get(field), str) or not event[field]:
+            raise MalformedMessage(f"{field}: must be a non-empty string; got {event.get(field)!r}")
+    token = event.get("LifecycleActionToken")
+    return Termination(iid, event["AutoScalingGroupName"], event["LifecycleHookName"],
+                       token if isinstance(token, str) else None, str(event.get("Time", "")))
 
 
 def decide(event: Interruption, owner: str | None, env: Environment, targets: Mapping[str, int],
@@ -120,17 +168,26 @@ class InterruptionReader:
     """Reads the interruption queue and acts through the NodePool protocol."""
 
     def __init__(self, sqs: Any, queue_url: str, env: Environment, pools: Mapping[str, NodePool],
-                 cordon: Callable[[Sequence[str]], Any] | None = None, instance: Any | None = None):
+                 cordon: Callable[[Sequence[str]], Any] | None = None, instance: Any | None = None,
+                 drain: Callable[[Sequence[str]], Any] | None = None,
+                 pods_left: Callable[[Sequence[str]], int] | None = None):
         self.sqs = sqs
         self.queue_url = queue_url
         self.env = env
         self.pools = pools
         self.cordon = cordon  # instance ids -> cordon their Kubernetes nodes (KubeNodes.cordon_instances)
+        self.drain = drain  # instance ids -> evict what does not go with their nodes (KubeNodes.evict)
+        self.pods_left = pods_left  # instance ids -> pods not yet drained off (KubeNodes.pods_left)
         self.instance = instance  # the Dagster instance: the runs on a warned node are told (tag, event log)
+        # instance id -> (termination waiting in its hook, its pool, when to let it go anyway)
+        self.terminating: dict[str, tuple[Termination, str, float]] = {}
 
     def poll_once(self, wait_s: int = 20) -> list[Action]:
-        """One long poll: handle and delete what arrived; returns the actions taken."""
-        got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s)
+        """One long poll: handle and delete what arrived; returns the actions taken. Terminations
+        waiting for their drain are let go first (and the poll is short while any waits)."""
+        self.finish_terminations()
+        wait = min(wait_s, 1) if self.terminating else wait_s
+        got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait)
         actions = []
         for message in got.get("Messages", []):
             try:
@@ -145,6 +202,10 @@ class InterruptionReader:
 
     def handle(self, body: str) -> Action | None:
         event = parse(body)
+        if event is None:
+            return None
+        if isinstance(event, Termination):
+            return self._terminating(event)
         owner, targets, marked = None, {}, ""
         for name, pool in self.pools.items():
             targets[name] = pool.target()
@@ -160,6 +221,8 @@ class InterruptionReader:
         log.warning("pool %s: %s for %s at %s", action.pool, action.reason, action.instance_id, event.time)
         if action.cordon and self.cordon is not None:
             self.cordon([action.instance_id])
+        if event.detail_type == WARNING:
+            self._drain(action.pool, action.instance_id)
         first = marked != SPOT_INTERRUPTION  # a warning is never turned back into a recommendation
         if first:
             self._mark(action, event)
@@ -177,6 +240,57 @@ class InterruptionReader:
         if held:
             self._tell_runs(held, action, event)
         return action
+
+    def _drain(self, pool: str, instance_id: str) -> None:
+        if self.drain is None:
+            return
+        try:
+            evicted = self.drain([instance_id])
+            log.warning("pool %s: draining %s: evicted %s", pool, instance_id, ", ".join(evicted) or "nothing")
+        except Exception as error:  # noqa: BLE001 - a refused eviction (a budget) must not stop the rest
+            log.warning("pool %s: draining %s: %s", pool, instance_id, error)
+
+    def _terminating(self, event: Termination) -> Action | None:
+        owner = next((name for name, config in self.env.pools.items()
+                      if config.provider == "aws_asg" and dict(config.settings).get("group_name") == event.group), None)
+        if owner is None:
+            log.info("interruption queue: termination of %s in group %s, which no pool owns: ignored",
+                     event.instance_id, event.group)
+            return None
+        log.warning("pool %s: AWS terminates %s (lifecycle hook %s): draining it first", owner, event.instance_id,
+                    event.hook)
+        if self.cordon is not None:
+            try:
+                self.cordon([event.instance_id])
+            except Exception as error:  # noqa: BLE001 - the hook lets it go after HOOK_WAIT_S anyway
+                log.warning("pool %s: cordoning %s: %s", owner, event.instance_id, error)
+        self._drain(owner, event.instance_id)
+        self.terminating[event.instance_id] = (event, owner, time.monotonic() + HOOK_WAIT_S)
+        self.finish_terminations()
+        return Action(owner, event.instance_id, cordon=True, grow_pool=None, reason="termination (lifecycle hook)")
+
+    def finish_terminations(self) -> list[str]:
+        """Complete the lifecycle action of each waiting termination whose node is drained (or
+        that waited long enough); returns their instance ids."""
+        done = []
+        for iid, (event, owner, deadline) in list(self.terminating.items()):
+            try:
+                left = self.pods_left([iid]) if self.pods_left is not None else 0
+            except Exception as error:  # noqa: BLE001 - cannot tell: wait for the deadline
+                log.warning("pool %s: pods left on %s unknown: %s", owner, iid, error)
+                left = 1
+            if left and time.monotonic() < deadline:
+                continue
+            pool = self.pools[owner]
+            try:
+                if isinstance(pool, AwsAsgPool):
+                    pool.complete_termination(iid, event.hook, event.token)
+            except PoolError as error:
+                log.warning("pool %s: termination of %s not completed (AWS goes on after the hook's timeout): %s",
+                            owner, iid, error)
+            del self.terminating[iid]
+            done.append(iid)
+        return done
 
     def _mark(self, action: Action, event: Interruption) -> None:
         """Before the replacement is asked for: a tick between the two would otherwise see a
@@ -256,14 +370,16 @@ def reader_for(env: Environment, instance: Any | None = None) -> InterruptionRea
         raise ConfigError(f"aws.{QUEUE_URL_FIELD}: not set for environment {env.name!r}; set it to the queue "
                           "deploy/cloudformation/interruption-queue.yaml creates")
     pools = {name: open_pool(config, env) for name, config in env.pools.items()}
-    cordon = None
+    kube = {}
     if any(dict(config.settings).get("busy_source", "kubernetes") == "kubernetes" for config in env.pools.values()
            if config.provider == "aws_asg"):
-        from dpe_dagster.kube.nodes import KubeNodes
+        from dpe_dagster.kube.nodes import KubeNodes, not_a_daemon
         from dpe_dagster.pools.aws.asg import instance_id
 
-        cordon = KubeNodes.from_environment(None, instance_id).cordon_instances
-    return InterruptionReader(sqs_client(env), url, env, pools, cordon=cordon, instance=instance)
+        nodes = KubeNodes.from_environment(None, instance_id)
+        kube = {"cordon": nodes.cordon_instances, "pods_left": nodes.pods_left,
+                "drain": lambda ids: nodes.evict(ids, not_a_daemon, grace_period_s=DRAIN_GRACE_S)}
+    return InterruptionReader(sqs_client(env), url, env, pools, instance=instance, **kube)
 
 
 def read_forever(reader: InterruptionReader, *, once: bool, wait_s: int) -> bool:
