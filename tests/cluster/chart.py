@@ -123,3 +123,23 @@ def objects(vals: dict[str, Any], namespace: str = NAMESPACE, instance: dict[str
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{RELEASE}-daemon-env", **meta},
          "data": shared_env(vals, namespace)},
     ]
+
+
+def deployments(vals: dict[str, Any], namespace: str = NAMESPACE) -> list[dict]:
+    """The chart's webserver, daemon and user code Deployments, as far as where their pods go:
+    ServiceAccount, image, and the values' nodeSelector, tolerations and affinity."""
+    account = vals.get("global", {}).get("serviceAccountName") or vals["serviceAccount"]["name"]
+
+    def deployment(name: str, component: dict[str, Any]) -> dict:
+        labels = {"app.kubernetes.io/instance": RELEASE, "component": name}
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"{RELEASE}-{name}",
+                                                                           "namespace": namespace},
+                "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"serviceAccountName": account, "nodeSelector": component.get("nodeSelector") or {},
+                             "tolerations": component.get("tolerations") or [],
+                             "affinity": component.get("affinity") or {},
+                             "containers": [{"name": "dagster", "image": _image(component["image"])}]}}}}
+
+    user = [deployment(d["name"], d) for d in vals.get("dagster-user-deployments", {}).get("deployments", [])]
+    return [deployment("webserver", vals["dagsterWebserver"]), deployment("daemon", vals["dagsterDaemon"]), *user]

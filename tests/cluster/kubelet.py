@@ -96,7 +96,8 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 class ProcessKubelet:
     def __init__(self, cluster: ControlPlane, workdir: Path, image_env: dict[str, str] | None = None,
-                 interval_s: float = 0.25):
+                 interval_s: float = 0.25, image_workdir: Path | None = None):
+        # image_env and image_workdir: the image's ENV and WORKDIR (deploy/Dockerfile), as this machine has them.
         from kubernetes import client
 
         self.cluster = cluster
@@ -104,6 +105,7 @@ class ProcessKubelet:
         self.coordination = client.CoordinationV1Api(cluster.api_client())
         self.workdir = Path(workdir)
         self.image_env = dict(image_env or {})
+        self.image_workdir = Path(image_workdir) if image_workdir else self.workdir
         self.interval_s = interval_s
         self.pods: dict[str, _Running] = {}  # pod uid ->
         self.errors: list[str] = []
@@ -293,7 +295,7 @@ class ProcessKubelet:
         running = _Running(uid, pod.metadata.namespace, pod.metadata.name, container.name, None)
         self.pods[uid] = running
         try:
-            running.process = subprocess.Popen(argv, env=env, cwd=self.workdir, stdout=subprocess.PIPE,
+            running.process = subprocess.Popen(argv, env=env, cwd=self.image_workdir, stdout=subprocess.PIPE,
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                                start_new_session=True)
         except OSError as error:

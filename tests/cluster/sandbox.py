@@ -38,7 +38,8 @@ from tests.cluster.control_plane import ControlPlane
 from tests.cluster.eks import EksNodes, install_daemonsets
 from tests.cluster.kubelet import PROCESS_KUBELET, ProcessKubelet
 
-K8S_DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+PROJECT = Path(__file__).resolve().parents[2]  # the image's WORKDIR holds this project (deploy/Dockerfile)
+K8S_DEPLOY = PROJECT / "deploy" / "k8s"
 IMAGE = "dpe:eks-sim"  # never pulled: the stand-in kubelet runs the command on this machine
 CONTROL_PLANE_ACCOUNT = "dagster"
 # What of this process's environment a run pod must not inherit: cloud and cluster credentials.
@@ -120,7 +121,8 @@ def eks_sandbox(env: Environment, cluster: ControlPlane | None = None, workdir: 
                                             CONTROL_PLANE_ACCOUNT)
         kubelet = None
         if run_pods:
-            kubelet = stack.enter_context(ProcessKubelet(cluster, workdir / "kubelet", pod_image_environment()))
+            kubelet = stack.enter_context(ProcessKubelet(cluster, workdir / "kubelet", pod_image_environment(),
+                                                         image_workdir=PROJECT))
         nodes = stack.enter_context(EksNodes(cluster, endpoint, region, boot_s=boot_s,
                                              kubelet=PROCESS_KUBELET if run_pods else None))
         os.environ["KUBECONFIG"] = str(kubeconfig)
