@@ -27,7 +27,7 @@ from tests.cluster.sandbox import deploy_documents
 from tests.paths import PROJECT_ROOT
 from tests.support.aws import aws, clients, interruption_queue, moto, warn  # noqa: F401  (fixtures and helpers)
 from tests.support.cluster import cluster, kube, node_ready, pods_on, wait_for  # noqa: F401  (fixtures)
-from tests.support.postgres import POSTGRES_URL, postgres_or_skip
+from tests.support.postgres import postgres_or_skip
 
 NAMESPACE = chart.NAMESPACE
 SYSTEM = {"dpe.io/role": "system"}
