@@ -249,10 +249,23 @@ def _spark_conf(value: Any) -> dict[str, str]:
     return {key: str(setting) for key, setting in value.items()}
 
 
+def _executor_conf(value: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(value, Mapping):
+        raise invalid("must be a mapping of pool names to Spark settings", value)
+    return {pool: _spark_conf(conf) for pool, conf in value.items()}
+
+
 class SparkConfig(ConfigModel):
     master: Annotated[Optional[str], Field(description="spark://, local[...] or k8s://; default: the master of "
                                                        "the run's local pool"), BeforeValidator(_spark_master)] = None
     conf: Annotated[dict[str, str], BeforeValidator(_spark_conf)] = Field(default_factory=dict)
+    executor_conf: Annotated[dict[str, dict[str, str]], BeforeValidator(_executor_conf)] = Field(
+        default_factory=dict, description="Spark settings by the pool a run is placed on, added to its session "
+        "(on Kubernetes: its executors' selector, pod template and size)")
+
+    def conf_for(self, pool: str | None) -> dict[str, str]:
+        """The settings of a run placed on `pool`: every run's, then the pool's own."""
+        return {**self.conf, **self.executor_conf.get(pool or "", {})}
 
 
 class KubernetesSettings(ConfigModel):
@@ -299,6 +312,10 @@ class Environment(ConfigModel):
                 raise PydanticCustomError("dpe", "{name} is not a defined pool; defined pools: {defined}",
                                           {"name": repr(pool.fallback), "defined": defined,
                                            "at": ("pools", pool.name, "fallback")})
+        for pool in self.spark.executor_conf:
+            if pool not in self.pools:
+                raise PydanticCustomError("dpe", "{name} is not a defined pool; defined pools: {defined}",
+                                          {"name": repr(pool), "defined": defined, "at": ("spark", "executor_conf", pool)})
         if self.driver_pool is not None and self.driver_pool not in self.pools:
             raise PydanticCustomError("dpe", "{name} is not a defined pool; defined pools: {defined}",
                                       {"name": repr(self.driver_pool), "defined": defined, "at": ("driver_pool",)})

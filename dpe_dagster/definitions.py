@@ -57,7 +57,7 @@ def dpe_definitions(env: Environment) -> Definitions:
         schedules=[platform_usage_daily],
         sensors=[build_autoscaler_sensor(env), build_ledger_sensor(env)],
         resources={
-            "spark": SparkResource(master=spark_master(env), conf=env.spark.conf,
+            "spark": SparkResource(master=spark_master(env), conf=env.spark.conf, executor_conf=env.spark.executor_conf,
                                    wait_for_master_s=boot_timeout,
                                    default_run_cpus={p.name: p.default_run_cpus for p in env.pools.values()}),
             "containers": pool_containers(env),

@@ -9,7 +9,9 @@ Pools (nodes of 4 vCPU / 16 GiB, m6i.xlarge and its peers; us-east-1 prices, 202
 
 Everything account-specific comes from the environment (set by the Helm values in deploy/):
 DPE_AWS_REGION, DPE_CLUSTER_NAME (group names are `<cluster>-<pool>`, as the CloudFormation
-template in deploy/ names them), DPE_IMAGE (the image runs and executors use), DPE_NAMESPACE.
+template in deploy/ names them), DPE_IMAGE (the image runs and executors use), DPE_NAMESPACE,
+DPE_SPARK_FALLBACK_STORAGE (where decommissioned Spark blocks go; default
+`s3a://<cluster>-spark-decommission/blocks/`).
 Credentials come from the standard AWS chain (the pods' IAM role), never from here."""
 
 
@@ -64,8 +66,12 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
                                 taints=[{"key": "dpe.io/pool", "value": "ondemand-driver", "effect": "NoSchedule"}],
                                 settings={"instance_types": ["m6i.large", "m5.large"]}),
     }
-    spark = spark_on_k8s(parse_pool("spot-etl", pools["spot-etl"]), parse_pool("ondemand-driver", pools["ondemand-driver"]),
-                         image=image, namespace=namespace, service_account="dpe-run")
+    parsed = {pool_name: parse_pool(pool_name, fields) for pool_name, fields in pools.items()}
+    spark = spark_on_k8s(list(parsed.values()), parsed["ondemand-driver"], image=image, namespace=namespace,
+                         service_account="dpe-run",
+                         # Where decommissioned Spark blocks outlive their node (deploy/README.md).
+                         fallback_storage=os.environ.get("DPE_SPARK_FALLBACK_STORAGE",
+                                                         f"s3a://{cluster}-spark-decommission/blocks/"))
     return {
         "sensor_interval_s": 15,
         "kubernetes": {"namespace": namespace},
@@ -76,7 +82,8 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
                    if os.environ.get("DPE_INTERRUPTION_QUEUE_URL") else {})},
         "pools": pools,
         "driver_pool": "ondemand-driver",
-        "spark": {"master": spark.conf.pop("spark.master"), "conf": {**spark.conf, "spark.sql.shuffle.partitions": "64"}},
+        "spark": {"master": spark.conf.pop("spark.master"), "conf": {**spark.conf, "spark.sql.shuffle.partitions": "64"},
+                  "executor_conf": spark.executor_conf},
     }
 
 

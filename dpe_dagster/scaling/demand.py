@@ -43,7 +43,7 @@ def landing(request: PoolRequest, env: Environment) -> Landing:
         return Landing(request)
     driver = env.pool(env.driver_pool)
     return Landing(PoolRequest(driver.name, driver.default_run_cpus, driver.default_run_memory_gb),
-                   tuple(executor_pods(request, env.spark.conf)))
+                   tuple(executor_pods(request, env.spark.conf_for(request.pool))))
 
 
 def executor_pods(request: PoolRequest, conf: Mapping[str, str]) -> list[PoolRequest]:

@@ -86,6 +86,9 @@ class SparkResource(ConfigurableResource):
     wait_for_master_s: float = Field(default=120.0, description="How long to wait for a spark:// master")
     default_run_cpus: dict[str, float] = Field(
         default_factory=dict, description="Each pool's default_run_cpus: what a run that names no dpe/cpu asks for")
+    executor_conf: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Spark settings by the pool a run is placed on (the environment's "
+        "spark.executor_conf): on Kubernetes, where its executors go")
 
     _session: Any = PrivateAttr(default=None)
     _tags: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -122,9 +125,11 @@ class SparkResource(ConfigurableResource):
 
                 for key, value in executor_run_labels(self._run_id).items():
                     builder = builder.config(key, value)
-            for key, value in self.conf.items():
+            # The pool the run was placed on (its tag after placement: the fallback, when it fell back).
+            conf = {**self.conf, **self.executor_conf.get(self._tags.get(POOL_TAG, ""), {})}
+            for key, value in conf.items():
                 builder = builder.config(key, value)
-            for key, value in run_spark_conf(self.master, self.conf, self._tags, self.default_run_cpus).items():
+            for key, value in run_spark_conf(self.master, conf, self._tags, self.default_run_cpus).items():
                 builder = builder.config(key, value)
             self._session = builder.getOrCreate()
         return self._session

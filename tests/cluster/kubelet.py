@@ -217,7 +217,14 @@ class ProcessKubelet:
         for node in mine:
             self._heartbeat(node)
         names = {n.metadata.name for n in mine}
-        for pod in self.core.list_pod_for_all_namespaces().items:
+        pods = self.core.list_pod_for_all_namespaces().items
+        # A pod removed at once (deleted with no grace period, or its node deleted): its process goes too.
+        alive = {pod.metadata.uid for pod in pods}
+        for uid, running in list(self.pods.items()):
+            if uid not in alive:
+                self._kill(running, grace_s=2)
+                self.pods.pop(uid, None)
+        for pod in pods:
             if pod.spec.node_name not in names:
                 continue
             uid = pod.metadata.uid

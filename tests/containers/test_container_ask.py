@@ -107,6 +107,8 @@ def test_a_container_whose_node_does_not_come_fails_saying_the_autoscaler_was_as
     # The scheduler had no node of the pool for it; the run deleted it, never bound.
     [pod] = admissions.created
     name = pod["metadata"]["name"]
-    assert admissions.deleted_by(RUN_USER) == [name] and not admissions.last_seen(name)["spec"].get("nodeName")
+    assert admissions.deleted_by(RUN_USER) == [name]
+    last = admissions.last_seen(name)
+    assert not last["spec"].get("nodeName") and last["status"]["phase"] == "Pending"
     events = wait_for("the scheduler's verdict on the pod", lambda: scheduling_events(kube.core(), name))
     assert [reason for reason, _ in events] == ["FailedScheduling"], events

@@ -61,7 +61,8 @@ def test_capacity_first_then_a_pod_on_a_node_of_the_pool_and_pipes_metadata_back
     [pod] = admissions.created  # as the API server admitted it
     spec, meta = pod["spec"], pod["metadata"]
     assert spec["nodeSelector"] == {"dpe.io/pool": "spot-etl"}
-    assert {"key": "dpe.io/pool", "operator": "Equal", "value": "spot-etl", "effect": "NoSchedule"} in spec["tolerations"]
+    toleration = {"key": "dpe.io/pool", "operator": "Equal", "value": "spot-etl", "effect": "NoSchedule"}
+    assert toleration in spec["tolerations"]
     for key, value in NOT_SAFE_TO_EVICT.items():
         assert meta["annotations"][key] == value
     assert meta["labels"]["dpe.io/pool"] == "spot-etl" and meta["annotations"]["dpe.io/asset"] == "word_count"
@@ -125,14 +126,14 @@ def test_a_pool_that_cannot_grow_fails_clearly_within_the_wait_and_deletes_the_p
 
     try:
         began = time.monotonic()
-        result = materialize([word_count], resources={"containers": containers(run_kubeconfig, node_wait_s=2.0)},
+        result = materialize([word_count], resources={"containers": containers(run_kubeconfig, node_wait_s=1.0)},
                              instance=instance, raise_on_error=False)
         elapsed = time.monotonic() - began
     finally:
         core.delete_namespaced_pod("holder", "dagster")
     assert not result.success and elapsed < 20
     message = step_failure(result)
-    assert "found no node of pool spot-etl within 2s" in message and "capped at max_size 1" in message
+    assert "found no node of pool spot-etl within 1s" in message and "capped at max_size 1" in message
     assert spot.target() == 1
 
     # The scheduler found no room for it on the pool's node; the run deleted it, never bound.
@@ -140,9 +141,12 @@ def test_a_pool_that_cannot_grow_fails_clearly_within_the_wait_and_deletes_the_p
     name = pod["metadata"]["name"]
     assert f"pod {name} found no node" in message
     assert admissions.deleted_by(RUN_USER) == [name]
-    assert not admissions.last_seen(name)["spec"].get("nodeName")
+    last = admissions.last_seen(name)
+    assert not last["spec"].get("nodeName") and last["status"]["phase"] == "Pending"
+    [scheduled] = [c for c in last["status"]["conditions"] if c["type"] == "PodScheduled"]
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
     events = wait_for("the scheduler's verdict on the pod", lambda: scheduling_events(core, name))
-    assert any(reason == "FailedScheduling" and "Insufficient cpu" in text for reason, text in events), events
+    assert any(reason == "FailedScheduling" and "1 Insufficient cpu" in text for reason, text in events), events
     assert read_pod_usage(instance) == []  # it never held a node: nothing charged
     wait_for("the run's pod gone", lambda: not core.list_namespaced_pod("dagster").items)
 
