@@ -19,8 +19,8 @@ active pods finds every pod of every run. A run maps to the pool node where its 
 most CPU (its executors, on an executor pool; its own pod, on the driver pool).
 
 Cost of a look: one list of the pool's nodes (label selector) and one list of the cluster's active
-pods, shared by every pool looking within `SNAPSHOT_MAX_AGE_S` (a tick sizes all its pools on one
-pod list); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
+pods, shared by every pool a tick looks at (the tick's look-ahead starts a fresh list; a list is
+never used past `SNAPSHOT_MAX_AGE_S`); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
 What decides a removal is read fresh, node by node, at the last moment (`busy_by_instance(...,
 fresh=True)`).
 """
@@ -107,6 +107,48 @@ def cpu_request(pod: Mapping[str, Any]) -> float:
     return total
 
 
+_MEMORY_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30,
+                 "Ti": 2 ** 40}
+
+
+def memory_request_gb(pod: Mapping[str, Any]) -> float:
+    """The memory (GB, 2^30 bytes) a pod's containers request."""
+    total = 0.0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        quantity = str(((container.get("resources") or {}).get("requests") or {}).get("memory", "0")).strip()
+        number = quantity.rstrip("kMGTi")
+        total += float(number or 0) * _MEMORY_UNITS.get(quantity[len(number):], 1) / 2 ** 30
+    return total
+
+
+def _unschedulable(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") == "Pending" and any(
+        c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        for c in status.get("conditions") or [])
+
+
+def _selects(pod: Mapping[str, Any], node_labels: Mapping[str, str]) -> bool:
+    """The pod may go to a node with these labels: its nodeSelector matches, and it has no required
+    node affinity (not evaluated here: such a pod is left to whoever set it)."""
+    spec = pod.get("spec") or {}
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution")
+    selector = spec.get("nodeSelector") or {}
+    return not required and bool(selector) and all(node_labels.get(k) == v for k, v in selector.items())
+
+
+def _tolerates(pod: Mapping[str, Any], taints: Sequence[tuple[str, str, str]]) -> bool:
+    tolerations = (pod.get("spec") or {}).get("tolerations") or []
+
+    def tolerated(key: str, value: str, effect: str) -> bool:
+        return any((t.get("operator") == "Exists" and (not t.get("key") or t.get("key") == key)
+                    or t.get("key") == key and t.get("value", "") == value)
+                   and (not t.get("effect") or t.get("effect") == effect) for t in tolerations)
+
+    return all(effect == "PreferNoSchedule" or tolerated(key, value, effect) for key, value, effect in taints)
+
+
 def node_name_of(pod: Mapping[str, Any]) -> str | None:
     return (pod.get("spec") or {}).get("nodeName")
 
@@ -124,9 +166,8 @@ class _PodSnapshots:
                 return found[1]
         by_node: dict[str, list[dict]] = {}
         for pod in list_pods():
-            name = node_name_of(pod)
-            if name:
-                by_node.setdefault(name, []).append(pod)
+            # Pods no node took yet are kept under "" (`KubeNodes.stranded` reads them).
+            by_node.setdefault(node_name_of(pod) or "", []).append(pod)
         with self._lock:
             self._by_host[host] = (time.monotonic(), by_node)
         return by_node
@@ -136,7 +177,17 @@ class _PodSnapshots:
             self._by_host.pop(host, None)
 
 
+    def forget_all(self) -> None:
+        with self._lock:
+            self._by_host.clear()
+
+
 _SNAPSHOTS = _PodSnapshots()
+
+
+def forget_pod_lists() -> None:
+    """The next look lists the cluster's pods again (a tick starts: `Provider.look_ahead`)."""
+    _SNAPSHOTS.forget_all()
 
 
 class KubeNodes:
@@ -237,6 +288,21 @@ class KubeNodes:
         names = [_meta(nodes[iid])["name"] for iid in instance_ids if iid in nodes]
         return sum(not_a_daemon(pod) for pods in self.pods_by_node(fresh=True, node_names=names).values()
                    for pod in pods) if names else 0
+
+    def stranded(self, node_labels: Mapping[str, str], taints: Sequence[tuple[str, str, str]], room_cpus: float,
+                 room_memory_gb: float) -> list[tuple[str, float, float]]:
+        """The pods the scheduler found no room for (PodScheduled False, Unschedulable) that select
+        this pool's nodes, tolerate their taints and fit an empty node of the pool: (namespace/name,
+        CPUs, GB) each. Where dpe's model of a node says there is room and the scheduler says there
+        is none, these ask for a node of their own (scaling/policy.py, `RunDemand.stranded`)."""
+        found = []
+        for pod in self.pods_by_node().get("", []):
+            if not _unschedulable(pod) or not _selects(pod, node_labels) or not _tolerates(pod, taints):
+                continue
+            cpus, memory_gb = cpu_request(pod), memory_request_gb(pod)
+            if cpus <= room_cpus and memory_gb <= room_memory_gb:
+                found.append((f"{_meta(pod).get('namespace')}/{_meta(pod).get('name')}", cpus, memory_gb))
+        return found
 
     # -- acting ----------------------------------------------------------------------------------
     def cordon_instances(self, instance_ids: Sequence[str], cordoned: bool = True) -> list[str]:

@@ -110,3 +110,9 @@ class PoolCapabilities:
 
     def shutdown(self) -> None:
         """Stop what the pool runs on this machine (nothing, for a cloud's pool)."""
+
+    def stranded_pods(self) -> list[tuple[str, float, float]]:
+        """Pods of this pool that its cluster's scheduler found no room for on its nodes, though
+        they fit an empty node (id, CPUs, GB): each asks for a node of its own. Empty for a pool
+        whose work no scheduler places."""
+        return []

@@ -106,7 +106,22 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
                 demand.by_pool[pod.pool].append(RunDemand(run.run_id, pod.cpus, pod.memory_gb))
     if pools is not None:
         add_nodes_and_expected_ends(demand, runs, pools, instance, time.time() if now is None else now)
+        add_stranded_pods(demand, env, pools)
     return demand
+
+
+def add_stranded_pods(demand: Demand, env: Environment, pools: Mapping[str, NodePool]) -> None:
+    """Each pod a pool's scheduler found no room for asks for a node of its own: the whole room of
+    one (the policy ignores it while a node is on its way). The safety net, as Cluster Autoscaler
+    scales up for unschedulable pods, for when dpe's model of a node's room is wrong."""
+    for name, pool in pools.items():
+        stranded = getattr(pool, "stranded_pods", None)
+        config = env.pools.get(name)
+        if stranded is None or config is None:
+            continue
+        for pod, _, _ in stranded():
+            demand.by_pool[name].append(RunDemand(f"pod:{pod}", config.room_cpus, config.room_memory_gb,
+                                                  stranded=True))
 
 
 def add_nodes_and_expected_ends(demand: Demand, runs: Sequence[DagsterRun], pools: Mapping[str, NodePool],

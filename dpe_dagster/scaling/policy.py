@@ -49,6 +49,9 @@ class RunDemand:
     node_id: str | None = None  # the node the run already holds; None: waiting, or not known
     expected_end: float | None = None  # when the run should end (unix s), from past runs of the same job
     upcoming: bool = False  # not a run yet: one that a schedule will start soon (pre-warming)
+    # A pod the cluster's scheduler could not place on any of the pool's nodes, though it fits an
+    # empty one: it asks for a node of its own (the safety net for room the model overstates).
+    stranded: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,9 @@ def _without(state: PoolState, demand: Sequence[RunDemand], gone: set[str]) -> t
 def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
     if any(node.interrupted for node in state.nodes):
         return _around_interrupted(pool, state, demand, now)
+    if state.target > len(state.nodes) or any(node.state != RUNNING for node in state.nodes):
+        # A node is on its way: a pod that found no room may be waiting for that one.
+        demand = [run for run in demand if not run.stranded]
     # Room that running runs free within the queueing allowance (never longer than a boot) counts.
     activity = state.activity
     ending = None

@@ -218,6 +218,7 @@ class AwsAsgPool(PoolCapabilities):
         self._cordon = cordon
         self._run_lookup = run_lookup
         self._drain = drain
+        self._stranded_lookup: Callable[[], list[tuple[str, float, float]]] | None = None
         # (group, monotonic time): a group description the next look may use instead of asking
         # again; see describe_groups and _group_for_look.
         self._view: tuple[dict, float] | None = None
@@ -236,6 +237,11 @@ class AwsAsgPool(PoolCapabilities):
                 [i.id for i in instances], fresh)
             pool_obj._cordon = kube.cordon_instances
             pool_obj._drain = kube.evict
+            from dpe_dagster.pools.aws.eks import node_labels
+
+            pool_obj._stranded_lookup = lambda: kube.stranded(
+                node_labels(pool), [(t.key, t.value, t.effect) for t in pool.taints], pool.room_cpus,
+                pool.room_memory_gb)
             pool_obj._run_lookup = lambda instances: kube.run_instances([i.id for i in instances])
         else:
             from dpe_dagster.pools.aws.run_model import busy_from_dagster_runs, runs_on_instances
@@ -532,6 +538,15 @@ class AwsAsgPool(PoolCapabilities):
                         self._cordon(left, False)
                 raise PoolError(f"{error}; terminated {', '.join(done) or 'none'}, kept {', '.join(left)}") from error
             done.append(node_id)
+
+    def stranded_pods(self) -> list[tuple[str, float, float]]:
+        if self._stranded_lookup is None:
+            return []
+        try:
+            return self._stranded_lookup()
+        except Exception as error:  # another system; its failure must not fail the tick
+            log.warning("pool %s: cannot tell which pods found no room (%s)", self.name, error)
+            return []
 
     def mark_interrupted(self, node_id: str, kind: str, at: float) -> None:
         """Say on the instance that EC2 is taking it away (`kind`, one of INTERRUPTIONS, warned at
