@@ -115,7 +115,8 @@ def eks_sandbox(env: Environment, cluster: ControlPlane | None = None, workdir: 
             cluster = stack.enter_context(ControlPlane(build().folder, workdir / "cluster"))
         install_daemonsets(cluster)
         # The interruption reader (interruptions.yaml) is prod's: eks-sim has no interruption queue.
-        cluster.apply(deploy_documents("namespace.yaml", "rbac.yaml", "spark-executor-template.yaml"))
+        cluster.apply(deploy_documents("namespace.yaml", "rbac.yaml", "run-pods-policy.yaml",
+                                       "spark-executor-template.yaml"))
         cluster.apply(chart.objects(chart.values(), env.namespace, instance={}))
         kubeconfig = cluster.kubeconfig_for(workdir / "control-plane.kubeconfig", env.namespace,
                                             CONTROL_PLANE_ACCOUNT)
