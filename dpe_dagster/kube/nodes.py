@@ -19,8 +19,8 @@ active pods finds every pod of every run. A run maps to the pool node where its 
 most CPU (its executors, on an executor pool; its own pod, on the driver pool).
 
 Cost of a look: one list of the pool's nodes (label selector) and one list of the cluster's active
-pods, shared by every pool a tick looks at (the tick's look-ahead starts a fresh list; a list is
-never used past `SNAPSHOT_MAX_AGE_S`); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
+pods, shared by every pool a tick looks at (`begin_look`, from the tick's look-ahead; a list is
+never used past `SNAPSHOT_MAX_AGE_S`, and outside a look nothing is kept); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
 What decides a removal is read fresh, node by node, at the last moment (`busy_by_instance(...,
 fresh=True)`).
 """
@@ -43,7 +43,7 @@ ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 REPLICATED = ("ReplicaSet", "StatefulSet", "ReplicationController")
 # A pod that says so is never moved (the annotations dpe itself puts on runs, kube/pod_spec.py).
 DO_NOT_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
-# How long one list of the cluster's pods serves the pools that look after it (within one tick).
+# How long one list of the cluster's pods serves the pools of one look (a tick).
 SNAPSHOT_MAX_AGE_S = 2.0
 
 
@@ -154,40 +154,53 @@ def node_name_of(pod: Mapping[str, Any]) -> str | None:
 
 
 # -- one list of the cluster's active pods, shared within a tick --------------------------------
-class _PodSnapshots:
+class _Snapshots:
+    """Lists from the API (the cluster's active pods by node; a pool's nodes) that the pools of one
+    look share: from `begin_look()` (a tick's look-ahead, a launcher's scale-up) for at most
+    SNAPSHOT_MAX_AGE_S. Outside a look every read goes to the API."""
+
     def __init__(self):
         self._lock = threading.Lock()
-        self._by_host: dict[str, tuple[float, dict[str, list[dict]]]] = {}
+        self._lists: dict[tuple[str, str], Any] = {}
+        self._since: float | None = None
 
-    def get(self, host: str, list_pods: Callable[[], list[dict]]) -> dict[str, list[dict]]:
+    def begin(self) -> None:
         with self._lock:
-            found = self._by_host.get(host)
-            if found is not None and time.monotonic() - found[0] <= SNAPSHOT_MAX_AGE_S:
-                return found[1]
-        by_node: dict[str, list[dict]] = {}
-        for pod in list_pods():
-            # Pods no node took yet are kept under "" (`KubeNodes.stranded` reads them).
-            by_node.setdefault(node_name_of(pod) or "", []).append(pod)
+            self._lists.clear()
+            self._since = time.monotonic()
+
+    def get(self, key: tuple[str, str], read: Callable[[], Any]) -> Any:
         with self._lock:
-            self._by_host[host] = (time.monotonic(), by_node)
-        return by_node
+            looking = self._since is not None and time.monotonic() - self._since <= SNAPSHOT_MAX_AGE_S
+            if looking and key in self._lists:
+                return self._lists[key]
+        value = read()
+        if looking:
+            with self._lock:
+                self._lists[key] = value
+        return value
 
     def forget(self, host: str) -> None:
         with self._lock:
-            self._by_host.pop(host, None)
+            for key in [key for key in self._lists if key[0] == host]:
+                del self._lists[key]
 
 
-    def forget_all(self) -> None:
-        with self._lock:
-            self._by_host.clear()
+def _by_node(pods: list[dict]) -> dict[str, list[dict]]:
+    by_node: dict[str, list[dict]] = {}
+    for pod in pods:
+        # Pods no node took yet are kept under "" (`KubeNodes.stranded` reads them).
+        by_node.setdefault(node_name_of(pod) or "", []).append(pod)
+    return by_node
 
 
-_SNAPSHOTS = _PodSnapshots()
+_SNAPSHOTS = _Snapshots()
 
 
-def forget_pod_lists() -> None:
-    """The next look lists the cluster's pods again (a tick starts: `Provider.look_ahead`)."""
-    _SNAPSHOTS.forget_all()
+def begin_look() -> None:
+    """A look at many pools starts (a tick's `Provider.look_ahead`, a launcher's scale-up): the
+    cluster's pods and each pool's nodes are listed once, afresh, for all of them."""
+    _SNAPSHOTS.begin()
 
 
 class KubeNodes:
@@ -228,10 +241,16 @@ class KubeNodes:
         response = method(*args, _preload_content=False, **params)
         return json.loads(response.data).get("items") or []
 
-    def nodes_by_instance(self) -> dict[str, dict]:
+    def nodes_by_instance(self, fresh: bool = True) -> dict[str, dict]:
+        """The pool's nodes by instance id: read now, or (`fresh=False`) from the tick's list."""
         params = {"label_selector": self.label_selector} if self.label_selector else {}
+
+        def read() -> list[dict]:
+            return self._items(self.core.list_node, **params)
+
+        nodes = read() if fresh else _SNAPSHOTS.get((self._host, f"nodes:{self.label_selector}"), read)
         found = {}
-        for node in self._items(self.core.list_node, **params):
+        for node in nodes:
             iid = self.node_id((node.get("spec") or {}).get("providerID"))
             if iid:
                 found[iid] = node
@@ -244,7 +263,7 @@ class KubeNodes:
         """Active pods by node name: from the tick's shared list, or (`fresh`) asked now for these
         nodes only (one call per node: for the few a removal is about to take)."""
         if not fresh:
-            return _SNAPSHOTS.get(self._host, self._all_active_pods)
+            return _SNAPSHOTS.get((self._host, "pods"), lambda: _by_node(self._all_active_pods()))
         return {name: self._items(self.core.list_pod_for_all_namespaces,
                                   field_selector=f"spec.nodeName={name},{ACTIVE_PODS}") for name in node_names}
 
@@ -253,7 +272,7 @@ class KubeNodes:
         removal); otherwise from the pod list the pools share within a tick. Errors propagate: the
         caller counts a node it cannot see as busy, for a bounded grace (its busy status is unknown)."""
         instance_ids = list(instance_ids)
-        nodes = self.nodes_by_instance()
+        nodes = self.nodes_by_instance(fresh)
         names = [_meta(nodes[iid])["name"] for iid in instance_ids if iid in nodes]
         pods = self.pods_by_node(fresh, names) if names else {}
         out = {}
@@ -270,7 +289,8 @@ class KubeNodes:
         """Dagster run id -> the instance (among these) whose node the run's active pods request
         the most CPU on (ties: the lowest instance id)."""
         wanted = set(instance_ids)
-        instance_of_node = {_meta(node)["name"]: iid for iid, node in self.nodes_by_instance().items() if iid in wanted}
+        instance_of_node = {_meta(node)["name"]: iid for iid, node in self.nodes_by_instance(fresh=False).items()
+                            if iid in wanted}
         cpus: dict[str, dict[str, float]] = {}  # run id -> instance id -> CPUs requested there
         by_node = self.pods_by_node()
         for name, iid in instance_of_node.items():

@@ -15,7 +15,7 @@ from typing import Any, Callable, ContextManager, Protocol
 from dagster import DagsterInstance
 
 from dpe_dagster.config import Environment, PoolConfig
-from dpe_dagster.pools import NodePool, open_pool
+from dpe_dagster.pools import NodePool, look_ahead, open_pool
 from dpe_dagster.pools.base import REMOVED_IDLE, REMOVED_VANISHED, Node
 from dpe_dagster.scaling.activity import pool_activity
 from dpe_dagster.scaling.demand import read_demand
@@ -355,6 +355,7 @@ def request_capacity(
     moment it launches a run, so scale-up does not wait for the sensor's next tick."""
     config = env.pool(pool_name)
     pool = open_pool(config, env)
+    look_ahead([pool])  # one look: the provider reads the pool once for the steps below
 
     def demand() -> list[RunDemand]:
         return read_demand(instance, env, {pool_name: pool}, time.time()).of(pool_name)

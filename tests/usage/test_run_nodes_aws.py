@@ -5,12 +5,11 @@ loopback, real run storage)."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from dagster import DagsterEventType
 
-from dpe_dagster.kube.nodes import SNAPSHOT_MAX_AGE_S, KubeNodes
+from dpe_dagster.kube.nodes import KubeNodes
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.asg import instance_id
 from dpe_dagster.pools.aws.emulator import create_groups
@@ -68,12 +67,6 @@ def finish(kube, pod) -> None:
     kube.core().replace_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, pod)
 
 
-def next_tick() -> None:
-    """The pools of one tick share one list of the cluster's pods, for SNAPSHOT_MAX_AGE_S: the
-    next tick lists them again."""
-    time.sleep(SNAPSHOT_MAX_AGE_S + 0.1)
-
-
 @pytest.fixture
 def four_nodes(aws, eks):
     """Three 4-vCPU nodes of the spot pool and one 2-vCPU node of the on-demand pool, joined:
@@ -113,7 +106,6 @@ def test_a_run_maps_to_the_pool_node_where_its_pods_ask_for_the_most_cpu(four_no
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "someones-job"},
         "spec": {"nodeName": n3, "containers": [{"name": "main", "image": "busybox"}]}})
     wait_for("someone's pod running", lambda: _running(kube.core(), n3, "someones-job"))
-    next_tick()
     nodes = KubeNodes(kube.core(), None, instance_id)
     assert nodes.run_instances(spot.values()) == {RUN_A: a2}
     # Seen from the driver pool (a1 only), run A holds a1 through its own pod.
@@ -132,7 +124,6 @@ def test_aws_asg_pool_with_kubernetes_busy_source_reports_run_nodes(kube_pool, k
     pool, (first, second), _, (node1, node2) = kube_pool
     executor_pod(kube, "a-exec-1", node2, RUN_A, "1")
     executor_pod(kube, "b-exec-1", node1, RUN_B, "1")
-    next_tick()
     assert pool.run_nodes() == {RUN_A: second, RUN_B: first}
     # The API is gone (the pool's kubeconfig names an API server where nothing listens): no run
     # is known to hold a node, and the tick goes on.

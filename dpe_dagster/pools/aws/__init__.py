@@ -26,11 +26,11 @@ class AwsAsgProvider(Provider):
         return {"aws": AwsSettings}
 
     def look_ahead(self, pools):
-        from dpe_dagster.kube.nodes import forget_pod_lists
+        from dpe_dagster.kube.nodes import begin_look
         from dpe_dagster.pools.aws.asg import describe_groups
 
         describe_groups(pools)
-        forget_pod_lists()  # a tick reads the cluster's pods afresh, once, for all its pools
+        begin_look()  # a tick reads the cluster's pods afresh, once, for all its pools
 
     def pricer(self, env):
         from dpe_dagster.pools.aws.pricing import aws_pricer
