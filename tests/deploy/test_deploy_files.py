@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 import yaml
 
-from tests.fakes.kube_api import K8S_VERSION
+from tests.support.cluster import cluster, kube  # noqa: F401  (fixtures)
 from tests.paths import PROJECT_ROOT as ROOT
 from tests.support.deploy import DEPLOY
 from tests.support.deploy import CloudFormationLoader as _CfnLoader
@@ -96,10 +95,12 @@ def test_the_emulator_joins_nodes_as_the_template_does(monkeypatch):
 
 
 def test_helm_values_use_dpes_launcher_with_config_dagster_accepts_and_postgres(monkeypatch):
-    # What the chart sets in its daemon and webserver pods.
-    for name, value in {"DAGSTER_HOME": "/opt/dagster/dagster_home", "DAGSTER_K8S_INSTANCE_CONFIG_MAP": "dagster-instance",
-                        "DAGSTER_K8S_PG_PASSWORD_SECRET": "dagster-postgresql-secret",
-                        "DAGSTER_K8S_PIPELINE_RUN_ENV_CONFIGMAP": "dagster-pipeline-env"}.items():
+    # What the chart sets in its daemon's pod, and nothing else (tests/cluster/chart.py).
+    from tests.cluster import chart
+
+    for name in [k for k in __import__("os").environ if k.startswith("DAGSTER_")]:
+        monkeypatch.delenv(name)
+    for name, value in chart.daemon_environment(chart.values(), pg_password="secret").items():
         monkeypatch.setenv(name, value)
     from dagster._config import process_config, resolve_to_config_type
 
@@ -145,25 +146,29 @@ def test_helm_values_use_dpes_launcher_with_config_dagster_accepts_and_postgres(
 
 
 @pytest.mark.parametrize("path", sorted((DEPLOY / "k8s").glob("*.yaml")), ids=lambda p: p.name)
-def test_kubernetes_manifests_validate(path):
+def test_kubernetes_manifests_are_accepted_by_the_api_server(path, kube):
+    """Each manifest as the real API server takes it (schema, defaulting, admission), with the
+    namespace in place: a server-side dry run, nothing stored."""
+    from kubernetes import utils
+
+    from tests.cluster.sandbox import deploy_documents
+
+    kube.apply(deploy_documents("namespace.yaml"))
     for document in yaml.safe_load_all(path.read_text()):
-        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+        if document and document["kind"] != "Namespace":
+            utils.create_from_dict(kube.api_client(), document, dry_run="All")
 
 
-def test_executor_pod_template_configmap_is_current_and_valid(monkeypatch):
-    from dpe_dagster.spark.kubernetes import spark_on_k8s
-    from resources import load_environment
+def test_the_image_carries_the_s3_filesystem_of_pysparks_hadoop():
+    """Decommissioned blocks go to s3a://: the image adds hadoop-aws at pyspark's own Hadoop."""
+    import pyspark
 
-    config_map = yaml.safe_load((DEPLOY / "k8s" / "spark-executor-template.yaml").read_text())
-    env = load_environment("prod")
-    expected = spark_on_k8s(env.pool("spot-etl"), env.pool("ondemand-driver"), image="any", namespace="dagster",
-                            service_account="dagster").executor_pod_template
-    shipped = yaml.safe_load(config_map["data"]["executor-pod-template.yaml"])
-    assert shipped == expected, "regenerate deploy/k8s/spark-executor-template.yaml (see deploy/README.md)"
-    kubernetes_validate.validate(shipped, K8S_VERSION, strict=True)
-    mount = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())["runLauncher"]["config"][
-        "customRunLauncher"]["config"]["volume_mounts"][0]["mountPath"]
-    assert env.spark.conf["spark.kubernetes.executor.podTemplateFile"].startswith(mount + "/")
+    jars = Path(pyspark.__file__).parent / "jars"
+    [client_api] = sorted(jars.glob("hadoop-client-api-*.jar"))
+    hadoop = client_api.name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert f"ARG HADOOP_VERSION={hadoop}" in dockerfile
+    assert "hadoop-aws-$HADOOP_VERSION.jar" in dockerfile and "awssdk/bundle/$AWS_SDK_VERSION" in dockerfile
 
 
 def test_dockerfile_copies_files_that_exist_and_matches_the_projects_python():
