@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, BenchError, machine, median, run_main, wait_for, write_report  # noqa: E402
+from bench.common import OUT, machine, median, run_main, wait_for, write_report  # noqa: E402
 
 
 def environment(n_pools: int, nodes_per_pool: int):

@@ -121,6 +121,19 @@ def driver_pool_conflict(launcher_driver_pool: str | None, env: Environment) -> 
             "and remove it from the launcher's config")
 
 
+def _said(error: Exception) -> str:
+    """An error in one line: a Kubernetes API refusal by its status and message (not its headers)."""
+    body = getattr(error, "body", None)
+    if getattr(error, "status", None) and body:
+        try:
+            import json
+
+            return f"HTTP {error.status}: {json.loads(body).get('message', body)}"
+        except (TypeError, ValueError):
+            return f"HTTP {error.status}: {body}"
+    return f"{type(error).__name__}: {error}"
+
+
 class PoolK8sRunLauncher(K8sRunLauncher):
     def __init__(self, config: str | None = None, environment: str | None = None, driver_pool: str | None = None,
                  run_service_account: str = RUN_SERVICE_ACCOUNT, **kwargs: Any):
@@ -207,14 +220,16 @@ class PoolK8sRunLauncher(K8sRunLauncher):
         if pool is None or pool.placement != ENDING_TOGETHER:
             return None
         try:
-            nodes = open_pool(pool, env).nodes()
-            active = read_demand(self._instance, env).of(pool.name)
+            provider_pool = open_pool(pool, env)
+            nodes = provider_pool.nodes()
+            # With the pool: each active run knows the node it holds and when it should end.
+            active = read_demand(self._instance, env, {pool.name: provider_pool}).of(pool.name)
             node_id = provider(pool.provider).node_id
             kube_nodes = KubeNodes(self._api_client.core_api, label_selector(pool.labels), node_id).nodes_by_instance()
         except Exception as error:  # noqa: BLE001 - the scheduler can still place the pod on the pool
             self._instance.report_engine_event(
                 f"dpe: pool {pool.name} places runs ending-together, but its nodes, runs or Kubernetes nodes could "
-                f"not be read ({type(error).__name__}: {error}); launching without a preferred node", run)
+                f"not be read ({_said(error)}); launching without a preferred node", run)
             return None
         this_run = next((d for d in active if d.run_id == run.run_id),
                         RunDemand(run.run_id, request.cpus, request.memory_gb))

@@ -1,6 +1,6 @@
 """deploy/: the CloudFormation template passes cfn-lint and makes the spot pool dpe expects; the
 Helm values configure dpe's launcher with config Dagster accepts and PostgreSQL storage; the
-Kubernetes manifests pass kubernetes-validate; the Dockerfile copies what exists."""
+Kubernetes manifests are taken by the real API server; the Dockerfile copies what exists."""
 
 from __future__ import annotations
 
