@@ -15,9 +15,8 @@ controller would, and keeps the cluster's Nodes in step with their instances:
   every node runs their pods and they take their requests from what is left for runs.
 
 Who plays the kubelet: kwok for nodes annotated `kwok.x-k8s.io/node=fake` (the default), or, with
-`kubelet=`, the stand-in kubelet that runs pods as local processes (tests/cluster/kubelet.py).
-`silence(node)` makes a node stop heartbeating (kwok lets go of it), so the real node lifecycle
-controller marks it NotReady, and its pods not ready.
+`kubelet=`, the stand-in kubelet that runs pods as local processes (tests/cluster/kubelet.py),
+which can also fall silent (`ProcessKubelet.silence`).
 
 What is not modelled: the instance's boot itself (a fixed delay), and EKS's access entries (the
 node is created by the test's admin credentials, not by its own kubelet's).
@@ -195,7 +194,3 @@ class EksNodes:
             time.sleep(0.1)
         raise TimeoutError(f"instance {instance_id} did not join as a Node within {timeout_s:g}s "
                            f"(errors: {self.errors[-3:]})")
-
-    def silence(self, node_name: str) -> None:
-        """The node stops heartbeating: kwok lets go of it (its lease is no longer renewed)."""
-        self.core.patch_node(node_name, {"metadata": {"annotations": {KWOK_ANNOTATION: "silent"}}})

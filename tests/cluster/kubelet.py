@@ -110,6 +110,7 @@ class ProcessKubelet:
         self.pods: dict[str, _Running] = {}  # pod uid ->
         self.errors: list[str] = []
         self._beats: dict[str, float] = {}
+        self.silent: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server = self._log_server()
@@ -211,11 +212,18 @@ class ProcessKubelet:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def silence(self, node_name: str) -> None:
+        """This node's kubelet stops answering: no more heartbeats (its lease and status go stale,
+        and the node lifecycle controller takes it from there); its processes go on, as a
+        partitioned node's do."""
+        self.silent.add(node_name)
+
     def sync(self) -> None:
         mine = [n for n in self.core.list_node().items
                 if (n.metadata.annotations or {}).get(ANNOTATION) == PROCESS_KUBELET]
         for node in mine:
-            self._heartbeat(node)
+            if node.metadata.name not in self.silent:
+                self._heartbeat(node)
         names = {n.metadata.name for n in mine}
         pods = self.core.list_pod_for_all_namespaces().items
         # A pod removed at once (deleted with no grace period, or its node deleted): its process goes too.

@@ -180,3 +180,46 @@ def pool_environment(pool):
     return parse_environment("test", {"aws": {"region": pool.aws.region, "endpoint_url": pool.aws.endpoint_url,
                                               "max_attempts": 3},
                                       "pools": {pool.name: {**pool.config.as_file(), "fallback": None}}})
+
+
+def test_a_node_that_stops_heartbeating_goes_not_ready_with_its_pods(aws, kube, tmp_path):
+    """Its kubelet falls silent: the real node lifecycle controller marks the node NotReady
+    (Unknown) and unreachable, and its pods not ready; dpe sees a node that takes no work and still
+    holds its run, so it is kept (removed only as stuck, past its boot timeout)."""
+    from dpe_dagster.pools import open_pool
+    from dpe_dagster.pools.aws.emulator import create_groups
+    from tests.cluster.eks import EksNodes
+    from tests.cluster.kubelet import PROCESS_KUBELET, ProcessKubelet
+    from tests.support.aws import clients, environment
+
+    env = environment(aws.url, labels={"dpe.io/pool": "spot-etl"},
+                      settings={"group_name": "test-spot", "busy_source": "kubernetes", "instance_types": ["m6i.large"]})
+    create_groups(env, *clients(aws.url))
+    pool = open_pool(env.pool("spot-etl"), env)
+    core = kube.core()
+    with ProcessKubelet(kube, tmp_path / "kubelet", {"PATH": "/usr/bin:/bin"}) as kubelet, \
+            EksNodes(kube, aws.url, boot_s=0.2, kubelet=PROCESS_KUBELET) as eks:
+        pool.set_target(1)
+        [silent] = [n.id for n in pool.nodes()]
+        name = eks.node_name(silent)
+        wait_for("the node ready", lambda: node_ready(core, name))
+        core.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "dagster-run-7", "labels": {"dagster/run-id": "7"}}, "spec": {
+            "nodeName": name, "containers": [{"name": "main", "image": "dpe:1", "command": ["sleep", "300"]}]}})
+        wait_for("the run's pod running", lambda: core.read_namespaced_pod("dagster-run-7", "default").status.phase
+                 == "Running")
+        kubelet.silence(name)
+
+        def unreachable():
+            node = core.read_node(name)
+            ready = next(c for c in node.status.conditions if c.type == "Ready")
+            return ready.status == "Unknown" and "node.kubernetes.io/unreachable" in {t.key for t in node.spec.taints or []}
+
+        wait_for("the node lifecycle controller marking the node unreachable", unreachable, timeout_s=60)
+        wait_for("its pods marked not ready", lambda: any(
+            c.type == "Ready" and c.status == "False"
+            for c in core.read_namespaced_pod("dagster-run-7", "default").status.conditions or []))
+        kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", instance_id)
+        assert kube_nodes.busy_by_instance([silent], fresh=True) == {silent: (False, True)}
+        [node] = pool.nodes()
+        assert node.state == "pending" and node.busy
