@@ -46,10 +46,11 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"  # kwok manages the nodes annotated with 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
-# How fast a silent node is noticed: kwok renews leases of this length, and the node lifecycle
-# controller marks a node whose lease is older than the grace period NotReady (EKS: 40 s / 50 s).
-LEASE_SECONDS = 10
-NODE_MONITOR_GRACE = "16s"
+# kwok renews each node's lease of this length (a quarter of it apart, as a kubelet does: at 1,000
+# nodes that is 100 writes a second, as on EKS); the node lifecycle controller marks a node whose
+# lease is older than the grace period NotReady (EKS: 50 s; shorter here, for the tests).
+LEASE_SECONDS = 40
+NODE_MONITOR_GRACE = "20s"
 ADMIN_TOKEN = "dpe-test-admin-token"
 
 

@@ -222,6 +222,7 @@ class AwsAsgPool(PoolCapabilities):
         # (group, monotonic time): a group description the next look may use instead of asking
         # again; see describe_groups and _group_for_look.
         self._view: tuple[dict, float] | None = None
+        self._described: tuple[dict, list[_Instance]] | None = None  # a group description, EC2's view of it
 
     @classmethod
     def from_config(cls, pool: PoolConfig, env: Environment) -> "AwsAsgPool":
@@ -254,7 +255,7 @@ class AwsAsgPool(PoolCapabilities):
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         if not what.startswith("Describe"):
             # Something changes: a group description handed over for the next look is stale now.
-            self._view = None
+            self._view = self._described = None
         # Checked at each call, not when the pool object is made: building it must not fail
         # (cleanup code opens every pool), sending anything off loopback must.
         if self.aws.emulator and not _is_loopback_url(self.aws.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")):
@@ -344,6 +345,14 @@ class AwsAsgPool(PoolCapabilities):
         return found
 
     def _instances(self, group: dict) -> list[_Instance]:
+        # One look (run_nodes, then nodes) reads EC2 once: the same group description, the same answer.
+        if self._described is not None and self._described[0] is group:
+            return self._described[1]
+        instances = self._describe_instances(group)
+        self._described = (group, instances)
+        return instances
+
+    def _describe_instances(self, group: dict) -> list[_Instance]:
         members = group.get("Instances", [])
         ec2 = self._ec2_view([m["InstanceId"] for m in members]) if members else {}
         out = []
