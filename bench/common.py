@@ -257,3 +257,25 @@ def run_main(name: str, main: Callable[[], int]) -> None:
     except BenchError as error:
         print(f"{name}: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def autoscaler_ticks(instance, env) -> Callable[[], float]:
+    """A function that runs one `dpe_autoscaler` tick (the real sensor, its cursor carried from
+    tick to tick) and returns its seconds."""
+    from dagster import build_sensor_context
+
+    from dpe_dagster.scaling.sensor import build_autoscaler_sensor
+
+    sensor = build_autoscaler_sensor(env)
+    cursor = None
+
+    def tick() -> float:
+        nonlocal cursor
+        context = build_sensor_context(instance=instance, cursor=cursor)
+        started = time.perf_counter()
+        sensor(context)
+        elapsed = time.perf_counter() - started
+        cursor = context.cursor
+        return elapsed
+
+    return tick

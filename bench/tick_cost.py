@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import run_main, write_report, OUT, BenchError, machine, median  # noqa: E402
+from bench.common import run_main, write_report, OUT, BenchError, autoscaler_ticks, machine, median  # noqa: E402
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432"
 PG_DB = "dpe_bench_tick"
@@ -125,27 +125,13 @@ def postgres(action: str) -> None:
 
 # -- one cell -----------------------------------------------------------------------------------------
 def measure(instance, env, ticks: int, calls: "AwsCalls | None" = None) -> dict:
-    from dagster import build_sensor_context
-
     from dagster import RunsFilter
 
     from dpe_dagster.runs import ACTIVE_STATUSES
     from dpe_dagster.scaling.demand import read_demand
-    from dpe_dagster.scaling.sensor import build_autoscaler_sensor
     from dpe_dagster.tags import POOL_TAG
 
-    sensor = build_autoscaler_sensor(env)
-    cursor = None
-
-    def tick() -> float:
-        nonlocal cursor
-        context = build_sensor_context(instance=instance, cursor=cursor)
-        started = time.perf_counter()
-        sensor(context)
-        elapsed = time.perf_counter() - started
-        cursor = context.cursor
-        return elapsed
-
+    tick = autoscaler_ticks(instance, env)
     first = tick()  # opens the pools, scales up for the active runs
     before = dict(calls.counts) if calls else {}
     tick_times = [tick() for _ in range(ticks)]
@@ -212,22 +198,13 @@ def measure_busy(instance, env, n_pools: int, ticks: int, calls: AwsCalls, store
     DescribeInstances and busy lookups, nothing changes). Churn: before each tick (untimed) every
     pool's run ends or a new one starts, so every node turns idle or busy and its scale-in
     protection is released or set (SetInstanceProtection) in the tick."""
-    from dagster import DagsterRunStatus, build_sensor_context
+    from dagster import DagsterRunStatus
 
-    from dpe_dagster.scaling.sensor import build_autoscaler_sensor
-
-    sensor = build_autoscaler_sensor(env)
-    cursor = None
+    timed = autoscaler_ticks(instance, env)
 
     def tick() -> tuple[float, dict[str, int]]:
-        nonlocal cursor
         before = dict(calls.counts)
-        context = build_sensor_context(instance=instance, cursor=cursor)
-        started = time.perf_counter()
-        sensor(context)
-        elapsed = time.perf_counter() - started
-        cursor = context.cursor
-        return elapsed, calls.since(before)
+        return timed(), calls.since(before)
 
     running = add_runs(instance, n_pools, n_pools, DagsterRunStatus.STARTED, stored)
     stored += n_pools

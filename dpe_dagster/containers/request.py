@@ -48,16 +48,16 @@ def parse_cpus(pool: PoolConfig, value: float | int | str | None) -> float:
 
 def parse_memory(pool: PoolConfig, value: float | int | str | None) -> float:
     if value is None:
-        return min(pool.default_run_memory_gb, pool.node_memory_gb)
+        return min(pool.default_run_memory_gb, pool.room_memory_gb)
     allowed = (f"must be a size like '4g', '512m' or '2Gi' (a bare number is GB) of at most "
-               f"{pool.node_memory_gb:g} GB (a container runs on one node; {_node_shape(pool)})")
+               f"{pool.room_memory_gb:g} GB (a container runs on one node; {_node_shape(pool)})")
     if isinstance(value, bool):
         raise ContainerError(f"memory: {allowed}; got {value!r}")
     try:
         memory = parse_memory_gb(str(value))
     except TagError:
         raise ContainerError(f"memory: {allowed}; got {value!r}") from None
-    if memory > pool.node_memory_gb:
+    if memory > pool.room_memory_gb:
         raise ContainerError(f"memory: {allowed}; got {value!r}")
     return memory
 

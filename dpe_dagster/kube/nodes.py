@@ -18,9 +18,10 @@ session labels the run's executor pods the same way (spark/kubernetes.py), so on
 active pods finds every pod of every run. A run maps to the pool node where its pods request the
 most CPU (its executors, on an executor pool; its own pod, on the driver pool).
 
-Cost of a look: one list of the pool's nodes (label selector) and one list of the cluster's active
-pods, shared by every pool a tick looks at (`begin_look`, from the tick's look-ahead; a list is
-never used past `SNAPSHOT_MAX_AGE_S`, and outside a look nothing is kept); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
+Cost of a look: one list of the pool's nodes (label selector), and the cluster's active pods from
+the process's watch of them (kube/watch.py: one list, then a watch, as an informer keeps them),
+grouped by node once for every pool a tick looks at (`begin_look`, from the tick's look-ahead; a
+grouping is never used past `SNAPSHOT_MAX_AGE_S`, and outside a look nothing is kept); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
 What decides a removal is read fresh, node by node, at the last moment (`busy_by_instance(...,
 fresh=True)`).
 """
@@ -34,6 +35,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from dpe_dagster.errors import PoolError
+from dpe_dagster.kube.watch import pod_watch
 from dpe_dagster.tags import POOL_LABEL
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -269,7 +271,8 @@ class KubeNodes:
         """Active pods by node name: from the tick's shared list, or (`fresh`) asked now for these
         nodes only (one call per node: for the few a removal is about to take)."""
         if not fresh:
-            return _SNAPSHOTS.get((self._host, "pods"), lambda: _by_node(self._all_active_pods()))
+            watch = pod_watch(self._host, self.core, ACTIVE_PODS, NOT_DAEMONSET_PODS)
+            return _SNAPSHOTS.get((self._host, "pods"), lambda: _by_node(watch.pods(self._all_active_pods)))
         return {name: self._items(self.core.list_pod_for_all_namespaces,
                                   field_selector=f"spec.nodeName={name},{ACTIVE_PODS}") for name in node_names}
 

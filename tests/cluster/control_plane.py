@@ -27,8 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
-import os
-import signal
 import ssl
 import subprocess
 import time
@@ -39,6 +37,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from dpe_dagster.daemon import stop_process_group
 from dpe_dagster.pools.aws.emulator import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -269,16 +268,7 @@ class ControlPlane:
 
     def stop(self, grace_s: float = 10) -> None:
         for name in reversed(list(self.processes)):
-            process = self.processes.pop(name)
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(grace_s)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_process_group(self.processes.pop(name), grace_s)
 
     def __enter__(self) -> "ControlPlane":
         return self.start()

@@ -25,7 +25,6 @@ node is created by the test's admin credentials, not by its own kubelet's).
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from typing import Any
@@ -33,9 +32,9 @@ from typing import Any
 import boto3
 
 from dpe_dagster.pools.aws.eks import EKS_DAEMONSETS, kubelet_labels_and_taints, node_resources
+from tests.cluster.background import Background
 from tests.cluster.control_plane import KWOK_ANNOTATION, ControlPlane
 
-log = logging.getLogger("tests.cluster.eks")
 PROCESS_KUBELET_ANNOTATION = "dpe.test/kubelet"  # nodes the stand-in kubelet plays
 _ALIVE = ("pending", "running")
 
@@ -86,9 +85,11 @@ def install_daemonsets(cluster: ControlPlane) -> None:
     } for ds in EKS_DAEMONSETS)
 
 
-class EksNodes:
+class EksNodes(Background):
     """Keeps the cluster's Nodes in step with the emulator's instances, in a thread (`start`) or
     one pass at a time (`sync`)."""
+
+    name = "eks-nodes"
 
     def __init__(self, cluster: ControlPlane, endpoint_url: str, region: str = "us-east-1", *, boot_s: float = 1.0,
                  kubelet: str | None = None, interval_s: float = 0.25):
@@ -99,14 +100,10 @@ class EksNodes:
         self.core = cluster.core()
         self.region = region
         self.boot_s = boot_s
+        super().__init__(interval_s)
         self.kubelet = kubelet
-        self.interval_s = interval_s
         self.first_seen: dict[str, float] = {}
-        self.silenced: set[str] = set()
-        self.errors: list[str] = []
         self._user_data: dict[tuple[str, str], tuple[dict, list]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     # -- one pass -------------------------------------------------------------------------------
@@ -156,32 +153,6 @@ class EksNodes:
             group, member = wanted[iid]
             labels, taints = self._template_of(group, member)
             self.core.create_node(node_manifest(inst, self.region, labels, taints, self.kubelet))
-
-    # -- the thread -----------------------------------------------------------------------------
-    def start(self) -> "EksNodes":
-        def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    self.sync()
-                except Exception as error:  # noqa: BLE001 - kept for the test to see; the loop goes on
-                    self.errors.append(f"{type(error).__name__}: {error}")
-                    log.warning("EksNodes: %s", error)
-                self._stop.wait(self.interval_s)
-
-        self._thread = threading.Thread(target=loop, name="eks-nodes", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def __enter__(self) -> "EksNodes":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # -- helpers for tests ----------------------------------------------------------------------
     def node_name(self, instance_id: str, timeout_s: float = 30) -> str:

@@ -29,8 +29,6 @@ import contextlib
 import datetime
 import http.server
 import logging
-import os
-import signal
 import ssl
 import subprocess
 import threading
@@ -40,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpe_dagster.daemon import stop_process_group
+from tests.cluster.background import Background
 from tests.cluster.control_plane import ISSUER, ControlPlane, write_kubeconfig
 
 log = logging.getLogger("tests.cluster.kubelet")
@@ -94,7 +94,9 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class ProcessKubelet:
+class ProcessKubelet(Background):
+    name = "stand-in kubelet"
+
     def __init__(self, cluster: ControlPlane, workdir: Path, image_env: dict[str, str] | None = None,
                  interval_s: float = 0.25, image_workdir: Path | None = None):
         # image_env and image_workdir: the image's ENV and WORKDIR (deploy/Dockerfile), as this machine has them.
@@ -104,15 +106,12 @@ class ProcessKubelet:
         self.core = cluster.core()
         self.coordination = client.CoordinationV1Api(cluster.api_client())
         self.workdir = Path(workdir)
+        super().__init__(interval_s)
         self.image_env = dict(image_env or {})
         self.image_workdir = Path(image_workdir) if image_workdir else self.workdir
-        self.interval_s = interval_s
         self.pods: dict[str, _Running] = {}  # pod uid ->
-        self.errors: list[str] = []
         self._beats: dict[str, float] = {}
         self.silent: set[str] = set()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._server = self._log_server()
 
     # -- the log endpoint the API server proxies to ------------------------------------------------
@@ -180,37 +179,15 @@ class ProcessKubelet:
 
     # -- the loop -----------------------------------------------------------------------------------
     def start(self) -> "ProcessKubelet":
-        def serve():
-            self._server.serve_forever(poll_interval=0.2)
-
-        def loop():
-            while not self._stop.is_set():
-                try:
-                    self.sync()
-                except Exception as error:  # noqa: BLE001 - kept for the test to see; the loop goes on
-                    self.errors.append(f"{type(error).__name__}: {error}")
-                    log.warning("stand-in kubelet: %s", error)
-                self._stop.wait(self.interval_s)
-
-        for target, name in ((serve, "kubelet-logs"), (loop, "kubelet")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
+        self._run(lambda: self._server.serve_forever(poll_interval=0.2), "kubelet-logs")
+        return super().start()
 
     def stop(self) -> None:
         self._stop.set()
         for running in list(self.pods.values()):
             self._kill(running, grace_s=2)
         self._server.shutdown()
-        for thread in self._threads:
-            thread.join(10)
-
-    def __enter__(self) -> "ProcessKubelet":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().stop()
 
     def silence(self, node_name: str) -> None:
         """This node's kubelet stops answering: no more heartbeats (its lease and status go stale,
@@ -339,17 +316,8 @@ class ProcessKubelet:
             "startedAt": _now(), "finishedAt": _now()}}, False)
 
     def _kill(self, running: _Running, grace_s: float) -> None:
-        process = running.process
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if running.process is not None:
+            stop_process_group(running.process, grace_s)
 
     def _delete(self, pod: Any, running: _Running | None) -> None:
         if running is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from dagster import DagsterRunStatus, build_sensor_context, materialize
+from dagster import DagsterRunStatus, build_sensor_context
 from dagster._core.storage.dagster_run import DagsterRun
 
 from assets.containers import word_count
@@ -21,7 +21,7 @@ from dpe_dagster.tags import CONTAINER_TAG_PREFIX, container_ask_tag
 from resources import load_environment
 from tests.support.cluster import wait_for
 from tests.support.pods import (  # noqa: F401 (fixtures and helpers)
-    RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_kubeconfig, scheduling_events,
+    RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_pod, scheduling_events,
 )
 
 
@@ -50,12 +50,12 @@ def test_a_malformed_container_ask_is_rejected_naming_the_tag(sqlite_instance):
                                        "numbers, or empty; got 'spot-etl lots'")
 
 
-def containers(run_kubeconfig, node_wait_s: float) -> KubernetesPoolContainers:
+def containers(run_pod, node_wait_s: float) -> KubernetesPoolContainers:
     return KubernetesPoolContainers(environment="eks-sim", namespace="dagster", load_incluster_config=False,
-                                    kubeconfig_file=str(run_kubeconfig), poll_interval_s=0.1, node_wait_s=node_wait_s)
+                                    kubeconfig_file=str(run_pod.kubeconfig), poll_interval_s=0.1, node_wait_s=node_wait_s)
 
 
-def test_the_run_asks_through_its_tag_and_the_autoscaler_sizes_the_pool(eks_sim, pools, admissions, run_kubeconfig,
+def test_the_run_asks_through_its_tag_and_the_autoscaler_sizes_the_pool(eks_sim, pools, admissions, run_pod,
                                                                         instance, kube):
     env, _ = eks_sim
     spot = pools["spot-etl"]
@@ -69,9 +69,9 @@ def test_the_run_asks_through_its_tag_and_the_autoscaler_sizes_the_pool(eks_sim,
         seen["target_after_tick"] = spot.target()
 
     admissions.on_create = tick_when_the_pod_arrives
-    resource = containers(run_kubeconfig, node_wait_s=30)
+    resource = containers(run_pod, node_wait_s=30)
     assert resource.ask_provider is False  # the default: the run pod needs no cloud credentials
-    result = materialize([word_count], resources={"containers": resource}, instance=instance)
+    result = run_pod.materialize([word_count], resources={"containers": resource}, instance=instance)
 
     assert result.success
     assert seen == {"target_at_create": 0, "demand": [(0.5, 0.5)], "target_after_tick": 1}
@@ -91,9 +91,9 @@ def test_the_run_asks_through_its_tag_and_the_autoscaler_sizes_the_pool(eks_sim,
     assert metadata["words"] == 18 and metadata["dpe/pod"] == name
 
 
-def test_a_container_whose_node_does_not_come_fails_saying_the_autoscaler_was_asked(pools, admissions, run_kubeconfig,
+def test_a_container_whose_node_does_not_come_fails_saying_the_autoscaler_was_asked(pools, admissions, run_pod,
                                                                                     instance, kube):
-    result = materialize([word_count], resources={"containers": containers(run_kubeconfig, node_wait_s=0.5)},
+    result = run_pod.materialize([word_count], resources={"containers": containers(run_pod, node_wait_s=0.5)},
                          instance=instance, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

@@ -14,7 +14,7 @@ import time
 import uuid
 
 import pytest
-from dagster import DagsterRunStatus, materialize
+from dagster import DagsterRunStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
 import dpe_dagster.environment
@@ -25,20 +25,20 @@ from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.pods import read_pod_usage
 from tests.support.cluster import node_ready, wait_for
 from tests.support.pods import (  # noqa: F401  (fixtures and helpers)
-    RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_kubeconfig, scheduling_events,
+    RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_pod, scheduling_events,
 )
 
 
 @pytest.fixture(autouse=True)
-def in_the_run_pod(instance, run_kubeconfig, monkeypatch):
+def in_the_run_pod(instance, run_pod, monkeypatch):
     """This process is the run's pod: whatever it asks the API server (the container's pod, and here,
     as it asks the pool itself (`ask_provider`), the pool's nodes) it asks as the run's ServiceAccount."""
-    monkeypatch.setenv("KUBECONFIG", str(run_kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(run_pod.kubeconfig))
 
 
-def containers(run_kubeconfig, node_wait_s: float = 30) -> KubernetesPoolContainers:
+def containers(run_pod, node_wait_s: float = 30) -> KubernetesPoolContainers:
     return KubernetesPoolContainers(environment="eks-sim", namespace="dagster", load_incluster_config=False,
-                                    kubeconfig_file=str(run_kubeconfig), poll_interval_s=0.1,
+                                    kubeconfig_file=str(run_pod.kubeconfig), poll_interval_s=0.1,
                                     node_wait_s=node_wait_s, ask_provider=True)
 
 
@@ -47,13 +47,13 @@ def step_failure(result) -> str:
     return str(failure.event_specific_data.error)
 
 
-def test_capacity_first_then_a_pod_on_a_node_of_the_pool_and_pipes_metadata_back(pools, admissions, run_kubeconfig,
+def test_capacity_first_then_a_pod_on_a_node_of_the_pool_and_pipes_metadata_back(pools, admissions, run_pod,
                                                                                  instance, kube):
     spot = pools["spot-etl"]
     targets_at_create = []
     # The pool's target as the pod's creation reaches the API server (it waits for the answer).
     admissions.on_create = lambda pod: targets_at_create.append(spot.target())
-    result = materialize([word_count], resources={"containers": containers(run_kubeconfig)}, instance=instance)
+    result = run_pod.materialize([word_count], resources={"containers": containers(run_pod)}, instance=instance)
     assert result.success
 
     # Capacity was asked for before the pod existed: the target was already raised.
@@ -98,7 +98,7 @@ def test_capacity_first_then_a_pod_on_a_node_of_the_pool_and_pipes_metadata_back
 
 
 def test_a_pool_that_cannot_grow_fails_clearly_within_the_wait_and_deletes_the_pod(eks_sim, pools, admissions,
-                                                                                  run_kubeconfig, instance, kube,
+                                                                                  run_pod, instance, kube,
                                                                                   monkeypatch):
     env, _ = eks_sim
     one_node = env.pools["spot-etl"].model_copy(update={"max_size": 1})
@@ -126,7 +126,7 @@ def test_a_pool_that_cannot_grow_fails_clearly_within_the_wait_and_deletes_the_p
 
     try:
         began = time.monotonic()
-        result = materialize([word_count], resources={"containers": containers(run_kubeconfig, node_wait_s=1.0)},
+        result = run_pod.materialize([word_count], resources={"containers": containers(run_pod, node_wait_s=1.0)},
                              instance=instance, raise_on_error=False)
         elapsed = time.monotonic() - began
     finally:
@@ -148,13 +148,14 @@ def test_a_pool_that_cannot_grow_fails_clearly_within_the_wait_and_deletes_the_p
     events = wait_for("the scheduler's verdict on the pod", lambda: scheduling_events(core, name))
     assert any(reason == "FailedScheduling" and "1 Insufficient cpu" in text for reason, text in events), events
     assert read_pod_usage(instance) == []  # it never held a node: nothing charged
-    wait_for("the run's pod gone", lambda: not core.list_namespaced_pod("dagster").items)
+    wait_for("the holder's pod gone", lambda: [p.metadata.name for p in core.list_namespaced_pod("dagster").items]
+             == [run_pod.pod_name])
 
 
-def test_when_no_pool_of_the_chain_can_be_asked_no_pod_is_created(pools, admissions, run_kubeconfig, instance):
+def test_when_no_pool_of_the_chain_can_be_asked_no_pod_is_created(pools, admissions, run_pod, instance):
     for pool in pools.values():
         pool.back_off("test: InsufficientInstanceCapacity")
-    result = materialize([word_count], resources={"containers": containers(run_kubeconfig)}, instance=instance,
+    result = run_pod.materialize([word_count], resources={"containers": containers(run_pod)}, instance=instance,
                          raise_on_error=False)
     assert not result.success
     message = step_failure(result)

@@ -42,12 +42,13 @@ def test_a_failing_command_fails_the_step_and_is_still_recorded(sqlite_instance)
 @pytest.mark.parametrize("pool, kwargs, expected", [
     ("gpu-xl", {}, "pool: 'gpu-xl' is not a node pool of environment 'staging'; allowed: ondemand-driver, "
                    "ondemand-etl, spot-etl"),
-    ("spot-etl", {"cpus": 8}, "cpus: must be a number in (0, 4] (a container runs on one node; one node of pool "
-                              "spot-etl has 4 CPUs and 16 GB); got 8"),
-    ("spot-etl", {"cpus": "two"}, "cpus: must be a number in (0, 4]"),
+    # What runs can have of staging's 4-vCPU, 16 GiB nodes (EKS's kubelet reservation and DaemonSets left out).
+    ("spot-etl", {"cpus": 8}, "cpus: must be a number in (0, 3.795] (a container runs on one node; one node of pool "
+                              "spot-etl has 3.795 CPUs and 15.0302 GB for runs); got 8"),
+    ("spot-etl", {"cpus": "two"}, "cpus: must be a number in (0, 3.795]"),
     ("spot-etl", {"memory": "lots"}, "memory: must be a size like '4g', '512m' or '2Gi' (a bare number is GB) "
-                                     "of at most 16 GB"),
-    ("spot-etl", {"memory": "32g"}, "of at most 16 GB"),
+                                     "of at most 15.0302 GB"),
+    ("spot-etl", {"memory": "16g"}, "of at most 15.0302 GB"),
     ("spot-etl", {"command": []}, "command: must be a non-empty list"),
     ("spot-etl", {"image": "has space"}, "image: must be an image reference"),
 ])

@@ -60,17 +60,22 @@ def test_a_pod_the_scheduler_cannot_place_gets_a_node_though_dpe_counted_room_fo
         return left if len(placed) == 1 and len(left) == 1 else None
 
     [stranded] = wait_for("the second pod left Unschedulable by the scheduler", unschedulable)
-    look_ahead([pool])  # a tick starts
-    demand = read_demand(dagster, env, {"spot-etl": pool}).of("spot-etl")
+
+    def tick_demand():
+        look_ahead([pool])  # a tick starts
+        return read_demand(dagster, env, {"spot-etl": pool}).of("spot-etl")
+
+    # The tick reads pods through the process's watch of them: it sees the pod's state within moments.
+    demand = wait_for("the tick seeing the stranded pod", lambda: (d := tick_demand()) and any(
+        run.stranded for run in d) and d)
     assert [d.run_id for d in demand if d.stranded] == [f"pod:default/{stranded.metadata.name}"]
     tick, memory = scale_pool(dagster, config, pool, demand, memory, time.time())
     assert pool.target() == 2, tick.plan.reason
     wait_for("the stranded pod scheduled on the new node", lambda: core.read_namespaced_pod(
         stranded.metadata.name, "default").spec.node_name not in (None, first_node), timeout_s=30)
     # Once it is placed nothing is stranded, and nothing more is asked for.
-    look_ahead([pool])
-    demand = read_demand(dagster, env, {"spot-etl": pool}).of("spot-etl")
-    assert not any(d.stranded for d in demand)
+    demand = wait_for("the tick seeing it placed", lambda: (d := tick_demand()) and not any(
+        run.stranded for run in d) and d)
     tick, memory = scale_pool(dagster, config, pool, demand, memory, time.time())
     assert pool.target() == 2, tick.plan.reason
 

@@ -25,17 +25,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from dagster import instance_for_test
+from dagster import Definitions, define_asset_job, instance_for_test
+from dagster._core.utils import make_new_run_id
 
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import emulated_aws
 from resources import load_environment
+from tests.cluster.control_plane import ISSUER, write_kubeconfig
 from tests.cluster.kubelet import _self_signed
 from tests.cluster.sandbox import eks_sandbox
 from tests.support.aws import empty_pools
 from tests.support.cluster import cluster, kube, wait_for  # noqa: F401  (fixtures)
 
-__all__ = ["eks_sim", "instance", "pools", "run_kubeconfig", "admissions", "cluster", "kube", "PodAdmissions",
+__all__ = ["eks_sim", "instance", "pools", "run_pod", "RunPod", "admissions", "cluster", "kube", "PodAdmissions",
            "RUN_ACCOUNT", "RUN_USER", "pool_of_node", "scheduling_events"]
 
 NAMESPACE = "dagster"
@@ -76,15 +78,46 @@ def pools(eks_sim, instance):
     return {name: open_pool(config, env) for name, config in env.pools.items()}
 
 
-@pytest.fixture
-def run_kubeconfig(eks_sim, kube, tmp_path) -> Path:
-    """The run pod's ServiceAccount's kubeconfig (a token, as the kubelet projects one into a run
-    pod): what the `containers` resource talks to the API server with."""
-    return kube.kubeconfig_for(tmp_path / "dpe-run.kubeconfig", NAMESPACE, RUN_ACCOUNT)
+@dataclass
+class RunPod:
+    """A run's pod as dagster-k8s makes it (named for the run, running as `dpe-run`) and a token
+    bound to it, as the kubelet projects one: who a run's code is to the API server (the admission
+    policy of deploy/k8s reads the pod's name). `materialize` runs assets as that run."""
+
+    run_id: str
+    kubeconfig: Path
+
+    @property
+    def pod_name(self) -> str:
+        return f"dagster-run-{self.run_id}-x7k2p"
+
+    def materialize(self, assets, resources: dict | None = None, **kwargs):
+        """`dagster.materialize`, as the run this pod is for."""
+        defs = Definitions(jobs=[define_asset_job("__ephemeral_asset_job__")], assets=assets, resources=resources or {})
+        return defs.resolve_job_def("__ephemeral_asset_job__").execute_in_process(run_id=self.run_id, **kwargs)
 
 
 @pytest.fixture
-def admissions(eks_sim, kube, tmp_path):
+def run_pod(eks_sim, kube, tmp_path) -> RunPod:
+    """The `containers` resource talks to the API server as the run pod it runs in."""
+    from kubernetes import client
+
+    run_id = make_new_run_id()
+    core = kube.core()
+    pod = core.create_namespaced_pod(NAMESPACE, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": RunPod(run_id, Path()).pod_name, "labels": {"dagster/run-id": run_id}},
+        "spec": {"serviceAccountName": RUN_ACCOUNT, "containers": [{"name": "dagster", "image": "dpe:1"}]}})
+    token = core.create_namespaced_service_account_token(RUN_ACCOUNT, NAMESPACE, client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[ISSUER], expiration_seconds=3600,
+                                       bound_object_ref=client.V1BoundObjectReference(
+                                           kind="Pod", api_version="v1", name=pod.metadata.name,
+                                           uid=pod.metadata.uid)))).status.token
+    return RunPod(run_id, write_kubeconfig(tmp_path / "run-pod.kubeconfig", kube.url, kube.ca_file, token,
+                                           user=f"{NAMESPACE}:{RUN_ACCOUNT}"))
+
+
+@pytest.fixture
+def admissions(eks_sim, kube, run_pod, tmp_path):
     with PodAdmissions(kube, NAMESPACE, tmp_path / "admissions") as recorder:
         yield recorder
     assert recorder.errors == [], recorder.errors

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from dagster import DagsterEventType, DagsterRunStatus, materialize
+from dagster import DagsterEventType, DagsterRunStatus
 from dagster._core.events import DagsterEvent
 
 from assets.containers import word_count
@@ -21,7 +21,7 @@ from tests.reliability.harness import advance, new_run, queue_run
 from tests.support.ledger import ledger_tick
 from tests.support.cluster import node_ready, wait_for
 from tests.support.pods import (  # noqa: F401 (fixtures and helpers)
-    RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_kubeconfig,
+    RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_pod,
 )
 
 POOL = "spot-etl"
@@ -93,7 +93,7 @@ def test_a_pod_span_of_a_run_on_no_pool_is_priced_on_the_pool_it_ran_on(aws_sim)
 
 
 def test_a_run_without_cloud_credentials_leaves_its_pod_span_for_the_control_plane(eks_sim, pools, admissions,
-                                                                                    run_kubeconfig, instance, kube,
+                                                                                    run_pod, instance, kube,
                                                                                     tmp_path, monkeypatch):
     # A node of the pool is up (the autoscaler, which has the credentials, brought it earlier).
     spot = pools[POOL]
@@ -104,17 +104,17 @@ def test_a_run_without_cloud_credentials_leaves_its_pod_span_for_the_control_pla
          if node_ready(core, n.metadata.name)), None), timeout_s=60)
 
     # The run's pod: no cloud credentials, and the run's own ServiceAccount for the API server.
-    with monkeypatch.context() as run_pod:
+    with monkeypatch.context() as in_the_pod:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            run_pod.delenv(key, raising=False)
-        run_pod.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-        run_pod.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-        run_pod.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        run_pod.setenv("KUBECONFIG", str(run_kubeconfig))
+            in_the_pod.delenv(key, raising=False)
+        in_the_pod.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        in_the_pod.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        in_the_pod.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        in_the_pod.setenv("KUBECONFIG", str(run_pod.kubeconfig))
         containers = KubernetesPoolContainers(environment="eks-sim", namespace="dagster", load_incluster_config=False,
-                                              kubeconfig_file=str(run_kubeconfig), poll_interval_s=0.1,
+                                              kubeconfig_file=str(run_pod.kubeconfig), poll_interval_s=0.1,
                                               node_wait_s=30)
-        result = materialize([word_count], resources={"containers": containers}, instance=instance)
+        result = run_pod.materialize([word_count], resources={"containers": containers}, instance=instance)
     assert result.success
 
     # The pod ran on the pool's node, and its time waits, unpriced, for the control plane.

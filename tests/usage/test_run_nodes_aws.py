@@ -124,7 +124,8 @@ def test_aws_asg_pool_with_kubernetes_busy_source_reports_run_nodes(kube_pool, k
     pool, (first, second), _, (node1, node2) = kube_pool
     executor_pod(kube, "a-exec-1", node2, RUN_A, "1")
     executor_pod(kube, "b-exec-1", node1, RUN_B, "1")
-    assert pool.run_nodes() == {RUN_A: second, RUN_B: first}
+    # A look reads the pods through the process's watch of them: it sees them within moments.
+    wait_for("the pool seeing where the runs are", lambda: pool.run_nodes() == {RUN_A: second, RUN_B: first})
     # The API is gone (the pool's kubeconfig names an API server where nothing listens): no run
     # is known to hold a node, and the tick goes on.
     dead = write_kubeconfig(tmp_path / "unreachable.kubeconfig", f"https://127.0.0.1:{free_port()}", kube.ca_file,

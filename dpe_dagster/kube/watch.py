@@ -1,0 +1,143 @@
+"""The cluster's active pods, kept in memory by one list and then a watch, as an informer keeps them
+(dagster-k8s, the scheduler and every controller read the cluster so): a tick's busy detection
+reads this cache instead of listing every pod again. At 1,000 nodes and 7,000 pods one list costs
+seconds (bench/kube_scale.py); the watch then costs one small event per change.
+
+One watch per API server per process (the code server's sensors, the daemon's launcher), started
+on first use; until its first list arrives, readers list for themselves. A watch that breaks (the server
+restarts, the resource version is too old: 410 Gone) lists again. What it holds can trail the API
+by the time an event takes to arrive: what decides a removal is read afresh, node by node
+(`KubeNodes.busy_by_instance(fresh=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, Callable
+
+log = logging.getLogger("dpe.kube.watch")
+
+# A watch request ends after this and is made again from where it stopped (the API server ends
+# watches after a while itself).
+WATCH_TIMEOUT_S = 300
+
+
+def _slim(pod: dict) -> dict:
+    """A pod without what dpe never reads and the API repeats in every object (managedFields)."""
+    metadata = pod.get("metadata") or {}
+    if "managedFields" in metadata:
+        pod = {**pod, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
+    return pod
+
+
+class PodWatch:
+    """Active pods (phase not Succeeded nor Failed), by uid, kept up to date from the API."""
+
+    def __init__(self, core_api: Any, field_selector: str, label_selector: str | None):
+        self.core = core_api
+        self.field_selector = field_selector
+        self.label_selector = label_selector
+        self._pods: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._synced = threading.Event()
+        self._stop = threading.Event()
+        self.lists = 0  # how many full lists it made (1 while the watch holds)
+        self._thread = threading.Thread(target=self._run, name="dpe-pod-watch", daemon=True)
+        self._thread.start()
+
+    # -- reading --------------------------------------------------------------------------------
+    def pods(self, list_now: Callable[[], list[dict]]) -> list[dict]:
+        """The cached pods; `list_now()` while the watch has not listed yet (its first list, or an
+        API that does not answer: the caller's own call then fails as it should)."""
+        if not self._synced.is_set():
+            return list_now()
+        with self._lock:
+            return list(self._pods.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- keeping up -----------------------------------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"field_selector": self.field_selector}
+        if self.label_selector:
+            params["label_selector"] = self.label_selector
+        return params
+
+    def _list(self) -> str:
+        response = self.core.list_pod_for_all_namespaces(_preload_content=False, **self._params())
+        body = json.loads(response.data)
+        pods = {(p.get("metadata") or {}).get("uid"): _slim(p) for p in body.get("items") or []}
+        with self._lock:
+            self._pods = pods
+        self.lists += 1
+        self._synced.set()
+        return (body.get("metadata") or {}).get("resourceVersion", "")
+
+    def _watch(self, version: str) -> str | None:
+        """Apply the watch's events until it ends; the version to go on from, or None to list again."""
+        response = self.core.list_pod_for_all_namespaces(
+            watch=True, resource_version=version, allow_watch_bookmarks=True, timeout_seconds=WATCH_TIMEOUT_S,
+            _preload_content=False, _request_timeout=WATCH_TIMEOUT_S + 30, **self._params())
+        buffer = b""
+        try:
+            for chunk in response.stream(65536, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, pod = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":  # 410 Gone: too old to go on from; list again
+                        return None
+                    version = (pod.get("metadata") or {}).get("resourceVersion", version)
+                    if kind == "BOOKMARK":
+                        continue
+                    uid = (pod.get("metadata") or {}).get("uid")
+                    with self._lock:
+                        if kind == "DELETED":  # deleted, or no longer matching (finished)
+                            self._pods.pop(uid, None)
+                        else:
+                            self._pods[uid] = _slim(pod)
+                    if self._stop.is_set():
+                        return None
+        finally:
+            response.release_conn()
+        return version
+
+    def _run(self) -> None:
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    version = self._list()
+                version = self._watch(version)
+            except Exception as error:  # noqa: BLE001 - the API may be away for a while; try again
+                log.warning("pod watch: %s; listing again", error)
+                version = None
+                self._stop.wait(1.0)
+
+
+_WATCHES: dict[tuple[str, str, str | None], PodWatch] = {}
+_WATCHES_LOCK = threading.Lock()
+
+
+def pod_watch(host: str, core_api: Any, field_selector: str, label_selector: str | None) -> PodWatch:
+    """The process's watch of these pods on this API server (started on first use)."""
+    key = (host, field_selector, label_selector)
+    with _WATCHES_LOCK:
+        watch = _WATCHES.get(key)
+        if watch is None:
+            watch = _WATCHES[key] = PodWatch(core_api, field_selector, label_selector)
+        return watch
+
+
+def stop_watches() -> None:
+    """Stop every watch of this process (a process about to end, a test's cluster going away)."""
+    with _WATCHES_LOCK:
+        for watch in _WATCHES.values():
+            watch.stop()
+        _WATCHES.clear()
