@@ -18,9 +18,9 @@ session labels the run's executor pods the same way (spark/kubernetes.py), so on
 active pods finds every pod of every run. A run maps to the pool node where its pods request the
 most CPU (its executors, on an executor pool; its own pod, on the driver pool).
 
-Cost of a look: one list of the pool's nodes (label selector), and the cluster's active pods from
-the process's watch of them (kube/watch.py: one list, then a watch, as an informer keeps them),
-grouped by node once for every pool a tick looks at (`begin_look`, from the tick's look-ahead; a
+Cost of a look: nothing from the API, after the first: the cluster's nodes and active pods come
+from the process's watches of them (kube/watch.py: one list, then a watch, as an informer keeps
+them), the pods grouped by node once for every pool a tick looks at (`begin_look`, from the tick's look-ahead; a
 grouping is never used past `SNAPSHOT_MAX_AGE_S`, and outside a look nothing is kept); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
 What decides a removal is read fresh, node by node, at the last moment (`busy_by_instance(...,
 fresh=True)`).
@@ -35,7 +35,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from dpe_dagster.errors import PoolError
-from dpe_dagster.kube.watch import pod_watch
+from dpe_dagster.kube.watch import watch
 from dpe_dagster.tags import POOL_LABEL
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -249,13 +249,17 @@ class KubeNodes:
         return json.loads(response.data).get("items") or []
 
     def nodes_by_instance(self, fresh: bool = True) -> dict[str, dict]:
-        """The pool's nodes by instance id: read now, or (`fresh=False`) from the tick's list."""
+        """The pool's nodes by instance id: read now, or (`fresh=False`) from the process's watch of
+        the cluster's nodes."""
         params = {"label_selector": self.label_selector} if self.label_selector else {}
-
-        def read() -> list[dict]:
-            return self._items(self.core.list_node, **params)
-
-        nodes = read() if fresh else _SNAPSHOTS.get((self._host, f"nodes:{self.label_selector}"), read)
+        if fresh:
+            nodes = self._items(self.core.list_node, **params)
+        else:
+            nodes_watch = watch(self._host, self.core.list_node)
+            everyone = nodes_watch.items(lambda: self._items(self.core.list_node))
+            wanted = dict(item.split("=", 1) for item in (self.label_selector or "").split(",") if "=" in item)
+            nodes = [node for node in everyone if all(
+                (_meta(node).get("labels") or {}).get(key) == value for key, value in wanted.items())]
         found = {}
         for node in nodes:
             iid = self.node_id((node.get("spec") or {}).get("providerID"))
@@ -271,8 +275,8 @@ class KubeNodes:
         """Active pods by node name: from the tick's shared list, or (`fresh`) asked now for these
         nodes only (one call per node: for the few a removal is about to take)."""
         if not fresh:
-            watch = pod_watch(self._host, self.core, ACTIVE_PODS, NOT_DAEMONSET_PODS)
-            return _SNAPSHOTS.get((self._host, "pods"), lambda: _by_node(watch.pods(self._all_active_pods)))
+            pods = watch(self._host, self.core.list_pod_for_all_namespaces, ACTIVE_PODS, NOT_DAEMONSET_PODS)
+            return _SNAPSHOTS.get((self._host, "pods"), lambda: _by_node(pods.items(self._all_active_pods)))
         return {name: self._items(self.core.list_pod_for_all_namespaces,
                                   field_selector=f"spec.nodeName={name},{ACTIVE_PODS}") for name in node_names}
 

@@ -40,10 +40,19 @@ def run_pod_api(kube):
     token = core.create_namespaced_service_account_token("dpe-run", NAMESPACE, client.AuthenticationV1TokenRequest(
         spec=client.V1TokenRequestSpec(audiences=[ISSUER], expiration_seconds=600, bound_object_ref=client.V1BoundObjectReference(
             kind="Pod", api_version="v1", name=a.metadata.name, uid=a.metadata.uid)))).status.token
-    # The policy takes a moment to reach the API server's admission chain.
+    # The policy takes a moment to reach the API server's admission chain: until another run's pod
+    # is refused (a probe that went through is deleted again).
     as_run = kube.core(token)
-    wait_for("the admission policy in force", lambda: _refused(
-        lambda: as_run.create_namespaced_pod(NAMESPACE, pod("probe", run_b, account="default"))), timeout_s=30)
+    tries = iter(range(1000))
+
+    def in_force() -> bool:
+        name = f"probe-{next(tries)}"
+        status = _refused(lambda: as_run.create_namespaced_pod(NAMESPACE, pod(name, run_b, account="default")))
+        if status is None:
+            core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+        return status == 403
+
+    wait_for("the admission policy in force", in_force, timeout_s=30, interval_s=0.5)
     return as_run, run_a, run_b
 
 
