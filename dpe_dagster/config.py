@@ -252,7 +252,15 @@ def _spark_conf(value: Any) -> dict[str, str]:
 def _executor_conf(value: Any) -> dict[str, dict[str, str]]:
     if not isinstance(value, Mapping):
         raise invalid("must be a mapping of pool names to Spark settings", value)
-    return {pool: _spark_conf(conf) for pool, conf in value.items()}
+    out = {}
+    for pool, conf in value.items():
+        try:
+            out[pool] = _spark_conf(conf)
+        except PydanticCustomError as error:  # named under its pool
+            context = dict(error.context or {})
+            context["at"] = (pool, *context.get("at", ()))
+            raise PydanticCustomError(error.type, error.message_template, context) from None
+    return out
 
 
 class SparkConfig(ConfigModel):
@@ -306,19 +314,13 @@ class Environment(ConfigModel):
 
     @model_validator(mode="after")
     def _pools_named_exist(self) -> "Environment":
-        defined = ", ".join(sorted(self.pools))
-        for pool in self.pools.values():
-            if pool.fallback is not None and pool.fallback not in self.pools:
+        named = [(pool.fallback, ("pools", pool.name, "fallback")) for pool in self.pools.values()]
+        named += [(pool, ("spark", "executor_conf", pool)) for pool in self.spark.executor_conf]
+        named.append((self.driver_pool, ("driver_pool",)))
+        for name, at in named:
+            if name is not None and name not in self.pools:
                 raise PydanticCustomError("dpe", "{name} is not a defined pool; defined pools: {defined}",
-                                          {"name": repr(pool.fallback), "defined": defined,
-                                           "at": ("pools", pool.name, "fallback")})
-        for pool in self.spark.executor_conf:
-            if pool not in self.pools:
-                raise PydanticCustomError("dpe", "{name} is not a defined pool; defined pools: {defined}",
-                                          {"name": repr(pool), "defined": defined, "at": ("spark", "executor_conf", pool)})
-        if self.driver_pool is not None and self.driver_pool not in self.pools:
-            raise PydanticCustomError("dpe", "{name} is not a defined pool; defined pools: {defined}",
-                                      {"name": repr(self.driver_pool), "defined": defined, "at": ("driver_pool",)})
+                                          {"name": repr(name), "defined": ", ".join(sorted(self.pools)), "at": at})
         return self
 
     def as_file(self) -> dict[str, Any]:

@@ -51,6 +51,9 @@ def test_unknown_environment_names_the_allowed_ones(monkeypatch):
         ({"settings": {"master_port": 80}}, r"pools\.spot-etl\.settings\.master_port: must be a port number"),
         ({"settings": {"daemon_memory": "lots"}},
          r"pools\.spot-etl\.settings\.daemon_memory: must be a JVM heap size such as 512m or 1g; got 'lots'"),
+        ({"reserved_cpus": 1.5}, r"pools\.spot-etl\.reserved_cpus: must be less than node_cpus \(1\): runs need "
+                                 r"room on a node; got 1\.5"),
+        ({"reserved_memory_gb": -1}, r"pools\.spot-etl\.reserved_memory_gb: must be a number >= 0; got -1"),
     ],
 )
 def test_bad_pool_fields_are_named(fields, message):
@@ -97,6 +100,42 @@ def test_the_example_pipelines_scale_factor_is_checked(monkeypatch):
 def test_bad_run_tags_are_named(tags, message):
     with pytest.raises(TagError, match=message):
         pool_request(tags, env_with())
+
+
+def test_what_runs_can_have_of_a_node_is_the_node_less_what_is_reserved():
+    """A local pool's node is the runs' whole; an aws_asg pool on Kubernetes keeps EKS's share for
+    the kubelet and the DaemonSets (a 2-vCPU, 8 GiB node: 1.805 CPUs for runs); a pool may say."""
+    from dpe_dagster.config import parse_pool
+
+    local = env_with().pools["spot-etl"]
+    assert (local.room_cpus, local.reserved_cpus, local.default_run_cpus) == (local.node_cpus, 0, local.node_cpus)
+    eks = parse_pool("p", {"provider": "aws_asg", "max_size": 2, "node_cpus": 2, "node_memory_gb": 8,
+                           "price_per_node_hour": 0.1, "settings": {"group_name": "g"}})
+    assert (round(eks.room_cpus, 3), eks.default_run_cpus) == (1.805, eks.room_cpus)
+    assert 7.3 < eks.room_memory_gb < 7.4
+    said = parse_pool("p", {"provider": "aws_asg", "max_size": 2, "node_cpus": 2, "node_memory_gb": 8,
+                            "price_per_node_hour": 0.1, "settings": {"group_name": "g"}, "reserved_cpus": 0.5})
+    assert said.room_cpus == 1.5 and said.reserved_memory_gb == eks.reserved_memory_gb
+    no_cluster = parse_pool("p", {"provider": "aws_asg", "max_size": 2, "node_cpus": 2, "node_memory_gb": 8,
+                                  "price_per_node_hour": 0.1,
+                                  "settings": {"group_name": "g", "busy_source": "dagster_runs"}})
+    assert no_cluster.room_cpus == 2
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"sandbox": "not a module"}, r"sandbox: must be 'package\.module:attribute'; got 'not a module'"),
+    ({"spark": {"executor_conf": {"gpu": {"spark.executor.cores": "2"}}}},
+     r"spark\.executor_conf\.gpu: 'gpu' is not a defined pool; defined pools: spot-etl"),
+    ({"spark": {"executor_conf": {"spot-etl": {"cores": "2"}}}},
+     r"spark\.executor_conf\.spot-etl: key must be a Spark setting starting with 'spark\.'"),
+    ({"kubernetes": {"namespace": "Not_A_Namespace"}}, r"kubernetes\.namespace: must be a Kubernetes namespace name"),
+])
+def test_bad_environment_fields_are_named(raw, message):
+    from dpe_dagster.config import parse_environment
+
+    pool = {"provider": "local", "max_size": 2, "node_cpus": 2, "node_memory_gb": 2, "price_per_node_hour": 0.1}
+    with pytest.raises(ConfigError, match=message):
+        parse_environment("t", {"pools": {"spot-etl": pool}, **raw})
 
 
 def test_tags_default_to_the_pool_shape_and_parse_units():
