@@ -113,9 +113,10 @@ GROUPS_PER_CALL = 100
 
 def describe_groups(pools: Sequence["AwsAsgPool"]) -> None:
     """Describe the groups of many pools with one DescribeAutoScalingGroups call per 100 groups
-    (instead of one or two per pool) and hand each pool its group for its next look. Pools that
-    share clients are asked together. A failed call only means the pools ask for themselves, as
-    before: it is logged, not raised."""
+    (instead of one or two per pool), and their instances at once (`_describe_instances_at_once`),
+    and hand each pool its group and EC2's view of it for its next look. Pools that share clients
+    are asked together. A failed call only means the pools ask for themselves, as before: it is
+    logged, not raised."""
     by_clients: dict[int, list[AwsAsgPool]] = {}
     for pool in pools:
         by_clients.setdefault(id(pool.autoscaling), []).append(pool)
@@ -140,6 +141,64 @@ def describe_groups(pools: Sequence["AwsAsgPool"]) -> None:
                         break
             except PoolError as error:
                 log.warning("describing %d group(s) at once failed; each pool asks for itself: %s", len(chunk), error)
+        try:
+            _describe_instances_at_once([pool for pool in members if pool._view is not None])
+        except PoolError as error:
+            log.warning("describing the instances of %d group(s) at once failed; each pool asks for itself: %s",
+                        len(members), error)
+
+
+# EC2 states in which an instance is not a node (any more): few, so a tick asks for all of them.
+_NOT_LIVE_EC2_STATES = ("shutting-down", "terminated", "stopping", "stopped")
+# A filter takes at most this many values.
+_FILTER_VALUES = 200
+
+
+def _pages(pool: "AwsAsgPool", what: str, call: Callable[..., Any], **kwargs: Any) -> list[dict]:
+    pages, token = [], None
+    while True:
+        pages.append(pool._call(what, call, **({**kwargs, "NextToken": token} if token else kwargs)))
+        token = pages[-1].get("NextToken")
+        if not token:
+            return pages
+
+
+def _describe_instances_at_once(pools: Sequence["AwsAsgPool"]) -> None:
+    """EC2's view of every instance of these pools' groups, for their next look, asking EC2 only
+    what may have changed since the pools last saw their instances: instances not yet seen
+    running, those no longer live (one call for all, by state), and the interruption marks (one
+    call for all). An instance's type, lifecycle, zone and launch time never change; its state is
+    read again each tick among the few that are not running."""
+    if not pools:
+        return
+    asking = pools[0]
+    names = [pool.settings.group_name for pool in pools]
+    not_live: dict[str, dict] = {}
+    for start in range(0, len(names), _FILTER_VALUES):
+        for page in _pages(asking, "DescribeInstances", asking.ec2.describe_instances, Filters=[
+                {"Name": "tag:aws:autoscaling:groupName", "Values": names[start:start + _FILTER_VALUES]},
+                {"Name": "instance-state-name", "Values": list(_NOT_LIVE_EC2_STATES)}]):
+            for reservation in page.get("Reservations", []):
+                not_live.update((inst["InstanceId"], inst) for inst in reservation.get("Instances", []))
+    marks = {tag["ResourceId"]: tag for page in _pages(
+        asking, "DescribeTags", asking.ec2.describe_tags,
+        Filters=[{"Name": "key", "Values": [INSTANCE_INTERRUPTED_TAG]}, {"Name": "resource-type", "Values": ["instance"]}])
+        for tag in page.get("Tags", [])}
+    members = {pool.name: [m["InstanceId"] for m in pool._view[0].get("Instances", [])] for pool in pools}
+    unknown = [iid for pool in pools for iid in members[pool.name] if iid not in not_live and iid not in pool._ec2_seen]
+    fresh = asking._ec2_view(unknown) if unknown else {}
+    now = time.monotonic()
+    for pool in pools:
+        view = {}
+        for iid in members[pool.name]:
+            described = not_live.get(iid) or fresh.get(iid) or pool._ec2_seen.get(iid)
+            if described is None:
+                continue  # EC2 does not list it yet
+            described = {**described, "Tags": [{"Key": INSTANCE_INTERRUPTED_TAG, "Value": marks[iid]["Value"]}]
+                         if iid in marks else []}
+            view[iid] = described
+        pool._ec2_seen = {iid: d for iid, d in view.items() if d.get("State", {}).get("Name") == "running"}
+        pool._ec2_handed = (view, pool._view[0], now)
 
 
 def make_clients(aws: AwsSettings) -> tuple[Any, Any]:
@@ -223,6 +282,10 @@ class AwsAsgPool(PoolCapabilities):
         # again; see describe_groups and _group_for_look.
         self._view: tuple[dict, float] | None = None
         self._described: tuple[dict, list[_Instance]] | None = None  # a group description, EC2's view of it
+        # EC2's descriptions of the instances last seen running, and EC2's view of a group handed
+        # over by describe_groups for the next look: (view, that group description, monotonic time).
+        self._ec2_seen: dict[str, dict] = {}
+        self._ec2_handed: tuple[dict[str, dict], dict, float] | None = None
 
     @classmethod
     def from_config(cls, pool: PoolConfig, env: Environment) -> "AwsAsgPool":
@@ -255,7 +318,7 @@ class AwsAsgPool(PoolCapabilities):
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         if not what.startswith("Describe"):
             # Something changes: a group description handed over for the next look is stale now.
-            self._view = self._described = None
+            self._view = self._described = self._ec2_handed = None
         # Checked at each call, not when the pool object is made: building it must not fail
         # (cleanup code opens every pool), sending anything off loopback must.
         if self.aws.emulator and not _is_loopback_url(self.aws.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")):
@@ -354,7 +417,11 @@ class AwsAsgPool(PoolCapabilities):
 
     def _describe_instances(self, group: dict) -> list[_Instance]:
         members = group.get("Instances", [])
-        ec2 = self._ec2_view([m["InstanceId"] for m in members]) if members else {}
+        handed, self._ec2_handed = self._ec2_handed, None
+        if handed is not None and handed[1] is group and time.monotonic() - handed[2] <= VIEW_MAX_AGE_S:
+            ec2 = handed[0]  # the tick's look-ahead read EC2 for every pool at once
+        else:
+            ec2 = self._ec2_view([m["InstanceId"] for m in members]) if members else {}
         out = []
         for member in members:
             described = ec2.get(member["InstanceId"], {})
