@@ -110,7 +110,7 @@ def test_bad_line_fails_with_its_number(app, tmp_path):
     (["--boot-seconds", "soon"], "--boot-seconds: 'soon' is not allowed"),
     (["--idle-timeout", "-1"], "--idle-timeout: must be a number of seconds >= 0 or 'auto'"),
     (["--placement", "random"], "--placement: must be one of first-fit, ending-together; got 'random'"),
-    (["--environment", "moon"], "--environment: unknown environment 'moon'; allowed: aws-sim, local, prod, staging"),
+    (["--environment", "moon"], "--environment: unknown environment 'moon'; allowed: aws-sim, eks-sim, local, prod, staging"),
     (["--environment", "prod", "--pool", "gpu"],
      "--pool: no pool 'gpu' in environment 'prod'; allowed: ondemand-driver, ondemand-etl, spot-etl"),
 ])

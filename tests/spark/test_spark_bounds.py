@@ -52,7 +52,7 @@ def test_a_run_asking_for_one_cpu_gets_one_core_of_a_two_worker_pool(tmp_path):
 
 def test_executors_on_kubernetes_are_bounded_by_the_run_request():
     env = load_environment("prod")
-    conf = env.spark.conf
+    conf = env.spark.conf_for("spot-etl")
     spot = env.pool("spot-etl")
     cores = int(conf["spark.executor.cores"])
     defaults = {name: pool.default_run_cpus for name, pool in env.pools.items()}

@@ -141,8 +141,11 @@ def describe_groups(pools: Sequence["AwsAsgPool"]) -> None:
                         break
             except PoolError as error:
                 log.warning("describing %d group(s) at once failed; each pool asks for itself: %s", len(chunk), error)
+        described = [pool for pool in members if pool._view is not None]
+        if len(described) < 3:
+            continue  # one DescribeInstances by id per pool costs no more than the two or three calls below
         try:
-            _describe_instances_at_once([pool for pool in members if pool._view is not None])
+            _describe_instances_at_once(described)
         except PoolError as error:
             log.warning("describing the instances of %d group(s) at once failed; each pool asks for itself: %s",
                         len(members), error)
