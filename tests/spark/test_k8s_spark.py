@@ -89,11 +89,17 @@ def test_a_runs_executors_go_to_the_pool_it_was_placed_on(placed_on, aws, eks, k
     spark = spark_on_k8s(list(env.pools.values()), env.pool(env.driver_pool), image="dpe:1", namespace=NAMESPACE,
                          service_account="dpe-run", template_dir=str(tmp_path), master=f"k8s://{kube.url}",
                          fallback_storage="s3a://dpe-prod-spark-decommission/blocks/")
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig_for(tmp_path / "run.kubeconfig", NAMESPACE, "dpe-run")))
+    # In a run pod Spark's client reads the pod's ServiceAccount token and CA; here they are given
+    # as files (the JVM of this process may already be running, so no environment reaches it).
+    token = tmp_path / "token"
+    token.write_text(kube.token_for(NAMESPACE, "dpe-run"))
+    credentials = {"spark.kubernetes.authenticate.oauthTokenFile": str(token),
+                   "spark.kubernetes.authenticate.caCertFile": str(kube.ca_file)}
     monkeypatch.setenv("POD_IP", "127.0.0.1")
     master = spark.conf.pop("spark.master")
     # Ask for one executor as the session starts (a run's first stage would ask the same way).
-    resource = SparkResource(master=master, conf={**spark.conf, "spark.dynamicAllocation.initialExecutors": "1"},
+    resource = SparkResource(master=master, conf={**spark.conf, **credentials,
+                                                  "spark.dynamicAllocation.initialExecutors": "1"},
                              executor_conf=spark.executor_conf, app_name="dpe-test")
     core = kube.core()
     seen = {}
