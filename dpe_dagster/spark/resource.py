@@ -19,6 +19,7 @@ from typing import Any
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from dpe_dagster.config import SparkConfig
 from dpe_dagster.spark.java import check_java, spark_process_env
 from dpe_dagster.tags import POOL_TAG, requested_cpus
 
@@ -126,7 +127,7 @@ class SparkResource(ConfigurableResource):
                 for key, value in executor_run_labels(self._run_id).items():
                     builder = builder.config(key, value)
             # The pool the run was placed on (its tag after placement: the fallback, when it fell back).
-            conf = {**self.conf, **self.executor_conf.get(self._tags.get(POOL_TAG, ""), {})}
+            conf = SparkConfig(conf=self.conf, executor_conf=self.executor_conf).conf_for(self._tags.get(POOL_TAG))
             for key, value in conf.items():
                 builder = builder.config(key, value)
             for key, value in run_spark_conf(self.master, conf, self._tags, self.default_run_cpus).items():
