@@ -405,6 +405,41 @@ def interruptions(once: bool = typer.Option(False, help="One long poll, then exi
         raise typer.Exit(1)
 
 
+@app.command()
+def metrics(port: int = typer.Option(9108, min=1, max=65535, help="Port to serve /metrics on."),
+            address: str = typer.Option("0.0.0.0", help="Address to listen on."),
+            once: bool = typer.Option(False, "--once", help="Print the series once (Prometheus' text format) and exit."),
+            max_names: int = typer.Option(50, min=1, help="How many team and asset names the series name; later "
+                                                          "ones are counted under 'other'.")) -> None:
+    """Serve dpe's state as Prometheus series on /metrics: pools, the run queue, the autoscaler's
+    ticks, budgets and the ledger (docs/metrics.md lists them)."""
+    import logging
+    import signal
+    import threading
+
+    from dpe_dagster.metrics import DpeCollector, exposition, serve
+
+    env = _environment()
+    collector = DpeCollector(_instance(), env, max_names=max_names)
+    if once:
+        print(exposition(collector), end="")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server, _ = serve(collector, port, address)
+    except OSError as error:
+        _error("--port:", f"cannot listen on {address}:{port}: {error}")
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"serving dpe's series of environment {env.name} on http://{address}:{port}/metrics")
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    server.shutdown()
+
+
 def _register_subcommands() -> None:
     from dpe_dagster.sim.command import register as register_simulate
     register_simulate(app)

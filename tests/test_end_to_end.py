@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -20,18 +19,13 @@ from dpe_dagster.daemon import dagster_bin, start_daemon, start_dagster_process,
 from dpe_dagster.instance import write_instance
 from dpe_dagster.pools.local.standalone import spark_pids_of
 from resources import load_environment
+from tests.support.cli import dpe, fresh_environment
 from tests.support.local import free_port
 from tests.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 # Kept after the run (git-ignored): what the browser saw.
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
-
-
-def fresh_environment(folder: Path) -> dict[str, str]:
-    """A fresh dpe home and Dagster instance, as on a new machine."""
-    return dict(os.environ, DPE_HOME=str(folder / "dpe"), DAGSTER_HOME=str(folder / "dagster"),
-                DPE_IDLE_TIMEOUT_S="5", DPE_ENV="local")
 
 
 @pytest.fixture
@@ -47,11 +41,6 @@ def demo(tmp_path_factory):
     """`dpe demo` once, on a fresh instance; the tests below look at what it left."""
     env = fresh_environment(tmp_path_factory.mktemp("demo"))
     return env, dpe("demo", env=env)
-
-
-def dpe(*args, env, timeout=900):
-    return subprocess.run([str(Path(sys.executable).parent / "dpe"), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=PROJECT_ROOT)
 
 
 def test_demo_runs_the_cycle_and_leaves_nothing_behind(demo):

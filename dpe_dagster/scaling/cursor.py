@@ -1,5 +1,5 @@
 """The autoscaler sensor's cursor: what it remembers between ticks (each live node's memory, the
-pools' scale-up arrivals, the pools whose last tick failed), as JSON, and reading it back from
+pools' scale-up arrivals, the pools whose last tick failed, when each pool was last looked at), as JSON, and reading it back from
 the instance, where the daemon stores every sensor's cursor (for reports and the health check)."""
 
 from __future__ import annotations
@@ -26,11 +26,20 @@ def load_arrivals(cursor: str | None) -> dict[str, PoolArrivals]:
 
 
 def load_failures(cursor: str | None) -> dict[str, dict]:
-    """Each pool whose last tick failed: {"error": the PoolError's message, "at": epoch seconds}.
-    A pool is in it until a tick sizes it again."""
+    """Each pool whose last tick failed: {"error": the PoolError's message, "at": epoch seconds,
+    "since": the first of the ticks in a row that failed}. A pool is in it until a tick sizes it again."""
     raw = json.loads(cursor) if cursor else {}
-    return {pool: {"error": str(value["error"]), "at": float(value["at"])}
+    return {pool: {"error": str(value["error"]), "at": float(value["at"]),
+                   "since": float(value.get("since", value["at"]))}
             for pool, value in raw.get("failures", {}).items()}
+
+
+def load_ticks(cursor: str | None) -> dict[str, dict]:
+    """When the autoscaler last looked at each pool: {"at": epoch seconds, "duration_s": how long
+    the pool's part of that tick took}."""
+    raw = json.loads(cursor) if cursor else {}
+    return {pool: {"at": float(value["at"]), "duration_s": float(value["duration_s"])}
+            for pool, value in raw.get("ticks", {}).items()}
 
 
 def _saved_cursors(instance) -> list[str | None]:
@@ -73,11 +82,27 @@ def read_failures(instance) -> dict[str, dict]:
     return out
 
 
+def read_ticks(instance) -> dict[str, dict]:
+    """Each pool's last tick as the autoscaler saved it ({"at", "duration_s"}), with
+    "failing_since" (epoch seconds) while its ticks fail, else None; the latest when several code
+    locations run it."""
+    out: dict[str, dict] = {}
+    for cursor in _saved_cursors(instance):
+        failures = load_failures(cursor)
+        for pool, tick in load_ticks(cursor).items():
+            if pool not in out or tick["at"] > out[pool]["at"]:
+                failure = failures.get(pool)
+                out[pool] = {**tick, "failing_since": failure["since"] if failure else None}
+    return out
+
+
 def dump_cursor(memory: dict[str, dict[str, NodeMemory]], arrivals: dict[str, PoolArrivals] | None = None,
-                failures: dict[str, dict] | None = None) -> str:
+                failures: dict[str, dict] | None = None, ticks: dict[str, dict] | None = None) -> str:
     raw: dict = {"nodes": {pool: {n: m.to_json() for n, m in nodes.items()} for pool, nodes in memory.items()}}
     if arrivals:
         raw["arrivals"] = {pool: value.to_json() for pool, value in arrivals.items()}
     if failures:
         raw["failures"] = failures
+    if ticks:
+        raw["ticks"] = ticks
     return json.dumps(raw, sort_keys=True)

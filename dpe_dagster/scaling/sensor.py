@@ -10,7 +10,8 @@ from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import NodePool, PoolError, look_ahead, open_pool
 from dpe_dagster.scaling.activity import PoolArrivals
 from dpe_dagster.scaling.control import scale_pool
-from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR, dump_cursor, load_arrivals, load_cursor, load_failures
+from dpe_dagster.scaling.cursor import (AUTOSCALER_SENSOR, dump_cursor, load_arrivals, load_cursor, load_failures,
+                                        load_ticks)
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.health import report_pool_health
 from dpe_dagster.scaling.policy import RunDemand
@@ -63,9 +64,11 @@ def build_autoscaler_sensor(env: Environment):
         pricer = pricer_for(env)
         upcoming = upcoming_demand(context, now)
         failures = load_failures(context.cursor)
+        ticks = load_ticks(context.cursor)
         reported = {name: f["error"] for name, f in failures.items()}
         summary = []
         for name, config in env.pools.items():
+            started = time.perf_counter()
             # Arrivals are real runs only: a scheduled run arrives once, when Dagster queues it.
             arrivals[name] = arrivals.get(name, PoolArrivals()).see(demand.of(name), now)
             activity = arrivals[name].activity(config, now)
@@ -85,17 +88,20 @@ def build_autoscaler_sensor(env: Environment):
                 )
             except PoolError as error:
                 context.log.error(f"pool {name}: not sized this tick: {error}")
-                failures[name] = {"error": str(error), "at": now}
+                failures[name] = {"error": str(error), "at": now, "since": failures.get(name, {}).get("since", now)}
                 summary.append(f"{name}: failed: {error}")
                 continue
+            finally:
+                ticks[name] = {"at": now, "duration_s": time.perf_counter() - started}
             failures.pop(name, None)
             if tick.plan.changes(tick.state):
                 context.log.info(f"pool {name}: {tick.plan.reason}")
             summary.append(f"{name}: {tick.plan.reason}")
         failures = {name: value for name, value in failures.items() if name in env.pools}
+        ticks = {name: value for name, value in ticks.items() if name in env.pools}
         if context.cursor is None or reported != {name: f["error"] for name, f in failures.items()}:
             report_pool_health(context.instance, env, failures)  # the check changes with the set of failures
-        context.update_cursor(dump_cursor(memory, arrivals, failures))
+        context.update_cursor(dump_cursor(memory, arrivals, failures, ticks))
         return SkipReason("; ".join(summary))
 
     return dpe_autoscaler

@@ -16,11 +16,25 @@ PAGE = 1000
 
 
 def observations(instance: DagsterInstance, key: AssetKey, since: float | None = None):
-    cursor = None
     records_filter = AssetRecordsFilter(asset_key=key, after_timestamp=since) if since is not None else key
+    for result in _pages(instance, records_filter, None):
+        yield from result.records
+
+
+def observations_after(instance: DagsterInstance, key: AssetKey, cursor: str | None) -> tuple[list, str | None]:
+    """The observations of `key` written after `cursor` (None: all), oldest first, and the cursor
+    to read on from: an incremental reader reads each record once."""
+    out = []
+    for result in _pages(instance, key, cursor):
+        out.extend(result.records)
+        cursor = result.cursor or cursor
+    return out, cursor
+
+
+def _pages(instance: DagsterInstance, records_filter, cursor: str | None):
     while True:
         result = instance.fetch_observations(records_filter, limit=PAGE, cursor=cursor, ascending=True)
-        yield from result.records
+        yield result
         if not result.has_more:
             return
         cursor = result.cursor
