@@ -194,3 +194,28 @@ def test_the_control_plane_is_scheduled_on_the_system_nodes_never_on_a_pool(prod
     for node in pool_nodes:
         assert all(p.metadata.namespace == "kube-system" for p in pods_on(core, node)), node
     assert all(not n.busy for n in open_pool(env.pool("spot-etl"), env).nodes())
+
+
+def test_the_control_planes_account_keeps_pods_and_nodes_by_watch(kube):
+    """dpe's processes keep the cluster's pods and nodes by one watch each (kube/watch.py). With
+    the rights rbac.yaml gives the chart's `dagster` account, the watch holds: one list, then
+    events. (Without `watch`, it would fall back to a full list every time it tried.)"""
+    from dpe_dagster.kube.watch import Watch
+
+    kube.apply(deploy_documents("namespace.yaml", "rbac.yaml"))
+    kube.core().create_namespaced_service_account("dagster", client.V1ServiceAccount(
+        metadata=client.V1ObjectMeta(name="dagster")))
+    core = kube.core(kube.token_for("dagster", "dagster"))
+    pods = Watch(core.list_pod_for_all_namespaces, None, None)
+    nodes = Watch(core.list_node, None, None)
+    try:
+        wait_for("both watches listed", lambda: pods.lists and nodes.lists, timeout_s=10)
+        kube.core().create_namespaced_pod("dagster", {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "watched"}, "spec": {"containers": [{"name": "main", "image": "dpe:1"}]}})
+        wait_for("the new pod seen through the watch", lambda: any(
+            p["metadata"]["name"] == "watched" for p in pods.items(lambda: [])), timeout_s=10)
+        time.sleep(2)  # a refused watch would have listed again by now
+        assert pods.lists == 1 and nodes.lists == 1
+    finally:
+        pods.stop()
+        nodes.stop()

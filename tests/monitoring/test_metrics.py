@@ -204,3 +204,23 @@ def test_bad_port_and_missing_instance_are_named(tmp_path, monkeypatch):
         port = taken.getsockname()[1]
         result = CliRunner().invoke(app, ["metrics", "--port", str(port), "--address", "127.0.0.1"])
     assert result.exit_code == 2 and f"--port: cannot listen on 127.0.0.1:{port}" in " ".join(result.output.split())
+
+
+def test_the_docs_list_every_series_as_served():
+    from tests.paths import PROJECT_ROOT
+
+    docs = (PROJECT_ROOT / "docs" / "metrics.md").read_text()
+    for name, metric in METRICS.items():
+        labels = ", ".join(f"`{label}`" for label in metric.labels) or "-"
+        assert f"| `{name}` | {metric.kind} | {labels} | {metric.help} |" in docs, f"docs/metrics.md: {name}"
+
+
+def test_the_docs_explain_every_alert_that_ships():
+    import yaml
+
+    from tests.paths import PROJECT_ROOT
+
+    docs = (PROJECT_ROOT / "docs" / "metrics.md").read_text()
+    rules = yaml.safe_load((PROJECT_ROOT / "deploy" / "monitoring" / "alerts.yaml").read_text())["spec"]["groups"]
+    for rule in (r for group in rules for r in group["rules"] if "alert" in r):
+        assert f"| `{rule['alert']}` | {rule['labels']['severity']} |" in docs, f"docs/metrics.md: {rule['alert']}"
