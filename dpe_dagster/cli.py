@@ -235,7 +235,8 @@ def demo(
         _error("demo failed:", failed)
         raise typer.Exit(1)
     console.print("[green]demo finished[/green]: every Spark process it started is stopped. "
-                  "`dpe usage` shows the ledger; `dpe ui` opens the Dagster UI.")
+                  "`dpe usage` shows the ledger; `dpe ui` opens the Dagster UI; `dpe metrics --once` prints "
+                  "its Prometheus series.")
 
 
 @app.command()
