@@ -124,6 +124,16 @@ class BoundedNames:
         return OTHER
 
 
+@dataclass(frozen=True)
+class _Share:
+    """What one usage record added to the sums (kept to take it back when the record is amended)."""
+
+    key: tuple[str, str]  # (pool, team label)
+    cost_usd: float
+    node_seconds: float
+    assets: tuple[tuple[str, float], ...]  # (asset label, cost)
+
+
 @dataclass
 class Ledger:
     """Running sums over the ledger's records, read incrementally. A run's amended record replaces
@@ -138,7 +148,7 @@ class Ledger:
     lifetime: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     interruptions: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     _cursors: dict[str, str | None] = field(default_factory=dict)
-    _counted: dict[tuple[str, str], UsageRecord] = field(default_factory=dict)
+    _counted: dict[tuple[str, str], "_Share"] = field(default_factory=dict)  # what each record added
 
     def __post_init__(self):
         self._teams = BoundedNames(self.max_names)
@@ -157,15 +167,16 @@ class Ledger:
         before = self._counted.pop((kind, record.run_id), None)
         if before is not None:
             self._add(before, -1.0)
-        self._add(record, 1.0)
-        self._counted[(kind, record.run_id)] = record
+        share = _Share((record.pool, self._teams(record.team or "")), record.cost_usd, record.node_seconds,
+                       tuple((self._assets(asset), float(part["cost_usd"])) for asset, part in record.asset_costs.items()))
+        self._add(share, 1.0)
+        self._counted[(kind, record.run_id)] = share
 
-    def _add(self, record: UsageRecord, sign: float) -> None:
-        key = (record.pool, self._teams(record.team or ""))
-        self.cost[key] += sign * record.cost_usd
-        self.node_seconds[key] += sign * record.node_seconds
-        for asset, part in record.asset_costs.items():
-            self.asset_cost[self._assets(asset)] += sign * float(part["cost_usd"])
+    def _add(self, share: "_Share", sign: float) -> None:
+        self.cost[share.key] += sign * share.cost_usd
+        self.node_seconds[share.key] += sign * share.node_seconds
+        for asset, cost in share.assets:
+            self.asset_cost[asset] += sign * cost
 
     def _count_node(self, node: NodeLifetime) -> None:
         self.paid[node.pool] += node.cost_usd

@@ -4,11 +4,12 @@ bounded labels."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import pytest
-from dagster import DagsterRunStatus, build_sensor_context, instance_for_test, materialize
+from dagster import AssetObservation, DagsterRunStatus, build_sensor_context, instance_for_test, materialize
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -17,7 +18,7 @@ from dpe_dagster.tags import HOLD_TAG, TEAM_TAG, pool_tags
 from dpe_dagster.usage.budget import BUDGET_HOLD
 from dpe_dagster.usage.eventlog import read_node_lifetimes, record_node_lifetime
 from dpe_dagster.usage.ledger import read_usage
-from dpe_dagster.usage.records import NodeLifetime, cost_of
+from dpe_dagster.usage.records import RUN_USAGE_KEY, NodeLifetime, cost_of
 from dpe_dagster.usage.sensor import build_ledger_sensor
 from dpe_dagster.usage.summary import Window, by_pool
 from tests.reliability.harness import new_run
@@ -91,6 +92,12 @@ def test_the_ledgers_series_are_what_dpe_usage_says_and_each_record_counts_once(
     assert total(after, "dpe_cost_usd_total") == pytest.approx(total(first, "dpe_cost_usd_total") + new.cost_usd,
                                                                abs=1e-12)
     assert total(after, "dpe_run_wait_seconds_count") == 3
+    # A run's record amended (a node reported late): the new record replaces the old, as in `dpe usage`.
+    amended = dataclasses.replace(new, cost_usd=new.cost_usd * 2 + 0.01, node_seconds=new.node_seconds + 60)
+    instance.report_runless_asset_event(AssetObservation(asset_key=RUN_USAGE_KEY, metadata=amended.to_metadata()))
+    after = scrape(collector)
+    assert total(after, "dpe_cost_usd_total") == pytest.approx(sum(r.cost_usd for r in read_usage(instance)), abs=1e-12)
+    assert total(after, "dpe_node_seconds_total") == pytest.approx(sum(r.node_seconds for r in read_usage(instance)))
     # A fresh exporter (a restarted Deployment) reads the same totals from the start.
     assert total(scrape(DpeCollector(instance, ENV)), "dpe_cost_usd_total") == pytest.approx(
         total(after, "dpe_cost_usd_total"), abs=1e-12)
