@@ -83,3 +83,12 @@ def aws_sim(monkeypatch, tmp_path):
             thing.dispose()
         else:
             thing.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's Kubernetes control plane goes with it (tests/support/cluster.py)."""
+    import sys
+
+    shared = sys.modules.get("tests.support.cluster")
+    if shared is not None:
+        shared.stop_shared_cluster()

@@ -7,6 +7,7 @@ Where Go is missing the tests that need the cluster skip with the reason; with
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import time
@@ -25,23 +26,45 @@ def _required() -> bool:
     return os.environ.get("DPE_REQUIRE_CLUSTER") == "1"
 
 
+_SHARED: ControlPlane | None = None
+
+
+def shared_cluster(tmp_path_factory) -> ControlPlane:
+    """The process's one cluster, started on first use. Test modules import the `cluster` fixture,
+    which makes it a fixture of each module; they all share this one, stopped when the session
+    ends (`stop_shared_cluster`, from tests/conftest.py) or, failing that, when the process exits."""
+    global _SHARED
+    if _SHARED is None:
+        try:
+            binaries = build(quiet=True)
+        except GoMissing as error:
+            if _required():
+                pytest.fail(f"DPE_REQUIRE_CLUSTER=1 and {error}")
+            pytest.skip(f"needs the Kubernetes control plane: {error}")
+        plane = ControlPlane(binaries.folder, tmp_path_factory.mktemp("cluster"))
+        plane.start()
+        try:
+            install_daemonsets(plane)
+        except BaseException:
+            plane.stop()
+            raise
+        _SHARED = plane
+        atexit.register(stop_shared_cluster)
+    return _SHARED
+
+
+def stop_shared_cluster() -> None:
+    global _SHARED
+    if _SHARED is not None:
+        plane, _SHARED = _SHARED, None
+        plane.stop()
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok, with the EKS
-    DaemonSets (kube-proxy, aws-node) installed."""
-    try:
-        binaries = build(quiet=True)
-    except GoMissing as error:
-        if _required():
-            pytest.fail(f"DPE_REQUIRE_CLUSTER=1 and {error}")
-        pytest.skip(f"needs the Kubernetes control plane: {error}")
-    plane = ControlPlane(binaries.folder, tmp_path_factory.mktemp("cluster"))
-    plane.start()
-    try:
-        install_daemonsets(plane)
-        yield plane
-    finally:
-        plane.stop()
+    DaemonSets (kube-proxy, aws-node) installed: one per test session."""
+    return shared_cluster(tmp_path_factory)
 
 
 def reset(cluster: ControlPlane) -> None:
