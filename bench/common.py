@@ -259,9 +259,9 @@ def run_main(name: str, main: Callable[[], int]) -> None:
         sys.exit(1)
 
 
-def autoscaler_ticks(instance, env) -> Callable[[], float]:
+def autoscaler_ticks(instance, env, after: Callable[[str], None] | None = None) -> Callable[[], float]:
     """A function that runs one `dpe_autoscaler` tick (the real sensor, its cursor carried from
-    tick to tick) and returns its seconds."""
+    tick to tick) and returns its seconds; `after(cursor)`, untimed, after each tick."""
     from dagster import build_sensor_context
 
     from dpe_dagster.scaling.sensor import build_autoscaler_sensor
@@ -276,6 +276,8 @@ def autoscaler_ticks(instance, env) -> Callable[[], float]:
         sensor(context)
         elapsed = time.perf_counter() - started
         cursor = context.cursor
+        if after is not None:
+            after(cursor)
         return elapsed
 
     return tick

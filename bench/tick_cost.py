@@ -103,22 +103,26 @@ def add_runs(instance, count: int, n_pools: int, status, start: int) -> list[str
     return ids
 
 
-def open_instance(kind: str, home: Path):
+def open_instance(kind: str, home: Path, db: str = PG_DB):
     from dagster import DagsterInstance
 
     from dpe_dagster.instance import write_instance
 
     shutil.rmtree(home, ignore_errors=True)
-    extra = {"storage": {"postgres": {"postgres_url": f"{PG_BASE}/{PG_DB}"}}} if kind == "postgres" else {}
+    extra = {"storage": {"postgres": {"postgres_url": f"{PG_BASE}/{db}"}}} if kind == "postgres" else {}
     write_instance(home, environment(1), extra)
     os.environ["DAGSTER_HOME"] = str(home)  # the aws-sim busy lookup reads runs from this instance
     return DagsterInstance.from_config(str(home))
 
 
-def postgres(action: str) -> None:
-    cmd = {"create": ["createdb", "-h", "127.0.0.1", "-U", "postgres", PG_DB],
-           "drop": ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", PG_DB]}[action]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+def postgres(action: str, db: str = PG_DB) -> None:
+    """Create or drop a benchmark's database."""
+    cmd = {"create": ["createdb", "-h", "127.0.0.1", "-U", "postgres", db],
+           "drop": ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", db]}[action]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise BenchError(f"{cmd[0]}: {error} (is PostgreSQL on 127.0.0.1:5432?)") from None
     if result.returncode != 0:
         raise BenchError(f"{' '.join(cmd)} failed: {result.stderr.strip()} (is PostgreSQL on 127.0.0.1:5432?)")
 

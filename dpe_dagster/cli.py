@@ -426,6 +426,9 @@ def metrics(port: int = typer.Option(9108, min=1, max=65535, help="Port to serve
         print(exposition(collector), end="")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The ledger so far is read once, before serving: no scrape waits for a year of records.
+    with console.status("reading the ledger and the runs' waits so far"):
+        collector.warm()
     try:
         server, _ = serve(collector, port, address)
     except OSError as error:

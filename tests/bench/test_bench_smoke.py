@@ -21,7 +21,7 @@ def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedPr
 
 
 @pytest.mark.parametrize("script", ["latency.py", "tick_cost.py", "run_path.py", "airflow_peer.py", "plain_tpch.py",
-                                    "spark_shapes.py"])
+                                    "spark_shapes.py", "metrics_scrape.py"])
 def test_bad_flags_are_refused_with_a_message(script):
     required = ["--scale-factor", "1", "--data-root", "x"] if script == "plain_tpch.py" else []
     result = run(script, *required, "--no-such-flag", timeout=60)
@@ -39,6 +39,8 @@ def test_flag_values_are_checked():
     assert "--shapes: 2y1 is not WORKERSxCORES" in run("spark_shapes.py", "--shapes", "2y1", timeout=60).stderr
     assert "--steps: unknown step" in run("plain_tpch.py", "--scale-factor", "1", "--data-root", "x", "--steps", "q2",
                                           timeout=60).stderr
+    assert "--pools: must be at least 1" in run("metrics_scrape.py", "--pools", "0", timeout=60).stderr
+    assert "--storages: allowed values" in run("metrics_scrape.py", "--storages", "mysql", timeout=60).stderr
 
 
 def test_tick_cost_tiny(tmp_path):
@@ -70,6 +72,29 @@ def test_tick_cost_tiny(tmp_path):
 def test_tick_cost_refuses_an_unknown_scenario():
     result = run("tick_cost.py", "--scenarios", "grid,nope", timeout=60)
     assert result.returncode == 2 and "--scenarios: allowed values are grid, busy, ledger" in result.stderr
+
+
+def test_metrics_scrape_tiny(tmp_path):
+    # More asset names than --max-names, and new ones between scrapes: the exporter names the first
+    # five and counts the rest under `other`, scrape after scrape.
+    out = tmp_path / "scrape"
+    result = run("metrics_scrape.py", "--pools", "2", "--runs", "30", "--nodes", "5", "--assets", "20", "--teams", "3",
+                 "--max-names", "5", "--active", "2", "--waiting", "1", "--new", "2", "--scrapes", "1",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "metrics_scrape.json").read_text())
+    [r] = report["results"]
+    assert r["storage"] == "sqlite" and r["pools"] == 2
+    assert r["history"]["runs"] == 30 and r["history"]["usage_records"] == 30 and r["history"]["node_lifetimes"] == 5
+    assert r["new_runs_written"] == 4 and r["runs_read_by_last_scrape"] == 34
+    for key in ("cold_scrape_s", "steady_scrape_s", "tick_s", "steady_over_tick", "cold_over_tick"):
+        assert r[key] > 0
+    assert len(r["cold_scrapes_s"]) == len(r["steady_scrapes_s"]) == len(r["ticks_s"]) == 1
+    assert r["goal_met"] == (r["steady_scrape_s"] <= r["tick_s"])
+    assert r["bounded"] and r["team_labels"] == 3 and r["asset_labels"] == 6 and r["other_asset"]
+    assert r["ledger_series_stable"] and r["series"] > 0
+    assert r["autoscaler_pools_seen"] == 2 and r["waiting_runs_seen"] == 1
+    assert "steady scrape <= tick:" in result.stdout
 
 
 def test_latency_proxy_records_the_scale_up_call():

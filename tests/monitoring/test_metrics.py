@@ -9,7 +9,7 @@ import json
 import time
 
 import pytest
-from dagster import AssetObservation, DagsterRunStatus, build_sensor_context, instance_for_test, materialize
+from dagster import AssetObservation, DagsterRunStatus, build_sensor_context, materialize
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -22,7 +22,7 @@ from dpe_dagster.usage.records import RUN_USAGE_KEY, NodeLifetime, cost_of
 from dpe_dagster.usage.sensor import build_ledger_sensor
 from dpe_dagster.usage.summary import Window, by_pool
 from tests.reliability.harness import new_run
-from tests.support.postgres import postgres_or_skip
+from tests.support.sensors import store_cursor
 from tests.usage.test_reports import DEFS, ENV, forecast, margins, sales
 
 
@@ -37,21 +37,6 @@ def scrape(collector: DpeCollector) -> dict[str, dict[tuple, float]]:
 
 def total(samples: dict[str, dict[tuple, float]], name: str, **labels: str) -> float:
     return sum(value for key, value in samples.get(name, {}).items() if set(labels.items()) <= set(key))
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def instance(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("DPE_HOME", str(tmp_path / "dpe"))  # the local pool: no node of a Spark worker here
-    (tmp_path / "dagster").mkdir()
-    overrides = {}
-    if request.param == "postgres":
-        overrides["storage"] = {"postgres": {"postgres_url": postgres_or_skip()}}
-    with instance_for_test(temp_dir=str(tmp_path / "dagster"), overrides=overrides) as instance:
-        if request.param == "postgres":
-            instance.wipe()
-        yield instance
-        if request.param == "postgres":
-            instance.wipe()
 
 
 def record_usage(instance, t0: float, *nodes: str) -> None:
@@ -154,12 +139,8 @@ def test_every_series_has_help_and_follows_prometheus_names(instance):
 
 
 def test_the_autoscalers_ticks_and_a_pool_failing_tick_after_tick(aws_sim):
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteInstigatorOrigin, RemoteRepositoryOrigin
-    from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, SensorInstigatorData
 
     from dpe_dagster.cli import app
-    from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR
     from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 
     env, instance, autoscaling = aws_sim()
@@ -173,11 +154,7 @@ def test_the_autoscalers_ticks_and_a_pool_failing_tick_after_tick(aws_sim):
     sensor(context)
     saved = json.loads(context.cursor)
     assert saved["failures"]["spot-etl"]["since"] == first < saved["failures"]["spot-etl"]["at"]
-    # Saved as the daemon saves a sensor's cursor.
-    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("dpe"), "__repository__"),
-                                    AUTOSCALER_SENSOR)
-    instance.add_instigator_state(InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
-                                                  SensorInstigatorData(cursor=context.cursor)))
+    store_cursor(instance, context.cursor)  # as the daemon saves a sensor's cursor
     result = CliRunner().invoke(app, ["metrics", "--once"])
     assert result.exit_code == 0, result.output
     samples = {}

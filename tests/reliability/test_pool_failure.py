@@ -15,6 +15,7 @@ from dpe_dagster.pools.aws.emulator import create_group, create_groups
 from dpe_dagster.scaling.cursor import load_cursor
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from tests.reliability.harness import queue_run
+from tests.support.sensors import store_cursor
 from tests.support.aws import REGION, aws, clients, dagster, environment, group, moto  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -66,22 +67,14 @@ def test_a_failing_pool_does_not_stop_the_others(aws, dagster, capfd, measured):
 
 
 def test_dpe_pools_shows_the_last_failure_the_sensor_saved(aws_sim):
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteInstigatorOrigin, RemoteRepositoryOrigin
-    from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, SensorInstigatorData
     from typer.testing import CliRunner
 
     from dpe_dagster.cli import app
-    from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR
 
     env, instance, autoscaling = aws_sim()
     autoscaling.delete_auto_scaling_group(AutoScalingGroupName="dpe-sim-spot-etl", ForceDelete=True)
     cursor = tick(build_autoscaler_sensor(env), instance, None)
-    # Saved as the daemon saves a sensor's cursor: in the instance's instigator state.
-    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("dpe"), "__repository__"),
-                                    AUTOSCALER_SENSOR)
-    instance.add_instigator_state(InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
-                                                  SensorInstigatorData(cursor=cursor)))
+    store_cursor(instance, cursor)  # as the daemon saves a sensor's cursor
     result = CliRunner().invoke(app, ["pools", "--json"])
     assert result.exit_code == 0, result.output
     shown = {p["pool"]: p for p in json.loads(result.output)}

@@ -17,21 +17,19 @@ from dagster import (
     define_asset_job,
     materialize,
 )
-from dagster._core.definitions.run_request import InstigatorType
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteInstigatorOrigin, RemoteRepositoryOrigin
-from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, SensorInstigatorData
 
 from dpe_dagster.config import parse_environment
 from dpe_dagster.pools.aws.asg import AwsSettings
 from dpe_dagster.pools.aws.emulator import create_group
 from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.scaling.health import POOL_HEALTH_CHECK, build_pool_health_check
-from dpe_dagster.scaling.sensor import AUTOSCALER_SENSOR, build_autoscaler_sensor
+from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.usage.checks import PAID_CHECK
 from dpe_dagster.usage.eventlog import record_node_lifetime
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime
 from tests.reliability.harness import clients
+from tests.support.sensors import store_cursor
 
 ENV = parse_environment("local", {"pools": {"spot-etl": {
     "provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8, "price_per_node_hour": 3.6,
@@ -73,18 +71,6 @@ def test_the_report_check_passes_on_a_sound_ledger(sqlite_instance):
 def latest_health(instance):
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key([HEALTH]).get(HEALTH)
     return None if record is None else record.event.dagster_event.event_specific_data
-
-
-def store_cursor(instance, cursor: str) -> None:
-    """Keep the sensor's cursor in the instance, as the daemon does after each tick."""
-    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("dpe"), "__repository__"),
-                                    AUTOSCALER_SENSOR)
-    state = InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
-                            SensorInstigatorData(cursor=cursor))
-    if instance.get_instigator_state(state.instigator_origin_id, state.selector_id):
-        instance.update_instigator_state(state)
-    else:
-        instance.add_instigator_state(state)
 
 
 def execute_health_check(env, instance):
