@@ -65,8 +65,9 @@ def test_what_on_a_node_is_work(kube_pool, kube):
         second: (True, True),  # a run's pod
         "i-000000000000000ff": (False, False),  # booted, not joined the cluster yet
     }
-    # The shared view of a tick says the same.
-    assert kube_nodes.busy_by_instance([first, second]) == {first: (True, False), second: (True, True)}
+    # The shared view of a tick (the process's watches, which may trail the API by an event) says the same.
+    wait_for("the tick's view agreeing", lambda: kube_nodes.busy_by_instance([first, second]) == {
+        first: (True, False), second: (True, True)})
     # A bare pod with no owner (someone's kubectl run) is work.
     core.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug-shell"},
                                            "spec": {"nodeName": node1, "containers": [{"name": "sh", "image": "busybox"}]}})
@@ -78,10 +79,12 @@ def test_cordon_makes_the_node_unschedulable_and_not_ready_for_work(kube_pool, k
     core = kube.core()
     kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", instance_id)
     other = KubeNodes(core, "dpe.io/pool=other", instance_id)
-    assert set(kube_nodes.nodes_by_instance()) == {first, second} and other.nodes_by_instance() == {}
+    wait_for("the watch seeing both nodes", lambda: set(kube_nodes.nodes_by_instance()) == {first, second})
+    assert other.nodes_by_instance() == {}
     assert kube_nodes.cordon_instances([first, "i-000000000000000ff"]) == [node1]
     assert core.read_node(node1).spec.unschedulable is True and not core.read_node(node2).spec.unschedulable
-    assert kube_nodes.busy_by_instance([first]) == {first: (False, False)}
+    wait_for("the tick's view of the cordoned node", lambda: kube_nodes.busy_by_instance([first]) == {
+        first: (False, False)})
     # The scheduler keeps new pods off it.
     kube.apply([_job("after-cordon", node1)])
     pod = wait_for("the Job's pod", lambda: [p for p in core.list_namespaced_pod("default").items
