@@ -202,9 +202,8 @@ def test_the_control_planes_account_keeps_pods_and_nodes_by_watch(kube):
     events. (Without `watch`, it would fall back to a full list every time it tried.)"""
     from dpe_dagster.kube.watch import Watch
 
-    kube.apply(deploy_documents("namespace.yaml", "rbac.yaml"))
-    kube.core().create_namespaced_service_account("dagster", client.V1ServiceAccount(
-        metadata=client.V1ObjectMeta(name="dagster")))
+    kube.apply([*deploy_documents("namespace.yaml", "rbac.yaml"), {  # the chart makes the account
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dagster", "namespace": "dagster"}}])
     core = kube.core(kube.token_for("dagster", "dagster"))
     pods = Watch(core.list_pod_for_all_namespaces, None, None)
     nodes = Watch(core.list_node, None, None)

@@ -27,6 +27,38 @@ def _required() -> bool:
 
 
 _SHARED: ControlPlane | None = None
+# The objects of the kinds tests make (accounts, roles, bindings, policies, config) that the cluster
+# had once started: reset deletes any other, so each test meets the cluster as it started.
+_BASELINE: set[tuple[str, str, str]] = set()
+# Made again at once by the cluster's controllers in every namespace: left alone.
+_PER_NAMESPACE = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
+
+
+def _kinds(cluster: ControlPlane) -> dict[str, tuple[Callable, Callable | None, Callable | None]]:
+    """kind -> (list everywhere, delete a namespaced one, delete a cluster-wide one)."""
+    from kubernetes import client
+
+    api = cluster.api_client()
+    core, rbac, admission = cluster.core(), client.RbacAuthorizationV1Api(api), client.AdmissionregistrationV1Api(api)
+    return {
+        "ServiceAccount": (core.list_service_account_for_all_namespaces, core.delete_namespaced_service_account, None),
+        "ConfigMap": (core.list_config_map_for_all_namespaces, core.delete_namespaced_config_map, None),
+        "Secret": (core.list_secret_for_all_namespaces, core.delete_namespaced_secret, None),
+        "Service": (core.list_service_for_all_namespaces, core.delete_namespaced_service, None),
+        "Role": (rbac.list_role_for_all_namespaces, rbac.delete_namespaced_role, None),
+        "RoleBinding": (rbac.list_role_binding_for_all_namespaces, rbac.delete_namespaced_role_binding, None),
+        "ClusterRole": (rbac.list_cluster_role, None, rbac.delete_cluster_role),
+        "ClusterRoleBinding": (rbac.list_cluster_role_binding, None, rbac.delete_cluster_role_binding),
+        "ValidatingAdmissionPolicy": (admission.list_validating_admission_policy, None,
+                                      admission.delete_validating_admission_policy),
+        "ValidatingAdmissionPolicyBinding": (admission.list_validating_admission_policy_binding, None,
+                                             admission.delete_validating_admission_policy_binding),
+    }
+
+
+def _objects(cluster: ControlPlane) -> set[tuple[str, str, str]]:
+    return {(kind, item.metadata.namespace or "", item.metadata.name)
+            for kind, (list_all, _, _) in _kinds(cluster).items() for item in list_all().items}
 
 
 def shared_cluster(tmp_path_factory) -> ControlPlane:
@@ -48,9 +80,22 @@ def shared_cluster(tmp_path_factory) -> ControlPlane:
         except BaseException:
             plane.stop()
             raise
+        _BASELINE.update(_objects(plane))
         _SHARED = plane
         atexit.register(stop_shared_cluster)
     return _SHARED
+
+
+@contextlib.contextmanager
+def kept(cluster: ControlPlane):
+    """What the cluster holds now (a module's fixture applied it: a sandbox's accounts and roles)
+    survives each test's reset until the block ends."""
+    added = _objects(cluster) - _BASELINE
+    _BASELINE.update(added)
+    try:
+        yield
+    finally:
+        _BASELINE.difference_update(added)
 
 
 def stop_shared_cluster() -> None:
@@ -68,7 +113,8 @@ def cluster(tmp_path_factory):
 
 
 def reset(cluster: ControlPlane) -> None:
-    """Back to an empty cluster: no nodes, no Jobs or pods, no namespace a test made."""
+    """Back to the cluster as it started: no nodes, no Jobs or pods, no namespace, account, role,
+    binding, policy or configuration a test made."""
     from kubernetes import client
 
     core, batch = cluster.core(), client.BatchV1Api(cluster.api_client())
@@ -90,6 +136,16 @@ def reset(cluster: ControlPlane) -> None:
                 core.delete_namespace(name)
     with contextlib.suppress(client.ApiException):
         core.delete_collection_node()
+    kinds = _kinds(cluster)
+    for kind, namespace, name in _objects(cluster) - _BASELINE:
+        if (kind, name) in _PER_NAMESPACE or namespace == "kube-system":
+            continue
+        _, delete_namespaced, delete_cluster_wide = kinds[kind]
+        with contextlib.suppress(client.ApiException):
+            if namespace:
+                delete_namespaced(name, namespace)
+            else:
+                delete_cluster_wide(name)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from dpe_dagster.pools.aws.emulator import emulated_aws
 from resources import load_environment
 from tests.cluster.sandbox import IMAGE, eks_sandbox
 from tests.support.aws import empty_pools
-from tests.support.cluster import cluster, kube  # noqa: F401  (fixtures)
+from tests.support.cluster import cluster, kept, kube  # noqa: F401  (fixtures)
 
 __all__ = ["IMAGE", "eks_sim", "instance", "make_run", "launch", "jobs", "cluster", "kube"]
 
@@ -32,7 +32,7 @@ def eks_sim(cluster, tmp_path_factory):
     kwok playing the kubelets (a run's pod runs, nothing runs in it): (env, the sandbox)."""
     env = load_environment("eks-sim")
     with emulated_aws(env), eks_sandbox(env, cluster=cluster, workdir=tmp_path_factory.mktemp("eks-sim"),
-                                        boot_s=0.5, run_pods=False) as sandbox:
+                                        boot_s=0.5, run_pods=False) as sandbox, kept(cluster):
         yield env, sandbox
 
 

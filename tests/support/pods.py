@@ -35,7 +35,7 @@ from tests.cluster.control_plane import ISSUER, write_kubeconfig
 from tests.cluster.kubelet import _self_signed
 from tests.cluster.sandbox import eks_sandbox
 from tests.support.aws import empty_pools
-from tests.support.cluster import cluster, kube, wait_for  # noqa: F401  (fixtures)
+from tests.support.cluster import cluster, kept, kube, wait_for  # noqa: F401  (fixtures)
 
 __all__ = ["eks_sim", "instance", "pools", "run_pod", "RunPod", "admissions", "cluster", "kube", "PodAdmissions",
            "RUN_ACCOUNT", "RUN_USER", "pool_of_node", "scheduling_events"]
@@ -52,7 +52,7 @@ def eks_sim(cluster, tmp_path_factory):
     join as instances launch and the stand-in kubelet runs their pods: (env, the sandbox)."""
     env = load_environment("eks-sim")
     with emulated_aws(env), eks_sandbox(env, cluster=cluster, workdir=tmp_path_factory.mktemp("eks-sim-pods"),
-                                        boot_s=0.5, run_pods=True) as sandbox:
+                                        boot_s=0.5, run_pods=True) as sandbox, kept(cluster):
         yield env, sandbox
 
 
