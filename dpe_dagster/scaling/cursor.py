@@ -1,6 +1,7 @@
 """The autoscaler sensor's cursor: what it remembers between ticks (each live node's memory, the
-pools' scale-up arrivals, the pools whose last tick failed, when each pool was last looked at), as JSON, and reading it back from
-the instance, where the daemon stores every sensor's cursor (for reports and the health check)."""
+pools' scale-up arrivals, the pools whose last tick failed, when each pool was last looked at), as
+JSON, and reading it back from the instance, where the daemon stores every sensor's cursor (for
+reports, the health check and `dpe metrics`)."""
 
 from __future__ import annotations
 
