@@ -89,6 +89,9 @@ def pytest_sessionfinish(session, exitstatus):
     """The session's Kubernetes control plane goes with it (tests/support/cluster.py)."""
     import sys
 
+    watches = sys.modules.get("dpe_dagster.kube.watch")
+    if watches is not None:  # the process's watches of the cluster stop before it does
+        watches.stop_watches()
     shared = sys.modules.get("tests.support.cluster")
     if shared is not None:
         shared.stop_shared_cluster()

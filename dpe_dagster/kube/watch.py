@@ -129,6 +129,8 @@ class Watch:
                     pause = RETRY_S[0]
                 version = self._watch(version)
             except Exception as error:  # noqa: BLE001 - the API may be away for a while; try again
+                if self._stop.is_set():
+                    break  # stopped: the API going away is expected
                 log.warning("watch of %s: %s; listing again in %.0fs", getattr(self.list_call, "__name__", "objects"),
                             error, pause)
                 self._synced.clear()  # readers list for themselves meanwhile (and fail as they should)
