@@ -9,7 +9,7 @@ and etcd from `go.etcd.io/etcd/server/v3` (module `k8s/`), kwok from `sigs.k8s.i
 edits them). The cache folder is `$DPE_CLUSTER_CACHE`, else `$XDG_CACHE_HOME/dpe-cluster`, else
 `~/.cache/dpe-cluster`, and inside it one folder per key: a hash of both modules' go.mod and go.sum,
 the Go version and the platform. A machine that built them reuses them; a version change builds
-anew beside the old. A cold build takes about 20 minutes on 2 cores (README); Go's own module and
+anew beside the old. A cold build takes about 7 minutes on 2 cores (README); Go's own module and
 build caches make a rebuild after a small version change faster.
 """
 
@@ -138,7 +138,7 @@ def build(quiet: bool = False) -> Binaries:
                   f"{time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
 
         if not quiet:
-            print(f"building the test cluster's binaries into {target.folder} (once per version; about 20 minutes "
+            print(f"building the test cluster's binaries into {target.folder} (once per version; about 7 minutes "
                   "cold on 2 cores)", file=sys.stderr, flush=True)
         for folder, packages, _ in MODULES:
             _build_module(folder, packages, staging, progress)
