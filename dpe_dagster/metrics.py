@@ -42,7 +42,7 @@ from dpe_dagster.pools.base import NODE_STATES, RUNNING
 from dpe_dagster.scaling.cursor import read_ticks
 from dpe_dagster.tags import HOLD_TAG, POOL_TAG, TagError, pool_request
 from dpe_dagster.usage.budget import BUDGET_HOLD, spent_today
-from dpe_dagster.usage.eventlog import PAGE, observations_after
+from dpe_dagster.usage.eventlog import observations_after, pages
 from dpe_dagster.usage.pods import POD_USAGE_KEY
 from dpe_dagster.usage.records import NODE_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime, UsageRecord, cost_of
 
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 GAUGE, COUNTER, HISTOGRAM = "gauge", "counter", "histogram"
 OTHER = "other"
 DEFAULT_MAX_NAMES = 50
-DEFAULT_PORT = 9108
 # Waits for room, seconds: from a few seconds (room was there) to an hour (a pool at its max).
 WAIT_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 _WAITING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING]
@@ -197,9 +196,7 @@ class Waits:
     _cursor: str | None = None
 
     def read(self, instance: DagsterInstance) -> None:
-        while True:
-            result = instance.fetch_run_status_changes(DagsterEventType.RUN_START, limit=PAGE, cursor=self._cursor,
-                                                       ascending=True)
+        for result in pages(instance.fetch_run_status_changes, DagsterEventType.RUN_START, self._cursor):
             self._cursor = result.cursor or self._cursor
             started = {r.run_id: r.timestamp for r in result.records}
             if started:
@@ -208,8 +205,6 @@ class Waits:
                     if pool in self.env.pools:
                         self._observe(pool, max(0.0, started[record.dagster_run.run_id]
                                                 - record.create_timestamp.timestamp()))
-            if not result.has_more:
-                return
 
     def _observe(self, pool: str, seconds: float) -> None:
         counts = self.counts.setdefault(pool, [0] * (len(self.buckets) + 1))

@@ -17,7 +17,7 @@ PAGE = 1000
 
 def observations(instance: DagsterInstance, key: AssetKey, since: float | None = None):
     records_filter = AssetRecordsFilter(asset_key=key, after_timestamp=since) if since is not None else key
-    for result in _pages(instance, records_filter, None):
+    for result in pages(instance.fetch_observations, records_filter, None):
         yield from result.records
 
 
@@ -25,15 +25,17 @@ def observations_after(instance: DagsterInstance, key: AssetKey, cursor: str | N
     """The observations of `key` written after `cursor` (None: all), oldest first, and the cursor
     to read on from: an incremental reader reads each record once."""
     out = []
-    for result in _pages(instance, key, cursor):
+    for result in pages(instance.fetch_observations, key, cursor):
         out.extend(result.records)
         cursor = result.cursor or cursor
     return out, cursor
 
 
-def _pages(instance: DagsterInstance, records_filter, cursor: str | None):
+def pages(fetch, records_filter, cursor: str | None):
+    """The results of an instance's event-record fetch (`fetch_observations`,
+    `fetch_run_status_changes`) page by page, oldest first, from `cursor` (None: the start)."""
     while True:
-        result = instance.fetch_observations(records_filter, limit=PAGE, cursor=cursor, ascending=True)
+        result = fetch(records_filter, limit=PAGE, cursor=cursor, ascending=True)
         yield result
         if not result.has_more:
             return
