@@ -24,6 +24,7 @@ from tests.reliability.harness import advance, queue_run
 from tests.support.aws import aws, dagster, moto  # noqa: F401  (fixtures and helpers)
 from tests.support.cluster import cluster, kube, node_ready, pods_on, wait_for  # noqa: F401  (fixtures)
 
+BOOT_S = 6  # long enough that a loaded machine's first ticks fall inside it; EC2 times are to the second
 POOL = parse_pool("spot-etl", {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
                                "price_per_node_hour": 0.1, "idle_timeout_s": 60, "boot_timeout_s": 300})
 
@@ -118,6 +119,12 @@ def run_on(kube, name: str, node: str, run_id: str | None = None) -> None:
         p.metadata.name.startswith(name) and p.status.phase == "Running" for p in pods_on(kube.core(), node)))
 
 
+def past_boot_timeout(pool, timeout_s: float) -> None:
+    """Sleep until every node of the pool has been up longer than its boot timeout (EC2 reports
+    launch times to the second, so the clock runs from the reported one)."""
+    time.sleep(max(0.0, max(n.launched_at for n in pool.nodes()) + timeout_s + 0.2 - time.time()))
+
+
 def tick(dagster, env, pool, memory):
     config = env.pool("spot-etl")
     return scale_pool(dagster, config, pool, read_demand(dagster, env).of("spot-etl"), memory, time.time())
@@ -127,7 +134,7 @@ def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_ti
         kube_group, booting, kube, dagster):
     from tests.support.aws import ec2_states, group
 
-    env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2)
+    env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=BOOT_S)
     run_id = queue_run(dagster, "spot-etl", cpus=1)  # fits what a 2-vCPU node has for runs
     result, memory = tick(dagster, env, pool, {})
     [never] = [n.id for n in pool.nodes()]
@@ -136,10 +143,10 @@ def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_ti
     result, memory = tick(dagster, env, pool, memory)
     assert result.removed == [], "inside its boot timeout it is left to boot"
 
-    time.sleep(2.2)
+    past_boot_timeout(pool, BOOT_S)
     result, memory = tick(dagster, env, pool, memory)
     assert [(r.node_id, r.removed_because) for r in result.removed] == [(never, "boot timeout")]
-    assert "not ready within the 2s boot timeout" in result.plan.reason
+    assert f"not ready within the {BOOT_S}s boot timeout" in result.plan.reason
     assert ec2_states(ec2, [never])[never] in ("shutting-down", "terminated")
     # The queued run still needs a node: a new instance is asked for in the same tick.
     [replacement] = [n.id for n in pool.nodes()]
@@ -147,7 +154,7 @@ def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_ti
 
     [lifetime] = read_node_lifetimes(dagster)
     assert (lifetime.node_id, lifetime.removed_because, lifetime.busy_seconds) == (never, "boot timeout", 0.0)
-    assert lifetime.lifetime_seconds >= 2 and lifetime.cost_usd > 0
+    assert lifetime.lifetime_seconds >= BOOT_S and lifetime.cost_usd > 0
     [row] = node_rows([lifetime])
     assert row["removed_because"] == "boot timeout" and row["paid_usd"] == pytest.approx(lifetime.cost_usd)
 
@@ -157,7 +164,7 @@ def test_an_instance_that_never_joins_kubernetes_is_terminated_after_the_boot_ti
     advance(dagster, run_id, DagsterEventType.RUN_START)
     wait_for("the pool seeing its node ready and busy",
              lambda: [(n.id, n.state, n.busy) for n in pool.nodes()] == [(replacement, "running", True)])
-    time.sleep(2.2)
+    past_boot_timeout(pool, BOOT_S)
     result, memory = tick(dagster, env, pool, memory)
     assert result.removed == [] and [n.id for n in pool.nodes()] == [replacement]
     assert ec2_states(ec2, [replacement])[replacement] == "running"
@@ -197,12 +204,12 @@ def test_an_idle_node_someone_cordons_is_removed_a_boot_timeout_later_a_busy_one
 def test_a_stuck_instance_at_the_groups_min_size_is_replaced_not_refused(kube_group, kube, dagster):
     from tests.support.aws import ec2_states, group
 
-    env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=2, min_size=1)
+    env, pool, autoscaling, ec2 = kube_group(boot_timeout_s=BOOT_S, min_size=1)
     autoscaling.update_auto_scaling_group(AutoScalingGroupName="test-spot", MinSize=1, DesiredCapacity=1)
     [never] = [n.id for n in pool.nodes()]
     result, memory = tick(dagster, env, pool, {})
     assert result.removed == [] and [n.state for n in pool.nodes()] == ["pending"]
-    time.sleep(2.2)
+    past_boot_timeout(pool, BOOT_S)
     result, memory = tick(dagster, env, pool, memory)
     assert [(r.node_id, r.removed_because) for r in result.removed] == [(never, "boot timeout")]
     assert ec2_states(ec2, [never])[never] in ("shutting-down", "terminated")
