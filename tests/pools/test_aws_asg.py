@@ -105,7 +105,7 @@ def test_target_is_clamped_to_the_groups_max_and_min_size(aws):
     # moto itself would have taken it: the clamp is dpe's, not the server's.
     autoscaling.set_desired_capacity(AutoScalingGroupName="test-ondemand", DesiredCapacity=5)
     assert group(autoscaling, "test-ondemand")["DesiredCapacity"] == 5
-    with pytest.raises(PoolError, match="under its MinSize 1"):
+    with pytest.raises(PoolError, match="under its minimum size 1"):
         pool.remove_nodes([n.id for n in pool.nodes()])
     assert len(pool.nodes()) == 3
 

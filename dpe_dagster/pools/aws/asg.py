@@ -37,7 +37,8 @@ from pydantic import Field
 
 from dpe_dagster.config import Checked, Choice, ConfigModel, Environment, Number, PoolConfig, validated
 from dpe_dagster.errors import PoolBusy
-from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolCapabilities, PoolError, ScaleUpHealth
+from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolError, ScaleUpHealth
+from dpe_dagster.pools.removal import SafeRemoval
 from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, INSTANCE_INTERRUPTED_TAG, SCALE_UP_SINCE_TAG
 
 log = logging.getLogger("dpe.pools.aws_asg")
@@ -115,7 +116,7 @@ def describe_groups(pools: Sequence["AwsAsgPool"]) -> None:
     """Describe the groups of many pools with one DescribeAutoScalingGroups call per 100 groups
     (instead of one or two per pool), and their instances at once (`_describe_instances_at_once`),
     and hand each pool its group and EC2's view of it for its next look. Pools that share clients
-    are asked together. A failed call only means the pools ask for themselves, as before: it is
+    are asked together. A failed call only means the pools ask for themselves, as without a look-ahead: it is
     logged, not raised."""
     by_clients: dict[int, list[AwsAsgPool]] = {}
     for pool in pools:
@@ -206,8 +207,8 @@ def _describe_instances_at_once(pools: Sequence["AwsAsgPool"]) -> None:
 
 def make_clients(aws: AwsSettings) -> tuple[Any, Any]:
     """(autoscaling, ec2) clients with botocore's own retry modes for throttling and 5xx, shared
-    within a process: building a session and two clients took ~1.3 s of a 2.2 s launch
-    (bench/latency.py). The AWS_* environment is part of the key, so a changed endpoint or
+    within a process: building a session and two clients costs most of a launch's own time
+    (bench/RESULTS.md, "1. Reaction latency: run enqueued -> scale-up call received by the AWS API"). The AWS_* environment is part of the key, so a changed endpoint or
     credentials source gets new clients; botocore refreshes expiring credentials itself."""
     aws_environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
     return _clients(aws, aws_environment)
@@ -259,7 +260,7 @@ class _Instance:
     interrupted: tuple[str, float | None] = ("", None)  # from INSTANCE_INTERRUPTED_TAG
 
 
-class AwsAsgPool(PoolCapabilities):
+class AwsAsgPool(SafeRemoval):
     """A `NodePool` whose nodes are the instances of one Auto Scaling group."""
 
     def __init__(self, config: PoolConfig, settings: AsgSettings, aws: AwsSettings, autoscaling: Any, ec2: Any,
@@ -289,6 +290,7 @@ class AwsAsgPool(PoolCapabilities):
         # over by describe_groups for the next look: (view, that group description, monotonic time).
         self._ec2_seen: dict[str, dict] = {}
         self._ec2_handed: tuple[dict[str, dict], dict, float] | None = None
+        self._removing: list[_Instance] = []  # the members a removal under way judges busy-ness over
 
     @classmethod
     def from_config(cls, pool: PoolConfig, env: Environment) -> "AwsAsgPool":
@@ -541,82 +543,31 @@ class AwsAsgPool(PoolCapabilities):
         ids = {inst.id for inst in alive}
         return {run_id: node_id for run_id, node_id in placed.items() if node_id in ids}
 
-    def remove_nodes(self, node_ids: Sequence[str], stuck: Sequence[str] = ()) -> None:
-        node_ids = list(dict.fromkeys(node_ids))
-        if not node_ids:
-            return
+    # -- removal: the primitives of pools/removal.py's sequence ----------------------------------
+    @property
+    def cordons(self) -> bool:
+        return self._cordon is not None
+
+    def removal_members(self) -> tuple[list[str], int, int]:
         group = self._group()
-        members = {inst.id: inst for inst in self._instances(group) if self._alive(inst)}
-        unknown = [n for n in node_ids if n not in members]
-        if unknown:
-            raise PoolError(f"pool {self.name}: no node(s) {', '.join(unknown)} in group {self.settings.group_name!r}")
-        desired, low = int(group["DesiredCapacity"]), int(group["MinSize"])
-        # A stuck node at the group's MinSize is replaced (terminated without lowering the desired
-        # capacity): the pool needs a node there, and not that one.
-        replaced = [n for n in node_ids if n in stuck][:max(0, len(node_ids) - max(0, desired - low))]
-        if desired - len(node_ids) + len(replaced) < low:
-            raise PoolError(
-                f"pool {self.name}: removing {len(node_ids)} node(s) would take group {self.settings.group_name!r} "
-                f"from {desired} to {desired - len(node_ids)}, under its MinSize {low}"
-            )
-        # Check busy at the last moment, not from the caller's older view.
+        self._removing = [inst for inst in self._instances(group) if self._alive(inst)]
+        return [inst.id for inst in self._removing], int(group["DesiredCapacity"]), int(group["MinSize"])
+
+    def busy_now(self, node_ids: Sequence[str]) -> dict[str, bool | None]:
         # Busy-ness is judged over the whole group (a run placed on one instance is not on another).
-        # Unknown counts as busy, except for the nodes removed as stuck (unknown for too long).
-        busy = self._busy(list(members.values()), fresh=True)
+        members = [inst for inst in self._removing if inst.id in set(node_ids)]
+        return {node_id: state[1] for node_id, state in self._busy(members, fresh=True).items()}
 
-        def refuses(node_id: str) -> bool:
-            is_busy = busy.get(node_id, (False, None))[1]
-            return is_busy is True or (is_busy is None and node_id not in stuck)
+    def cordon(self, node_ids: Sequence[str], cordoned: bool = True) -> None:
+        self._cordon(node_ids, cordoned)
 
-        refused = sorted(n for n in node_ids if refuses(n))
-        if refused:
-            raise PoolError(f"pool {self.name}: refusing to remove busy node(s) {', '.join(refused)}")
-        if self._cordon is not None:
-            # Cordon first, then look again: a pod scheduled between the check and the cordon
-            # makes the node busy, and then it stays.
-            try:
-                self._cordon(node_ids)
-                cordoned = True
-            except Exception as error:
-                with _suppress():
-                    self._cordon(node_ids, False)
-                # The API that cannot cordon is the one that could not tell busy-ness: nodes removed
-                # as stuck for that (unknown past their grace) go uncordoned, or never.
-                if not all(n in stuck and busy.get(n, (False, None))[1] is None for n in node_ids):
-                    raise PoolError(f"pool {self.name}: could not cordon {', '.join(node_ids)}: {error}; "
-                                    "nothing removed") from error
-                log.warning("pool %s: could not cordon %s (%s); terminating them uncordoned: their busy status has "
-                            "been unknown past the grace", self.name, ", ".join(node_ids), error)
-                cordoned = False
-            if cordoned:
-                busy = self._busy(list(members.values()), fresh=True)
-            now_busy = sorted(n for n in node_ids if refuses(n)) if cordoned else []
-            if now_busy:
-                self._cordon(now_busy, False)
-                raise PoolError(f"pool {self.name}: node(s) {', '.join(now_busy)} took work while being cordoned; "
-                                "uncordoned and kept")
-            if cordoned and self._drain is not None:
-                # What is on the nodes but is not work (a replicated pod that landed there) moves
-                # off through the Eviction API before the instances go.
-                try:
-                    self._drain(node_ids)
-                except Exception as error:
-                    with _suppress():
-                        self._cordon(node_ids, False)
-                    raise PoolError(f"pool {self.name}: could not drain {', '.join(node_ids)}: {error}; uncordoned, "
-                                    "nothing removed") from error
-        done: list[str] = []
-        for node_id in node_ids:
-            try:
-                self._call("TerminateInstanceInAutoScalingGroup", self.autoscaling.terminate_instance_in_auto_scaling_group,
-                           InstanceId=node_id, ShouldDecrementDesiredCapacity=node_id not in replaced)
-            except PoolError as error:
-                left = node_ids[len(done):]
-                if self._cordon is not None:
-                    with _suppress():
-                        self._cordon(left, False)
-                raise PoolError(f"{error}; terminated {', '.join(done) or 'none'}, kept {', '.join(left)}") from error
-            done.append(node_id)
+    def drain(self, node_ids: Sequence[str]) -> None:
+        if self._drain is not None:
+            self._drain(node_ids)
+
+    def terminate(self, node_id: str, lower_target: bool) -> None:
+        self._call("TerminateInstanceInAutoScalingGroup", self.autoscaling.terminate_instance_in_auto_scaling_group,
+                   InstanceId=node_id, ShouldDecrementDesiredCapacity=lower_target)
 
     def stranded_pods(self) -> list[tuple[str, float, float]]:
         if self._stranded_lookup is None:
@@ -760,12 +711,6 @@ class AwsAsgPool(PoolCapabilities):
         group = self._group()
         return {"group": self.settings.group_name, "min": int(group["MinSize"]), "max": int(group["MaxSize"]),
                 "target": int(group["DesiredCapacity"]), "backoff": self.backoff()}
-
-
-def _suppress():
-    import contextlib
-
-    return contextlib.suppress(Exception)
 
 
 def _error_code(error: BaseException) -> str | None:

@@ -35,7 +35,8 @@ from pydantic import Field
 from dpe_dagster.config import Checked, ConfigModel, Number, PoolConfig, validated
 from dpe_dagster.spark.java import spark_home, spark_process_env
 from dpe_dagster.paths import dpe_home
-from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolCapabilities, PoolError
+from dpe_dagster.pools.base import PENDING, RUNNING, Node, PoolError
+from dpe_dagster.pools.removal import SafeRemoval
 from dpe_dagster.pools.local.daemon_exec import _listening
 from dpe_dagster.spark.resource import run_id_of_app
 
@@ -130,7 +131,7 @@ def _reap() -> None:
 _WORKER_PORT_LINE = re.compile(r"Successfully started service 'sparkWorker' on port (\d+)")
 
 
-class LocalSparkPool(PoolCapabilities):
+class LocalSparkPool(SafeRemoval):
     """A `NodePool` whose nodes are Spark standalone workers on this machine."""
 
     def __init__(self, config: PoolConfig, settings: LocalSparkSettings):
@@ -225,25 +226,18 @@ class LocalSparkPool(PoolCapabilities):
                     held[node_id] = held.get(node_id, 0) + int(executor.get("cores", 0))
         return {run_id: min(held, key=lambda node_id: (-held[node_id], node_id)) for run_id, held in cores.items()}
 
-    def remove_nodes(self, node_ids: Sequence[str], stuck: Sequence[str] = ()) -> None:
-        instances = self._worker_instances()
-        wanted = {}
-        for node_id in node_ids:
-            instance = self._instance_of(node_id)
-            if instance not in instances:
-                raise PoolError(f"pool {self.name}: no node {node_id!r}")
-            wanted[node_id] = instance
-        # Check busy at the last moment, from the master, not from the caller's older view. With no
-        # master to ask, only workers the caller removes as stuck go: unknown for longer than their
-        # idle timeout plus the pool's bounded grace.
-        busy = {n.id for n in self.nodes() if n.busy and (n.busy_known or n.id not in stuck)}
-        refused = sorted(set(wanted) & busy)
-        if refused:
-            raise PoolError(f"pool {self.name}: refusing to remove busy node(s) {', '.join(refused)}")
-        remaining = max(0, self.target() - len(wanted))
-        for node_id, instance in wanted.items():
-            self._stop(WORKER_CLASS, instance)
-        self._write_target(remaining)
+    # -- removal: the primitives of pools/removal.py's sequence ----------------------------------
+    def removal_members(self) -> tuple[list[str], int, int]:
+        return [self._node_id(instance) for instance in self._worker_instances()], self.target(), 0
+
+    def busy_now(self, node_ids: Sequence[str]) -> dict[str, bool | None]:
+        # From the master at the last moment; with no master to ask, a worker's status is unknown.
+        return {n.id: n.busy if n.busy_known else None for n in self.nodes() if n.id in set(node_ids)}
+
+    def terminate(self, node_id: str, lower_target: bool) -> None:
+        target = self.target()  # counts live workers: read before this one stops
+        self._stop(WORKER_CLASS, self._instance_of(node_id))
+        self._write_target(max(0, target - 1) if lower_target else target)
         if not self._worker_instances() and self.target() == 0:
             self._stop(MASTER_CLASS, 1)
 
