@@ -9,8 +9,11 @@ and etcd from `go.etcd.io/etcd/server/v3` (module `k8s/`), kwok from `sigs.k8s.i
 edits them). The cache folder is `$DPE_CLUSTER_CACHE`, else `$XDG_CACHE_HOME/dpe-cluster`, else
 `~/.cache/dpe-cluster`, and inside it one folder per key: a hash of both modules' go.mod and go.sum,
 the Go version and the platform. A machine that built them reuses them; a version change builds
-anew beside the old. A cold build takes about 7 minutes on 2 cores (README); Go's own module and
-build caches make a rebuild after a small version change faster.
+anew beside the old. How long a cold build takes is in the README ("Two commands"); Go's own module
+and build caches make a rebuild after a small version change faster.
+
+Nothing is built from the module `capi/`: it pins `sigs.k8s.io/cluster-api`, whose CRDs the tests
+read from Go's module cache (`module_source`; tests/cluster/cluster_api.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -88,6 +92,18 @@ def binaries() -> Binaries:
 def _go_env() -> dict[str, str]:
     return {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -trimpath -buildvcs=false",
             "GOWORK": "off"}
+
+
+def module_source(folder: str, module: str) -> Path:
+    """The folder of Go's module cache that holds `module` at the version tests/cluster/<folder>/go.mod
+    pins (downloaded through the module proxy, and checked against its go.sum, the first time)."""
+    listed = subprocess.run([go(), "mod", "download", "-json", module], cwd=HERE / folder, env=_go_env(),
+                            capture_output=True, text=True)
+    found = json.loads(listed.stdout or "{}")
+    if listed.returncode != 0 or not found.get("Dir"):
+        raise RuntimeError(f"go mod download {module} in tests/cluster/{folder} failed: "
+                           f"{found.get('Error') or listed.stderr[-2000:]}")
+    return Path(found["Dir"])
 
 
 def _build_module(folder: str, packages: tuple[str, ...], out: Path, progress) -> None:

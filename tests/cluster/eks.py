@@ -33,40 +33,24 @@ import boto3
 
 from dpe_dagster.pools.aws.eks import EKS_DAEMONSETS, kubelet_labels_and_taints, node_resources
 from tests.cluster.background import Background
-from tests.cluster.control_plane import KWOK_ANNOTATION, ControlPlane
+from tests.cluster.control_plane import ControlPlane
+from tests.cluster.nodes import node_manifest, quantity_mib
 
-PROCESS_KUBELET_ANNOTATION = "dpe.test/kubelet"  # nodes the stand-in kubelet plays
 _ALIVE = ("pending", "running")
 
 
-def _quantity_mib(mib: float) -> str:
-    return f"{int(mib)}Mi"
-
-
-def node_manifest(instance: dict[str, Any], region: str, labels: dict[str, str], taints: list[tuple[str, str, str]],
-                  kubelet: str | None = None) -> dict[str, Any]:
+def eks_node_manifest(instance: dict[str, Any], region: str, labels: dict[str, str],
+                      taints: list[tuple[str, str, str]], kubelet: str | None = None) -> dict[str, Any]:
     """The Node an EKS kubelet registers for this EC2 instance (as DescribeInstances returns it)."""
-    name = instance["PrivateDnsName"]
     zone = instance["Placement"]["AvailabilityZone"]
     resources = node_resources(instance["InstanceType"])
-    annotations = {PROCESS_KUBELET_ANNOTATION: kubelet} if kubelet else {KWOK_ANNOTATION: "fake"}
-    capacity = {"cpu": f"{resources.capacity_cpus:g}", "memory": _quantity_mib(resources.capacity_memory_mib),
-                "pods": str(resources.pods), "ephemeral-storage": "20Gi"}
-    allocatable = {"cpu": f"{int(round(resources.allocatable_cpus * 1000))}m",
-                   "memory": _quantity_mib(resources.allocatable_memory_mib), "pods": str(resources.pods),
-                   "ephemeral-storage": "18Gi"}
-    return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "annotations": annotations, "labels": {
-            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-            "node.kubernetes.io/instance-type": instance["InstanceType"],
-            "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": region, **labels}},
-        "spec": {"providerID": f"aws:///{zone}/{instance['InstanceId']}",
-                 "taints": [{"key": k, **({"value": v} if v else {}), "effect": e} for k, v, e in taints]},
-        "status": {"capacity": capacity, "allocatable": allocatable,
-                   "addresses": [{"type": "InternalIP", "address": instance.get("PrivateIpAddress", "10.0.0.1")},
-                                 {"type": "Hostname", "address": name}]},
-    }
+    return node_manifest(
+        instance["PrivateDnsName"], f"aws:///{zone}/{instance['InstanceId']}",
+        {"node.kubernetes.io/instance-type": instance["InstanceType"], "topology.kubernetes.io/zone": zone,
+         "topology.kubernetes.io/region": region, **labels}, taints,
+        capacity_cpus=resources.capacity_cpus, capacity_memory_mib=resources.capacity_memory_mib,
+        allocatable_cpus=resources.allocatable_cpus, allocatable_memory_mib=resources.allocatable_memory_mib,
+        pods=resources.pods, address=instance.get("PrivateIpAddress", "10.0.0.1"), kubelet=kubelet)
 
 
 def install_daemonsets(cluster: ControlPlane) -> None:
@@ -81,7 +65,7 @@ def install_daemonsets(cluster: ControlPlane) -> None:
                      "tolerations": [{"operator": "Exists"}],
                      "containers": [{"name": ds.name, "image": ds.image, "resources": {"requests": {
                          "cpu": f"{int(ds.cpus * 1000)}m",
-                         **({"memory": _quantity_mib(ds.memory_mib)} if ds.memory_mib else {})}}}]}}},
+                         **({"memory": quantity_mib(ds.memory_mib)} if ds.memory_mib else {})}}}]}}},
     } for ds in EKS_DAEMONSETS)
 
 
@@ -152,7 +136,7 @@ class EksNodes(Background):
                 continue
             group, member = wanted[iid]
             labels, taints = self._template_of(group, member)
-            self.core.create_node(node_manifest(inst, self.region, labels, taints, self.kubelet))
+            self.core.create_node(eks_node_manifest(inst, self.region, labels, taints, self.kubelet))
 
     # -- helpers for tests ----------------------------------------------------------------------
     def node_name(self, instance_id: str, timeout_s: float = 30) -> str:

@@ -107,7 +107,7 @@ def eks_sandbox(env: Environment, cluster: ControlPlane | None = None, workdir: 
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint:
         raise RuntimeError("eks-sim needs the AWS emulator running first (AWS_ENDPOINT_URL): `dpe demo` starts it")
-    region = env.aws.get("region", "us-east-1")
+    region = env.block("aws").get("region", "us-east-1")
     saved = os.environ.get("KUBECONFIG")
     with contextlib.ExitStack() as stack:
         if cluster is None:

@@ -188,3 +188,16 @@ def node_ready(core, name: str) -> bool:
 def pods_on(core, node_name: str) -> list:
     return core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node_name}").items
 
+
+def run_on(kube, name: str, node: str, run_id: str | None = None) -> None:
+    """A Job whose pod is bound to `node` (a run's, labelled as dagster-k8s labels it, with
+    `run_id`), running."""
+    labels = {"dagster/run-id": run_id} if run_id else {}
+    kube.apply([{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": "default"},
+                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": {
+                     "restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": node},
+                     "tolerations": [{"key": "dpe.io/pool", "operator": "Exists"}],
+                     "containers": [{"name": "main", "image": "busybox",
+                                     "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]}}}}])
+    wait_for(f"{name}'s pod running on {node}", lambda: any(
+        p.metadata.name.startswith(name) and p.status.phase == "Running" for p in pods_on(kube.core(), node)))
