@@ -10,7 +10,7 @@ Built once per storage (SQLite; PostgreSQL with `--storages`), in one run:
   queue gauges count something);
 - a year of history: `--runs` finished runs (create times spread over 365 days, about 55 a day by
   default), each tagged with its pool and one of `--teams` teams, inserted through the run
-  storage's own tables; for each, the ledger's record as dpe writes it (`usage.ledger._write`: an
+  storage's own tables; for each, the ledger's record as dpe writes it (`usage.writes.write_run_usage`: an
   observation of `dpe/run_usage` in the run's log, whose `asset_costs` name 1 to 5 of `--assets`
   asset names, and one observation per asset), its RUN_START and RUN_SUCCESS events (the waits
   histogram reads the run starts), and `--nodes` removed nodes' lifetimes (`dpe/node_usage`, some
@@ -154,7 +154,7 @@ def lifetime_of(rng: random.Random, i: int, n_pools: int, now: float):
 
 
 class _Reported:
-    """Stands in for the instance in the ledger's own writer (`ledger._write`): keeps the events it
+    """Stands in for the instance in the ledger's own writer (`writes.write_run_usage`): keeps the events it
     reports, so that the history holds exactly what dpe writes, stored in bulk."""
 
     def __init__(self):
@@ -234,7 +234,7 @@ def write_history(instance, rng: random.Random, runs: list[Run], n_nodes: int, n
                   progress=None) -> History:
     from dagster import DagsterEventType
 
-    from dpe_dagster.usage.ledger import _write
+    from dpe_dagster.usage.writes import write_run_usage
     from dpe_dagster.usage.records import RUN_USAGE_KEY
 
     started = time.perf_counter()
@@ -252,7 +252,7 @@ def write_history(instance, rng: random.Random, runs: list[Run], n_nodes: int, n
             timed.append((run.ended, 1, _entry(_status_event(end, run), run.run_id, run.ended)))
             usage = usage_of(run)
             reported = _Reported()
-            _write(reported, JOB, usage, set(), f"run {run.run_id} on pool {run.pool}")
+            write_run_usage(reported, JOB, usage, f"run {run.run_id} on pool {run.pool}")
             written = run.ended + 30  # the ledger sensor's tick after the run ended
             for order, (event, run_id) in enumerate(reported.events, start=2):
                 timed.append((written, order, _entry(event, run_id, written)))
@@ -282,13 +282,12 @@ def write_history(instance, rng: random.Random, runs: list[Run], n_nodes: int, n
 def write_new_runs(instance, rng: random.Random, count: int, n_pools: int, teams: list[str], serial: int,
                    history: History) -> float:
     """`count` runs that end now, each through dpe's and Dagster's own write paths: the run, its
-    start and success events (`report_dagster_event`), its ledger record (`ledger._write`) and one
+    start and success events (`report_dagster_event`), its ledger record (`writes.write_run_usage`) and one
     removed node (`record_node_lifetime`). Their assets are new names. Returns the seconds taken."""
     from dagster import DagsterEventType, DagsterRun, DagsterRunStatus
 
     from dpe_dagster.tags import TEAM_TAG, pool_tags
-    from dpe_dagster.usage.eventlog import record_node_lifetime
-    from dpe_dagster.usage.ledger import _write
+    from dpe_dagster.usage.writes import record_node_lifetime, write_run_usage
 
     started = time.perf_counter()
     for k in range(count):
@@ -301,7 +300,7 @@ def write_new_runs(instance, rng: random.Random, count: int, n_pools: int, teams
         for kind in (DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS):
             instance.report_dagster_event(_status_event(kind, run), run_id=run.run_id)
         usage = usage_of(run)
-        _write(instance, JOB, usage, set(), f"run {run.run_id} on pool {pool}")
+        write_run_usage(instance, JOB, usage, f"run {run.run_id} on pool {pool}")
         node = lifetime_of(rng, serial + k, n_pools, now)
         record_node_lifetime(instance, node)
         history.runs += 1

@@ -12,7 +12,7 @@ from dpe_dagster.config import PoolConfig
 from dpe_dagster.scaling.policy import PoolActivity, RunDemand
 
 ARRIVAL_RATE_WINDOW_S = 1800.0  # "recent" arrivals: an exponentially decaying average over this time
-# A node's typical boot when nothing better is known: an EC2 instance takes about one to two minutes
+# A node's typical boot when nothing better is known: a cloud instance takes about one to two minutes
 # to join; a pool whose boot timeout is shorter boots at most that long.
 TYPICAL_BOOT_S = 120.0
 

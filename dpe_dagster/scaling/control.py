@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Callable
 
 from dagster import DagsterInstance
 
@@ -18,97 +18,16 @@ from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import NodePool, look_ahead, open_pool
 from dpe_dagster.pools.base import REMOVED_IDLE, REMOVED_VANISHED, Node
 from dpe_dagster.scaling.activity import pool_activity
+from dpe_dagster.scaling.books import Books, DagsterBooks
+from dpe_dagster.scaling.cursor import NodeMemory, observe
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import Plan, PoolActivity, PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.attribution import NodeSpan
-from dpe_dagster.usage.eventlog import record_node_lifetime
-from dpe_dagster.usage.ledger import charged_busy_seconds
-from dpe_dagster.lock import pool_lock
-from dpe_dagster.usage.budget import alert_once, budget_block, hold_or_release, spent_today
-from dpe_dagster.usage.pricing import Price, node_price, pricer_for
+from dpe_dagster.usage.pricing import Price, pricer_for
 from dpe_dagster.usage.records import NodeLifetime
 
 
-@dataclass
-class NodeMemory:
-    """What the control loop has seen of one node; lives in the sensor cursor, so it survives
-    restarts. Losing it only delays a scale-down (idle time restarts from the next tick).
-
-    It also keeps what the ledger needs to charge the node if it disappears without this loop
-    removing it (a spot interruption, or a scale-down whose process died after terminating the
-    instance and before writing its record): see `vanished`."""
-
-    idle_since: float | None = None
-    busy_seconds: float = 0.0
-    last_seen: float | None = None
-    launched_at: float | None = None
-    lifecycle: str = "on-demand"
-    instance_type: str = "unknown"
-    zone: str = ""
-    # Since when the provider cannot tell whether the node is busy (None: it can), and how long in
-    # all it was kept while it could not: the ledger says why such a node was paid for.
-    unknown_since: float | None = None
-    unknown_seconds: float = 0.0
-    not_ready_since: float | None = None  # since when the node is not running (None: it is)
-    # Node.interrupted / interrupted_at as last seen: the instance's mark goes with it.
-    interrupted: str = ""
-    interrupted_at: float | None = None
-
-    def to_json(self) -> list:
-        return [self.idle_since, round(self.busy_seconds, 3), self.last_seen, self.launched_at, self.lifecycle,
-                self.instance_type, self.zone, self.unknown_since, round(self.unknown_seconds, 3),
-                self.not_ready_since, self.interrupted, self.interrupted_at]
-
-    @classmethod
-    def from_json(cls, raw: list) -> "NodeMemory":
-        # Cursors from before have 3, 7 or 10 fields.
-        mem = cls(raw[0], float(raw[1]), raw[2], *raw[3:7])
-        if len(raw) >= 10:
-            mem.unknown_since, mem.unknown_seconds, mem.not_ready_since = raw[7], float(raw[8]), raw[9]
-        if len(raw) >= 12:
-            mem.interrupted, mem.interrupted_at = raw[10], raw[11]
-        return mem
-
-
-def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dict[str, NodeMemory]:
-    """Fold this tick's view of the nodes into what was seen before."""
-    seen = {}
-    for node in nodes:
-        known = memory.get(node.id)
-        mem = known or NodeMemory(last_seen=None)
-        if not node.busy_known:
-            if mem.unknown_since is None:
-                mem.unknown_since = now
-            elif mem.last_seen is not None:
-                mem.unknown_seconds += max(0.0, now - mem.last_seen)
-            mem.idle_since = None  # it may have worked meanwhile: idle time starts again once known
-        elif node.busy:
-            mem.unknown_since = None
-            if mem.last_seen is not None:
-                mem.busy_seconds += max(0.0, now - mem.last_seen)
-            mem.idle_since = None
-        else:
-            mem.unknown_since = None
-            if mem.idle_since is None:
-                # Counted from the first tick that sees it idle: it may have been idle a little
-                # longer, never shorter, so the idle timeout is never cut short.
-                mem.idle_since = now
-        if node.state == "running":
-            mem.not_ready_since = None
-        elif mem.not_ready_since is None:
-            # A node first seen not ready has been so since its launch (never later than now: EC2
-            # may not list a new instance's launch time yet); one seen ready before, since now.
-            mem.not_ready_since = min(node.launched_at, now) if known is None else now
-        mem.last_seen = now
-        mem.launched_at, mem.lifecycle, mem.instance_type, mem.zone = (
-            node.launched_at, node.lifecycle, node.instance_type, node.zone)
-        if node.interrupted:
-            mem.interrupted, mem.interrupted_at = node.interrupted, node.interrupted_at
-        seen[node.id] = mem
-    return seen
-
-
-def vanished(books: "Books", config: PoolConfig, nodes: list[Node], memory: dict[str, NodeMemory]) -> list[NodeLifetime]:
+def vanished(books: Books, config: PoolConfig, nodes: list[Node], memory: dict[str, NodeMemory]) -> list[NodeLifetime]:
     """Record the lifetime of every remembered node the provider no longer lists. The ledger writes
     each node once, so a node this or another controller already recorded is not doubled. It is
     charged up to the last tick that saw it (never more than it ran). If writing fails, the tick
@@ -136,10 +55,10 @@ def _spans(config: PoolConfig, nodes: list[Node], end: float) -> list[NodeSpan]:
     return [_span(config, node, end) for node in nodes]
 
 
-def _lifetime(books: "Books", config: PoolConfig, node: Node, removed_at: float, alive: list[NodeSpan],
+def _lifetime(books: Books, config: PoolConfig, node: Node, removed_at: float, alive: list[NodeSpan],
               mem: NodeMemory, removed_because: str) -> NodeLifetime:
     """The record of a node leaving the pool; `alive`: the pool's nodes meanwhile, the ledger aside;
-    `mem`: what the loop saw of it (busy, status unknown, EC2's warning)."""
+    `mem`: what the loop saw of it (busy, status unknown, the cloud's warning)."""
     price = books.price(config, node)
     span = NodeSpan(node.id, config.name, price.usd_per_hour, node.launched_at, removed_at)
     unknown_until_removed = (max(0.0, removed_at - mem.last_seen)
@@ -152,62 +71,6 @@ def _lifetime(books: "Books", config: PoolConfig, node: Node, removed_at: float,
         removed_because=removed_because, unknown_seconds=mem.unknown_seconds + unknown_until_removed,
         interrupted=mem.interrupted, interrupted_at=mem.interrupted_at,
     )
-
-
-class Books(Protocol):
-    """What a control step consults and writes besides the pool itself. In production that is the
-    Dagster instance (`DagsterBooks`: advisory or file locks, the usage ledger, budgets); in a
-    replay it is the simulator's memory. Everything else about a step is the same code."""
-
-    # Whether another controller may act on the pool between a look and an action: then a plan
-    # that changes something is remade under the lock before it is applied.
-    contended: bool
-
-    def lock(self, pool: str) -> ContextManager[Any]:
-        """Held while a plan is remade from fresh state and applied."""
-
-    def price(self, config: PoolConfig, node: Node) -> Price:
-        ...
-
-    def record_lifetime(self, lifetime: NodeLifetime) -> bool:
-        """Write a node's lifetime once; False if it was already written."""
-
-    def busy_seconds(self, config: PoolConfig, node: NodeSpan, alive: list[NodeSpan], observed: float) -> float:
-        """What a leaving node's lifetime records as busy; `observed`: what the loop saw busy."""
-
-    def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
-        """Why the pool may not grow now (its budget is spent), or None."""
-
-    def clock(self) -> float:
-        """Now (unix s): when a removal is recorded, after the provider has acted."""
-
-
-class DagsterBooks:
-    """The books of a Dagster instance: pool locks, the usage ledger and budgets."""
-
-    contended = True  # sensors, launchers, the CLI and other daemons share the pool
-
-    def __init__(self, instance: DagsterInstance, pricer: Callable[[PoolConfig, Node], Price] | None = None):
-        self.instance = instance
-        self.price = pricer or node_price
-
-    def lock(self, pool: str) -> ContextManager[Any]:
-        return pool_lock(self.instance, pool)
-
-    def record_lifetime(self, lifetime: NodeLifetime) -> bool:
-        return record_node_lifetime(self.instance, lifetime)
-
-    def busy_seconds(self, config: PoolConfig, node: NodeSpan, alive: list[NodeSpan], observed: float) -> float:
-        # The node-seconds its runs were charged, not what ticks saw: a run is charged from its
-        # start (steps before Spark included) to its end, and ticks see busy only while Spark
-        # holds cores, between ticks. One figure, so a node is never less busy than its runs.
-        return charged_busy_seconds(self.instance, config, node, alive)
-
-    def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
-        return check_budget(self.instance, config, nodes, self.price, now)
-
-    def clock(self) -> float:
-        return time.time()
 
 
 @dataclass
@@ -333,19 +196,6 @@ def _remove(books: Books, config: PoolConfig, pool: NodePool, plan: Plan,
                              memory.pop(node_id), why[node_id])
         books.record_lifetime(lifetime)
         tick.removed.append(lifetime)
-
-
-def check_budget(instance: DagsterInstance, config: PoolConfig, nodes: list[Node],
-                 pricer: Callable[[PoolConfig, Node], Price], now: float) -> str | None:
-    """The pool's budget block, if any; holds or releases its queued runs and alerts once a day."""
-    if config.daily_budget_usd is None:
-        return None
-    spent = spent_today(instance, config, nodes, pricer, now)
-    block = budget_block(config, spent)
-    hold_or_release(instance, config, block)
-    if block:
-        alert_once(instance, config, spent, block, now)
-    return block
 
 
 def request_capacity(

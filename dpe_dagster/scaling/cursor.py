@@ -5,20 +5,126 @@ reports, the health check and `dpe metrics`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
+from typing import Any
 
+from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.activity import PoolArrivals
-from dpe_dagster.scaling.control import NodeMemory
 
 AUTOSCALER_SENSOR = "dpe_autoscaler"
+NODE_MEMORY_VERSION = 1  # the "version" of the mapping `NodeMemory.to_json` writes
+# A positional list is read as these fields in this order; it holds the first 3, 7, 10 or all 12.
+POSITIONAL_FIELDS = ("idle_since", "busy_seconds", "last_seen", "launched_at", "lifecycle", "instance_type", "zone",
+                     "unknown_since", "unknown_seconds", "not_ready_since", "interrupted", "interrupted_at")
+POSITIONAL_LENGTHS = (3, 7, 10, 12)
+
+
+@dataclass
+class NodeMemory:
+    """What the control loop has seen of one node; lives in the sensor cursor, so it survives
+    restarts. Losing it only delays a scale-down (idle time restarts from the next tick).
+
+    It also keeps what the ledger needs to charge the node if it disappears without the loop
+    removing it (a spot interruption, or a scale-down whose process died after terminating the
+    instance and before writing its record): see `control.vanished`."""
+
+    idle_since: float | None = None
+    busy_seconds: float = 0.0
+    last_seen: float | None = None
+    launched_at: float | None = None
+    lifecycle: str = "on-demand"
+    instance_type: str = "unknown"
+    zone: str = ""
+    # Since when the provider cannot tell whether the node is busy (None: it can), and how long in
+    # all it was kept while it could not: the ledger says why such a node was paid for.
+    unknown_since: float | None = None
+    unknown_seconds: float = 0.0
+    not_ready_since: float | None = None  # since when the node is not running (None: it is)
+    # Node.interrupted / interrupted_at as last seen: the instance's mark goes with it.
+    interrupted: str = ""
+    interrupted_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A mapping of the fields by name, with "version": `NODE_MEMORY_VERSION`."""
+        return {"version": NODE_MEMORY_VERSION, **dataclasses.asdict(self),
+                "busy_seconds": round(self.busy_seconds, 3), "unknown_seconds": round(self.unknown_seconds, 3)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "NodeMemory":
+        """Reads what `to_json` writes, and a positional list (see `POSITIONAL_FIELDS`); a field
+        either leaves out keeps its default."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if isinstance(raw, list):
+            if len(raw) not in POSITIONAL_LENGTHS:
+                raise ValueError(f"node memory: a positional list holds {', '.join(map(str, POSITIONAL_LENGTHS))} "
+                                 f"fields, not {len(raw)}")
+            values = dict(zip(POSITIONAL_FIELDS, raw))
+        elif isinstance(raw, dict):
+            values = dict(raw)
+            version = values.pop("version", None)
+            if version != NODE_MEMORY_VERSION:
+                raise ValueError(f"node memory: field 'version' is {version!r}; allowed: {NODE_MEMORY_VERSION}")
+            unknown = sorted(set(values) - set(names))
+            if unknown:
+                raise ValueError(f"node memory: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
+        else:
+            raise ValueError(f"node memory: {raw!r} is neither a mapping of fields nor a positional list")
+        mem = cls(**values)
+        mem.busy_seconds, mem.unknown_seconds = float(mem.busy_seconds), float(mem.unknown_seconds)
+        return mem
+
+
+def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dict[str, NodeMemory]:
+    """Fold this tick's view of the nodes into what was seen before."""
+    seen = {}
+    for node in nodes:
+        known = memory.get(node.id)
+        mem = known or NodeMemory(last_seen=None)
+        if not node.busy_known:
+            if mem.unknown_since is None:
+                mem.unknown_since = now
+            elif mem.last_seen is not None:
+                mem.unknown_seconds += max(0.0, now - mem.last_seen)
+            mem.idle_since = None  # it may have worked meanwhile: idle time starts again once known
+        elif node.busy:
+            mem.unknown_since = None
+            if mem.last_seen is not None:
+                mem.busy_seconds += max(0.0, now - mem.last_seen)
+            mem.idle_since = None
+        else:
+            mem.unknown_since = None
+            if mem.idle_since is None:
+                # Counted from the first tick that sees it idle: it may have been idle a little
+                # longer, never shorter, so the idle timeout is never cut short.
+                mem.idle_since = now
+        if node.state == "running":
+            mem.not_ready_since = None
+        elif mem.not_ready_since is None:
+            # A node first seen not ready has been so since its launch (never later than now: the cloud
+            # may not list a new instance's launch time yet); one seen ready before, since now.
+            mem.not_ready_since = min(node.launched_at, now) if known is None else now
+        mem.last_seen = now
+        mem.launched_at, mem.lifecycle, mem.instance_type, mem.zone = (
+            node.launched_at, node.lifecycle, node.instance_type, node.zone)
+        if node.interrupted:
+            mem.interrupted, mem.interrupted_at = node.interrupted, node.interrupted_at
+        seen[node.id] = mem
+    return seen
 
 
 def load_cursor(cursor: str | None) -> dict[str, dict[str, NodeMemory]]:
     raw = json.loads(cursor) if cursor else {}
-    return {
-        pool: {node_id: NodeMemory.from_json(mem) for node_id, mem in nodes.items()}
-        for pool, nodes in raw.get("nodes", {}).items()
-    }
+    out: dict[str, dict[str, NodeMemory]] = {}
+    for pool, nodes in raw.get("nodes", {}).items():
+        out[pool] = {}
+        for node_id, mem in nodes.items():
+            try:
+                out[pool][node_id] = NodeMemory.from_json(mem)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{AUTOSCALER_SENSOR} cursor, pool {pool}, node {node_id}: {error}") from None
+    return out
 
 
 def load_arrivals(cursor: str | None) -> dict[str, PoolArrivals]:

@@ -22,7 +22,7 @@ from dpe_dagster.tags import POOL_TAG, PoolRequest, TagError, container_asks, po
 
 
 @dataclass(frozen=True)
-class Landing:
+class RunPods:
     """What one run puts on which pool: its own pod, and its Spark executors when the run pod is
     a driver on the environment's driver pool."""
 
@@ -33,16 +33,16 @@ class Landing:
         return [self.run_pod, *self.executors]
 
 
-def landing(request: PoolRequest, env: Environment) -> Landing:
+def run_pods(request: PoolRequest, env: Environment) -> RunPods:
     """Where a run asking `request` lands. Without a driver pool, its pod goes to the tagged pool
     with the run's request. With one, the run pod (a Spark driver in client mode) goes to the
     driver pool with that pool's default requests, and the tagged pool holds the executors its
     session may start (`executor_pods`). The launcher builds the run's pod from this, the
     autoscaler sizes every pool from it."""
     if env.driver_pool is None:
-        return Landing(request)
+        return RunPods(request)
     driver = env.pool(env.driver_pool)
-    return Landing(PoolRequest(driver.name, driver.default_run_cpus, driver.default_run_memory_gb),
+    return RunPods(PoolRequest(driver.name, driver.default_run_cpus, driver.default_run_memory_gb),
                    tuple(executor_pods(request, env.spark.conf_for(request.pool))))
 
 
@@ -71,7 +71,7 @@ class Demand:
 def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str, NodePool] | None = None,
                 now: float | None = None) -> Demand:
     """Active runs tagged with a pool of this environment, on each pool what lands there
-    (`landing`: with a driver pool, one driver per run there and its executors on the tagged pool),
+    (`run_pods`: with a driver pool, one driver per run there and its executors on the tagged pool),
     plus the containers runs have asked room for (`container_asks`).
 
     With `pools` (provider objects by pool name, the caller's own), the demand also knows what
@@ -84,7 +84,7 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
     Only the status filter goes to run storage: it is indexed, so a read costs what the active
     runs cost, not the history. The pool tag is matched here, not in SQL: a tag filter makes the
     storage walk every run that ever carried the tag (finished ones included), and the read then
-    grows with history (measured in bench/tick_cost.py: ~0.7 s at 50k runs on SQLite)."""
+    grows with history (bench/RESULTS.md, "2. Tick cost at scale")."""
     demand = Demand()
     runs = instance.get_runs(filters=RunsFilter(statuses=ACTIVE_STATUSES))
     runs = startable(instance, runs)  # a run the run queue holds back would idle its node
@@ -102,7 +102,7 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
             demand.rejected[run.run_id] = str(error)
             continue
         if request is not None:
-            for pod in landing(request, env).pods():
+            for pod in run_pods(request, env).pods():
                 demand.by_pool[pod.pool].append(RunDemand(run.run_id, pod.cpus, pod.memory_gb))
     if pools is not None:
         add_nodes_and_expected_ends(demand, runs, pools, instance, time.time() if now is None else now)

@@ -12,8 +12,8 @@ Cost: one run-storage query per distinct job, cached for the life of a `RunDurat
 (pipeline_name, id), so it reads at most `SCAN` rows whatever the history. The status is checked
 here, not in SQL: with `statuses=[SUCCESS]` as well, SQLite's planner may serve the query from
 `idx_run_status` (status, then row id) instead, walking every job's successes newest first until
-it finds enough of this one, and a job that never succeeded then walks the whole history (measured
-at 100k runs: 153 ms with the status filter, 14 ms without). The partition set is matched here too,
+it finds enough of this one, and a job that never succeeded then walks the whole history. The
+partition set is matched here too,
 not with a tag filter, which would join the run tags table and grow with history.
 """
 

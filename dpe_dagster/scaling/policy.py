@@ -15,7 +15,7 @@ Rules:
 - whatever the wanted size, remove (and so replace, if still wanted) a node that is not known busy
   and either has not been ready for the boot timeout (never joined, or cordoned by someone) or
   whose busy status has been unknown for the idle timeout plus `unknown_busy_grace_s`;
-- a node EC2 is taking away (`Node.interrupted`) is no room: see `_around_interrupted`.
+- a node the cloud is taking away (`Node.interrupted`) is no room: see `_around_interrupted`.
 
 Optional knowledge, used when the caller has it (the defaults give the rules above unchanged):
 - a run's `node_id` (the node it already holds): packing then starts from where runs really are,
@@ -165,7 +165,7 @@ def stuck_nodes(pool: PoolConfig, state: PoolState, now: float) -> dict[str, str
     the grace. Unknown counts as busy for a while, not forever."""
     stuck = {}
     for node in state.nodes:
-        if node.interrupted:  # cordoned by dpe for EC2's warning: see `_around_interrupted`
+        if node.interrupted:  # cordoned by dpe for the cloud's warning: see `_around_interrupted`
             continue
         if not node.busy_known:  # whether it is ready is then no better known than whether it is busy
             if now - state.unknown_since.get(node.id, now) >= pool.idle_timeout_s + pool.unknown_busy_grace_s:
@@ -265,10 +265,10 @@ def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], 
 
 
 def _around_interrupted(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
-    """The plan when EC2 is taking nodes away (warned or advised to rebalance; they are cordoned).
+    """The plan when the cloud is taking nodes away (warned or advised to rebalance; they are cordoned).
     Such a node neither has room nor fills the target: the plan is made for the other nodes, with
     the runs on it counted as waiting (they need room elsewhere), and a busy one is kept on top
-    until EC2 takes it (its run may still finish there). So the replacement asked for it is not
+    until the cloud takes it (its run may still finish there). So the replacement asked for it is not
     withdrawn as capacity nodes have not filled. An idle one is removed now: it can take no work."""
     going = {node.id: node for node in state.nodes if node.interrupted}
     staying = sum(1 for node in going.values() if node.busy)

@@ -79,11 +79,11 @@ def look_ahead_s(pool: PoolConfig, sensor_interval_s: float) -> float:
 # is down) keeps its node at most this much longer.
 SCHEDULER_GRACE_S = 60.0
 
-def fire_times(schedule: ScheduleDefinition, after: float, until: float) -> list[float]:
-    """The schedule's fire times in (after, until], as Dagster's scheduler evaluates its cron in its
-    execution timezone (daylight saving changes included)."""
-    times = (moment.timestamp() for moment in
-             schedule_execution_time_iterator(after, schedule.cron_schedule, schedule.execution_timezone))
+def fire_times(cron_schedule: str | Sequence[str], timezone: str | None, after: float, until: float) -> list[float]:
+    """A cron schedule's fire times in (after, until], as Dagster's scheduler evaluates it in the
+    timezone (None: UTC), daylight saving changes included. The simulator's schedules fire by it
+    too (`sim/schedules.py`)."""
+    times = (moment.timestamp() for moment in schedule_execution_time_iterator(after, cron_schedule, timezone))
     return [t for t in itertools.takewhile(lambda t: t <= until, times) if t > after]
 
 
@@ -156,6 +156,7 @@ def scheduled_runs(instance: DagsterInstance, repository: RepositoryDefinition, 
             continue
         # A fire from before the schedule was started has no run, and never will.
         since = max(now - SCHEDULER_GRACE_S, running_since(state))
-        passed = [t for t in fire_times(schedule, since, now) if not has_run(instance, schedule.name, t)]
-        out.append(ScheduledRuns(schedule.name, request, passed + fire_times(schedule, now, until)))
+        cron, timezone = schedule.cron_schedule, schedule.execution_timezone
+        passed = [t for t in fire_times(cron, timezone, since, now) if not has_run(instance, schedule.name, t)]
+        out.append(ScheduledRuns(schedule.name, request, passed + fire_times(cron, timezone, now, until)))
     return out

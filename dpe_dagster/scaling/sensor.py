@@ -20,9 +20,9 @@ from dpe_dagster.usage.pricing import pricer_for
 
 def build_autoscaler_sensor(env: Environment):
     # Provider objects live as long as the sensor (the code location), not one tick: opening one
-    # builds cloud SDK clients (an aws_asg pool: two boto3 clients, 0.1-1 s), which per pool and
-    # per tick dominated the tick (bench/tick_cost.py). They hold no state but clients: the
-    # provider stays the source of truth, read afresh every tick.
+    # builds cloud SDK clients (two SDK clients, for some), which per pool and per tick
+    # would dominate the tick (bench/RESULTS.md, "2. Tick cost at scale"). They hold no state but
+    # clients: the provider stays the source of truth, read afresh every tick.
     pools: dict[str, NodePool] = {}
 
     def pool_for(config: PoolConfig) -> NodePool:

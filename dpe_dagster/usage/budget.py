@@ -7,15 +7,15 @@ tagged `dpe/hold=budget` (a tag concurrency limit of 0, see `dpe_dagster.instanc
 
 from __future__ import annotations
 
-from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, MetadataValue, RunsFilter
+from dagster import AssetKey, AssetObservation, DagsterInstance, DagsterRunStatus, MetadataValue, RunsFilter
 
 from dpe_dagster.config import PoolConfig
 from dpe_dagster.pools.base import Node
 from dpe_dagster.tags import HOLD_REASON_TAG, HOLD_TAG, POOL_TAG
-from dpe_dagster.usage.eventlog import read_node_lifetimes
+from dpe_dagster.usage.eventlog import observations, read_node_lifetimes
 from dpe_dagster.usage.spans import Pricer
-from dpe_dagster.lock import instance_lock
 from dpe_dagster.usage.summary import day_start
+from dpe_dagster.usage.writes import write_once
 
 BUDGET_HOLD = "budget"
 RELEASED = "released"
@@ -58,11 +58,12 @@ def hold_or_release(instance: DagsterInstance, pool: PoolConfig, block: str | No
 
 def alert_once(instance: DagsterInstance, pool: PoolConfig, spent: float, block: str, now: float) -> bool:
     """One alert per pool per day, written to the event log; False if today's was already written."""
-    with instance_lock(instance, "budget-alerts"):
-        today = instance.fetch_observations(AssetRecordsFilter(asset_key=BUDGET_ALERTS_KEY,
-                                                               after_timestamp=day_start(now)), limit=1000).records
-        if any(r.asset_observation.metadata["pool"].value == pool.name for r in today):
-            return False
+
+    def unwritten() -> bool:
+        today = observations(instance, BUDGET_ALERTS_KEY, day_start(now))
+        return not any(r.asset_observation.metadata["pool"].value == pool.name for r in today)
+
+    def write(_: bool) -> bool:
         instance.report_runless_asset_event(AssetObservation(
             asset_key=BUDGET_ALERTS_KEY, description=block,
             metadata={"pool": MetadataValue.text(pool.name), "spent_usd": MetadataValue.float(spent),
@@ -70,3 +71,19 @@ def alert_once(instance: DagsterInstance, pool: PoolConfig, spent: float, block:
                       "message": MetadataValue.text(block)},
         ))
         return True
+
+    return bool(write_once(instance, unwritten, write))
+
+
+def check_budget(instance: DagsterInstance, config: PoolConfig, nodes: list[Node], pricer: Pricer,
+                 now: float) -> str | None:
+    """The pool's budget block, if any (why it may not scale up now); holds or releases its queued
+    runs and alerts once a day. The autoscaler and the launcher ask it before the pool grows."""
+    if config.daily_budget_usd is None:
+        return None
+    spent = spent_today(instance, config, nodes, pricer, now)
+    block = budget_block(config, spent)
+    hold_or_release(instance, config, block)
+    if block:
+        alert_once(instance, config, spent, block, now)
+    return block

@@ -1,16 +1,14 @@
-"""The ledger's observations in Dagster's event log: read back in pages, written into a run's own
-log, and the node lifetimes (each written once, under the ledger lock every writer shares).
+"""Reading the ledger back from Dagster's event log, where it is kept (written by `writes.py`):
+the observations of a key page by page, the node lifetimes, each run's latest usage record, the
+containers' pod records.
 
-Every module of the ledger reads and writes through these, so the keys' pages, the event built for
-a run's log and the once-only check of a node lifetime are written one way."""
+Every reader of the ledger reads through these, so the keys' pages are read one way."""
 
 from __future__ import annotations
 
-from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterEventType, DagsterInstance
-from dagster._core.events import AssetObservationData, DagsterEvent
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-from dpe_dagster.lock import instance_lock
-from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime
+from dpe_dagster.usage.records import NODE_USAGE_KEY, POD_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime, UsageRecord
 
 PAGE = 1000
 
@@ -42,28 +40,32 @@ def pages(fetch, records_filter, cursor: str | None):
         cursor = result.cursor
 
 
-def observation_event(job_name: str, observation: AssetObservation) -> DagsterEvent:
-    return DagsterEvent(
-        event_type_value=DagsterEventType.ASSET_OBSERVATION.value,
-        job_name=job_name,
-        event_specific_data=AssetObservationData(observation),
-        message=f"dpe usage: {observation.asset_key.to_user_string()}",
-    )
-
-
 def read_node_lifetimes(instance: DagsterInstance, since: float | None = None) -> list[NodeLifetime]:
     return [NodeLifetime.from_metadata(r.asset_observation.metadata)
             for r in observations(instance, NODE_USAGE_KEY, since)]
 
 
-def record_node_lifetime(instance: DagsterInstance, lifetime: NodeLifetime) -> bool:
-    """Write a removed node's lifetime once; False if it was already recorded."""
-    with instance_lock(instance, "ledger"):
-        recent = read_node_lifetimes(instance, since=lifetime.removed_at - 1)
-        if any(n.node_id == lifetime.node_id and n.launched_at == lifetime.launched_at for n in recent):
-            return False
-        instance.report_runless_asset_event(
-            AssetObservation(asset_key=NODE_USAGE_KEY, metadata=lifetime.to_metadata(),
-                             description=f"node {lifetime.node_id} of pool {lifetime.pool} removed")
-        )
-        return True
+def latest_run_usage(instance: DagsterInstance, since: float | None) -> dict[str, tuple[int, UsageRecord]]:
+    """Each run's latest usage record with its storage id, in the order they were written."""
+    latest: dict[str, tuple[int, UsageRecord]] = {}
+    for r in observations(instance, RUN_USAGE_KEY, since):
+        record = UsageRecord.from_metadata(r.asset_observation.metadata)
+        latest.pop(record.run_id, None)  # keeps the order of the latest writes
+        latest[record.run_id] = (r.storage_id, record)
+    return latest
+
+
+def read_run_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
+    """One record per run: its latest (an amendment replaces the record it amends)."""
+    return [record for _, record in latest_run_usage(instance, since).values()]
+
+
+def read_pod_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
+    """The records of the containers' pods (`pods.py`)."""
+    return [UsageRecord.from_metadata(r.asset_observation.metadata)
+            for r in observations(instance, POD_USAGE_KEY, since)]
+
+
+def read_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
+    """Everything charged: runs, and the containers (pods) that assets ran on pools."""
+    return read_run_usage(instance, since) + read_pod_usage(instance, since)

@@ -14,7 +14,7 @@ from dagster import (
 from dpe_dagster.config import Environment
 from dpe_dagster.paths import dpe_home
 from dpe_dagster.usage.checks import paid_check, paid_spec
-from dpe_dagster.usage.ledger import read_usage
+from dpe_dagster.usage.eventlog import read_usage
 from dpe_dagster.usage.live import BusySoFar, report_nodes
 from dpe_dagster.usage.summary import DAY, Window, always_on_cost, by_asset, by_day, by_pool, by_pool_day, day_start
 

@@ -7,8 +7,8 @@ same attribution as runs (`attribution.attribute`): its share of the pool's node
 over the nodes alive while it ran (removed ones from the ledger, live ones from the provider),
 alongside the runs on that pool at the time.
 
-The record is an observation of `dpe/pod_usage`, written into the run's own event log once (the
-check and the write under the ledger lock every writer shares). It is a key of its own so that
+The record is an observation of `dpe/pod_usage`, written into the run's own event log once (by
+the ledger's write-once rule, `writes.write_once`). It is a key of its own so that
 the run's record (`dpe/run_usage`) and its per-asset parts are still written once by the ledger
 sensor when the run ends.
 
@@ -26,13 +26,11 @@ from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstanc
 from dpe_dagster.config import Environment
 from dpe_dagster.pools.base import Node
 from dpe_dagster.usage.attribution import RunSpan, attribute
-from dpe_dagster.lock import instance_lock
-from dpe_dagster.usage.eventlog import observation_event, observations
 from dpe_dagster.usage.pricing import CONFIG
-from dpe_dagster.usage.records import UNASSIGNED, UsageRecord, from_metadata, to_metadata
+from dpe_dagster.usage.records import POD_USAGE_KEY, UNASSIGNED, UsageRecord, from_metadata, to_metadata
 from dpe_dagster.usage.spans import Pricer, node_share, node_spans, run_span, runs_overlapping
+from dpe_dagster.usage.writes import observation_event, write_once
 
-POD_USAGE_KEY = AssetKey(["dpe", "pod_usage"])
 POD_SPAN_KEY = AssetKey(["dpe", "pod_span"])  # a pod span waiting for the control plane to price it
 NO_NODE = "none: ran as a local process, on no pool node"
 
@@ -112,14 +110,18 @@ def _recorded(instance: DagsterInstance, run_id: str, record_id: str) -> bool:
 def record_pod_usage(instance: DagsterInstance, env: Environment, span: PodSpan, live: Iterable[Node] | None,
                      pricer: Pricer | None) -> UsageRecord | None:
     """Write the pod's record into its run's event log once; None if it was already there."""
-    with instance_lock(instance, "ledger"):
-        if _recorded(instance, span.run_id, span.record_id):
-            return None
+
+    def unwritten() -> bool:
+        return not _recorded(instance, span.run_id, span.record_id)
+
+    def write(_: bool) -> UsageRecord:
         usage = usage_for_pod(instance, env, span, live, pricer)
         observation = AssetObservation(asset_key=POD_USAGE_KEY, metadata=usage.to_metadata(),
                                        description=f"pod {span.pod} of asset {span.asset} on pool {span.pool}")
         instance.report_dagster_event(observation_event(span.job_name, observation), run_id=span.run_id)
         return usage
+
+    return write_once(instance, unwritten, write)
 
 
 def record_pod_span(instance: DagsterInstance, span: PodSpan) -> None:
@@ -148,7 +150,3 @@ def price_pending_pods(instance: DagsterInstance, env: Environment, run_id: str,
             written.append(usage)
     return written
 
-
-def read_pod_usage(instance: DagsterInstance, since: float | None = None) -> list[UsageRecord]:
-    return [UsageRecord.from_metadata(r.asset_observation.metadata)
-            for r in observations(instance, POD_USAGE_KEY, since)]

@@ -1,7 +1,7 @@
 """What a node costs per hour, and where that figure comes from.
 
-The pool's provider prices its nodes when it can (AWS: the spot price history and the on-demand
-table, `dpe_dagster/pools/aws/pricing.py`); otherwise, or when it has no figure, the price configured
+The pool's provider prices its nodes when it can (`Provider.pricer`: a
+cloud's spot price history and on-demand table); otherwise, or when it has no figure, the price configured
 on the pool applies. Every usage record names the source it used.
 """
 

@@ -14,6 +14,7 @@ from dagster import AssetKey, MetadataValue
 
 RUN_USAGE_KEY = AssetKey(["dpe", "run_usage"])
 NODE_USAGE_KEY = AssetKey(["dpe", "node_usage"])
+POD_USAGE_KEY = AssetKey(["dpe", "pod_usage"])  # a container pod's record (pods.py)
 # The metadata dpe writes on materializations. Per-asset attribution, written on each asset the
 # run materialized:
 ASSET_COST = "dpe/cost_usd"
@@ -86,11 +87,11 @@ class NodeLifetime:
     busy_seconds: float
     price_per_node_hour: float
     price_source: str = "config"
-    # Why it was removed: "idle", "boot timeout", "busy unknown", "vanished" ("": written before
-    # records said); and how long it was kept only because its busy status could not be told.
+    # Why it was removed: "idle", "boot timeout", "busy unknown", "vanished" ("": the record
+    # does not say); and how long it was kept only because its busy status could not be told.
     removed_because: str = ""
     unknown_seconds: float = 0.0
-    # Node.interrupted when the node went ("": it was not), and when EC2 warned (unix s).
+    # Node.interrupted when the node went ("": it was not), and when the cloud warned (unix s).
     interrupted: str = ""
     interrupted_at: float | None = None
 

@@ -18,7 +18,7 @@ from dpe_dagster.config import Environment
 from dpe_dagster.pools import PoolError, open_pool
 from dpe_dagster.usage.pricing import pricer_for
 from dpe_dagster.tags import POOL_TAG
-from dpe_dagster.usage.ledger import amend_for_late_nodes, record_run_usage
+from dpe_dagster.usage.writes import amend_for_late_nodes, record_run_usage
 from dpe_dagster.lock import pool_lock
 from dpe_dagster.usage.pods import price_pending_pods
 from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from dpe_dagster.metrics import METRICS, OTHER, DpeCollector, exposition
 from dpe_dagster.tags import HOLD_TAG, TEAM_TAG, pool_tags
 from dpe_dagster.usage.budget import BUDGET_HOLD
-from dpe_dagster.usage.eventlog import read_node_lifetimes, record_node_lifetime
-from dpe_dagster.usage.ledger import read_usage
+from dpe_dagster.usage.eventlog import read_node_lifetimes, read_usage
+from dpe_dagster.usage.writes import record_node_lifetime
 from dpe_dagster.usage.records import RUN_USAGE_KEY, NodeLifetime, cost_of
 from dpe_dagster.usage.sensor import build_ledger_sensor
 from dpe_dagster.usage.summary import Window, by_pool

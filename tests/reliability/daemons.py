@@ -21,7 +21,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from dpe_dagster.daemon import dagster_bin, start_dagster_process, stop_process_group
 from dpe_dagster.instance import write_instance
 from dpe_dagster.pools.aws.emulator import MotoServer, create_groups
-from resources import load_environment
+from resources import repository_environment
 from tests.support.postgres import POSTGRES_URL
 from tests.fakes.aws_faults import FaultInjector, FaultRates
 from tests.paths import PROJECT_ROOT
@@ -41,7 +41,7 @@ class Deployment:
         self.injector = FaultInjector(self.moto.url, rates, seed).start()
         self.autoscaling, self.ec2 = clients(self.moto.url)
         os.environ.setdefault("DPE_IDLE_TIMEOUT_S", str(IDLE_TIMEOUT_S))
-        self.env = load_environment("aws-sim")
+        self.env = repository_environment("aws-sim")
         create_groups(self.env, self.autoscaling, self.ec2)
         self.database = f"dpe_reliability_{uuid.uuid4().hex[:10]}"
         self._admin(f'CREATE DATABASE "{self.database}"')

@@ -14,9 +14,9 @@ from dagster import DefaultSensorStatus, Definitions, RunRequest, in_process_exe
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.tags import POOL_TAG
 from dpe_dagster.usage.sensor import build_ledger_sensor
-from resources import load_environment
+from resources import repository_environment
 
-ENV = load_environment()
+ENV = repository_environment()
 
 
 @op

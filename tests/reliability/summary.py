@@ -9,8 +9,7 @@ from collections import Counter
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from dpe_dagster.usage.eventlog import read_node_lifetimes
-from dpe_dagster.usage.ledger import read_run_usage
+from dpe_dagster.usage.eventlog import read_node_lifetimes, read_run_usage
 from tests.fakes import aws_faults as faults
 
 MEASURED: Counter = Counter()

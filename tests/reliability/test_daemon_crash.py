@@ -12,8 +12,7 @@ from dpe_dagster.instance import start_timeout_s
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.cursor import AUTOSCALER_SENSOR, load_cursor
 from dpe_dagster.tags import POOL_TAG, REQUESTED_POOL_TAG
-from dpe_dagster.usage.eventlog import read_node_lifetimes
-from dpe_dagster.usage.ledger import read_run_usage
+from dpe_dagster.usage.eventlog import read_node_lifetimes, read_run_usage
 from tests.fakes.aws_faults import FaultRates
 from tests.reliability.daemons import Deployment
 from tests.reliability.harness import wait_for
@@ -110,8 +109,8 @@ def test_spot_loss_under_a_run_fails_over_to_on_demand_and_both_attempts_are_cha
     assert usage[first_id].pool == "spot-etl" and usage[first_id].status == "FAILURE"
     # Not asserted yet: that the failed run's record names the lost node. The ledger writes the run's
     # record before the autoscaler has recorded the node's lifetime, and then names the group's
-    # replacement instead (README, "not yet handled": a run's record is written even when one of its
-    # nodes is not accounted for yet).
+    # replacement instead (a run's record is written even when one of its nodes is not accounted for
+    # yet).
     # The capacity came back on the fallback: the retry ran on an on-demand node.
     assert usage[retry.run_id].pool == "ondemand-etl" and usage[retry.run_id].status == "SUCCESS"
     assert [n["lifecycle"] for n in usage[retry.run_id].nodes] == ["on-demand"]

@@ -59,7 +59,7 @@ def test_a_failing_pool_does_not_stop_the_others(aws, dagster, capfd, measured):
 
     # The group is back: the next tick sizes the pool again and clears its failure.
     ec2.delete_launch_template(LaunchTemplateName=template["LaunchTemplateSpecification"]["LaunchTemplateName"])
-    create_group(autoscaling, ec2, env.pool("spot-etl"), AwsSettings.parse(dict(env.aws)).region)
+    create_group(autoscaling, ec2, env.pool("spot-etl"), AwsSettings.parse(dict(env.block("aws"))).region)
     cursor = tick(sensor, dagster, cursor)
     assert "spot-etl" not in json.loads(cursor).get("failures", {})
     assert group(autoscaling, "test-spot")["DesiredCapacity"] == 1

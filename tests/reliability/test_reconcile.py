@@ -10,9 +10,9 @@ import pytest
 from dagster import DagsterEventType
 
 from dpe_dagster.pools import open_pool
-from dpe_dagster.scaling import control
+from dpe_dagster.scaling import books
+from dpe_dagster.usage.charges import usage_for_run
 from dpe_dagster.usage.eventlog import read_node_lifetimes
-from dpe_dagster.usage.ledger import usage_for_run
 from dpe_dagster.usage.pricing import pricer_for
 from tests.reliability.harness import advance, alive_instances, aws_env, queue_run, tick  # noqa: F401  (fixtures and helpers)
 from tests.support.aws import moto  # noqa: F401  (fixture)
@@ -67,7 +67,7 @@ def test_scale_down_killed_between_terminate_and_record_is_recorded_on_restart(a
         raise Killed()
 
     with monkeypatch.context() as patch, pytest.raises(Killed):
-        patch.setattr(control, "record_node_lifetime", killed)
+        patch.setattr(books, "record_node_lifetime", killed)
         tick(instance, env, pool, memory, now + 100)  # dies right after TerminateInstanceInAutoScalingGroup
     assert alive_instances(autoscaling, ec2, "dpe-sim-spot-etl") == []
     assert read_node_lifetimes(instance) == []

@@ -24,8 +24,7 @@ from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.spark.java import spark_process_env
 from dpe_dagster.spark.resource import run_app_name
-from dpe_dagster.usage.eventlog import read_node_lifetimes
-from dpe_dagster.usage.ledger import read_run_usage
+from dpe_dagster.usage.eventlog import read_node_lifetimes, read_run_usage
 from dpe_dagster.usage.sensor import record_ended_runs
 from tests.support.local import local_environment
 from tests.reliability.harness import queue_run, report_run_event, wait_for

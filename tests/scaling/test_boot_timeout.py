@@ -14,7 +14,8 @@ from dagster import DagsterEventType
 
 from dpe_dagster.config import parse_pool
 from dpe_dagster.pools.base import Node
-from dpe_dagster.scaling.control import NodeMemory, scale_pool
+from dpe_dagster.scaling.control import scale_pool
+from dpe_dagster.scaling.cursor import NodeMemory, observe
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.eventlog import read_node_lifetimes
@@ -22,7 +23,7 @@ from dpe_dagster.usage.report import node_rows
 from tests.cluster.eks import EksNodes
 from tests.reliability.harness import advance, queue_run
 from tests.support.aws import aws, dagster, moto  # noqa: F401  (fixtures and helpers)
-from tests.support.cluster import cluster, kube, node_ready, pods_on, wait_for  # noqa: F401  (fixtures)
+from tests.support.cluster import cluster, kube, node_ready, pods_on, run_on, wait_for  # noqa: F401  (fixtures)
 
 BOOT_S = 6  # long enough that a loaded machine's first ticks fall inside it; EC2 times are to the second
 POOL = parse_pool("spot-etl", {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
@@ -56,8 +57,6 @@ def test_a_node_not_ready_that_holds_work_is_never_removed_and_a_cordoned_one_co
 
 
 def test_the_sensor_memory_says_since_when_a_node_is_not_ready_and_old_cursors_still_load():
-    from dpe_dagster.scaling.control import observe
-
     ready = Node("n", "running", launched_at=100.0, busy=False)
     memory = observe([ready], {}, 200.0)
     assert memory["n"].not_ready_since is None
@@ -67,6 +66,13 @@ def test_the_sensor_memory_says_since_when_a_node_is_not_ready_and_old_cursors_s
     assert fresh["m"].not_ready_since == 150.0  # never seen ready: since its launch
     again = NodeMemory.from_json(memory["n"].to_json())
     assert again == memory["n"]
+    # Positional lists, as deployed cursors hold them: the fields in order, the rest at their defaults.
+    full = NodeMemory.from_json([None, 12.5, 7.0, 1.0, "spot", "m6i.large", "us-east-1a", 3.0, 4.0, 260.0,
+                                 "spot-interruption", 6.0])
+    assert full == NodeMemory(None, 12.5, 7.0, 1.0, "spot", "m6i.large", "us-east-1a", 3.0, 4.0, 260.0,
+                              "spot-interruption", 6.0)
+    ten = NodeMemory.from_json([None, 12.5, 7.0, 1.0, "spot", "m6i.large", "us-east-1a", 3.0, 4.0, 260.0])
+    assert (ten.not_ready_since, ten.interrupted, ten.interrupted_at) == (260.0, "", None)
     old = NodeMemory.from_json([5.0, 1.0, 7.0, 1.0, "spot", "m6i.large", "us-east-1a"])
     assert (old.unknown_since, old.unknown_seconds, old.not_ready_since) == (None, 0.0, None)
     assert NodeMemory.from_json([5.0, 1.0, 7.0]).instance_type == "unknown"
@@ -103,20 +109,6 @@ def join(booting: EksNodes, *instance_ids: str) -> list[str]:
     for name in names:
         wait_for(f"node {name} Ready", lambda: node_ready(booting.core, name))
     return names
-
-
-def run_on(kube, name: str, node: str, run_id: str | None = None) -> None:
-    """A Job whose pod is bound to `node` (a run's, labelled as dagster-k8s labels it, with
-    `run_id`), running."""
-    labels = {"dagster/run-id": run_id} if run_id else {}
-    kube.apply([{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": "default"},
-                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": {
-                     "restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": node},
-                     "tolerations": [{"key": "dpe.io/pool", "operator": "Exists"}],
-                     "containers": [{"name": "main", "image": "busybox",
-                                     "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]}}}}])
-    wait_for(f"{name}'s pod running on {node}", lambda: any(
-        p.metadata.name.startswith(name) and p.status.phase == "Running" for p in pods_on(kube.core(), node)))
 
 
 def past_boot_timeout(pool, timeout_s: float) -> None:

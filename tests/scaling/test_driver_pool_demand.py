@@ -26,7 +26,7 @@ from dpe_dagster.scaling.policy import PoolState, plan_pool
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.spark.kubernetes import executor_shape
 from dpe_dagster.tags import CPU_TAG, POOL_TAG
-from resources import load_environment
+from resources import repository_environment
 from resources.staging import cluster_environment
 from tests.reliability.harness import new_run
 from tests.support.aws import dagster, moto  # noqa: F401 (fixtures)
@@ -49,7 +49,7 @@ def nodes_wanted(env, demand, pool: str) -> int:
 
 
 def test_each_queued_run_asks_the_driver_pool_for_one_driver_and_its_pool_for_its_executors(dagster):
-    env = load_environment("staging")
+    env = repository_environment("staging")
     assert env.driver_pool == "ondemand-driver"
     driver, spot = env.pool("ondemand-driver"), env.pool("spot-etl")
     small = [queue(dagster, "spot-etl") for _ in range(2)]  # the pool's default: 4 CPUs
@@ -77,7 +77,7 @@ def test_each_queued_run_asks_the_driver_pool_for_one_driver_and_its_pool_for_it
 
 
 def test_the_run_pod_requests_what_the_driver_pool_is_sized_for(dagster):
-    env = load_environment("staging")
+    env = repository_environment("staging")
     run = dagster.get_run_by_id(queue(dagster, "spot-etl"))
     driver_demand = read_demand(dagster, env).of("ondemand-driver")[0]
     config = pool_container_context(run, env).run_k8s_config

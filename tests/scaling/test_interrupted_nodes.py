@@ -92,8 +92,8 @@ from dpe_dagster.pools.aws.interruptions import REBALANCE, InterruptionReader  #
 from dpe_dagster.scaling.control import scale_pool  # noqa: E402
 from dpe_dagster.scaling.cursor import dump_cursor, load_cursor  # noqa: E402
 from dpe_dagster.scaling.demand import read_demand  # noqa: E402
-from dpe_dagster.usage.eventlog import read_node_lifetimes  # noqa: E402
-from dpe_dagster.usage.ledger import read_run_usage, record_run_usage  # noqa: E402
+from dpe_dagster.usage.eventlog import read_node_lifetimes, read_run_usage  # noqa: E402
+from dpe_dagster.usage.writes import record_run_usage  # noqa: E402
 from dpe_dagster.usage.pricing import pricer_for  # noqa: E402
 from dpe_dagster.usage.summary import Window, by_pool  # noqa: E402
 

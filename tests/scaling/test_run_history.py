@@ -100,7 +100,7 @@ def test_demand_gives_started_runs_their_start_plus_and_waiting_runs_now_plus_th
     # One history read per distinct job among the active runs, one for the start times.
     assert sorted(job for job in asked if job) == ["etl", "never-ran"] and len(asked) == 3
 
-    # Without pools (existing callers), the demand is as before: no expected ends, no history read.
+    # Without pools, the demand has no expected ends, and no history is read.
     asked.clear()
     assert all(run.expected_end is None for run in read_demand(instance, local_env()).of("spot-etl"))
     assert asked == []

@@ -14,7 +14,8 @@ from dpe_dagster.config import ConfigError, parse_pool
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.base import Node, PoolError
 from dpe_dagster.pools.local.standalone import MASTER_CLASS, WORKER_CLASS, _alive, _read_pid
-from dpe_dagster.scaling.control import observe, scale_pool
+from dpe_dagster.scaling.control import scale_pool
+from dpe_dagster.scaling.cursor import observe
 from dpe_dagster.scaling.policy import PoolState, RunDemand, plan_pool
 from dpe_dagster.usage.eventlog import read_node_lifetimes
 from tests.support.local import local_environment

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute
-from dpe_dagster.usage.ledger import split_by_step_time
+from dpe_dagster.usage.charges import split_by_step_time
 
 
 @st.composite

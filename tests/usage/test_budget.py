@@ -17,7 +17,7 @@ from dpe_dagster.scaling.control import request_capacity
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.tags import HOLD_REASON_TAG, HOLD_TAG, pool_tags
 from dpe_dagster.usage.budget import BUDGET_ALERTS_KEY, BUDGET_HOLD, RELEASED
-from dpe_dagster.usage.eventlog import record_node_lifetime
+from dpe_dagster.usage.writes import record_node_lifetime
 from dpe_dagster.usage.records import NodeLifetime
 from tests.support.local import local_environment
 

@@ -16,7 +16,7 @@ from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.tags import pool_tags
 from dpe_dagster.usage.attribution import NodeSpan, RunSpan, attribute, node_busy_seconds
 from dpe_dagster.usage.eventlog import read_node_lifetimes
-from dpe_dagster.usage.ledger import usage_for_run
+from dpe_dagster.usage.charges import usage_for_run
 from dpe_dagster.usage.pricing import node_price
 from dpe_dagster.usage.records import cost_of
 from tests.support.local import local_environment

@@ -12,8 +12,8 @@ from dagster._core.test_utils import create_run_for_test
 
 from dpe_dagster.config import parse_environment
 from dpe_dagster.tags import pool_tags
-from dpe_dagster.usage.eventlog import read_node_lifetimes, record_node_lifetime
-from dpe_dagster.usage.ledger import read_run_usage
+from dpe_dagster.usage.eventlog import read_node_lifetimes, read_run_usage
+from dpe_dagster.usage.writes import record_node_lifetime
 from dpe_dagster.usage.records import ASSET_COST, ASSET_NODE_SECONDS, RUN_USAGE_KEY, NodeLifetime
 from dpe_dagster.usage.sensor import build_ledger_sensor
 

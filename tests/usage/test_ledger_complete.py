@@ -13,8 +13,8 @@ from dagster._core.events import DagsterEvent
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.usage.eventlog import read_node_lifetimes
-from dpe_dagster.usage.ledger import AMENDS, read_run_usage
+from dpe_dagster.usage.eventlog import read_node_lifetimes, read_run_usage
+from dpe_dagster.usage.writes import AMENDS
 from dpe_dagster.usage.records import RUN_USAGE_KEY
 from tests.reliability.harness import advance, clients, queue_run
 from tests.support.ledger import ledger_tick  # noqa: F401  (fixtures and helpers)

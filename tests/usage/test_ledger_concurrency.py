@@ -10,7 +10,7 @@ from collections import Counter
 from dagster import asset, instance_for_test, materialize
 
 from dpe_dagster.tags import pool_tags
-from dpe_dagster.usage.ledger import read_run_usage
+from dpe_dagster.usage.eventlog import read_run_usage
 from tests.support.postgres import postgres_or_skip
 
 WRITER = textwrap.dedent("""

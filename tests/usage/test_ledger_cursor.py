@@ -19,7 +19,7 @@ from dpe_dagster.config import parse_environment
 from dpe_dagster.pools import PoolError
 from dpe_dagster.pools.local.standalone import LocalSparkPool
 from dpe_dagster.tags import pool_tags
-from dpe_dagster.usage.ledger import read_run_usage
+from dpe_dagster.usage.eventlog import read_run_usage
 from dpe_dagster.usage.sensor import LATE_COMMIT_S, ReadCursor, build_ledger_sensor, parse_cursor
 from tests.support.postgres import postgres_or_skip
 

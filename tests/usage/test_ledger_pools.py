@@ -9,7 +9,7 @@ from dagster._core.test_utils import create_run_for_test
 from dpe_dagster.pools.aws.asg import AwsSettings
 from dpe_dagster.pools.aws.emulator import create_group
 from dpe_dagster.tags import pool_tags
-from dpe_dagster.usage.ledger import read_run_usage
+from dpe_dagster.usage.eventlog import read_run_usage
 from dpe_dagster.usage.sensor import build_ledger_sensor
 from tests.reliability.harness import clients
 
@@ -44,7 +44,7 @@ def test_a_failing_pool_does_not_stop_the_others_and_its_runs_come_later(aws_sim
     # The group is back: the pool's runs, early and late, are written once each.
     _, ec2 = clients(autoscaling.meta.endpoint_url)
     ec2.delete_launch_template(LaunchTemplateName=f"dpe-{bad.name}")  # made again with the group
-    create_group(autoscaling, ec2, bad, AwsSettings.parse(dict(env.aws)).region)
+    create_group(autoscaling, ec2, bad, AwsSettings.parse(dict(env.block("aws"))).region)
     for _ in range(2):
         cursor, message = tick(env, instance, cursor)
     records = read_run_usage(instance)

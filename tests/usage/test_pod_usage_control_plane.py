@@ -16,7 +16,8 @@ from dpe_dagster.containers import KubernetesPoolContainers
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.usage.pods import NO_NODE, POD_SPAN_KEY, PodSpan, read_pod_usage, record_pod_span
+from dpe_dagster.usage.eventlog import read_pod_usage
+from dpe_dagster.usage.pods import NO_NODE, POD_SPAN_KEY, PodSpan, record_pod_span
 from tests.reliability.harness import advance, new_run, queue_run
 from tests.support.ledger import ledger_tick
 from tests.support.cluster import node_ready, wait_for

@@ -25,7 +25,7 @@ from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.scaling.health import POOL_HEALTH_CHECK, build_pool_health_check
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.usage.checks import PAID_CHECK
-from dpe_dagster.usage.eventlog import record_node_lifetime
+from dpe_dagster.usage.writes import record_node_lifetime
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.records import NODE_USAGE_KEY, NodeLifetime
 from tests.reliability.harness import clients
@@ -112,7 +112,7 @@ def test_a_failing_pool_fails_the_health_check_while_the_other_is_still_sized(aw
 
     _, ec2 = clients(autoscaling.meta.endpoint_url)
     ec2.delete_launch_template(LaunchTemplateName=f"dpe-{bad.name}")  # made again with the group
-    create_group(autoscaling, ec2, bad, AwsSettings.parse(dict(env.aws)).region)
+    create_group(autoscaling, ec2, bad, AwsSettings.parse(dict(env.block("aws"))).region)
     # Until the next tick sizes it, the pool is recovering: still failing, as a warning.
     recovering = execute_health_check(env, instance)
     assert not recovering.passed and recovering.severity == AssetCheckSeverity.WARN

@@ -17,7 +17,8 @@ from dagster import materialize
 from dpe_dagster.pools import open_pool
 from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.usage.checks import PAID_CHECK
-from dpe_dagster.usage.eventlog import read_node_lifetimes, record_node_lifetime
+from dpe_dagster.usage.eventlog import read_node_lifetimes
+from dpe_dagster.usage.writes import record_node_lifetime
 from dpe_dagster.usage.live import report_nodes
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.pricing import pricer_for

@@ -17,7 +17,7 @@ from dagster import Definitions, asset, build_sensor_context, instance_for_test,
 from dpe_dagster.config import parse_environment
 from dpe_dagster.scaling.cursor import read_busy_seconds
 from dpe_dagster.tags import TEAM_TAG, pool_tags
-from dpe_dagster.usage.eventlog import record_node_lifetime
+from dpe_dagster.usage.writes import record_node_lifetime
 from dpe_dagster.usage.platform_report import build_platform_usage
 from dpe_dagster.usage.records import NodeLifetime
 from dpe_dagster.usage.sensor import build_ledger_sensor

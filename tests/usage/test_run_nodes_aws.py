@@ -11,10 +11,11 @@ from dagster import DagsterEventType
 
 from dpe_dagster.kube.nodes import KubeNodes
 from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.aws.asg import instance_id
+from dpe_dagster.pools.aws.asg import node_instance_id
 from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.scaling.demand import read_demand
-from dpe_dagster.spark.kubernetes import RUN_ID_LABEL, executor_run_labels
+from dpe_dagster.spark.kubernetes import executor_run_labels
+from dpe_dagster.tags import RUN_ID_LABEL
 from tests.reliability.harness import advance, queue_run
 from tests.support.aws import aws, clients, dagster, environment, kube_pool, moto  # noqa: F401  (fixtures and helpers)
 from tests.support.cluster import cluster, eks, kube, node_ready, pods_on, wait_for  # noqa: F401  (fixtures)
@@ -106,7 +107,7 @@ def test_a_run_maps_to_the_pool_node_where_its_pods_ask_for_the_most_cpu(four_no
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "someones-job"},
         "spec": {"nodeName": n3, "containers": [{"name": "main", "image": "busybox"}]}})
     wait_for("someone's pod running", lambda: _running(kube.core(), n3, "someones-job"))
-    nodes = KubeNodes(kube.core(), None, instance_id)
+    nodes = KubeNodes(kube.core(), None, node_instance_id)
     assert nodes.run_instances(spot.values()) == {RUN_A: a2}
     # Seen from the driver pool (a1 only), run A holds a1 through its own pod.
     assert nodes.run_instances([a1]) == {RUN_A: a1}
