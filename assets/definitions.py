@@ -11,7 +11,7 @@ from assets.tpch.data import TpchData
 from dpe_dagster.config import Environment
 from dpe_dagster.definitions import dpe_definitions
 from dpe_dagster.paths import dpe_home
-from resources import load_environment, tpch_scale_factor
+from resources import repository_environment, tpch_scale_factor
 
 
 def build_definitions(env: Environment) -> Definitions:
@@ -25,4 +25,4 @@ def build_definitions(env: Environment) -> Definitions:
     return Definitions.merge(dpe_definitions(env), pipelines)
 
 
-defs = build_definitions(load_environment())
+defs = build_definitions(repository_environment())

@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dpe_dagster.sim.run import POLICIES, Setup, clairvoyant, simulate_policy  # noqa: E402
-from dpe_dagster.sim.schedules import parse_schedules, scheduled_runs  # noqa: E402
+from dpe_dagster.sim.policies import POLICIES  # noqa: E402
+from dpe_dagster.sim.run import Setup, clairvoyant, simulate_policy  # noqa: E402
+from dpe_dagster.sim.schedules import parse_schedules, runs_during_trace  # noqa: E402
 from dpe_dagster.sim.trace import Trace, read_trace  # noqa: E402
 from dpe_dagster.sim.workload import build_workload  # noqa: E402
 
@@ -41,14 +42,12 @@ SHORT_DAYS, SHORT_RATE = 2.0, 300.0  # the short-job workload: days, pipeline ru
 # `dpe` is the pool that production deploys, as it deploys it: this environment's pool, with only
 # the node shape set by the trace (and the price set to 1 per node-hour for every policy).
 DEPLOYED = ("prod", "spot-etl")
-# dpe told every job's true duration at arrival: what perfect estimates would buy it
-TRUE = "dpe-true-durations"
 
 
 def deployed_setup(cpus: float) -> Setup:
-    from resources import load_environment
+    from resources import repository_environment
 
-    env = load_environment(DEPLOYED[0])
+    env = repository_environment(DEPLOYED[0])
     return Setup.from_pool(env.pool(DEPLOYED[1]), sensor_interval_s=env.sensor_interval_s, node_cpus=cpus, price=1.0)
 
 
@@ -76,31 +75,32 @@ def load(trace: str, schedules: str | None):
     loaded = read_trace(trace)
     runs = []
     if schedules:
-        runs = scheduled_runs(parse_schedules(schedules), loaded.start_unix, loaded.arrival[0], loaded.arrival[-1])
+        runs = runs_during_trace(parse_schedules(schedules), loaded.start_unix, loaded.arrival[0], loaded.arrival[-1])
     return build_workload(loaded, runs)
 
 
 def one(args) -> None:
-    """Child process: one policy on one workload; prints a JSON line."""
+    """Child process: one policy on one workload, or (no policy) reading the trace alone; prints a
+    JSON line."""
     began = time.process_time()
     work = load(args.trace, args.schedules)
     read_s = time.process_time() - began
     read_mb = peak_mb()
-    if args.policy == "read-only":
+    if args.policy is None:
         seer = clairvoyant(work, Setup(node_cpus=args.cpus))
         print(json.dumps({"read_s": read_s, "peak_mb": read_mb, "clairvoyant": seer["cost_vs_lower_bound"]}))
         return
-    name = "dpe" if args.policy == TRUE else args.policy
-    if args.policy == TRUE:
-        work.expected = list(work.duration)
     began = time.process_time()
-    row, _ = simulate_policy(name, work, deployed_setup(args.cpus))
+    row, _ = simulate_policy(args.policy, work, deployed_setup(args.cpus))
     row.update(read_s=read_s, peak_mb=peak_mb(), cpu_s=time.process_time() - began)
     print(json.dumps(row))
 
 
-def child(trace: str, cpus: float, policy: str, schedules: str | None) -> dict:
-    command = [sys.executable, __file__, "--one", "--trace", trace, "--cpus", str(cpus), "--policy", policy]
+def child(trace: str, cpus: float, policy: str | None, schedules: str | None) -> dict:
+    """One policy (None: reading the trace alone, the baseline) in a fresh process."""
+    command = [sys.executable, __file__, "--one", "--trace", trace, "--cpus", str(cpus)]
+    if policy is not None:
+        command += ["--policy", policy]
     if schedules:
         command += ["--schedules", schedules]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace")
     parser.add_argument("--cpus", type=float, default=8.0)
-    parser.add_argument("--policy")
+    parser.add_argument("--policy", choices=list(POLICIES))
     parser.add_argument("--schedules")
     args = parser.parse_args()
     if args.one:
@@ -205,7 +205,7 @@ def main() -> None:
         sys.exit(f"the HPC2N trace is not at {HPC2N_SHOWN}; see ../shared/traces/README.md")
     from workloads import SCHEDULES, generate, write_csv
 
-    policies = (*POLICIES[:1], TRUE, *POLICIES[1:])
+    policies = tuple(POLICIES)
     out = [HEADING, ""]
     with tempfile.TemporaryDirectory() as tmp:
         short = Path(tmp) / "short-jobs.csv"
@@ -221,9 +221,9 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             jobs = {(k, policy): pool.submit(child, trace, cpus, policy, schedules)
                     for k, (label, trace, cpus, schedules) in enumerate(runs)
-                    for policy in ("read-only", *policies)}
+                    for policy in (None, *policies)}
             for k, (label, trace, cpus, schedules) in enumerate(runs):
-                baseline = jobs[(k, "read-only")].result()
+                baseline = jobs[(k, None)].result()
                 rows = {}
                 for policy in policies:
                     rows[policy] = jobs[(k, policy)].result()
@@ -251,7 +251,7 @@ def main() -> None:
         "  nodes seen idle at the sensor's ticks as the cursor sees them, runs' nodes and expected ends",
         "  (past runs of the same user and executable, else the requested time) as production reads them.",
         "  `dpe-prewarm` adds the trace's scheduled runs as the sensor adds a code location's schedules.",
-        f"  `{TRUE}` is `dpe` told every job's true duration at arrival (no scheduler has it): what",
+        "  `dpe-true-durations` is `dpe` told every job's true duration at arrival (no scheduler has it): what",
         "  perfect estimates would buy its queueing allowance.",
         "- `reactive`: Cluster Autoscaler defaults; `consolidating`: Karpenter defaults; jobs are marked",
         "  not evictable (`safe-to-evict: false` / `do-not-disrupt`), as batch jobs usually are.",

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from dpe_dagster.config import ConfigError, Environment
-from dpe_dagster.environment import load_environment as _load, project_environments
+from dpe_dagster.environment import load_environment, project_environments
 
 PROJECT = Path(__file__).resolve().parents[1]
 ENVIRONMENTS, DEFAULT_ENVIRONMENT = project_environments(PROJECT)
@@ -19,8 +19,10 @@ def environment_name() -> str:
     return os.environ.get("DPE_ENV") or DEFAULT_ENVIRONMENT
 
 
-def load_environment(name: str | None = None) -> Environment:
-    return _load(name=name or environment_name(), root=PROJECT)
+def repository_environment(name: str | None = None) -> Environment:
+    """One of this repository's environments by name (default: DPE_ENV, else the project's
+    default), wherever the process runs from."""
+    return load_environment(name=name or environment_name(), root=PROJECT)
 
 
 def tpch_scale_factor(env: Environment) -> float:

@@ -50,10 +50,11 @@ def environment() -> dict:
                 "default_run_cpus": 2,
                 "default_run_memory_gb": 4,
                 "fallback": "ondemand-etl",
+                "backoff_s": 300,
                 "labels": {"dpe.io/pool": "spot-etl"},
                 "taints": [{"key": "dpe.io/pool", "value": "spot-etl", "effect": "NoSchedule"}],
                 "settings": {"group_name": "dpe-sim-spot-etl", "busy_source": "dagster_runs",
-                             "instance_types": SPOT_TYPES, "backoff_s": 300},
+                             "instance_types": SPOT_TYPES},
             },
             "ondemand-etl": {
                 "provider": "aws_asg",

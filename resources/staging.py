@@ -50,9 +50,9 @@ def cluster_environment(name: str, *, spot_max: int, ondemand_max: int, idle_tim
     pools = {
         "spot-etl": pool("spot-etl", min_size=0, max_size=spot_max, node_cpus=4, node_memory_gb=16,
                          lifecycle="spot", price_per_node_hour=0.07, default_run_cpus=4, default_run_memory_gb=14,
-                         fallback="ondemand-etl",
+                         fallback="ondemand-etl", backoff_s=900,
                          taints=[{"key": "dpe.io/pool", "value": "spot-etl", "effect": "NoSchedule"}],
-                         settings={"instance_types": SPOT_TYPES, "backoff_s": 900}),
+                         settings={"instance_types": SPOT_TYPES}),
         "ondemand-etl": pool("ondemand-etl", min_size=0, max_size=ondemand_max, node_cpus=4, node_memory_gb=16,
                              lifecycle="on-demand", price_per_node_hour=0.192, default_run_cpus=4,
                              default_run_memory_gb=14,

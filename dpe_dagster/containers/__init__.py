@@ -1,4 +1,4 @@
-"""Any container as an asset on a node pool: what KubernetesPodOperator gave the seed's users.
+"""Any container as an asset on a node pool: what Airflow's KubernetesPodOperator gives its users.
 
 `PoolContainers` is one resource with one method, `run(context, pool=..., image=..., command=...,
 cpus=..., memory=...)`, speaking Dagster Pipes, so logs, metadata and asset checks come back from

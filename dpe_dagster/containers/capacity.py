@@ -8,7 +8,7 @@ emptied) when the container ends.
 Who then asks the provider:
 - the autoscaler sensor, on its next tick (`ask_provider=False`, staging and prod): the run pod
   calls no cloud API and needs no cloud credentials;
-- or this process, at once (`ask_provider=True`, e.g. against the AWS emulator), with the same
+- or this process, at once (`ask_provider=True`, e.g. against a cloud's emulator), with the same
   `request_capacity` the launchers use, under the same pool lock. Placement then follows the
   launchers' rules (`dpe_dagster.launch.pool_choice`): a pool that is backed off, or whose API
   fails, passes the container to its fallback pool.
@@ -77,11 +77,11 @@ def ask_pool_for_container(instance: DagsterInstance, env: Environment, request:
         return None
 
     chain = fallback_chain(env, request.pool)
-    landing = ask_along_chain(instance, env, chain, "container", log, skip=too_small,
+    asked = ask_along_chain(instance, env, chain, "container", log, skip=too_small,
                               before_asking=lambda name: record_ask(instance, run_id, demand_id, name, request))
-    if landing.pool is None:
+    if asked.pool is None:
         close_ask(instance, run_id, demand_id)
-        raise NoCapacity(f"no pool of {', '.join(chain)} can take this container now: " + "; ".join(landing.reasons))
-    if landing.pool != request.pool:
-        log(f"dpe: container placed on fallback pool {landing.pool} (asked for {request.pool})")
-    return Placed(landing.pool, landing.plan)
+        raise NoCapacity(f"no pool of {', '.join(chain)} can take this container now: " + "; ".join(asked.reasons))
+    if asked.pool != request.pool:
+        log(f"dpe: container placed on fallback pool {asked.pool} (asked for {request.pool})")
+    return Placed(asked.pool, asked.plan)

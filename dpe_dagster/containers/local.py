@@ -26,7 +26,7 @@ from dpe_dagster.containers.resource import PoolContainers, Ran, new_id
 
 
 class LocalPoolContainers(PoolContainers):
-    """Containers as local subprocesses (local, aws-sim). The image is not used."""
+    """Containers as local subprocesses (the environments without Kubernetes). The image is not used."""
 
     def _execute(self, context: AssetExecutionContext, environment: Environment, request: ContainerRequest,
                  env: dict[str, str], extras: dict[str, Any], ran: Ran) -> None:

@@ -7,13 +7,12 @@ Every error names the argument and what is allowed.
 
 from __future__ import annotations
 
-import math
 import shlex
 from dataclasses import dataclass
 from typing import Sequence
 
 from dpe_dagster.config import ConfigError, Environment, PoolConfig
-from dpe_dagster.tags import TagError, parse_memory_gb
+from dpe_dagster.tags import TagError, parse_cpus, parse_memory_gb
 
 
 class ContainerError(ConfigError):
@@ -33,20 +32,21 @@ def _node_shape(pool: PoolConfig) -> str:
     return f"one node of pool {pool.name} has {pool.room_cpus:g} CPUs and {pool.room_memory_gb:g} GB for runs"
 
 
-def parse_cpus(pool: PoolConfig, value: float | int | str | None) -> float:
+def container_cpus(pool: PoolConfig, value: float | int | str | None) -> float:
     if value is None:
         return min(pool.default_run_cpus, pool.room_cpus)
+    allowed = (f"must be a number in (0, {pool.room_cpus:g}] (a container runs on one node; {_node_shape(pool)}); "
+               f"got {value!r}")
     try:
-        cpus = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        cpus = math.nan
-    if not (0 < cpus <= pool.room_cpus):
-        raise ContainerError(f"cpus: must be a number in (0, {pool.room_cpus:g}] (a container runs on one node; "
-                             f"{_node_shape(pool)}); got {value!r}")
+        cpus = parse_cpus(str(value))  # a bool reads as 'True': not a number
+    except TagError:
+        raise ContainerError(f"cpus: {allowed}") from None
+    if cpus > pool.room_cpus:
+        raise ContainerError(f"cpus: {allowed}")
     return cpus
 
 
-def parse_memory(pool: PoolConfig, value: float | int | str | None) -> float:
+def container_memory(pool: PoolConfig, value: float | int | str | None) -> float:
     if value is None:
         return min(pool.default_run_memory_gb, pool.room_memory_gb)
     allowed = (f"must be a size like '4g', '512m' or '2Gi' (a bare number is GB) of at most "
@@ -79,4 +79,5 @@ def container_request(env: Environment, pool: str, image: str, command: str | Se
     if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
         raise ContainerError(f"image: must be an image reference like 'python:3.11-slim' or "
                              f"'registry.example.com/team/tool:1.2'; got {image!r}")
-    return ContainerRequest(pool, image, parse_command(command), parse_cpus(config, cpus), parse_memory(config, memory))
+    return ContainerRequest(pool, image, parse_command(command), container_cpus(config, cpus),
+                            container_memory(config, memory))

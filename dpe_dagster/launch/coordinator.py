@@ -1,7 +1,8 @@
 """Dagster's run queue, plus a scale-up request for the run's pool the moment the run is queued.
 
 Demand appears when a run is submitted, not when the queue hands it to the launcher: waiting for
-the dequeue (whole seconds in Dagster) was most of dpe's reaction time (bench/latency.py). The
+the dequeue (whole seconds in Dagster) would be most of dpe's reaction time (bench/RESULTS.md,
+"1. Reaction latency: run enqueued -> scale-up call received by the cloud API"). The
 launcher still places the run and asks again at dequeue (a no-op when the pool already grew), so
 nothing depends on this early request: if it fails, the run is queued all the same.
 

@@ -8,11 +8,11 @@ itself is built by dagster-k8s (`construct_dagster_k8s_job`), with this as one m
 user-defined k8s config, merged over the launcher's and the code location's.
 
 With the environment's `driver_pool` set, the run pod is a Spark driver: it goes to the driver
-pool (which is asked for room too) and its executors to the tagged pool, as `landing` says and
+pool (which is asked for room too) and its executors to the tagged pool, as `run_pods` says and
 the autoscaler sizes both.
 
 On a pool with `placement: ending-together` it also (3) chooses the node the run's pod should go
-to, as the simulator does (`dpe_dagster.launch.node_choice`), and adds it to the Job as a
+to, as the simulator does (`dpe_dagster.launch.preferred_node`), and adds it to the Job as a
 preferred node affinity. Only run pods on their own pool are placed so: executors on the tagged
 pool are left to the scheduler. Choosing needs the pool's nodes (its provider), the runs on it (run storage) and the
 Kubernetes node names; when any of these cannot be read, the event log says so and the run is
@@ -56,12 +56,12 @@ from dpe_dagster.config import Environment
 from dpe_dagster.environment import CONFIG_FIELDS, load_environment
 from dpe_dagster.kube.nodes import KubeNodes, label_selector
 from dpe_dagster.launch.capacity import ask_for_capacity
-from dpe_dagster.launch.node_choice import ENDING_TOGETHER, preferred_node
+from dpe_dagster.launch.preferred_node import ENDING_TOGETHER, preferred_node
 from dpe_dagster.kube.pod_spec import pod_placement, run_k8s_config
 from dpe_dagster.pools import PoolError, open_pool
 from dpe_dagster.providers import provider
 from dpe_dagster.scaling.control import request_capacity
-from dpe_dagster.scaling.demand import landing, read_demand
+from dpe_dagster.scaling.demand import read_demand, run_pods
 from dpe_dagster.scaling.policy import RunDemand
 from dpe_dagster.tags import CPU_TAG, MEMORY_TAG, POOL_TAG, TagError, pool_request
 
@@ -87,7 +87,7 @@ def oversized_pod(run: DagsterRun, env: Environment) -> str | None:
     request = pool_request(run.tags, env)
     if request is None:
         return None
-    pod = landing(request, env).run_pod
+    pod = run_pods(request, env).run_pod
     pool = env.pool(pod.pool)
     if pod.cpus <= pool.room_cpus and pod.memory_gb <= pool.room_memory_gb:
         return None
@@ -100,13 +100,13 @@ def oversized_pod(run: DagsterRun, env: Environment) -> str | None:
 
 def pool_container_context(run: DagsterRun, env: Environment,
                            preferred_node_name: str | None = None) -> K8sContainerContext | None:
-    """The k8s config that puts this run's pod where `landing` says; None for a run that names no
+    """The k8s config that puts this run's pod where `run_pods` says; None for a run that names no
     pool. `preferred_node_name`: the Kubernetes node the pod should prefer on its own pool (not
     on a driver pool)."""
     request = pool_request(run.tags, env)
     if request is None:
         return None
-    pod = landing(request, env).run_pod
+    pod = run_pods(request, env).run_pod
     placement = pod_placement(env.pool(pod.pool), pod.cpus, pod.memory_gb,
                               preferred_node=None if env.driver_pool else preferred_node_name)
     return K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(run_k8s_config(placement)))

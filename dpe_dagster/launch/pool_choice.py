@@ -1,6 +1,6 @@
 """Placing a run or a container on a pool that can take it: its own pool, or that pool's fallback
 when the pool's capacity does not come (a scale-up overdue past the boot timeout, a failed scaling activity, an
-API error that outlasts botocore's retries).
+API error that outlasts the cloud SDK's retries).
 
 Falling back re-tags the run (`dpe/node_pool` becomes the fallback pool, `dpe/requested_pool`
 keeps what the run asked for), so that everything downstream follows one source of truth: the
@@ -63,8 +63,8 @@ def fallback_chain(env: Environment, first: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Landing:
-    """Where an ask along a fallback chain landed: the pool asked and its plan, or none (pool None)
+class AskedPool:
+    """The pool an ask along a fallback chain reached: the pool asked and its plan, or none (pool None)
     with, per pool of the chain, why it could not be asked."""
 
     pool: str | None
@@ -74,7 +74,7 @@ class Landing:
 
 def ask_along_chain(instance: DagsterInstance, env: Environment, chain: Sequence[str], what: str,
                     log: Callable[[str], None], *, skip: Callable[[PoolConfig], str | None] = lambda pool: None,
-                    before_asking: Callable[[str], None] = lambda name: None) -> Landing:
+                    before_asking: Callable[[str], None] = lambda name: None) -> AskedPool:
     """The one fallback loop: ask the first pool of `chain` that can be asked for room now (under
     its pool lock, `request_capacity`). A pool is passed over when `skip` gives a reason, when it is
     backed off or its scale-ups do not arrive (`pool_unavailable`), or when asking fails (which
@@ -94,12 +94,12 @@ def ask_along_chain(instance: DagsterInstance, env: Environment, chain: Sequence
         if reason is None:
             before_asking(name)
             try:
-                return Landing(name, request_capacity(instance, env, name, log), tuple(reasons))
+                return AskedPool(name, request_capacity(instance, env, name, log), tuple(reasons))
             except PoolBusy as error:
                 # Not a capacity problem: the run stays on this pool, the autoscaler asks again.
                 log(f"dpe: pool {name} is busy with another scaling activity ({error}); the {what} stays on it and "
                     "the autoscaler asks again at its next tick")
-                return Landing(name, None, tuple(reasons))
+                return AskedPool(name, None, tuple(reasons))
             except PoolError as error:
                 reason = f"asking for capacity failed: {error}"
                 _back_off(pool, reason)
@@ -107,7 +107,7 @@ def ask_along_chain(instance: DagsterInstance, env: Environment, chain: Sequence
         log(f"dpe: pool {name} cannot take this {what} now: {reason}"
             + (f"; placing it on fallback pool {following}" if following else ""))
         reasons.append(f"{name}: {reason}")
-    return Landing(None, None, tuple(reasons))
+    return AskedPool(None, None, tuple(reasons))
 
 
 def place_on_pool(instance: DagsterInstance, env: Environment, run: DagsterRun,
@@ -133,9 +133,9 @@ def place_on_pool(instance: DagsterInstance, env: Environment, run: DagsterRun,
             instance.add_run_tags(run.run_id, {POOL_TAG: name, REQUESTED_POOL_TAG: requested})
             current = name
 
-    landing = ask_along_chain(instance, env, chain, "run", say, before_asking=move_run)
-    if landing.pool is not None:
-        return landing.pool
+    asked = ask_along_chain(instance, env, chain, "run", say, before_asking=move_run)
+    if asked.pool is not None:
+        return asked.pool
     # No pool in the chain can take it now: the run stays on the pool it asked for and waits;
     # the sensor keeps asking every tick.
     if current != requested:

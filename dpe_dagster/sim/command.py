@@ -15,11 +15,11 @@ from rich.table import Table
 from dpe_dagster.config import PLACEMENTS, ConfigError, PoolConfig
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.engine import SimulationError
-from dpe_dagster.sim import POLICIES
+from dpe_dagster.sim.policies import DEFAULT_POLICIES, POLICIES, checked
 
 if TYPE_CHECKING:
     from dpe_dagster.sim.run import Setup
-from dpe_dagster.sim.schedules import ScheduleError, parse_schedules, scheduled_runs
+from dpe_dagster.sim.schedules import ScheduleError, parse_schedules, runs_during_trace
 from dpe_dagster.sim.trace import TraceError, read_trace
 from dpe_dagster.sim.workload import build_workload
 
@@ -126,7 +126,8 @@ def register(app: typer.Typer) -> None:
         boot_seconds: str = typer.Option(
             "120", "--boot-seconds", help="Node boot time: SECONDS, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA."),
         policy: Optional[list[str]] = typer.Option(
-            None, "--policy", help=f"Policy to run (repeatable); default all: {', '.join(POLICIES)}."),
+            None, "--policy", help=f"Policy to run (repeatable; default: {', '.join(DEFAULT_POLICIES)}): "
+            + "; ".join(f"{name}: {policy.summary}" for name, policy in POLICIES.items()) + "."),
         price: Optional[float] = typer.Option(None, "--price", help="Price per node-hour (default: the pool's)."),
         spot_rate: float = typer.Option(
             0.0, "--spot-interruptions-per-hour", help="Spot interruptions per node-hour (0: none)."),
@@ -152,10 +153,10 @@ def register(app: typer.Typer) -> None:
             from dpe_dagster.sim.run import Setup, simulate
         except ImportError as error:
             _fail(f"dpe simulate needs the sim extra (pip install 'dpe[sim]'): {error}")
-        chosen = tuple(policy) if policy else POLICIES
-        unknown = [p for p in chosen if p not in POLICIES]
-        if unknown:
-            _fail(f"--policy: {', '.join(map(repr, unknown))} is not a policy; allowed: {', '.join(POLICIES)}")
+        try:
+            chosen = checked(policy) if policy else DEFAULT_POLICIES
+        except ValueError as error:
+            _fail(str(error))
         if placement is not None and placement not in PLACEMENTS:
             _fail(f"--placement: must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
         _positive("--node-cpus", node_cpus)
@@ -175,8 +176,8 @@ def register(app: typer.Typer) -> None:
             loaded = read_trace(trace, skip_bad_lines=skip_bad_lines)
             runs = []
             if schedules is not None:
-                runs = scheduled_runs(parse_schedules(schedules), loaded.start_unix, loaded.arrival[0],
-                                      loaded.arrival[-1])
+                runs = runs_during_trace(parse_schedules(schedules), loaded.start_unix, loaded.arrival[0],
+                                         loaded.arrival[-1])
             work = build_workload(loaded, runs, memory=node_memory_gb is not None)
             world = {"node_cpus": node_cpus, "price": price}
             setup = Setup.from_pool(

@@ -15,8 +15,9 @@ beginning; that is the default here (`evictable=False`): then only empty nodes a
 from __future__ import annotations
 
 from dpe_dagster.sim.dpe import grid_at_or_after
+from dpe_dagster.sim.engine import Simulation
 from dpe_dagster.sim.estimator import fits_elsewhere, new_nodes_for
-from dpe_dagster.sim.node_choice import first_fit
+from dpe_dagster.sim.placement import first_fit
 
 BATCH_IDLE_S = 1.0
 BATCH_MAX_S = 10.0
@@ -32,7 +33,10 @@ class ConsolidatingScaler:
         self.batch_start: float | None = None
         self.batch_last = 0.0
 
-    def step(self, sim, arrived: bool, ticked: bool, changed: bool) -> None:
+    def start(self, sim: Simulation) -> None:
+        """Nothing before the first job: the pool starts empty."""
+
+    def step(self, sim: Simulation, arrived: bool, ticked: bool, changed: bool) -> None:
         now = sim.now
         if sim.pending:
             if self.batch_start is None:

@@ -19,16 +19,21 @@ timeout has run out, and the ticks at which a schedule's run enters the look-ahe
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from contextlib import nullcontext
 from typing import Sequence
 
 from dpe_dagster.config import PoolConfig
 from dpe_dagster.pools.base import Node, PoolError
 from dpe_dagster.scaling.activity import ArrivalRate, pool_activity
-from dpe_dagster.scaling.control import NodeMemory, control_step
+from dpe_dagster.scaling.control import control_step
+from dpe_dagster.scaling.cursor import NodeMemory
 from dpe_dagster.scaling.policy import PoolActivity, PoolState, RunDemand, idle_timeouts
 from dpe_dagster.scaling.schedules import ScheduledRuns, upcoming_runs
-from dpe_dagster.sim.node_choice import for_placement
+from dpe_dagster.sim.engine import Simulation
+from dpe_dagster.sim.placement import for_placement
+from dpe_dagster.sim.workload import Workload
+from dpe_dagster.tags import PoolRequest
 from dpe_dagster.usage.pricing import CONFIG, Price
 from dpe_dagster.usage.records import NodeLifetime
 
@@ -105,6 +110,17 @@ def run_id(job: int) -> str:
     return f"j{job}"
 
 
+def trace_schedules(work: Workload, pool: str) -> list[ScheduledRuns]:
+    """The trace's scheduled runs as the schedules the production sensor reads: one per request
+    (CPUs, memory), with its fire times."""
+    fires: dict[tuple[float, float], list[float]] = defaultdict(list)
+    for job in range(len(work)):
+        if work.scheduled[job]:
+            fires[(work.cpus[job], work.memory_gb[job])].append(work.arrival[job])
+    return [ScheduledRuns(f"trace-{cpus:g}cpu-{memory:g}g", PoolRequest(pool, cpus, memory), sorted(times))
+            for (cpus, memory), times in fires.items()]
+
+
 class DpeScaler:
     """The `dpe` policy of a replay: a pool configuration as an environment deploys it, driven by
     the production control step at the launcher's and the sensor's moments."""
@@ -126,7 +142,7 @@ class DpeScaler:
         self._dirty = True
         self._last_tick = -math.inf
 
-    def start(self, sim) -> None:
+    def start(self, sim: Simulation) -> None:
         self.provider = SimulatedPool(self.pool, sim)
         self.books = ReplayBooks(sim)
         self._demand = [None] * len(sim.work)
@@ -170,7 +186,7 @@ class DpeScaler:
         return pool_activity(self.pool, self._arrivals, now)
 
     # -- the control loop's moments --------------------------------------------------------------
-    def step(self, sim, arrived: bool, ticked: bool, changed: bool) -> None:
+    def step(self, sim: Simulation, arrived: bool, ticked: bool, changed: bool) -> None:
         if arrived:
             self._arrived_cpus += sum(sim.work.cpus[j] for j in sim.arrivals)
             self._launcher(sim)

@@ -6,10 +6,7 @@ Placement is per node, as Kubernetes does it: a job of at most one node's CPUs (
 one node, a larger one takes whole empty nodes. Paid time runs from a node's request to its removal
 (or the end of the replay, when the last job finishes).
 
-An autoscaler is any object with `step(sim, arrived, ticked, changed)` (decide after each batch of
-events: jobs arrived, its own wake-up came, something else happened)
-and `choose(sim, job, exclude)` (the node a pending job goes to, or None); it acts through
-`add_nodes`, `remove_nodes`, `evict` and `wake_at`.
+The autoscaler is a `Scaler`; it acts through `add_nodes`, `remove_nodes`, `evict` and `wake_at`.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import AbstractSet, Callable, Protocol
 
 from dpe_dagster import packing
 from dpe_dagster.pools.base import Node
@@ -86,8 +83,27 @@ class SimNode:
         return node
 
 
+NodeChoice = Callable[["Simulation", int, AbstractSet[SimNode]], "SimNode | None"]
+
+
+class Scaler(Protocol):
+    """An autoscaler under replay: every policy of `sim.policies` builds one."""
+
+    name: str
+    # The node a pending job goes to among the ready nodes with room, leaving out `exclude`, or
+    # None to leave it waiting (the scheduler's choice, called as `choose(sim, job, exclude)`).
+    choose: NodeChoice
+
+    def start(self, sim: Simulation) -> None:
+        """Act before the first event (a fixed cluster's nodes are up from the start)."""
+
+    def step(self, sim: Simulation, arrived: bool, ticked: bool, changed: bool) -> None:
+        """Decide after each batch of events at one time: jobs arrived, the scaler's own wake-up
+        came (`wake_at`), something else changed (a job ended, a node came up or was lost)."""
+
+
 class Simulation:
-    def __init__(self, work: Workload, shape: PoolShape, scaler, *, seed: int = 0,
+    def __init__(self, work: Workload, shape: PoolShape, scaler: Scaler | None, *, seed: int = 0,
                  progress: Callable[[float], None] | None = None, timeline: bool = False):
         self.work = work
         self.shape = shape
@@ -282,9 +298,7 @@ class Simulation:
         i = 0
         stalls = 0  # batches in a row at the same time holding only wake-ups
         next_report = 0
-        start = getattr(self.scaler, "start", None)
-        if start:
-            start(self)
+        self.scaler.start(self)
         while self.done < n:
             t = events[0][0] if events else math.inf
             if i < n and arrival[i] <= t:
@@ -481,6 +495,3 @@ class Simulation:
         self.evict(node)
         self._drop(node)
         self._mark()
-        on_interrupt = getattr(self.scaler, "on_interrupt", None)
-        if on_interrupt:
-            on_interrupt(self)

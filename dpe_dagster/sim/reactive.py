@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 
 from dpe_dagster.sim.dpe import grid_at_or_after
+from dpe_dagster.sim.engine import Simulation
 from dpe_dagster.sim.estimator import fits_elsewhere, new_nodes_for
-from dpe_dagster.sim.node_choice import first_fit
+from dpe_dagster.sim.placement import first_fit
 
 SCAN_S = 10.0
 UNNEEDED_S = 600.0
@@ -38,7 +39,10 @@ class ReactiveScaler:
         self.unneeded_since: dict = {}
         self.last_scale_up = -math.inf
 
-    def step(self, sim, arrived: bool, ticked: bool, changed: bool) -> None:
+    def start(self, sim: Simulation) -> None:
+        """Nothing before the first job: the pool starts empty."""
+
+    def step(self, sim: Simulation, arrived: bool, ticked: bool, changed: bool) -> None:
         if ticked:
             self._scan(sim)
         if arrived or changed:

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from dpe_dagster.config import POOL_FIELDS, PoolConfig, parse_pool
-from dpe_dagster.scaling.schedules import ScheduledRuns, look_ahead_s
-from dpe_dagster.tags import PoolRequest
+from dpe_dagster.scaling.schedules import look_ahead_s
 from dpe_dagster.sim.boot import BootTime
-from dpe_dagster.sim.consolidating import ConsolidatingScaler
-from dpe_dagster.sim.dpe import DpeScaler
 from dpe_dagster.sim.engine import PoolShape, Simulation, whole_nodes
-from dpe_dagster.sim.reactive import ReactiveScaler
+from dpe_dagster.sim.policies import DEFAULT_POLICIES, policy
 from dpe_dagster.sim.reference import clairvoyant_node_seconds
-from dpe_dagster.sim import POLICIES
-from dpe_dagster.sim.static import StaticScaler, static_sizes
 from dpe_dagster.sim.workload import Workload, cpu_seconds
 
 UNBOUNDED_POOL = 1_000_000  # the simulated pool may grow as far as demand asks
@@ -109,32 +103,6 @@ def clairvoyant(work: Workload, setup: Setup) -> dict[str, float]:
             "cost_vs_lower_bound": cost / bound["cost"] if bound["cost"] > 0 else math.nan}
 
 
-def make_scaler(name: str, work: Workload, setup: Setup, whole: list[int], lookahead_s: float):
-    if name in ("dpe", "dpe-prewarm"):
-        pool = setup.pool()
-        schedules = trace_schedules(work, pool.name) if name == "dpe-prewarm" else []
-        return DpeScaler(pool, name=name, sensor_interval_s=setup.sensor_interval_s,
-                         schedules=schedules, lookahead_s=lookahead_s)
-    if name == "reactive":
-        return ReactiveScaler(evictable=setup.evictable)
-    if name == "consolidating":
-        return ConsolidatingScaler(evictable=setup.evictable)
-    if name in ("static-peak", "static-p95"):
-        return StaticScaler(name, static_sizes(work, whole, setup.node_cpus)[name])
-    raise ValueError(f"--policy: {name!r} is not a policy; allowed: {', '.join(POLICIES)}")
-
-
-def trace_schedules(work: Workload, pool: str) -> list[ScheduledRuns]:
-    """The trace's scheduled runs as the schedules the production sensor reads: one per request
-    (CPUs, memory), with its fire times."""
-    fires: dict[tuple[float, float], list[float]] = defaultdict(list)
-    for job in range(len(work)):
-        if work.scheduled[job]:
-            fires[(work.cpus[job], work.memory_gb[job])].append(work.arrival[job])
-    return [ScheduledRuns(f"trace-{cpus:g}cpu-{memory:g}g", PoolRequest(pool, cpus, memory), sorted(times))
-            for (cpus, memory), times in fires.items()]
-
-
 def percentiles(values: list[float]) -> tuple[float, float, float]:
     if not values:
         return 0.0, 0.0, 0.0
@@ -179,16 +147,19 @@ def summarize(sim: Simulation, seconds: float, bound: dict[str, float], setup: S
 
 def simulate_policy(name: str, work: Workload, setup: Setup, *, progress: Callable[[float], None] | None = None,
                     timeline: bool = False) -> tuple[dict[str, Any], Simulation]:
+    """Replay the workload under the registry's policy `name` (`sim/policies.py`)."""
+    chosen = policy(name)
+    work = chosen.told(work)
     bound = lower_bound(work, setup)
     shape = setup.shape()
     began = time.perf_counter()
     sim = Simulation(work, shape, None, seed=setup.seed, progress=progress, timeline=timeline)
-    sim.scaler = make_scaler(name, work, setup, sim.whole, look_ahead_s(setup.pool(), setup.sensor_interval_s))
+    sim.scaler = chosen.build(work, setup, sim.whole, look_ahead_s(setup.pool(), setup.sensor_interval_s))
     sim.run()
     return summarize(sim, time.perf_counter() - began, bound, setup), sim
 
 
-def simulate(work: Workload, setup: Setup, policies: tuple[str, ...] = POLICIES,
+def simulate(work: Workload, setup: Setup, policies: tuple[str, ...] = DEFAULT_POLICIES,
              progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"trace": work.name, "jobs": len(work), "lower_bound": lower_bound(work, setup),
                            "policies": {}}

@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from dpe_dagster.sim.node_choice import first_fit
+from dpe_dagster.sim.engine import Simulation
+from dpe_dagster.sim.placement import first_fit
 
 
 def demand_in_nodes(sim_work, whole: list[int], node_cpus: float) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +46,8 @@ class StaticScaler:
         self.size = size
         self.choose = first_fit
 
-    def start(self, sim) -> None:
+    def start(self, sim: Simulation) -> None:
         sim.add_nodes(self.size, ready=True)
 
-    def step(self, sim, arrived: bool, ticked: bool, changed: bool) -> None:
-        pass
+    def step(self, sim: Simulation, arrived: bool, ticked: bool, changed: bool) -> None:
+        pass  # the cluster never changes

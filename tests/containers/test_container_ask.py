@@ -18,7 +18,7 @@ from dpe_dagster.containers import KubernetesPoolContainers
 from dpe_dagster.scaling.demand import read_demand
 from dpe_dagster.scaling.sensor import build_autoscaler_sensor
 from dpe_dagster.tags import CONTAINER_TAG_PREFIX, container_ask_tag
-from resources import load_environment
+from resources import repository_environment
 from tests.support.cluster import wait_for
 from tests.support.pods import (  # noqa: F401 (fixtures and helpers)
     RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_pod, scheduling_events,
@@ -31,7 +31,7 @@ def started_run(instance, tags: dict[str, str]) -> str:
 
 
 def test_a_container_ask_recorded_on_a_run_is_demand_on_its_pool_until_it_is_closed(sqlite_instance):
-    env, instance = load_environment("eks-sim"), sqlite_instance
+    env, instance = repository_environment("eks-sim"), sqlite_instance
     run_id = started_run(instance, container_ask_tag("container-1", "spot-etl", 0.5, 0.5))  # the run names no pool
     [ask] = read_demand(instance, env).of("spot-etl")
     assert (ask.run_id, ask.cpus, ask.memory_gb) == (f"{run_id}/container-1", 0.5, 0.5)
@@ -42,7 +42,7 @@ def test_a_container_ask_recorded_on_a_run_is_demand_on_its_pool_until_it_is_clo
 
 
 def test_a_malformed_container_ask_is_rejected_naming_the_tag(sqlite_instance):
-    env, instance = load_environment("eks-sim"), sqlite_instance
+    env, instance = repository_environment("eks-sim"), sqlite_instance
     run_id = started_run(instance, {CONTAINER_TAG_PREFIX + "c": "spot-etl lots"})
     demand = read_demand(instance, env)
     assert demand.of("spot-etl") == []

@@ -22,7 +22,7 @@ from assets.containers import word_count
 from dpe_dagster.containers import KubernetesPoolContainers
 from dpe_dagster.kube.pod_spec import NOT_SAFE_TO_EVICT, pod_placement
 from dpe_dagster.tags import pool_tags
-from dpe_dagster.usage.pods import read_pod_usage
+from dpe_dagster.usage.eventlog import read_pod_usage
 from tests.support.cluster import node_ready, wait_for
 from tests.support.pods import (  # noqa: F401  (fixtures and helpers)
     RUN_USER, admissions, cluster, eks_sim, instance, kube, pool_of_node, pools, run_pod, scheduling_events,

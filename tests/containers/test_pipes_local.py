@@ -10,8 +10,9 @@ from dagster import asset, materialize
 from assets.containers import word_count
 from dpe_dagster.containers import LocalPoolContainers, PoolContainers
 from dpe_dagster.containers.request import ContainerError, container_request
-from dpe_dagster.usage.pods import NO_NODE, read_pod_usage
-from resources import load_environment
+from dpe_dagster.usage.eventlog import read_pod_usage
+from dpe_dagster.usage.pods import NO_NODE
+from resources import repository_environment
 
 
 def test_the_local_variant_runs_the_command_and_reports_back_through_pipes(sqlite_instance):
@@ -46,6 +47,7 @@ def test_a_failing_command_fails_the_step_and_is_still_recorded(sqlite_instance)
     ("spot-etl", {"cpus": 8}, "cpus: must be a number in (0, 3.795] (a container runs on one node; one node of pool "
                               "spot-etl has 3.795 CPUs and 15.0302 GB for runs); got 8"),
     ("spot-etl", {"cpus": "two"}, "cpus: must be a number in (0, 3.795]"),
+    ("spot-etl", {"cpus": True}, "cpus: must be a number in (0, 3.795]"),
     ("spot-etl", {"memory": "lots"}, "memory: must be a size like '4g', '512m' or '2Gi' (a bare number is GB) "
                                      "of at most 15.0302 GB"),
     ("spot-etl", {"memory": "16g"}, "of at most 15.0302 GB"),
@@ -53,7 +55,7 @@ def test_a_failing_command_fails_the_step_and_is_still_recorded(sqlite_instance)
     ("spot-etl", {"image": "has space"}, "image: must be an image reference"),
 ])
 def test_bad_arguments_name_the_field_and_what_is_allowed(pool, kwargs, expected):
-    env = load_environment("staging")
+    env = repository_environment("staging")
     args = {"image": "busybox:1.36", "command": ["true"], **kwargs}
     with pytest.raises(ContainerError) as error:
         container_request(env, pool, **args)

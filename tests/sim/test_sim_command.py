@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from dpe_dagster.sim.command import register
-from dpe_dagster.sim.run import POLICIES
+from dpe_dagster.sim.policies import DEFAULT_POLICIES
 
 REPO = Path(__file__).resolve().parents[2]
 HPC2N = REPO.parent / "shared" / "traces" / "HPC2N-2002-2.1-cln.swf.gz"
@@ -57,7 +58,8 @@ def test_json_has_every_policy_and_key(app, trace):
     data = json.loads(result.stdout)
     assert data["trace"] == "jobs.csv" and data["jobs"] == 250
     assert set(data["lower_bound"]) == {"cost", "node_hours"}
-    assert list(data["policies"]) == list(POLICIES)
+    assert list(data["policies"]) == list(DEFAULT_POLICIES)
+    assert "dpe-true-durations" not in data["policies"]  # told what no scheduler knows: only when named
     for name, row in data["policies"].items():
         assert POLICY_KEYS <= set(row), name
         assert row["cost"] >= data["lower_bound"]["cost"], name
@@ -79,15 +81,15 @@ def test_table_by_default(app, trace):
 
 
 def test_dpe_replays_the_pool_an_environment_deploys(app, trace):
-    from resources import load_environment
+    from resources import repository_environment
 
-    deployed = load_environment("prod").pool("ondemand-etl")
+    deployed = repository_environment("prod").pool("ondemand-etl")
     result = run(app, "--trace", str(trace), "--json", "--policy", "dpe", "--environment", "prod",
                  "--pool", "ondemand-etl", "--node-cpus", "8")
     assert result.exit_code == 0, result.output
     replayed = json.loads(result.stdout)["dpe_pool"]
     assert replayed["environment_pool"] == "ondemand-etl" and replayed["node_cpus"] == 8
-    assert replayed["sensor_interval_s"] == load_environment("prod").sensor_interval_s
+    assert replayed["sensor_interval_s"] == repository_environment("prod").sensor_interval_s
     for name in ("idle_timeout_s", "idle_timeout_mode", "placement", "queue_allowance_s", "boot_timeout_s"):
         assert replayed[name] == getattr(deployed, name), name
 
@@ -105,7 +107,8 @@ def test_bad_line_fails_with_its_number(app, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--policy", "fifo"], "--policy: 'fifo' is not a policy; allowed: dpe, dpe-prewarm"),
+    (["--policy", "fifo"], "--policy: 'fifo' is not a policy; allowed: dpe, dpe-true-durations, dpe-prewarm, "
+                           "reactive, consolidating, static-peak, static-p95"),
     (["--node-cpus", "0"], "--node-cpus: must be a finite number > 0"),
     (["--boot-seconds", "soon"], "--boot-seconds: 'soon' is not allowed"),
     (["--idle-timeout", "-1"], "--idle-timeout: must be a number of seconds >= 0 or 'auto'"),
@@ -128,8 +131,8 @@ def test_missing_trace_is_an_error(app, tmp_path):
 def test_prewarm_starts_scheduled_runs_on_time(app, tmp_path):
     # about two days of sparse ad-hoc jobs (one every 20 minutes): 50 hourly and 2 daily runs on top.
     # Pre-warmed room is not reserved (no scheduler in production holds room for a run that does
-    # not exist yet), so where ad-hoc jobs are dense they can take it first: bench/RESULTS.md
-    # measures that case.
+    # not exist yet), so where ad-hoc jobs are dense they can take it first: bench/RESULTS.md,
+    # "Goals, against the tables above", measures that case.
     trace = write_trace(tmp_path / "day.csv", 150, gap_s=1200)
     schedules = tmp_path / "cron.txt"
     schedules.write_text("# name minute hour dom month dow cpus duration\n"
@@ -149,7 +152,20 @@ def test_bad_schedule_line_is_named(app, trace, tmp_path):
     schedules.write_text("ok 0 * * * * 1 60\nbad 61 * * * * 1 60\n")
     result = run(app, "--trace", str(trace), "--schedules", str(schedules))
     assert result.exit_code != 0
-    assert "line 2: minute '61' is out of range; allowed 0-59" in " ".join(result.output.split())
+    assert "line 2: minute '61' is not allowed; allowed: 0-59" in " ".join(result.output.split())
+
+
+def test_schedule_lines_fire_as_dagster_evaluates_their_cron_in_utc(tmp_path):
+    from dpe_dagster.sim.schedules import ScheduleError, parse_schedules, runs_during_trace
+
+    schedules = tmp_path / "cron.txt"
+    schedules.write_text("weekdays 30 9 * * 1-5 2 600  # 9:30 UTC, Monday to Friday\n")
+    monday = datetime(2026, 1, 5, tzinfo=timezone.utc).timestamp()
+    runs = runs_during_trace(parse_schedules(schedules), monday, 0.0, 7 * 86400.0)
+    assert runs == [(day * 86400.0 + 9.5 * 3600, 600.0, 2.0, 0.0) for day in range(5)]
+    schedules.write_text("never 0 0 30 2 * 1 60\n")
+    with pytest.raises(ScheduleError, match="line 1: '0 0 30 2 \\*' is not a cron schedule Dagster runs"):
+        parse_schedules(schedules)
 
 
 def test_dpe_cli_has_simulate():

@@ -13,7 +13,8 @@ from dpe_dagster.scaling import control
 from dpe_dagster.sim.boot import BootTime
 from dpe_dagster.sim.dpe import DpeScaler, SimulatedPool
 from dpe_dagster.sim.engine import Simulation, SimulationError
-from dpe_dagster.sim.run import POLICIES, UNBOUNDED_POOL, Setup, lower_bound, make_scaler, simulate, simulate_policy
+from dpe_dagster.sim.policies import POLICIES
+from dpe_dagster.sim.run import UNBOUNDED_POOL, Setup, lower_bound, simulate, simulate_policy
 from dpe_dagster.sim.static import static_sizes
 from dpe_dagster.sim.trace import Trace
 from dpe_dagster.sim.workload import build_workload, expected_durations
@@ -31,12 +32,12 @@ def synthetic(jobs: int = 400, seed: int = 3, big: bool = True) -> Trace:
 
 
 def test_the_simulators_dpe_is_an_environments_pool_run_by_the_production_control_step(monkeypatch):
-    from resources import load_environment
+    from resources import repository_environment
 
-    deployed = load_environment("prod").pool("spot-etl")
+    deployed = repository_environment("prod").pool("spot-etl")
     setup = Setup.from_pool(deployed, sensor_interval_s=15, node_cpus=8)
     work = build_workload(synthetic(60))
-    scaler = make_scaler("dpe", work, setup, [0] * len(work), 0.0)
+    scaler = POLICIES["dpe"].build(work, setup, [0] * len(work), 0.0)
     assert scaler.step_function is control.control_step  # the production function object, not a copy
     replayed = scaler.pool
     # every policy setting is the environment's; only the node shape (the trace's: what runs can
@@ -64,7 +65,7 @@ def test_the_simulators_dpe_is_an_environments_pool_run_by_the_production_contro
 def test_every_policy_costs_at_least_the_lower_bound_and_runs_every_job():
     work = build_workload(synthetic())
     for cpus in (8.0, 32.0):
-        result = simulate(work, Setup(node_cpus=cpus))
+        result = simulate(work, Setup(node_cpus=cpus), tuple(POLICIES))
         bound = result["lower_bound"]["cost"]
         assert set(result["policies"]) == set(POLICIES)
         for name, row in result["policies"].items():
@@ -172,11 +173,20 @@ def test_static_cluster_is_paid_around_the_clock():
     assert row["wait_p95_s"] == 0
 
 
+def test_dpe_told_the_true_durations_replays_them_and_leaves_the_workload_as_known():
+    work = build_workload(synthetic(120, seed=4))
+    assert work.expected != work.duration  # production only guesses
+    _, told = simulate_policy("dpe-true-durations", work, Setup(node_cpus=8))
+    _, known = simulate_policy("dpe", work, Setup(node_cpus=8))
+    assert told.work.expected == work.duration
+    assert known.work.expected == work.expected != work.duration
+
+
 def test_no_policy_removes_a_busy_node():
     work = build_workload(synthetic(300, seed=9))
     for name in ("dpe", "reactive", "consolidating"):
         sim = Simulation(work, Setup(node_cpus=8).shape(), None)
-        sim.scaler = make_scaler(name, work, Setup(node_cpus=8), sim.whole, 0.0)
+        sim.scaler = POLICIES[name].build(work, Setup(node_cpus=8), sim.whole, 0.0)
         original = sim.remove_nodes
         def guarded(nodes, original=original):
             assert all(not n.jobs for n in nodes)

@@ -9,7 +9,8 @@ import random
 import pytest
 
 from dpe_dagster.sim.engine import Simulation
-from dpe_dagster.sim.run import Setup, make_scaler
+from dpe_dagster.sim.policies import POLICIES
+from dpe_dagster.sim.run import Setup
 from dpe_dagster.sim.trace import Trace
 from dpe_dagster.sim.workload import build_workload
 
@@ -30,7 +31,7 @@ def placement_attempts(policy: str, trace: Trace) -> int:
     work = build_workload(trace)
     setup = Setup(node_cpus=8)
     sim = Simulation(work, setup.shape(), None)
-    sim.scaler = make_scaler(policy, work, setup, sim.whole, 0.0)
+    sim.scaler = POLICIES[policy].build(work, setup, sim.whole, 0.0)
     sim.run()
     assert sim.done == len(work)
     return sim.placement_attempts

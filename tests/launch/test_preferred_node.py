@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dpe_dagster.config import ConfigError, parse_environment
-from dpe_dagster.launch.node_choice import node_rooms, preferred_node
+from dpe_dagster.launch.preferred_node import node_rooms, preferred_node
 from dpe_dagster.pools.base import Node
 from dpe_dagster.scaling.policy import NodeRoom, RunDemand
 
