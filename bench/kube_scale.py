@@ -143,7 +143,7 @@ def measure(args, env, instance, cluster, node_names, requests: Requests) -> dic
     from kubernetes import client
 
     from dpe_dagster.kube.nodes import KubeNodes, begin_look
-    from dpe_dagster.pools.aws.asg import instance_id
+    from dpe_dagster.pools.aws.asg import node_instance_id
     from dpe_dagster.scaling.control import request_capacity
 
     tick = autoscaler_ticks(instance, env)
@@ -176,7 +176,7 @@ def measure(args, env, instance, cluster, node_names, requests: Requests) -> dic
         for times, read in ((per_list, lambda kube: kube._all_active_pods()), (per_watch, None)):
             started = time.perf_counter()
             begin_look()
-            pools = [KubeNodes(core, f"dpe.io/pool={name}", instance_id) for name in node_names]
+            pools = [KubeNodes(core, f"dpe.io/pool={name}", node_instance_id) for name in node_names]
             if read is not None:
                 read(pools[0])  # what each look cost before the watch: the whole list, once
             for kube in pools:

@@ -55,7 +55,7 @@ def _definitions():
 
     from dpe_dagster.scaling.sensor import build_autoscaler_sensor
     from dpe_dagster.tags import pool_tags
-    from resources import load_environment
+    from resources import repository_environment
 
     @op
     def probe():
@@ -65,7 +65,7 @@ def _definitions():
     def latency_probe():
         probe()
 
-    sensors = [build_autoscaler_sensor(load_environment("aws-sim"))] if os.environ.get(SENSOR_VAR) == "1" else []
+    sensors = [build_autoscaler_sensor(repository_environment("aws-sim"))] if os.environ.get(SENSOR_VAR) == "1" else []
     return Definitions(jobs=[latency_probe], sensors=sensors)
 
 
@@ -315,11 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from dpe_dagster.pools.aws.emulator import emulated_aws
-    from resources import load_environment
+    from resources import repository_environment
 
     console = Console()
     os.environ.setdefault(TAG_VAR, f"latency-{uuid.uuid4().hex[:8]}")
-    env = load_environment("aws-sim")
+    env = repository_environment("aws-sim")
     phases = []
     if "submit" in paths:
         phases.append(Phase(f"submit-dequeue-{intervals[0]:g}s", "submit", intervals[0]))

@@ -42,7 +42,7 @@ class DpeSide:
     """dpe's `local` environment on its own DPE_HOME and Dagster instance, with a daemon."""
 
     def __init__(self, out: Path, scale_factor: float):
-        from resources import load_environment
+        from resources import repository_environment
 
         self.home = out / "dpe"
         self.scale_factor = scale_factor
@@ -52,7 +52,7 @@ class DpeSide:
                          # The bench stops the workers itself (cold runs); the sensor must not race it.
                          "DPE_IDLE_TIMEOUT_S": "3600"}
         os.environ.update(self.env_vars)
-        self.env = load_environment("local")
+        self.env = repository_environment("local")
         self.pool_config = self.env.pools["spot-etl"]
 
     def data_root(self) -> Path:

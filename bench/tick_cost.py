@@ -166,7 +166,7 @@ class AwsCalls:
         from dpe_dagster.pools.aws.asg import AwsSettings, make_clients
 
         self.counts: dict[str, int] = {}
-        for client in make_clients(AwsSettings.parse(dict(env.aws))):
+        for client in make_clients(AwsSettings.parse(dict(env.block("aws")))):
             client.meta.events.register("before-call", self._count)
 
     def _count(self, model, **_kwargs) -> None:

@@ -4,125 +4,30 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-import uuid
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from dpe_dagster.config import ConfigError
+from dpe_dagster.console import command_environment, command_instance, console, err, print_error
 
 app = typer.Typer(help="dpe: on-demand node pools for Dagster runs, and what every run cost.", no_args_is_help=True,
                   add_completion=False)
-# Reports are wide: keep them readable when the output is a file or a pipe.
-console = Console(width=None if sys.stdout.isatty() else 160)
-# Errors are never wrapped: a path or a field name stays whole on one line (and greppable).
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _error(label: str, message: object) -> None:
-    """An error on stderr: the label in red, the message as written (no markup, so `[tool.dpe]`
-    and `taints[0]` stay whole)."""
-    err.print(f"[red]{escape(label)}[/red] {escape(str(message))}" if label else f"[red]{escape(str(message))}[/red]")
-
-
-class StepFailed(RuntimeError):
-    pass
-
-
-def _environment(source: Optional[Path] = None):
-    from dpe_dagster.environment import load_environment
-
-    try:
-        return load_environment(source)
-    except ConfigError as error:
-        _error("configuration error:", error)
-        raise typer.Exit(2) from None
-
-
 def _demo_job() -> str:
     from dpe_dagster.environment import project_table
 
     try:
         job = project_table().get("demo_job")
     except ConfigError as error:
-        _error("configuration error:", error)
+        print_error("configuration error:", error)
         raise typer.Exit(2) from None
     if not isinstance(job, str) or not job:
-        _error("--job:", "name the job to run, or set [tool.dpe] demo_job in the project's pyproject.toml")
+        print_error("--job:", "name the job to run, or set [tool.dpe] demo_job in the project's pyproject.toml")
         raise typer.Exit(2)
     return job
-
-
-def _instance(must_exist: bool = True):
-    from dagster import DagsterInstance
-
-    from dpe_dagster.paths import dagster_home
-
-    home = dagster_home()
-    if must_exist and not (home / "dagster.yaml").exists():
-        _error(f"no dpe instance at {home}:", "run `dpe demo` (or `make demo`) first, or set DAGSTER_HOME")
-        raise typer.Exit(2)
-    return DagsterInstance.from_config(str(home))
-
-
-def _wait(what: str, done: Callable[[], str | None], timeout_s: float, detail: Callable[[], str] = lambda: "") -> str:
-    """Show a spinner until `done()` returns a message; fail after `timeout_s`."""
-    start = time.monotonic()
-    with console.status(what) as status:
-        while True:
-            message = done()
-            if message is not None:
-                console.print(f"[green]✓[/green] {what}: {message} [dim]({time.monotonic() - start:.0f}s)[/dim]")
-                return message
-            if time.monotonic() - start > timeout_s:
-                raise StepFailed(f"{what}: not done after {timeout_s:.0f}s ({detail()})")
-            status.update(f"{what} [dim]{time.monotonic() - start:.0f}s {detail()}[/dim]")
-            time.sleep(1)
-
-
-def _pool_summary(env) -> str:
-    from dpe_dagster.pools import open_pool
-
-    parts = []
-    for name, config in env.pools.items():
-        nodes = open_pool(config, env).nodes()
-        busy = sum(n.busy for n in nodes)
-        running = sum(n.state == "running" for n in nodes)
-        parts.append(f"{name}: {len(nodes)} node(s), {running} running, {busy} busy")
-    return "; ".join(parts)
-
-
-@contextmanager
-def _cloud_for(env):
-    """What stands in for the environment's clouds for as long as the demo: the AWS emulator on
-    loopback (`aws.emulator`), then the environment's `sandbox` (e.g. eks-sim's Kubernetes control
-    plane). Yields the sandbox's object, or None: its `instance` (dagster.yaml sections) and
-    `instance_written(path)`, when it has them, shape the demo's Dagster instance."""
-    import importlib
-
-    with ExitStack() as stack:
-        if env.aws.get("emulator"):
-            from dpe_dagster.pools.aws.emulator import emulated_aws
-
-            stack.enter_context(emulated_aws(env))
-        sandbox = None
-        if env.sandbox:
-            module, _, attribute = env.sandbox.partition(":")
-            try:
-                factory = getattr(importlib.import_module(module), attribute)
-                with console.status(f"starting the sandbox {env.sandbox}"):
-                    sandbox = stack.enter_context(factory(env))
-            except Exception as error:
-                raise StepFailed(f"sandbox: {env.sandbox} could not start: {type(error).__name__}: {error}") from error
-            console.print(f"[green]✓[/green] sandbox {env.sandbox} started")
-        yield sandbox
 
 
 @app.command()
@@ -135,108 +40,21 @@ def demo(
 ) -> None:
     """Run the whole cycle for real: daemon up, pipeline queued, pool scaled up, pipeline run,
     usage recorded, pool scaled down to its minimum, report printed, everything stopped."""
-    from dagster import DagsterRunStatus
-
-    from dpe_dagster.daemon import dagster_bin, start_daemon, stop_process_group
-    from dpe_dagster.instance import write_instance
-    from dpe_dagster.spark.java import JavaMissing, check_java
-    from dpe_dagster.paths import dagster_home, dpe_home, project_root
-    from dpe_dagster.pools import open_pool
-    from dpe_dagster.pools.local.standalone import spark_pids_of
-    from dpe_dagster.providers import provider
-    from dpe_dagster.usage.eventlog import read_node_lifetimes
-    from dpe_dagster.usage.ledger import read_run_usage
-    from dpe_dagster.usage.report import nodes_table, runs_table
+    from dpe_dagster.demo import DemoFailed, run_demo
+    from dpe_dagster.spark.java import JavaMissing
 
     if scale_factor is not None:
         os.environ["DPE_TPCH_SCALE_FACTOR"] = f"{scale_factor:g}"
-    env = _environment()
-    try:
-        check_java()
-    except JavaMissing as error:
-        _error("", error)
-        raise typer.Exit(2) from None
-    home = dagster_home()
-    os.environ["DAGSTER_HOME"] = str(home)
-    # Every process the demo starts inherits DPE_HOME: that is how leftovers are found at the end.
-    os.environ["DPE_HOME"] = str(dpe_home())
+    env = command_environment()
     job = job or _demo_job()
-    console.print(f"dpe demo: environment [bold]{env.name}[/bold], job [bold]{job}[/bold], "
-                  f"instance {home}")
-    deadline = time.monotonic() + timeout
-    left = lambda: max(5.0, deadline - time.monotonic())  # noqa: E731
-    run_id = str(uuid.uuid4())
-    failed = None
-    with ExitStack() as stack:
-        try:
-            sandbox = stack.enter_context(_cloud_for(env))
-            written = write_instance(home, env, getattr(sandbox, "instance", None))
-            if hasattr(sandbox, "instance_written"):
-                sandbox.instance_written(written)
-            instance = stack.enter_context(_instance())
-            daemon = start_daemon(home, dpe_home() / "logs" / "daemon.log")
-            stack.callback(stop_process_group, daemon)
-            console.print(f"[green]✓[/green] Dagster daemon started (pid {daemon.pid}, log {dpe_home() / 'logs'})")
-            launch = subprocess.run(
-                [dagster_bin("dagster"), "job", "launch", "-w", str(project_root() / "workspace.yaml"), "-j", job,
-                 "--run-id", run_id],
-                capture_output=True, text=True, env=dict(os.environ), cwd=project_root(), timeout=left(),
-            )
-            if launch.returncode != 0:
-                raise StepFailed(f"could not queue job {job}: {launch.stderr.strip()[-2000:]}")
-            console.print(f"[green]✓[/green] queued run {run_id} of job {job}")
-
-            def status() -> DagsterRunStatus:
-                run = instance.get_run_by_id(run_id)
-                return run.status if run else DagsterRunStatus.NOT_STARTED
-
-            ended = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-            detail = lambda: f"run {status().value}; {_pool_summary(env)}"  # noqa: E731
-            seen: set[str] = set()  # nodes that came up for the run: each one removed must have its record
-
-            def nodes_up() -> bool:
-                up = [node.id for c in env.pools.values() for node in open_pool(c, env).nodes()]
-                seen.update(up)
-                return bool(up)
-
-            def scaled_down() -> bool:
-                pools = [(c, open_pool(c, env)) for c in env.pools.values()]
-                nodes = [(c, pool, pool.nodes()) for c, pool in pools]
-                alive = {node.id for _, _, up in nodes for node in up}
-                return (all(len(up) <= c.min_size and pool.target() <= c.min_size for c, pool, up in nodes)
-                        and seen - alive <= {n.node_id for n in read_node_lifetimes(instance)})
-
-            _wait("scaling up for the queued run",
-                  lambda: (_pool_summary(env) if nodes_up()
-                           else ("run ended before any node came up" if status() in ended else None)),
-                  left(), detail)
-            final = _wait("running the pipeline", lambda: status().value if status() in ended else None, left(), detail)
-            if final != DagsterRunStatus.SUCCESS.value:
-                raise StepFailed(f"run {run_id} ended {final}; see it in the Dagster UI (`dpe ui`)")
-            _wait("recording usage in the event log",
-                  lambda: next((f"{r.node_seconds:.1f} node-seconds, ${r.cost_usd:.6f}"
-                                for r in read_run_usage(instance) if r.run_id == run_id), None), left())
-            _wait("scaling down after the idle timeout", lambda: _pool_summary(env) if scaled_down() else None,
-                  left(), lambda: _pool_summary(env))
-            console.print(runs_table([r for r in read_run_usage(instance) if r.run_id == run_id]))
-            console.print(nodes_table(read_node_lifetimes(instance)[-10:]))
-        except (StepFailed, subprocess.TimeoutExpired, OSError) as error:
-            failed = str(error)
-        finally:
-            with console.status("stopping the daemon and every pool process"):
-                stack.close()
-                for config in env.pools.values():
-                    if provider(config.provider).starts_processes_here:
-                        open_pool(config, env).shutdown()
-    leaked = spark_pids_of(dpe_home())
-    if leaked:
-        failed = (failed + "; " if failed else "") + f"Spark processes still alive after the demo: {sorted(leaked)}"
-    if failed:
-        _error("demo failed:", failed)
-        raise typer.Exit(1)
-    console.print("[green]demo finished[/green]: every Spark process it started is stopped. "
-                  "`dpe usage` shows the ledger; `dpe ui` opens the Dagster UI; `dpe metrics --once` prints "
-                  "its Prometheus series.")
+    try:
+        run_demo(env, job, timeout, console)
+    except JavaMissing as error:
+        print_error("", error)
+        raise typer.Exit(2) from None
+    except DemoFailed as error:
+        print_error("demo failed:", error)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -249,8 +67,7 @@ def usage(
     list_nodes: bool = typer.Option(False, "--nodes", help="List node lifetimes (removed in the window) instead."),
 ) -> None:
     """Print the usage ledger, read back from Dagster's event log."""
-    from dpe_dagster.usage.eventlog import read_node_lifetimes
-    from dpe_dagster.usage.ledger import read_usage
+    from dpe_dagster.usage.eventlog import read_node_lifetimes, read_usage
     from dpe_dagster.scaling.cursor import read_busy_seconds
     from dpe_dagster.usage.live import report_nodes
     from dpe_dagster.usage.report import node_rows, nodes_table, rows_csv, rows_table, runs_table
@@ -267,12 +84,12 @@ def usage(
     except ValueError as error:
         problems.append(str(error))
     if problems:
-        _error("", "\n".join(problems))
+        print_error("", "\n".join(problems))
         raise typer.Exit(2)
-    with _instance() as instance:
+    with command_instance() as instance:
         records, nodes = read_usage(instance), read_node_lifetimes(instance)
         # nodes still up count too, with the busy time the autoscaler has counted of them
-        with_live, unread = report_nodes(instance, _environment(), time.time(), read_busy_seconds)
+        with_live, unread = report_nodes(instance, command_environment(), time.time(), read_busy_seconds)
     for pool, error in unread.items():
         err.print(f"[yellow]pool {pool}: its live nodes are left out: {escape(str(error))}[/yellow]")
     rows = summarize(by, records, with_live, window)
@@ -305,10 +122,10 @@ def pools(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     from dpe_dagster.pools import PoolError, open_pool
     from dpe_dagster.scaling.cursor import read_failures
 
-    env = _environment()
+    env = command_environment()
     failures: dict[str, dict] = {}
     if (dagster_home() / "dagster.yaml").exists():
-        with _instance() as instance:
+        with command_instance() as instance:
             failures = read_failures(instance)
     out = []
     for name, config in env.pools.items():
@@ -352,7 +169,7 @@ def schema(check: Optional[Path] = typer.Option(None, "--check", help="Validate 
     if check is None:
         print(json.dumps(config_schema(), indent=2))
         return
-    env = _environment(check)
+    env = command_environment(check)
     console.print(f"{check}: valid; pools: {', '.join(env.pools)}")
 
 
@@ -361,7 +178,7 @@ def down() -> None:
     """Stop every local pool process (Spark master and workers), busy or not."""
     from dpe_dagster.pools import open_pool
 
-    env = _environment()
+    env = command_environment()
     for config in env.pools.values():
         open_pool(config, env).shutdown()
         console.print(f"pool {config.name}: stopped")
@@ -374,7 +191,7 @@ def ui(port: int = typer.Option(3000, min=1024, max=65535, help="Port of the Dag
     from dpe_dagster.instance import write_instance
     from dpe_dagster.paths import dagster_home, project_root
 
-    env = _environment()
+    env = command_environment()
     home = dagster_home()
     write_instance(home, env)
     console.print(f"Dagster UI on http://127.0.0.1:{port} (instance {home}); Ctrl-C stops it.")
@@ -382,28 +199,6 @@ def ui(port: int = typer.Option(3000, min=1024, max=65535, help="Port of the Dag
     os.chdir(project_root())
     os.execv(dagster_bin("dagster"), [dagster_bin("dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
                                       "-p", str(port)])
-
-
-# -- subcommands defined next to their concept register here ---------------------------------
-@app.command()
-def interruptions(once: bool = typer.Option(False, help="One long poll, then exit (default: poll forever)."),
-                  wait_s: int = typer.Option(20, min=0, max=20, help="SQS WaitTimeSeconds of each poll.")) -> None:
-    """Read the spot interruption queue continuously: cordon warned nodes, ask for replacements at once."""
-    import logging
-
-    from dpe_dagster.pools.aws.interruptions import read_forever, reader_for
-
-    env = _environment()
-    # The Dagster instance is mounted: tell the runs on warned nodes.
-    instance = _instance() if os.environ.get("DAGSTER_HOME") else None
-    try:
-        reader = reader_for(env, instance)
-    except Exception as error:  # ConfigError, PoolError: say which and stop
-        _error("interruptions:", error)
-        raise typer.Exit(2) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not read_forever(reader, once=once, wait_s=wait_s):
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -420,8 +215,8 @@ def metrics(port: int = typer.Option(9108, min=1, max=65535, help="Port to serve
 
     from dpe_dagster.metrics import DpeCollector, exposition, serve
 
-    env = _environment()
-    collector = DpeCollector(_instance(), env, max_names=max_names)
+    env = command_environment()
+    collector = DpeCollector(command_instance(), env, max_names=max_names)
     if once:
         print(exposition(collector), end="")
         return
@@ -432,7 +227,7 @@ def metrics(port: int = typer.Option(9108, min=1, max=65535, help="Port to serve
     try:
         server, _ = serve(collector, port, address)
     except OSError as error:
-        _error("--port:", f"cannot listen on {address}:{port}: {error}")
+        print_error("--port:", f"cannot listen on {address}:{port}: {error}")
         raise typer.Exit(2) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -444,9 +239,15 @@ def metrics(port: int = typer.Option(9108, min=1, max=65535, help="Port to serve
     server.shutdown()
 
 
+# -- subcommands defined next to their concept, and the installed providers' own ------------
 def _register_subcommands() -> None:
+    from dpe_dagster.providers import providers
     from dpe_dagster.sim.command import register as register_simulate
+
     register_simulate(app)
+    for _, kind in sorted(providers().items()):
+        for command in kind.commands():
+            app.command(name=command.__name__.replace("_", "-"))(command)
 
 
 _register_subcommands()

@@ -25,7 +25,7 @@ IDLE_TIMEOUT_MODES = ("fixed", "auto")
 # paid time it lengthens least, by expected ends (scaling/policy.py `place_run`).
 PLACEMENTS = ("first-fit", "ending-together")
 # The defaults every environment gets unless it says otherwise, chosen by replaying traces through
-# the production control loop (bench/RESULTS.md, "Choosing the defaults").
+# the production control loop (bench/RESULTS.md, "Goals, against the tables above").
 DEFAULT_IDLE_TIMEOUT_MODE = "auto"
 DEFAULT_QUEUE_ALLOWANCE_S = 10.0
 DEFAULT_PLACEMENT = "first-fit"
@@ -156,8 +156,8 @@ class PoolConfig(ConfigModel):
     """A named group of identical machines and the rules for sizing it (`pools.<name>`)."""
 
     name: SkipJsonSchema[str] = Field(**FILLED_IN)
-    provider: Annotated[str, Field(description="a registered provider (entry point group dpe.providers): "
-                                               "local or aws_asg with dpe alone"), BeforeValidator(_provider_name)]
+    provider: Annotated[str, Field(description="a registered provider (entry point group dpe.providers; "
+                                               "`dpe schema` shows each one's settings)"), BeforeValidator(_provider_name)]
     min_size: Number(ge=0, integer=True, description="nodes kept even when idle") = 0
     max_size: Number(ge=1, integer=True, description="never more nodes than this")
     node_cpus: Number(gt=0, description="CPUs of one node")
@@ -166,6 +166,8 @@ class PoolConfig(ConfigModel):
     price_per_node_hour: Number(ge=0, description="USD per node-hour (a provider may know the live price)")
     idle_timeout_s: Number(ge=0, description="a node idle this long is removed (the most, in mode auto)") = 300.0
     boot_timeout_s: Number(gt=0, description="a node not ready by then is terminated") = 600.0
+    backoff_s: Number(gt=0, description="once a scale-up is overdue past the boot timeout (or failed), how long "
+                                        "dpe asks the pool for nothing and places its runs on its fallback") = 600.0
     default_run_cpus: Number(gt=0, description="a run's CPUs when its tags say none (default: what runs can have "
                                                "of a node, node_cpus - reserved_cpus)") = None
     default_run_memory_gb: Number(gt=0, description="a run's memory when its tags say none (default: what runs can "
@@ -173,8 +175,8 @@ class PoolConfig(ConfigModel):
     fallback: Optional[Text] = Field(None, description="the pool a run moves to when this one cannot take it")
     labels: Annotated[dict[str, str], BeforeValidator(_labels)] = Field(default_factory=dict)
     taints: Checked(tuple[Taint, ...], lambda value: isinstance(value, (list, tuple)), "a list of taints") = ()
-    settings: Settings = Field(default_factory=dict, description="the provider's own settings (ports and folders "
-                                                                 "for local, group_name for aws_asg)")
+    settings: Settings = Field(default_factory=dict, description="the provider's own settings, checked by its "
+                                                                 "model (`dpe schema`)")
     idle_timeout_mode: Choice(IDLE_TIMEOUT_MODES) = DEFAULT_IDLE_TIMEOUT_MODE
     daily_budget_usd: Number(gt=0, optional=True, description="once paid today (UTC), no more scale-up until "
                                                               "tomorrow") = None
@@ -186,7 +188,7 @@ class PoolConfig(ConfigModel):
                                                    "idle_timeout_s plus this is removed") = DEFAULT_UNKNOWN_BUSY_GRACE_S
     reserved_cpus: Number(ge=0, optional=True, description="CPUs of each node that runs cannot have: the kubelet's "
                           "reservation and the DaemonSets' requests (default: what the provider knows of its "
-                          "nodes; aws_asg on Kubernetes: EKS's, else 0)") = None
+                          "nodes, else 0)") = None
     reserved_memory_gb: Number(ge=0, optional=True, description="memory (GB) of each node that runs cannot have: "
                                "the kubelet's reservation, the eviction threshold and the DaemonSets' requests "
                                "(default: as reserved_cpus)") = None
@@ -296,8 +298,9 @@ class Environment(ConfigModel):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     sensor_interval_s: Number(ge=1, integer=True, description="seconds between autoscaler ticks") = 30
     max_concurrent_runs: Number(ge=1, integer=True) = 4
-    aws: Settings = Field(default_factory=dict, description="region, endpoint_url, retry_mode, max_attempts "
-                                                            "(provider aws_asg)")
+    # The environment-wide blocks installed providers own, by key (`Provider.environment_models`):
+    # written at the top level of the file, checked by the provider's model, read with `block`.
+    blocks: SkipJsonSchema[dict[str, Settings]] = Field(default_factory=dict, **FILLED_IN)
     # The pool run pods go to (Spark drivers in client mode); the run's tagged pool then holds
     # its executors. None: run pods go to the tagged pool.
     driver_pool: Optional[Text] = None
@@ -312,6 +315,10 @@ class Environment(ConfigModel):
     # daemon's launcher; None for one built in code.
     source: SkipJsonSchema[Optional[str]] = Field(None, **FILLED_IN)
 
+    def block(self, key: str) -> Mapping[str, Any]:
+        """The provider block `key` of this environment as written (empty when it has none)."""
+        return self.blocks.get(key, {})
+
     @model_validator(mode="after")
     def _pools_named_exist(self) -> "Environment":
         named = [(pool.fallback, ("pools", pool.name, "fallback")) for pool in self.pools.values()]
@@ -325,8 +332,9 @@ class Environment(ConfigModel):
 
     def as_file(self) -> dict[str, Any]:
         """This configuration as the mapping a file holds, which `parse_environment` reads back."""
-        return self.model_dump(mode="json", exclude={"name": True, "source": True, "pools": {"__all__": {"name"}}},
-                               exclude_none=True)
+        fields = self.model_dump(mode="json", exclude={"name": True, "source": True, "blocks": True,
+                                                       "pools": {"__all__": {"name"}}}, exclude_none=True)
+        return {**fields, **{key: dict(block) for key, block in self.blocks.items()}}
 
     @property
     def on_kubernetes(self) -> bool:
@@ -369,7 +377,14 @@ def parse_environment(name: str, raw: Any) -> Environment:
     if not raw.get("pools"):
         raise ConfigError("pools: at least one node pool must be defined")
     _refuse_filled_in(name, Environment, raw)
-    data = {**raw, "name": name}
+    owned = provider_blocks()
+    unknown = sorted(str(key) for key in raw if key not in Environment.model_fields and key not in owned)
+    if unknown:
+        allowed = sorted(Environment.file_fields() | set(owned))
+        raise ConfigError(f"{name}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)} "
+                          "(blocks of the installed providers included)")
+    data = {key: value for key, value in raw.items() if key not in owned}
+    data.update(name=name, blocks={key: raw[key] for key in raw if key in owned})
     if isinstance(raw["pools"], Mapping):
         data["pools"] = {pool: _named(pool, fields) for pool, fields in raw["pools"].items()}
     env = validated(Environment, data, prefix=())
@@ -378,7 +393,7 @@ def parse_environment(name: str, raw: Any) -> Environment:
 
 
 def _check_provider_settings(env: Environment) -> None:
-    """Each pool's `settings`, and the environment blocks its provider owns (`aws`), by the
+    """Each pool's `settings`, and the environment blocks its provider owns (`Provider.environment_models`), by the
     provider's own models: all the errors at once, naming the field."""
     from dpe_dagster.providers import provider
 
@@ -387,9 +402,16 @@ def _check_provider_settings(env: Environment) -> None:
         owned.update(provider(pool.provider).environment_models())
         problems += _settings_problems(pool)
     for key, model in owned.items():
-        problems += _problems(model, getattr(env, key), (key,))
+        problems += _problems(model, env.block(key), (key,))
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def provider_blocks() -> dict[str, str]:
+    """Environment block key -> the installed provider that owns it."""
+    from dpe_dagster.providers import providers
+
+    return {key: name for name, kind in sorted(providers().items()) for key in kind.environment_models()}
 
 
 def _settings_problems(pool: PoolConfig) -> list[str]:

@@ -231,7 +231,7 @@ def _absolute(source: str, root: Path) -> str:
 
 
 def _project_name_of(source: str, root: Path | None) -> str | None:
-    """The name the project's [tool.dpe] gives this source, if any (e.g. `aws-sim`)."""
+    """The name the project's [tool.dpe] gives this source, if any (e.g. `local`)."""
     try:
         named, _ = project_environments(root)
     except ConfigError:

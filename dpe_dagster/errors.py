@@ -18,6 +18,6 @@ class PoolError(RuntimeError):
 
 
 class PoolBusy(PoolError):
-    """The provider refused for now because the pool is in the middle of something else (AWS:
-    another scaling activity on the group), after retrying: it says nothing about capacity, so the
+    """The provider refused for now because the pool is in the middle of something else (another
+    scaling activity on the group), after retrying: it says nothing about capacity, so the
     pool is not backed off and the run does not move to a fallback; the next tick asks again."""

@@ -43,8 +43,7 @@ from dpe_dagster.scaling.cursor import read_ticks
 from dpe_dagster.tags import HOLD_TAG, POOL_TAG, TagError, pool_request
 from dpe_dagster.usage.budget import BUDGET_HOLD, spent_today
 from dpe_dagster.usage.eventlog import observations_after, pages
-from dpe_dagster.usage.pods import POD_USAGE_KEY
-from dpe_dagster.usage.records import NODE_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime, UsageRecord, cost_of
+from dpe_dagster.usage.records import NODE_USAGE_KEY, POD_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime, UsageRecord, cost_of
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Packing runs onto nodes of one shape: the rules the scaling policy, the simulator, the AWS
-emulator's model of aws-sim and the ledger share. Pure: no I/O, no Dagster.
+"""Packing runs onto nodes of one shape: the rules the scaling policy, the simulator, a cloud
+emulator's model of its runs and the ledger share. Pure: no I/O, no Dagster.
 
 - A run that fits on one node may share it; one larger than a node (in CPUs or memory) takes
   whole nodes, as many as its larger dimension needs (`whole_nodes`), and shares none.

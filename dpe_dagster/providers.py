@@ -1,22 +1,24 @@
 """Providers: the kinds of machine pool dpe can size, found by entry point.
 
-A provider is registered under the entry point group `dpe.providers` by the package that holds it
-(dpe registers `local` and `aws_asg` in its own pyproject.toml the same way):
+A provider is one package registered under the entry point group `dpe.providers` (dpe's own
+providers are registered in its pyproject.toml the same way; docs/providers.md shows one whole):
 
     [project.entry-points."dpe.providers"]
     my_cloud = "my_package.pools:PROVIDER"
 
 and the pool field `provider: my_cloud` picks it. A provider owns everything that differs between
-clouds: opening a pool, the model of its `settings` (and of environment blocks such as `aws`),
-reading many pools at once before a tick, the price of a node, and which of its nodes a Kubernetes
-node is. Nothing else in dpe names a provider.
+clouds: opening a pool, the model of its pools' `settings` and of the environment blocks it owns,
+reading many pools at once before a tick, the price of a node, which of its nodes a Kubernetes node
+is, the commands it adds to the CLI and what stands in for its cloud in `dpe demo`. The core
+(`pools/removal.py`, `scaling/`) gives every provider's pool the safe removal sequence, back-off
+and scale-up health; no module outside a provider's package names a cloud.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
 
 from dpe_dagster.errors import ConfigError
 
@@ -48,8 +50,9 @@ class Provider:
         `price_per_node_hour` (None: it does not)."""
         return None
 
-    def node_id(self, kubernetes_provider_id: str | None) -> str | None:
-        """The id of this provider's node that a Kubernetes Node's `spec.providerID` names."""
+    def node_id(self, node: Mapping[str, Any]) -> str | None:
+        """The id of this provider's node that a Kubernetes Node is (the API's object as a mapping:
+        its `spec.providerID`, its annotations), or None for another provider's node."""
         return None
 
     def node_reserved(self, pool: PoolConfig) -> tuple[float, float]:
@@ -66,9 +69,20 @@ class Provider:
         checked when the configuration loads and shown by `dpe schema`. None: free-form."""
         return None
 
+    def commands(self) -> Sequence[Callable[..., Any]]:
+        """Commands this provider adds to the `dpe` CLI: typer command functions, each named as
+        its command (a cloud's warnings reader, say). Shown by `dpe --help` when installed."""
+        return ()
+
+    def stand_in(self, env: Environment) -> ContextManager[Any] | None:
+        """What stands in for this provider's cloud while `dpe demo` runs `env` (an emulator on
+        loopback, entered before anything opens a pool), or None: the environment talks to the
+        real cloud."""
+        return None
+
     def environment_models(self) -> Mapping[str, type[ConfigModel]]:
-        """Blocks of the environment this provider owns, by key (`aws` for aws_asg), checked when
-        an environment with one of its pools loads."""
+        """Blocks of the environment this provider owns, by key (top-level keys of the file, read
+        with `Environment.block(key)`), checked when an environment with one of its pools loads."""
         return {}
 
 

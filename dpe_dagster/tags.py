@@ -127,23 +127,15 @@ HOLD_REASON_TAG = "dpe/hold_reason"
 RETRY_NUMBER_TAG = "dagster/retry_number"
 PARTITION_SET_TAG = "dagster/partition_set"
 
-# Tags dpe writes on AWS resources. Group tags, through which every dpe process sees the same
-# scale-up and back-off state:
-SCALE_UP_SINCE_TAG = "dpe:scale-up-since"
-BACKOFF_UNTIL_TAG = "dpe:backoff-until"
-BACKOFF_REASON_TAG = "dpe:backoff-reason"
-# on the groups dpe creates (the aws-sim emulator; deploy/cloudformation for staging and prod):
-GROUP_POOL_TAG = "dpe:pool"
-GROUP_MANAGED_TAG = "dpe:managed"
-# The instance tag `dpe interruptions` writes on a node EC2 warned about: "<kind> <unix time of the
-# warning>". The control loop, another process, reads it with the instance (no extra call).
-INSTANCE_INTERRUPTED_TAG = "dpe:interrupted"
-
 # Kubernetes labels and annotations dpe puts on the pods it makes: the pool's label (a pool's
 # nodes carry it too, `labels` in its configuration), and which asset and run a container pod is for.
 POOL_LABEL = "dpe.io/pool"
 ASSET_ANNOTATION = "dpe.io/asset"
 RUN_ID_ANNOTATION = "dpe.io/run-id"
 # The label a pool's nodes carry for their lifecycle (spot / on-demand), set by their launch
-# template (deploy/cloudformation/node-pool.yaml, the aws-sim emulator).
+# template (or its provider's equivalent).
 LIFECYCLE_LABEL = "dpe.io/lifecycle"
+# The label dagster-k8s puts on a run's pod; executors carry it too (set per session,
+# `spark.kubernetes.executor_run_labels`), so one label query finds every pod of a run and the
+# nodes it holds.
+RUN_ID_LABEL = "dagster/run-id"

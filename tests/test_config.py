@@ -9,7 +9,7 @@ import pytest
 
 from dpe_dagster.config import ConfigError, parse_environment
 from dpe_dagster.tags import TagError, pool_request, pool_tags
-from resources import load_environment
+from resources import repository_environment
 
 GOOD_POOL = {"provider": "local", "max_size": 2, "node_cpus": 1, "node_memory_gb": 1, "price_per_node_hour": 0.01}
 
@@ -20,7 +20,7 @@ def env_with(**pool_fields):
 
 def test_the_default_environment_is_local_and_valid(monkeypatch):
     monkeypatch.delenv("DPE_ENV", raising=False)
-    env = load_environment()
+    env = repository_environment()
     assert env.name == "local"
     assert env.pools["spot-etl"].provider == "local"
 
@@ -28,13 +28,13 @@ def test_the_default_environment_is_local_and_valid(monkeypatch):
 def test_unknown_environment_names_the_allowed_ones(monkeypatch):
     monkeypatch.setenv("DPE_ENV", "prdo")
     with pytest.raises(ConfigError, match=r"DPE_ENV: unknown environment 'prdo'; allowed: .*local"):
-        load_environment()
+        repository_environment()
 
 
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"provider": "gce"}, r"pools\.spot-etl\.provider: must be one of aws_asg, local; got 'gce' \(providers are registered under "
+        ({"provider": "gce"}, r"pools\.spot-etl\.provider: must be one of [a-z_, ]*; got 'gce' \(providers are registered under "
                             r"the entry point group dpe\.providers\)"),
         ({"max_size": -1}, r"pools\.spot-etl\.max_size: must be an integer >= 1; got -1"),
         ({"min_size": 3}, r"pools\.spot-etl\.max_size: must be an integer >= 3; got 2"),
@@ -43,6 +43,7 @@ def test_unknown_environment_names_the_allowed_ones(monkeypatch):
         ({"lifecycle": "preemptible"}, r"pools\.spot-etl\.lifecycle: must be one of spot, on-demand"),
         ({"price_per_node_hour": float("nan")}, r"pools\.spot-etl\.price_per_node_hour: must be a number >= 0"),
         ({"idle_timeout_s": True}, r"pools\.spot-etl\.idle_timeout_s: must be a number >= 0; got True"),
+        ({"backoff_s": 0}, r"pools\.spot-etl\.backoff_s: must be a number > 0; got 0"),
         ({"fallback": "ondemand-etl"}, r"pools\.spot-etl\.fallback: 'ondemand-etl' is not a defined pool"),
         ({"labels": {"dpe.io/pool": "no spaces"}}, r"pools\.spot-etl\.labels\.dpe\.io/pool: value 'no spaces'"),
         ({"taints": [{"key": "dpe.io/spot", "effect": "Sometimes"}]},
@@ -77,7 +78,7 @@ def test_missing_required_field_and_bad_pool_name():
 def test_bad_environment_variable_override_is_named(monkeypatch):
     monkeypatch.setenv("DPE_IDLE_TIMEOUT_S", "big")
     with pytest.raises(ConfigError, match=r"pools.spot-etl.idle_timeout_s: must be a number >= 0; got 'big'"):
-        load_environment("local")
+        repository_environment("local")
 
 
 def test_the_example_pipelines_scale_factor_is_checked(monkeypatch):
@@ -85,7 +86,7 @@ def test_the_example_pipelines_scale_factor_is_checked(monkeypatch):
 
     monkeypatch.setenv("DPE_TPCH_SCALE_FACTOR", "big")
     with pytest.raises(ConfigError, match=r"DPE_TPCH_SCALE_FACTOR: must be a number > 0; got 'big'"):
-        tpch_scale_factor(load_environment("local"))
+        tpch_scale_factor(repository_environment("local"))
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,18 @@ def test_an_aws_pool_s_settings_and_the_aws_block_are_checked_when_the_configura
     ]
 
 
+def test_a_top_level_key_is_a_field_or_a_block_an_installed_provider_owns():
+    pools = {"spot": {"provider": "local", "max_size": 1, "node_cpus": 2, "node_memory_gb": 2,
+                      "price_per_node_hour": 0.02}}
+    with pytest.raises(ConfigError, match=r"^team: unknown field\(s\) gcp; allowed: .*\baws\b.*pools.*sensor_interval_s.* "
+                                          r"\(blocks of the installed providers included\)$"):
+        parse_environment("team", {"gcp": {"project": "p"}, "pools": pools})
+    env = parse_environment("team", {"aws": {"region": "eu-west-1"}, "pools": pools})
+    assert env.block("aws") == {"region": "eu-west-1"} and env.block("elsewhere") == {}
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) blocks"):
+        parse_environment("team", {"blocks": {}, "pools": pools})  # dpe fills it in from the file
+
+
 def test_one_pool_parsed_alone_has_its_settings_checked_too():
     from dpe_dagster.config import parse_pool
 

@@ -17,8 +17,8 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from dpe_dagster.daemon import dagster_bin, start_daemon, start_dagster_process, stop_process_group
 from dpe_dagster.instance import write_instance
-from dpe_dagster.pools.local.standalone import spark_pids_of
-from resources import load_environment
+from dpe_dagster.spark.java import spark_pids_of
+from resources import repository_environment
 from tests.support.cli import dpe, fresh_environment
 from tests.support.local import free_port
 from tests.paths import PROJECT_ROOT
@@ -69,7 +69,7 @@ def test_demo_runs_the_cycle_and_leaves_nothing_behind(demo):
 
 
 def test_a_run_with_bad_tags_fails_with_a_clear_message_and_scales_nothing(isolated, tmp_path):
-    env = load_environment("local")
+    env = repository_environment("local")
     home = Path(isolated["DAGSTER_HOME"])
     write_instance(home, env)
     daemon = start_daemon(home, tmp_path / "daemon.log")

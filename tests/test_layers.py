@@ -4,8 +4,11 @@ imports only for type checking do not)."""
 from __future__ import annotations
 
 import ast
+import re
+from importlib.metadata import entry_points
 from pathlib import Path
 
+from dpe_dagster.providers import ENTRY_POINT_GROUP
 from tests.paths import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "dpe_dagster"
@@ -93,9 +96,33 @@ def test_the_library_imports_nothing_of_the_project_that_uses_it():
         assert not foreign, f"{module} imports {sorted(foreign)}"
 
 
-def test_only_the_cli_starts_the_aws_emulator():
-    users = {m for m, names in imports().items() if "dpe_dagster.pools.aws.emulator" in names}
-    assert users <= {"dpe_dagster.cli"}, users
+# What names a cloud: its name, its services, its SDK.
+CLOUD_WORDS = re.compile(r"\b(aws(_asg)?|amazon|ec2|eks|boto3?|botocore|sqs|azure|gcp|gce)\b", re.IGNORECASE)
+
+
+def provider_packages() -> set[str]:
+    """The packages of dpe's own providers, from its entry points (`dpe.providers`)."""
+    return {point.value.split(":")[0] for point in entry_points(group=ENTRY_POINT_GROUP)
+            if point.value.startswith("dpe_dagster.")}
+
+
+def test_no_core_module_names_a_cloud_or_imports_a_provider():
+    """Everything that differs between clouds lives in a provider's package: the core (the policy,
+    the control loop, the ledger, the launcher, the CLI) reaches providers only through the registry."""
+    packages = provider_packages()
+    assert {"dpe_dagster.pools.aws", "dpe_dagster.pools.local"} <= packages
+
+    def in_provider(module: str) -> bool:
+        return any(module == p or module.startswith(p + ".") for p in packages)
+
+    for module, names in imports().items():
+        if in_provider(module):
+            continue
+        reached = sorted(n for n in names if in_provider(n))
+        assert not reached, f"{module} imports provider module(s) {reached}: go through dpe_dagster.providers"
+        text = modules()[module].read_text()
+        named = sorted({m.group(0) for m in CLOUD_WORDS.finditer(text)})
+        assert not named, f"{module} names a cloud: {named}"
 
 
 def test_pools_kubernetes_and_spark_know_nothing_of_scaling_usage_or_launching():

@@ -1,7 +1,7 @@
 """Which of a pool's instances are busy, as Kubernetes sees them; cordoning and draining before removal.
 
 - An instance is a node when a Node's `spec.providerID` names it, as the pool's provider reads it
-  (`Provider.node_id`; on EKS `aws:///us-east-1a/i-0abc...`).
+  (`Provider.node_id`, from the Node's `spec.providerID` or its annotations).
 - A node is ready to take work when its `Ready` condition is True and it is not cordoned.
 - What on a node is work (`holds_work`): any pod that has not finished, except a DaemonSet's, a
   static (mirror) pod, and a *movable* pod: one that a ReplicaSet, StatefulSet or
@@ -21,7 +21,7 @@ most CPU (its executors, on an executor pool; its own pod, on the driver pool).
 Cost of a look: nothing from the API, after the first: the cluster's nodes and active pods come
 from the process's watches of them (kube/watch.py: one list, then a watch, as an informer keeps
 them), the pods grouped by node once for every pool a tick looks at (`begin_look`, from the tick's look-ahead; a
-grouping is never used past `SNAPSHOT_MAX_AGE_S`, and outside a look nothing is kept); responses are read as JSON, not as client models (5,000 pods: bench/kube_scale.py).
+grouping is never used past `SNAPSHOT_MAX_AGE_S`, and outside a look nothing is kept); responses are read as JSON, not as client models (bench/RESULTS.md, "Kubernetes at scale (issue 21)").
 What decides a removal is read fresh, node by node, at the last moment (`busy_by_instance(...,
 fresh=True)`).
 """
@@ -36,10 +36,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from dpe_dagster.errors import PoolError
 from dpe_dagster.kube.watch import watch
-from dpe_dagster.tags import POOL_LABEL
+from dpe_dagster.tags import POOL_LABEL, RUN_ID_LABEL
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
-RUN_ID_LABEL = "dagster/run-id"  # dagster-k8s's label on run pods; dpe puts it on executors too
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 # Controllers that recreate an evicted pod elsewhere: their pods move, they do not hold a node.
 REPLICATED = ("ReplicaSet", "StatefulSet", "ReplicationController")
@@ -49,7 +48,7 @@ DO_NOT_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karp
 # that stops looking must not keep an old list).
 SNAPSHOT_MAX_AGE_S = 30.0
 # The DaemonSet controller labels its pods so: they never hold work nor wait for room, and a list
-# that leaves them out is a third shorter on EKS (two DaemonSet pods a node). A DaemonSet pod that
+# that leaves them out is a third shorter with two DaemonSet pods a node. A DaemonSet pod that
 # comes through anyway is still told apart by its owner (`is_daemon`).
 NOT_DAEMONSET_PODS = "!pod-template-generation"
 
@@ -213,15 +212,15 @@ def begin_look() -> None:
 class KubeNodes:
     """The Kubernetes API's view of the nodes behind a pool's instances."""
 
-    def __init__(self, core_api: Any, label_selector: str | None, node_id: Callable[[str | None], str | None]):
-        # node_id: a Node's spec.providerID -> the id of the pool's node it is (the provider's parser)
+    def __init__(self, core_api: Any, label_selector: str | None, node_id: Callable[[Mapping], str | None]):
+        # node_id: a Node (the API's object, a mapping) -> the id of the pool's node it is (`Provider.node_id`)
         self.core = core_api
         self.label_selector = label_selector
         self.node_id = node_id
 
     @classmethod
     def from_environment(cls, labels: Mapping[str, str] | None,
-                         node_id: Callable[[str | None], str | None]) -> "KubeNodes":
+                         node_id: Callable[[Mapping], str | None]) -> "KubeNodes":
         """In a pod: the service account (in-cluster config); elsewhere: KUBECONFIG / ~/.kube/config."""
         from kubernetes import client, config
 
@@ -262,7 +261,7 @@ class KubeNodes:
                 (_meta(node).get("labels") or {}).get(key) == value for key, value in wanted.items())]
         found = {}
         for node in nodes:
-            iid = self.node_id((node.get("spec") or {}).get("providerID"))
+            iid = self.node_id(node)
             if iid:
                 found[iid] = node
         return found

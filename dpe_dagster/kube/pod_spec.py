@@ -10,7 +10,7 @@ nodes carry and which taints keep other pods off them. This module turns that in
   cannot move; dpe itself removes the node once the run is done);
 - resource requests from the run's `dpe/cpu` / `dpe/memory` (what the policy packed);
 - for pools with `placement: ending-together`, a *preferred* node affinity for the node the
-  launcher chose (`launch/node_choice.py`): preferred, not required, so a pod whose node is gone
+  launcher chose (`launch/preferred_node.py`): preferred, not required, so a pod whose node is gone
   or full by the time it is scheduled lands elsewhere on the pool instead of waiting.
 
 The k8s run launcher uses it for run Jobs; the Spark settings and any later Pipes resource reuse it.

@@ -1,8 +1,8 @@
 """The cluster's active pods and its nodes, kept in memory by one list and then a watch, as an
 informer keeps them (dagster-k8s, the scheduler and every controller read the cluster so): a
-tick's busy detection reads this cache instead of listing every pod and node again. At 1,000 nodes
-and 7,000 pods one list costs seconds (bench/kube_scale.py); the watch then costs one small event
-per change.
+tick's busy detection reads this cache instead of listing every pod and node again. One list of a
+large cluster's pods costs seconds (bench/RESULTS.md, "Kubernetes at scale (issue 21)"); the watch
+then costs one small event per change.
 
 One watch per kind and API server per process (the code server's sensors, the daemon's launcher), started
 on first use; until its first list arrives, readers list for themselves. A watch that breaks (the server

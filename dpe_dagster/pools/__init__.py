@@ -1,4 +1,4 @@
-"""Node pools: the protocol (`base.py`), one folder per provider (`local/`, `aws/`; the registry
+"""Node pools: the protocol (`base.py`), one package per provider (the registry
 is `dpe_dagster/providers.py`) and opening a configured pool."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def open_pool(pool: PoolConfig, env: Environment) -> NodePool:
 
 def look_ahead(pools: Iterable[NodePool]) -> None:
     """Before a tick looks at every pool: let each provider read its pools at once if it can
-    (aws_asg: one DescribeAutoScalingGroups per 100 groups instead of one or two per pool)."""
+    (one call for many of its pools instead of one or two per pool)."""
     by_provider: dict[str, list[NodePool]] = {}
     for pool in pools:
         by_provider.setdefault(pool.config.provider, []).append(pool)

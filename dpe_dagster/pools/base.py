@@ -7,14 +7,17 @@ provider is the source of truth for sizes and nodes; dpe keeps no shadow copy th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 from dpe_dagster.errors import PoolError as PoolError  # every provider raises it; re-exported here
+
+if TYPE_CHECKING:
+    from dpe_dagster.config import PoolConfig
 
 PENDING = "pending"  # asked for, not yet able to take work
 RUNNING = "running"
 NODE_STATES = (PENDING, RUNNING)
-# Why EC2 is taking a node away, once it said so (pools/aws/interruptions.py): the node is cordoned.
+# Why the cloud is taking a node away, once it said so (its provider's warnings): the node is cordoned.
 SPOT_INTERRUPTION = "spot-interruption"  # reclaimed two minutes after the warning
 REBALANCE_RECOMMENDATION = "rebalance-recommendation"  # at raised risk of it
 INTERRUPTIONS = (SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION)
@@ -24,7 +27,7 @@ REMOVED_IDLE = "idle"  # idle for its idle timeout
 REMOVED_BOOT_TIMEOUT = "boot timeout"  # not ready (not joined, cordoned by someone) for its boot timeout
 REMOVED_BUSY_UNKNOWN = "busy unknown"  # busy status unknown for its idle timeout plus the grace
 REMOVED_VANISHED = "vanished"  # gone without dpe removing it (a spot reclaim, a crash mid-removal)
-REMOVED_INTERRUPTED = "interrupted"  # idle once EC2 warned it would take the node (it is cordoned)
+REMOVED_INTERRUPTED = "interrupted"  # idle once the cloud warned it would take the node (it is cordoned)
 
 
 @dataclass(frozen=True)
@@ -40,14 +43,19 @@ class Node:
     # Kubernetes API did not answer): `busy` is then True, so nothing treats it as idle, and the
     # policy keeps it only for a bounded grace (see `PoolConfig.unknown_busy_grace_s`).
     busy_known: bool = True
-    # One of INTERRUPTIONS once EC2 warned about the node, and when (unix s): it takes no new work.
+    # One of INTERRUPTIONS once the cloud warned about the node, and when (unix s): it takes no new work.
     interrupted: str = ""
     interrupted_at: float | None = None
 
 
 @runtime_checkable
 class NodePool(Protocol):
+    """What dpe calls on a provider's pool. Its optional part (`PoolCapabilities` below) has
+    defaults; a provider's pool subclasses it, or `SafeRemoval` (pools/removal.py) and
+    `MarkedHealth` (pools/health.py), which implement `remove_nodes` and the health part once."""
+
     name: str
+    config: PoolConfig
 
     def target(self) -> int:
         """The size the pool is asked to reach (nodes pending count towards it)."""
@@ -72,6 +80,17 @@ class NodePool(Protocol):
         hold one (as the provider's own source of placement sees them). A run that holds room on
         several nodes maps to the one where it holds the most. The policy packs waiting runs into
         the room really left on each node instead of repacking every run from scratch."""
+
+    # The optional part, as PoolCapabilities documents it.
+    def scale_up_health(self, now: float | None = None) -> ScaleUpHealth | None: ...
+
+    def backoff(self, now: float | None = None) -> str | None: ...
+
+    def back_off(self, reason: str, now: float | None = None) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def stranded_pods(self) -> list[tuple[str, float, float]]: ...
 
 
 @dataclass(frozen=True)

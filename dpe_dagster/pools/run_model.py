@@ -1,32 +1,41 @@
-"""The `dagster_runs` busy source of an Auto Scaling group pool: for groups whose instances run no
-work of their own (the aws-sim emulator's), an instance is busy while a run is placed on it in a
-model of placement: the pool's STARTING/STARTED runs packed first fit, largest first
-(`dpe_dagster.packing`), onto the serving instances, oldest first."""
+"""The `dagster_runs` busy source, for a pool whose nodes run no work of their own (an emulator's
+instances; the runs execute elsewhere): a node is busy while a run is placed on it in a model of
+placement: the pool's STARTING/STARTED runs packed first fit, largest first (`dpe_dagster.packing`),
+onto the serving nodes, oldest first, a node the cloud warned about first (the run it held keeps it
+in the model rather than moving onto its replacement; launch times tie at one-second resolution)."""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Sequence
 
 from dpe_dagster import packing
 from dpe_dagster.config import PoolConfig
 
 
-def busy_from_dagster_runs(pool: PoolConfig, instances: Sequence, instance=None) -> dict[str, tuple[bool, bool]]:
-    """instance id -> (serving, busy): an instance that holds a run in `runs_on_instances` is busy."""
-    serving = {i.id for i in instances if _serving(i)}
-    holding = {node_id for held in _modelled_placement(pool, instances, instance).values() for node_id in held}
-    return {i.id: (i.id in serving, i.id in holding) for i in instances}
+@dataclass(frozen=True)
+class ServingNode:
+    """A node of the pool that could hold a run in the model."""
+
+    id: str
+    launched_at: float
+    interrupted: bool = False
 
 
-def runs_on_instances(pool: PoolConfig, instances: Sequence, instance=None) -> dict[str, str]:
-    """Dagster run id -> the instance the run occupies in the model (the runs execute elsewhere).
-    A run larger than one node takes whole free nodes and maps to the first of them."""
-    return {run_id: held[0] for run_id, held in _modelled_placement(pool, instances, instance).items()}
+def busy_nodes(pool: PoolConfig, serving: Sequence[ServingNode], instance=None) -> set[str]:
+    """The serving nodes that hold a run in the model."""
+    return {node_id for held in _modelled_placement(pool, serving, instance).values() for node_id in held}
 
 
-def _modelled_placement(pool: PoolConfig, instances: Sequence, instance=None) -> dict[str, list[str]]:
-    """Run id -> the instances it occupies in the model (see `runs_on_instances`)."""
+def runs_on_nodes(pool: PoolConfig, serving: Sequence[ServingNode], instance=None) -> dict[str, str]:
+    """Dagster run id -> the node the run occupies in the model. A run larger than one node takes
+    whole free nodes and maps to the first of them."""
+    return {run_id: held[0] for run_id, held in _modelled_placement(pool, serving, instance).items()}
+
+
+def _modelled_placement(pool: PoolConfig, serving: Sequence[ServingNode], instance=None) -> dict[str, list[str]]:
+    """Run id -> the nodes it occupies in the model (see `runs_on_nodes`)."""
     from dagster import DagsterRunStatus, RunsFilter
 
     from dpe_dagster.paths import dagster_home
@@ -47,14 +56,8 @@ def _modelled_placement(pool: PoolConfig, instances: Sequence, instance=None) ->
         except TagError:
             continue
         requests.append((cpus, memory, run.run_id))
-    # A warned instance first: the run it held keeps it in the model, not moved onto its replacement
-    # (launch times tie at one-second resolution).
-    serving = sorted((i for i in instances if _serving(i)), key=lambda i: (not i.interrupted[0], i.launched_at, i.id))
-    return packing.first_fit_decreasing(requests, [i.id for i in serving], pool.room_cpus, pool.room_memory_gb)
-
-
-def _serving(inst) -> bool:
-    return inst.lifecycle_state == "InService" and inst.ec2_state == "running"
+    order = sorted(serving, key=lambda node: (not node.interrupted, node.launched_at, node.id))
+    return packing.first_fit_decreasing(requests, [node.id for node in order], pool.room_cpus, pool.room_memory_gb)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,5 @@
-"""The Java and Spark process environment shared by the local pool and the Spark resource."""
+"""The Java and Spark process environment shared by the local pool and the Spark resource, and
+which live Spark processes are dpe's."""
 
 from __future__ import annotations
 
@@ -60,3 +61,19 @@ def spark_process_env() -> dict[str, str]:
     env["SPARK_HOME"] = str(spark_home())
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     return env
+
+
+def spark_pids_of(home: Path) -> set[int]:
+    """Live Spark JVMs (pool daemons and run drivers) started under this DPE_HOME, found by the
+    environment they inherited, so other Spark processes on the machine are never counted."""
+    marker = f"DPE_HOME={home}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"org.apache.spark" in (entry / "cmdline").read_bytes() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found

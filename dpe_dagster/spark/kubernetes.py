@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 from dpe_dagster.config import ConfigError, PoolConfig
 from dpe_dagster.kube.pod_spec import merge_pod_template, pod_placement
+from dpe_dagster.tags import RUN_ID_LABEL
 
 # Spark's own sizes: a bare number is MiB for executor memory and its overhead.
 _SPARK_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
@@ -38,9 +39,6 @@ _MIB_PER = {"k": 1 / 1024, "m": 1.0, "": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
 # Spark's defaults for an executor pod's memory beyond its heap (Spark on Kubernetes).
 MIN_OVERHEAD_MIB = 384
 DEFAULT_OVERHEAD_FACTOR = 0.10
-# The label dagster-k8s puts on a run's pod; executors carry it too (set per session, see
-# `executor_run_labels`), so one label query finds every pod of a run and the nodes it holds.
-RUN_ID_LABEL = "dagster/run-id"
 # Where run pods find the executor pod templates (deploy/k8s/spark-executor-template.yaml, mounted
 # by the Helm values), one file per pool.
 EXECUTOR_TEMPLATE_DIR = "/opt/dpe/spark"

@@ -105,9 +105,9 @@ def test_latency_proxy_records_the_scale_up_call():
     sys.path.insert(0, str(ROOT))
     from bench.latency import Recorder, start_proxy
     from dpe_dagster.pools.aws.emulator import emulated_aws
-    from resources import load_environment
+    from resources import repository_environment
 
-    env = load_environment("aws-sim")
+    env = repository_environment("aws-sim")
     with emulated_aws(env) as aws:
         recorder = Recorder(aws.url)
         server, url = start_proxy(recorder)

@@ -47,10 +47,10 @@ def test_the_node_pool_template_makes_each_pool_of_prod_as_dpe_expects(pool_name
     declares them: the group dpe sizes, the nodes' labels and taints the pool's pods select and
     tolerate, and what the kubelet leaves of such a node for runs."""
     from dpe_dagster.pools.aws.eks import instance_shape, kubelet_labels_and_taints, node_labels, node_resources
-    from resources import load_environment
+    from resources import repository_environment
 
     monkeypatch.setenv("DPE_CLUSTER_NAME", "dpe-prod")
-    pool = load_environment("prod").pool(pool_name)
+    pool = repository_environment("prod").pool(pool_name)
     stack = Stack(yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader), stack_parameters(pool))
     group, launch = stack.resource("AutoScalingGroup"), stack.resource("LaunchTemplate")
     assert group["AutoScalingGroupName"] == pool.settings["group_name"]
@@ -84,9 +84,9 @@ def test_the_node_pool_template_makes_each_pool_of_prod_as_dpe_expects(pool_name
 def test_the_emulator_joins_nodes_as_the_template_does(monkeypatch):
     """aws-sim's and eks-sim's groups carry the same user data as node-pool.yaml makes."""
     from dpe_dagster.pools.aws.eks import kubelet_labels_and_taints, node_labels, node_user_data
-    from resources import load_environment
+    from resources import repository_environment
 
-    for pool in load_environment("eks-sim").pools.values():
+    for pool in repository_environment("eks-sim").pools.values():
         emulated = node_user_data("dpe-sim", node_labels(pool), [(t.key, t.value, t.effect) for t in pool.taints])
         stack = Stack(yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader),
                       {**stack_parameters(pool), "ClusterName": "dpe-sim"})
@@ -113,9 +113,9 @@ def test_helm_values_use_dpes_launcher_with_config_dagster_accepts_and_postgres(
     assert (custom["module"], custom["class"]) == ("dpe_dagster.launch.k8s", "PoolK8sRunLauncher")
     result = process_config(resolve_to_config_type(PoolK8sRunLauncher.config_type()), custom["config"])
     assert result.success, result.errors
-    from resources import load_environment
+    from resources import repository_environment
 
-    env = load_environment(custom["config"]["environment"])
+    env = repository_environment(custom["config"]["environment"])
     assert "driver_pool" not in custom["config"], "the environment's driver_pool is the one every part reads"
     assert env.driver_pool and env.pool(env.driver_pool).lifecycle == "on-demand"
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlHost"]

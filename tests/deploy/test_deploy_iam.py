@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import boto3
 
-from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, SCALE_UP_SINCE_TAG
+from dpe_dagster.pools.aws.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, SCALE_UP_SINCE_TAG
 from tests.support.aws import aws, dagster, moto  # noqa: F401  (fixtures and helpers)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +207,7 @@ def test_interruption_mark_is_the_only_instance_tag_dpe_may_write(aws, dagster):
     instances of dpe's groups (`aws:autoscaling:groupName`, which AWS sets on them) and nothing else."""
     from dpe_dagster.pools import open_pool
     from dpe_dagster.pools.aws.emulator import create_groups
-    from dpe_dagster.tags import INSTANCE_INTERRUPTED_TAG as INTERRUPTED_TAG
+    from dpe_dagster.pools.aws.tags import INSTANCE_INTERRUPTED_TAG as INTERRUPTED_TAG
     from tests.support.aws import clients, environment
 
     env = environment(aws.url)

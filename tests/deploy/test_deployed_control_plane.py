@@ -53,9 +53,9 @@ def prod(kube, aws, monkeypatch, tmp_path):
     for key, value in {"DPE_CLUSTER_NAME": "dpe-prod", "DPE_AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": aws.url,
                        "DPE_INTERRUPTION_QUEUE_URL": queue}.items():
         monkeypatch.setenv(key, value)
-    from resources import load_environment
+    from resources import repository_environment
 
-    env = load_environment("prod")
+    env = repository_environment("prod")
     autoscaling, ec2 = clients(aws.url)
     create_groups(env, autoscaling, ec2)
     # The system node group: not a dpe pool, labelled as deploy/README.md asks.

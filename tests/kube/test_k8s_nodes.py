@@ -9,7 +9,7 @@ from kubernetes import client
 
 from dpe_dagster.kube.nodes import KubeNodes
 from dpe_dagster.pools import PoolError
-from dpe_dagster.pools.aws.asg import instance_id
+from dpe_dagster.pools.aws.asg import instance_id, node_instance_id
 from tests.support.aws import aws, ec2_states, kube_pool, moto  # noqa: F401  (fixtures and helpers)
 from tests.support.cluster import cluster, eks, kube, node_ready, pods_on, wait_for  # noqa: F401  (fixtures)
 
@@ -49,7 +49,7 @@ def test_what_on_a_node_is_work(kube_pool, kube):
     Job's pod or a bare pod make it busy; a node that never joined is neither ready nor busy."""
     pool, (first, second), ec2, (node1, node2) = kube_pool
     core = kube.core()
-    kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", instance_id)
+    kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", node_instance_id)
     # node1: a replicated pod (a webserver that landed there) and a Job whose pod finished.
     kube.apply([_deployment("stray-webserver", node1), _job("finished", node1)])
     wait_for("the stray pod running", lambda: _running(kube, node1, "stray-webserver"))
@@ -77,8 +77,8 @@ def test_what_on_a_node_is_work(kube_pool, kube):
 def test_cordon_makes_the_node_unschedulable_and_not_ready_for_work(kube_pool, kube):
     pool, (first, second), ec2, (node1, node2) = kube_pool
     core = kube.core()
-    kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", instance_id)
-    other = KubeNodes(core, "dpe.io/pool=other", instance_id)
+    kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", node_instance_id)
+    other = KubeNodes(core, "dpe.io/pool=other", node_instance_id)
     wait_for("the watch seeing both nodes", lambda: set(kube_nodes.nodes_by_instance()) == {first, second})
     assert other.nodes_by_instance() == {}
     assert kube_nodes.cordon_instances([first, "i-000000000000000ff"]) == [node1]
@@ -222,7 +222,7 @@ def test_a_node_that_stops_heartbeating_goes_not_ready_with_its_pods(aws, kube, 
         wait_for("its pods marked not ready", lambda: any(
             c.type == "Ready" and c.status == "False"
             for c in core.read_namespaced_pod("dagster-run-7", "default").status.conditions or []))
-        kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", instance_id)
+        kube_nodes = KubeNodes(core, "dpe.io/pool=spot-etl", node_instance_id)
         assert kube_nodes.busy_by_instance([silent], fresh=True) == {silent: (False, True)}
         [node] = pool.nodes()
         assert node.state == "pending" and node.busy

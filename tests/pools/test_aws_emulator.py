@@ -9,10 +9,9 @@ import pytest
 from dagster import DagsterEventType
 
 from dpe_dagster.pools import open_pool
-from dpe_dagster.pools.aws.asg import _Instance
+from dpe_dagster.pools.aws.asg import _Instance, busy_from_dagster_runs
 from dpe_dagster.pools.aws.emulator import emulated_aws
-from dpe_dagster.pools.aws.run_model import busy_from_dagster_runs
-from resources import load_environment
+from resources import repository_environment
 from tests.reliability.harness import advance, queue_run  # noqa: F401  (fixture)
 from tests.support.aws import dagster  # noqa: F401  (fixture)
 
@@ -37,7 +36,7 @@ def _alive(pid: int) -> bool:
 def test_aws_sim_runs_against_an_emulator_it_starts_and_stops(monkeypatch):
     monkeypatch.setenv("AWS_PROFILE", "someones-real-profile")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    env = load_environment("aws-sim")
+    env = repository_environment("aws-sim")
     with emulated_aws(env) as sim:
         assert os.environ["AWS_ENDPOINT_URL"] == sim.url and sim.url.startswith("http://127.0.0.1:")
         assert "AWS_PROFILE" not in os.environ and os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
@@ -64,7 +63,7 @@ def test_aws_sim_runs_against_an_emulator_it_starts_and_stops(monkeypatch):
 
 @pytest.mark.slow
 def test_a_failure_inside_the_block_still_stops_the_emulator():
-    env = load_environment("aws-sim")
+    env = repository_environment("aws-sim")
     with pytest.raises(RuntimeError, match="boom"):
         with emulated_aws(env) as sim:
             pid, url = sim.server.process.pid, sim.url
@@ -78,7 +77,7 @@ def _instance(n: int, state: str = "InService", ec2: str = "running") -> _Instan
 
 
 def test_aws_sim_busy_means_an_active_run_is_placed_on_the_instance(dagster):  # noqa: F811
-    config = load_environment("aws-sim").pool("spot-etl")  # 2 CPUs, 8 GB a node
+    config = repository_environment("aws-sim").pool("spot-etl")  # 2 CPUs, 8 GB a node
     instances = [_instance(3), _instance(1), _instance(2), _instance(4, state="Pending", ec2="pending")]
     assert busy_from_dagster_runs(config, instances, dagster) == {
         "i-0003": (True, False), "i-0001": (True, False), "i-0002": (True, False), "i-0004": (False, False)}

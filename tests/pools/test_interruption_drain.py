@@ -50,7 +50,7 @@ def spot(aws, eks, kube):
                       taints=[{"key": "dpe.io/pool", "value": "spot-etl", "effect": "NoSchedule"}],
                       settings={"group_name": "test-spot", "busy_source": "kubernetes",
                                 "instance_types": ["m6i.large", "m5.large"]})
-    env = env.model_copy(update={"aws": {**env.aws, "interruption_queue_url": queue}})
+    env = env.model_copy(update={"blocks": {**env.blocks, "aws": {**env.block("aws"), "interruption_queue_url": queue}}})
     autoscaling, ec2 = clients(aws.url)
     create_groups(env, autoscaling, ec2)
     autoscaling.put_lifecycle_hook(LifecycleHookName=HOOK, AutoScalingGroupName="test-spot",
@@ -105,7 +105,7 @@ def test_a_spot_warning_cordons_and_drains_the_node_through_the_eviction_api(spo
     sent = time.monotonic()
     warn(events, warned)
     [action] = reader.poll_once(wait_s=1)
-    assert action.grow_pool == "spot-etl" and group(clients(env.aws["endpoint_url"])[0], "test-spot")[
+    assert action.grow_pool == "spot-etl" and group(clients(env.block("aws")["endpoint_url"])[0], "test-spot")[
         "DesiredCapacity"] == 3
     assert core.read_node(warned_node).spec.unschedulable is True
     wait_for("the executor evicted", lambda: _gone_or_going(core, "executor-1"), timeout_s=10)
@@ -128,7 +128,7 @@ def test_a_termination_aws_starts_waits_in_the_hook_until_the_node_is_drained(sp
                      "containers": [{"name": "main", "image": "dpe:1"}]}}}}])
     wait_for("the run's pod running", lambda: any(
         p.metadata.name.startswith("dagster-run-1") and p.status.phase == "Running" for p in pods_on(core, going_node)))
-    queue = env.aws["interruption_queue_url"]
+    queue = env.block("aws")["interruption_queue_url"]
     sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"Event": TEST_NOTIFICATION, "AutoScalingGroupName": "test-spot"}))
     notification = {
         "Origin": "EC2", "Destination": "AutoScalingGroup", "Service": "AWS Auto Scaling",

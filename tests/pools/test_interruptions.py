@@ -105,7 +105,7 @@ def test_queue_url_is_read_from_the_aws_settings_and_validated(aws, dagster):
     autoscaling, ec2 = clients(aws.url)
     create_groups(env, autoscaling, ec2)
     sqs, events, queue = interruption_queue(aws.url)
-    raw = {"aws": {**dict(env.aws), "interruption_queue_url": queue},
+    raw = {"aws": {**dict(env.block("aws")), "interruption_queue_url": queue},
            "pools": {name: _raw_pool(env.pool(name)) for name in env.pools}}
     configured = parse_environment("test", raw)
     reader = reader_for(configured)
@@ -133,7 +133,7 @@ def test_prod_environment_reads_the_queue_url_the_deployment_sets(monkeypatch):
     import yaml
 
     from dpe_dagster.pools.aws.interruptions import queue_url
-    from resources import load_environment
+    from resources import repository_environment
     from tests.support.deploy import DEPLOY
 
     [deployment] = yaml.safe_load_all((DEPLOY / "k8s" / "interruptions.yaml").read_text())
@@ -142,7 +142,7 @@ def test_prod_environment_reads_the_queue_url_the_deployment_sets(monkeypatch):
     values = {var["name"]: var["value"] for var in container["env"] if "value" in var}  # not the secret's
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    assert queue_url(load_environment("prod")) == values["DPE_INTERRUPTION_QUEUE_URL"]
+    assert queue_url(repository_environment("prod")) == values["DPE_INTERRUPTION_QUEUE_URL"]
 
 
 def test_queue_template_passes_cfn_lint_and_routes_what_the_reader_reads():

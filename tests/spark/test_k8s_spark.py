@@ -19,7 +19,7 @@ from dpe_dagster.pools.aws.emulator import create_groups
 from dpe_dagster.spark.kubernetes import EXECUTOR_SERVICE_ACCOUNT, executor_pod_template, spark_on_k8s
 from dpe_dagster.spark.resource import SparkResource
 from dpe_dagster.tags import pool_tags
-from resources import load_environment
+from resources import repository_environment
 from tests.cluster.sandbox import deploy_documents
 from tests.support.aws import aws, clients, moto  # noqa: F401  (fixtures)
 from tests.support.cluster import cluster, eks, kube, node_ready, wait_for  # noqa: F401  (fixtures)
@@ -29,7 +29,7 @@ NAMESPACE = "dagster"
 
 @pytest.mark.parametrize("name", ["staging", "prod"])
 def test_environment_spark_puts_the_driver_on_demand_and_executors_on_each_pool(name):
-    env = load_environment(name)
+    env = repository_environment(name)
     conf = env.spark.conf
     assert env.spark.master.startswith("k8s://")
     driver = env.pool(env.driver_pool)
@@ -54,7 +54,7 @@ def test_environment_spark_puts_the_driver_on_demand_and_executors_on_each_pool(
 
 
 def test_the_shipped_executor_templates_are_each_pools_and_evictable():
-    env = load_environment("prod")
+    env = repository_environment("prod")
     [config_map] = deploy_documents("spark-executor-template.yaml")
     for pool_name in env.spark.executor_conf:
         shipped = yaml.safe_load(config_map["data"][f"executor-pod-template-{pool_name}.yaml"])
@@ -73,7 +73,7 @@ def test_a_runs_executors_go_to_the_pool_it_was_placed_on(placed_on, aws, eks, k
     Spark's own pods, scheduled by the real scheduler."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.url)
     monkeypatch.setenv("DPE_CLUSTER_NAME", "dpe-prod")
-    env = load_environment("prod")
+    env = repository_environment("prod")
     create_groups(env, *clients(aws.url))
     kube.apply(deploy_documents("namespace.yaml", "rbac.yaml"))
     for pool_name in env.spark.executor_conf:

@@ -13,7 +13,7 @@ from dagster import asset, materialize
 from dpe_dagster.pools import open_pool
 from dpe_dagster.spark.resource import SparkResource, run_spark_conf
 from dpe_dagster.tags import pool_tags
-from resources import load_environment
+from resources import repository_environment
 from tests.support.local import local_environment
 from tests.support.local import wait_for
 
@@ -51,7 +51,7 @@ def test_a_run_asking_for_one_cpu_gets_one_core_of_a_two_worker_pool(tmp_path):
 
 
 def test_executors_on_kubernetes_are_bounded_by_the_run_request():
-    env = load_environment("prod")
+    env = repository_environment("prod")
     conf = env.spark.conf_for("spot-etl")
     spot = env.pool("spot-etl")
     cores = int(conf["spark.executor.cores"])

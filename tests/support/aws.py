@@ -15,7 +15,8 @@ from dpe_dagster.config import parse_environment
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import MotoServer, create_groups, emulated_aws
 from dpe_dagster.pools.aws.interruptions import WARNING
-from resources import load_environment
+from dpe_dagster.pools.health import BACKOFF_REASON, BACKOFF_UNTIL
+from resources import repository_environment
 
 REGION = "us-east-1"
 
@@ -41,8 +42,8 @@ def environment(endpoint: str, **spot_overrides) -> object:
     spot = {
         "provider": "aws_asg", "min_size": 0, "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
         "lifecycle": "spot", "price_per_node_hour": 0.035, "idle_timeout_s": 30, "boot_timeout_s": 60,
-        "default_run_cpus": 2, "default_run_memory_gb": 4, "fallback": "ondemand-etl",
-        "settings": {"group_name": "test-spot", "busy_source": "dagster_runs", "backoff_s": 300,
+        "default_run_cpus": 2, "default_run_memory_gb": 4, "fallback": "ondemand-etl", "backoff_s": 300,
+        "settings": {"group_name": "test-spot", "busy_source": "dagster_runs",
                      "instance_types": ["m6i.large", "m5.large", "m5a.large"]},
     }
     spot.update(spot_overrides)
@@ -149,7 +150,7 @@ def kube_pool(aws, eks):
 def sim():
     """This repository's aws-sim environment with its groups in an emulator of their own:
     (env, the emulator)."""
-    env = load_environment("aws-sim")
+    env = repository_environment("aws-sim")
     with emulated_aws(env) as emulated:
         yield env, emulated
 
@@ -159,7 +160,7 @@ def empty_pools(env) -> None:
     for config in env.pools.values():
         pool = open_pool(config, env)
         if pool.backoff():
-            pool._delete_tags(["dpe:backoff-until", "dpe:backoff-reason"])
+            pool.write_marks({BACKOFF_UNTIL: None, BACKOFF_REASON: None})
         nodes = [n.id for n in pool.nodes()]
         if nodes:
             pool.remove_nodes(nodes)

@@ -18,7 +18,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from dpe_dagster.launch.k8s import PoolK8sRunLauncher
 from dpe_dagster.pools.aws.emulator import emulated_aws
-from resources import load_environment
+from resources import repository_environment
 from tests.cluster.sandbox import IMAGE, eks_sandbox
 from tests.support.aws import empty_pools
 from tests.support.cluster import cluster, kept, kube  # noqa: F401  (fixtures)
@@ -30,7 +30,7 @@ __all__ = ["IMAGE", "eks_sim", "instance", "make_run", "launch", "jobs", "cluste
 def eks_sim(cluster, tmp_path_factory):
     """eks-sim's environment, its groups in an emulator of their own, on the session's cluster,
     kwok playing the kubelets (a run's pod runs, nothing runs in it): (env, the sandbox)."""
-    env = load_environment("eks-sim")
+    env = repository_environment("eks-sim")
     with emulated_aws(env), eks_sandbox(env, cluster=cluster, workdir=tmp_path_factory.mktemp("eks-sim"),
                                         boot_s=0.5, run_pods=False) as sandbox, kept(cluster):
         yield env, sandbox

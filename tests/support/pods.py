@@ -30,7 +30,7 @@ from dagster._core.utils import make_new_run_id
 
 from dpe_dagster.pools import open_pool
 from dpe_dagster.pools.aws.emulator import emulated_aws
-from resources import load_environment
+from resources import repository_environment
 from tests.cluster.control_plane import ISSUER, write_kubeconfig
 from tests.cluster.kubelet import _self_signed
 from tests.cluster.sandbox import eks_sandbox
@@ -50,7 +50,7 @@ WEBHOOK = "dpe-test-pod-admissions"
 def eks_sim(cluster, tmp_path_factory):
     """eks-sim's environment, its groups in an emulator of their own, on the session's cluster; nodes
     join as instances launch and the stand-in kubelet runs their pods: (env, the sandbox)."""
-    env = load_environment("eks-sim")
+    env = repository_environment("eks-sim")
     with emulated_aws(env), eks_sandbox(env, cluster=cluster, workdir=tmp_path_factory.mktemp("eks-sim-pods"),
                                         boot_s=0.5, run_pods=True) as sandbox, kept(cluster):
         yield env, sandbox

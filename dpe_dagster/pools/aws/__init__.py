@@ -46,10 +46,23 @@ class AwsAsgProvider(Provider):
             return 0.0, 0.0
         return reserved_for_shape(pool.node_cpus, pool.node_memory_gb)
 
-    def node_id(self, kubernetes_provider_id):
-        from dpe_dagster.pools.aws.asg import instance_id
+    def commands(self):
+        from dpe_dagster.pools.aws.commands import interruptions
 
-        return instance_id(kubernetes_provider_id)
+        return (interruptions,)
+
+    def stand_in(self, env):
+        """The AWS emulator on loopback, for an environment whose `aws.emulator` says so (aws-sim)."""
+        if not env.block("aws").get("emulator"):
+            return None
+        from dpe_dagster.pools.aws.emulator import emulated_aws
+
+        return emulated_aws(env)
+
+    def node_id(self, node):
+        from dpe_dagster.pools.aws.asg import node_instance_id
+
+        return node_instance_id(node)
 
 
 PROVIDER = AwsAsgProvider()

@@ -37,9 +37,10 @@ from pydantic import Field
 
 from dpe_dagster.config import Checked, Choice, ConfigModel, Environment, Number, PoolConfig, validated
 from dpe_dagster.errors import PoolBusy
-from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolError, ScaleUpHealth
+from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolError
+from dpe_dagster.pools.health import MARKS, MarkedHealth
 from dpe_dagster.pools.removal import SafeRemoval
-from dpe_dagster.tags import BACKOFF_REASON_TAG, BACKOFF_UNTIL_TAG, INSTANCE_INTERRUPTED_TAG, SCALE_UP_SINCE_TAG
+from dpe_dagster.pools.aws.tags import INSTANCE_INTERRUPTED_TAG, MARK_PREFIX
 
 log = logging.getLogger("dpe.pools.aws_asg")
 
@@ -87,7 +88,6 @@ class AsgSettings(ConfigModel):
         c in value for c in ":\n"), "the Auto Scaling group's name (1-255 characters, no ':')", min_length=1,
         max_length=255)
     busy_source: Choice(BUSY_SOURCES) = "kubernetes"
-    backoff_s: Number(gt=0, what="a number of seconds") = 600.0
     # The instance types the group may launch; the emulator creates the group with them, in AWS the
     # group's MixedInstancesPolicy (deploy/) is the truth and this is documentation.
     instance_types: Checked(tuple[str, ...], lambda value: isinstance(value, (list, tuple)) and all(
@@ -208,8 +208,9 @@ def _describe_instances_at_once(pools: Sequence["AwsAsgPool"]) -> None:
 def make_clients(aws: AwsSettings) -> tuple[Any, Any]:
     """(autoscaling, ec2) clients with botocore's own retry modes for throttling and 5xx, shared
     within a process: building a session and two clients costs most of a launch's own time
-    (bench/RESULTS.md, "1. Reaction latency: run enqueued -> scale-up call received by the AWS API"). The AWS_* environment is part of the key, so a changed endpoint or
-    credentials source gets new clients; botocore refreshes expiring credentials itself."""
+    (bench/RESULTS.md, "1. Reaction latency: run enqueued -> scale-up call received by the cloud API").
+    The AWS_* environment is part of the key, so a changed endpoint or credentials source gets new
+    clients; botocore refreshes expiring credentials itself."""
     aws_environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
     return _clients(aws, aws_environment)
 
@@ -242,6 +243,11 @@ def instance_id(provider_id: str | None) -> str | None:
     return match.group("instance") if match else None
 
 
+def node_instance_id(node: Mapping[str, Any]) -> str | None:
+    """The EC2 instance a Kubernetes Node (the API's object) is, from its providerID."""
+    return instance_id((node.get("spec") or {}).get("providerID"))
+
+
 # -- the pool --------------------------------------------------------------------------------
 BusyLookup = Callable[..., dict[str, tuple[bool, bool]]]  # (instances, fresh=False)
 RunLookup = Callable[[Sequence["_Instance"]], dict[str, str]]
@@ -260,7 +266,7 @@ class _Instance:
     interrupted: tuple[str, float | None] = ("", None)  # from INSTANCE_INTERRUPTED_TAG
 
 
-class AwsAsgPool(SafeRemoval):
+class AwsAsgPool(SafeRemoval, MarkedHealth):
     """A `NodePool` whose nodes are the instances of one Auto Scaling group."""
 
     def __init__(self, config: PoolConfig, settings: AsgSettings, aws: AwsSettings, autoscaling: Any, ec2: Any,
@@ -295,13 +301,13 @@ class AwsAsgPool(SafeRemoval):
     @classmethod
     def from_config(cls, pool: PoolConfig, env: Environment) -> "AwsAsgPool":
         settings = AsgSettings.parse(pool.name, dict(pool.settings))
-        aws = AwsSettings.parse(dict(env.aws))
+        aws = AwsSettings.parse(dict(env.block("aws")))
         autoscaling, ec2 = make_clients(aws)
         pool_obj = cls(pool, settings, aws, autoscaling, ec2)
         if settings.busy_source == "kubernetes":
             from dpe_dagster.kube.nodes import KubeNodes
 
-            kube = KubeNodes.from_environment(pool.labels, instance_id)
+            kube = KubeNodes.from_environment(pool.labels, node_instance_id)
             pool_obj._busy_lookup = lambda instances, fresh=False: kube.busy_by_instance(
                 [i.id for i in instances], fresh)
             pool_obj._cordon = kube.cordon_instances
@@ -313,10 +319,10 @@ class AwsAsgPool(SafeRemoval):
                 pool.room_memory_gb)
             pool_obj._run_lookup = lambda instances: kube.run_instances([i.id for i in instances])
         else:
-            from dpe_dagster.pools.aws.run_model import busy_from_dagster_runs, runs_on_instances
+            from dpe_dagster.pools.run_model import runs_on_nodes
 
             pool_obj._busy_lookup = lambda instances, fresh=False: busy_from_dagster_runs(pool, instances)
-            pool_obj._run_lookup = lambda instances: runs_on_instances(pool, instances)
+            pool_obj._run_lookup = lambda instances: runs_on_nodes(pool, _serving_nodes(instances))
         return pool_obj
 
     # -- AWS calls ----------------------------------------------------------------------------
@@ -476,22 +482,11 @@ class AwsAsgPool(SafeRemoval):
                 self._call("SetDesiredCapacity", self.autoscaling.set_desired_capacity,
                            AutoScalingGroupName=self.settings.group_name, DesiredCapacity=keep, HonorCooldown=False)
             return
-        if wanted == desired:
-            return
-        tags = _tags(group)
-        until = _float(tags.get(BACKOFF_UNTIL_TAG))
-        if until is not None and until > time.time():
-            # Backed off: runs go to the fallback pool meanwhile; asking again would only make AWS
-            # retry what just failed.
-            log.info("pool %s: backed off for %.0fs more (%s); not scaling up", self.name, until - time.time(),
-                     tags.get(BACKOFF_REASON_TAG, ""))
+        if wanted == desired or not self.may_scale_up(_marks(group)):
             return
         self._call("SetDesiredCapacity", self.autoscaling.set_desired_capacity,
                    AutoScalingGroupName=self.settings.group_name, DesiredCapacity=wanted, HonorCooldown=False)
-        if SCALE_UP_SINCE_TAG not in tags:
-            # When the capacity was asked for; cleared once it is all serving (nodes() and
-            # scale_up_health() check), so a scale-up overdue past the boot timeout can be told.
-            self._set_tags({SCALE_UP_SINCE_TAG: f"{time.time():.3f}"})
+        self.scale_up_asked(_marks(group))
 
     def nodes(self) -> list[Node]:
         group = self._group_for_look()
@@ -514,11 +509,7 @@ class AwsAsgPool(SafeRemoval):
             ))
         self._sync_protection(alive, {n.id for n in nodes if n.busy})
         self._own_processes(group)
-        if SCALE_UP_SINCE_TAG in _tags(group) and sum(n.state == RUNNING for n in nodes) >= int(group["DesiredCapacity"]):
-            try:
-                self._delete_tags([SCALE_UP_SINCE_TAG])
-            except PoolError as error:  # only bookkeeping: the next look retries
-                log.warning("%s", error)
+        self.scale_up_arrived(_marks(group), sum(n.state == RUNNING for n in nodes), int(group["DesiredCapacity"]))
         # One look reads the group once: the target() that follows uses this same description.
         self._view = (group, time.monotonic())
         return nodes
@@ -631,48 +622,37 @@ class AwsAsgPool(SafeRemoval):
                    AutoScalingGroupName=self.settings.group_name, LifecycleHookName=hook_name, InstanceId=instance_id,
                    LifecycleActionResult="CONTINUE", **({"LifecycleActionToken": token} if token else {}))
 
-    # -- scale-up health and back-off ---------------------------------------------------------
-    def _set_tags(self, values: Mapping[str, str]) -> None:
-        self._call("CreateOrUpdateTags", self.autoscaling.create_or_update_tags, Tags=[
-            {"ResourceId": self.settings.group_name, "ResourceType": "auto-scaling-group", "Key": key,
-             "Value": value, "PropagateAtLaunch": False}
-            for key, value in values.items()
-        ])
+    # -- scale-up health and back-off: the primitives of pools/health.py's rule, on group tags -----
+    def read_marks(self) -> dict[str, str]:
+        return _marks(self._group())
 
-    def _delete_tags(self, keys: Iterable[str]) -> None:
-        keys = list(keys)
-        if keys:
+    def write_marks(self, values: Mapping[str, str | None]) -> None:
+        named = {MARK_PREFIX + key: value for key, value in values.items()}
+        written = {key: value for key, value in named.items() if value is not None}
+        if written:
+            self._call("CreateOrUpdateTags", self.autoscaling.create_or_update_tags, Tags=[
+                {"ResourceId": self.settings.group_name, "ResourceType": "auto-scaling-group", "Key": key,
+                 "Value": value, "PropagateAtLaunch": False} for key, value in written.items()])
+        deleted = [key for key, value in named.items() if value is None]
+        if deleted:
             self._call("DeleteTags", self.autoscaling.delete_tags, Tags=[
                 {"ResourceId": self.settings.group_name, "ResourceType": "auto-scaling-group", "Key": key}
-                for key in keys
-            ])
+                for key in deleted])
 
-    def scale_up_health(self, now: float | None = None) -> ScaleUpHealth:
-        """Has the capacity asked for arrived? Overdue when it has not within the boot timeout, or
-        when AWS reports a failed or cancelled scaling activity since it was asked for."""
-        now = time.time() if now is None else now
+    def sizes(self) -> tuple[int, int, int, int]:
+        # A node has arrived when it is running as dpe sees it (on Kubernetes: joined and Ready),
+        # not when EC2 runs its instance.
+        nodes = self.nodes()
         group = self._group()
-        tags = _tags(group)
-        desired = int(group["DesiredCapacity"])
-        running = sum(1 for inst in self._instances(group) if self._serving(inst))
-        since = _float(tags.get(SCALE_UP_SINCE_TAG))
-        if running >= desired:
-            if since is not None:
-                self._delete_tags([SCALE_UP_SINCE_TAG])
-            return ScaleUpHealth(False, f"{running} of {desired} node(s) running", desired, running)
-        if since is None:
-            return ScaleUpHealth(False, f"{running} of {desired} node(s) running", desired, running)
-        failed = self._failed_activity(since)
-        if failed:
-            return ScaleUpHealth(True, f"scaling activity failed: {failed}", desired, running)
-        waited = now - since
-        if waited > self.config.boot_timeout_s:
-            return ScaleUpHealth(
-                True, f"asked for {desired} node(s) {waited:.0f}s ago, {running} running after the "
-                f"{self.config.boot_timeout_s:g}s boot timeout", desired, running)
-        return ScaleUpHealth(False, f"{running} of {desired} node(s) running, waiting {waited:.0f}s", desired, running)
+        return (int(group["DesiredCapacity"]), sum(n.state == RUNNING for n in nodes), len(nodes),
+                int(group["MinSize"]))
 
-    def _failed_activity(self, since: float) -> str | None:
+    def withdraw(self, size: int) -> None:
+        self._call("SetDesiredCapacity", self.autoscaling.set_desired_capacity,
+                   AutoScalingGroupName=self.settings.group_name, DesiredCapacity=size, HonorCooldown=False)
+
+    def failed_scale_up(self, since: float) -> str | None:
+        """A failed or cancelled scaling activity of the group since then, as Auto Scaling reports it."""
         response = self._call("DescribeScalingActivities", self.autoscaling.describe_scaling_activities,
                               AutoScalingGroupName=self.settings.group_name, MaxRecords=20)
         for activity in response.get("Activities", []):
@@ -681,30 +661,6 @@ class AwsAsgPool(SafeRemoval):
                     activity.get("StatusCode") in ("Failed", "Cancelled"):
                 return activity.get("StatusMessage") or activity.get("Description") or activity["StatusCode"]
         return None
-
-    def backoff(self, now: float | None = None) -> str | None:
-        """Why the pool is backed off, or None when it takes requests."""
-        now = time.time() if now is None else now
-        tags = _tags(self._group())
-        until = _float(tags.get(BACKOFF_UNTIL_TAG))
-        if until is not None and until > now:
-            return f"backed off for {until - now:.0f}s more: {tags.get(BACKOFF_REASON_TAG, 'scale-up failed')}"
-        return None
-
-    def back_off(self, reason: str, now: float | None = None) -> None:
-        """Stop asking this pool for capacity for `backoff_s`, and withdraw the part of the desired
-        capacity that never became an instance (so AWS stops retrying it). Instances that exist are
-        kept; busy ones are protected from scale-in, so the lower desired size can only drop
-        capacity that does not exist yet."""
-        now = time.time() if now is None else now
-        group = self._group()
-        existing = sum(1 for inst in self._instances(group) if self._alive(inst))
-        keep = max(existing, int(group["MinSize"]))
-        if int(group["DesiredCapacity"]) > keep:
-            self._call("SetDesiredCapacity", self.autoscaling.set_desired_capacity,
-                       AutoScalingGroupName=self.settings.group_name, DesiredCapacity=keep, HonorCooldown=False)
-        self._set_tags({BACKOFF_UNTIL_TAG: f"{now + self.settings.backoff_s:.3f}", BACKOFF_REASON_TAG: reason[:250]})
-        self._delete_tags([SCALE_UP_SINCE_TAG] if SCALE_UP_SINCE_TAG in _tags(group) else [])
 
     def describe(self) -> dict:
         """The group as AWS reports it, for `dpe pools`."""
@@ -722,6 +678,27 @@ def _error_code(error: BaseException) -> str | None:
 
 def _tags(group: Mapping[str, Any]) -> dict[str, str]:
     return {tag["Key"]: tag.get("Value", "") for tag in group.get("Tags", [])}
+
+
+def busy_from_dagster_runs(pool: PoolConfig, instances: Sequence[_Instance], instance=None) -> dict[str, tuple[bool, bool]]:
+    """instance id -> (serving, busy) from the `dagster_runs` busy source (pools/run_model.py)."""
+    from dpe_dagster.pools.run_model import busy_nodes
+
+    holding = busy_nodes(pool, _serving_nodes(instances), instance)
+    return {i.id: (AwsAsgPool._serving(i), i.id in holding) for i in instances}
+
+
+def _serving_nodes(instances: Sequence[_Instance]) -> list:
+    """The serving instances, as the `dagster_runs` busy source's model takes them."""
+    from dpe_dagster.pools.run_model import ServingNode
+
+    return [ServingNode(i.id, i.launched_at, bool(i.interrupted[0])) for i in instances if AwsAsgPool._serving(i)]
+
+
+def _marks(group: Mapping[str, Any]) -> dict[str, str]:
+    """The marks of pools/health.py among the group's tags, by name."""
+    tags = _tags(group)
+    return {key: tags[MARK_PREFIX + key] for key in MARKS if MARK_PREFIX + key in tags}
 
 
 def _interruption(tags: Iterable[Mapping[str, str]]) -> tuple[str, float | None]:

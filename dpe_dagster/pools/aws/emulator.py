@@ -17,7 +17,7 @@ Busy-ness in aws-sim: Spark runs in local mode, so no work lands on a simulated 
 instance counts as busy while it holds an active run: the pool's STARTING and STARTED runs (from
 Dagster's run storage) are packed with the policy's own first-fit onto the pool's serving
 instances, oldest first; the instances that hold at least one run are busy. Runs that are still
-QUEUED hold no instance. See `pools/aws/run_model.py`, the `dagster_runs` busy source.
+QUEUED hold no instance. See `pools/run_model.py`, the `dagster_runs` busy source.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Iterator, Sequence
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools.aws.eks import node_labels, node_user_data
 from dpe_dagster.pools.base import PoolError
-from dpe_dagster.tags import GROUP_MANAGED_TAG, GROUP_POOL_TAG
+from dpe_dagster.pools.aws.tags import GROUP_MANAGED_TAG, GROUP_POOL_TAG
 
 # moto accepts any AMI id of the right shape; this one is in its default image list.
 EMULATOR_AMI = "ami-12c6146b"
@@ -169,7 +169,7 @@ def create_group(autoscaling, ec2, pool: PoolConfig, region: str) -> str:
 def create_groups(env: Environment, autoscaling=None, ec2=None) -> list[str]:
     from dpe_dagster.pools.aws.asg import AwsSettings, make_clients
 
-    aws = AwsSettings.parse(dict(env.aws))
+    aws = AwsSettings.parse(dict(env.block("aws")))
     if autoscaling is None or ec2 is None:
         autoscaling, ec2 = make_clients(aws)
     return [create_group(autoscaling, ec2, pool, aws.region)
@@ -193,7 +193,7 @@ def emulated_aws(env: Environment) -> Iterator[EmulatedAws]:
     the server on exit, also when the block or the group creation fails."""
     from dpe_dagster.pools.aws.asg import AwsSettings
 
-    region = AwsSettings.parse(dict(env.aws)).region
+    region = AwsSettings.parse(dict(env.block("aws"))).region
     saved = {key: os.environ.get(key) for key in
              ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", *DUMMY_CREDENTIALS, *_CLEARED)}
     server = MotoServer()

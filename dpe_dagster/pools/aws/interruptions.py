@@ -337,7 +337,7 @@ def queue_url(env: Environment) -> str | None:
 
     from dpe_dagster.config import ConfigError
 
-    url = dict(env.aws or {}).get(QUEUE_URL_FIELD)
+    url = dict(env.block("aws")).get(QUEUE_URL_FIELD)
     if url is None:
         return None
     parsed = urlparse(url) if isinstance(url, str) else None
@@ -354,7 +354,7 @@ def sqs_client(env: Environment) -> Any:
 
     from dpe_dagster.pools.aws.asg import AwsSettings
 
-    aws = AwsSettings.parse(dict(env.aws))
+    aws = AwsSettings.parse(dict(env.block("aws")))
     # read_timeout above the long poll's 20 s wait, or every empty poll would time out.
     config = Config(region_name=aws.region, retries={"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts},
                     connect_timeout=10, read_timeout=40, user_agent_extra="dpe")

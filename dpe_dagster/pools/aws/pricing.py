@@ -80,6 +80,6 @@ def aws_node_price(node: Node, region: str, spot: SpotPriceHistory | None = None
 def aws_pricer(env) -> Callable[[PoolConfig, Node], Price | None]:
     from dpe_dagster.pools.aws.asg import AwsSettings, make_clients
 
-    aws = AwsSettings.parse(env.aws)
+    aws = AwsSettings.parse(dict(env.block("aws")))
     spot = SpotPriceHistory(make_clients(aws)[1])
     return lambda pool, node: aws_node_price(node, aws.region, spot)

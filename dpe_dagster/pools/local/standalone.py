@@ -80,22 +80,6 @@ def _alive(pid: int, expected_class: str) -> bool:
     return False
 
 
-def spark_pids_of(home: Path) -> set[int]:
-    """Live Spark JVMs (pool daemons and run drivers) started under this DPE_HOME, found by the
-    environment they inherited, so other Spark processes on the machine are never counted."""
-    marker = f"DPE_HOME={home}".encode()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if b"org.apache.spark" in (entry / "cmdline").read_bytes() and marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -340,7 +324,7 @@ class LocalSparkPool(SafeRemoval):
             SPARK_WORKER_DIR=str(self.state_dir / "work"),
             SPARK_DAEMON_MEMORY=self.settings.daemon_memory,
             SPARK_PRINT_LAUNCH_COMMAND="1",
-            DPE_HOME=str(dpe_home()),  # marks the JVMs as ours (see spark_pids_of)
+            DPE_HOME=str(dpe_home()),  # marks the JVMs as ours (see spark.java.spark_pids_of)
         )
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
