@@ -34,15 +34,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dpe_dagster.config import Environment
 from dpe_dagster.pools import NodePool, PoolError, look_ahead, open_pool
 from dpe_dagster.pools.base import NODE_STATES, RUNNING
 from dpe_dagster.scaling.cursor import read_ticks
-from dpe_dagster.tags import HOLD_TAG, POOL_TAG, TagError, pool_request
+from dpe_dagster.scaling.waits import RunWaits
+from dpe_dagster.tags import HOLD_TAG, TagError, pool_request
 from dpe_dagster.usage.budget import BUDGET_HOLD, spent_today
-from dpe_dagster.usage.eventlog import observations_after, pages
+from dpe_dagster.usage.eventlog import observations_after
 from dpe_dagster.usage.records import NODE_USAGE_KEY, POD_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime, UsageRecord, cost_of
 
 log = logging.getLogger(__name__)
@@ -192,18 +193,13 @@ class Waits:
     buckets: tuple[float, ...] = WAIT_BUCKETS
     counts: dict[str, list[int]] = field(default_factory=dict)
     sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    _cursor: str | None = None
+    _runs: RunWaits | None = None
 
     def read(self, instance: DagsterInstance) -> None:
-        for result in pages(instance.fetch_run_status_changes, DagsterEventType.RUN_START, self._cursor):
-            self._cursor = result.cursor or self._cursor
-            started = {r.run_id: r.timestamp for r in result.records}
-            if started:
-                for record in instance.get_run_records(RunsFilter(run_ids=list(started))):
-                    pool = record.dagster_run.tags.get(POOL_TAG)
-                    if pool in self.env.pools:
-                        self._observe(pool, max(0.0, started[record.dagster_run.run_id]
-                                                - record.create_timestamp.timestamp()))
+        if self._runs is None:
+            self._runs = RunWaits(frozenset(self.env.pools))
+        for wait in self._runs.read(instance):
+            self._observe(wait.pool, wait.seconds)
 
     def _observe(self, pool: str, seconds: float) -> None:
         counts = self.counts.setdefault(pool, [0] * (len(self.buckets) + 1))

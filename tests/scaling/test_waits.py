@@ -1,0 +1,64 @@
+"""How long runs waited for room, as a team checks whether its pool's wait holds: queued to running,
+read from a real Dagster instance's run records, per pool and day, and shown by `dpe pools`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from dagster import DagsterEventType
+
+from dpe_dagster.scaling.waits import RunWait, RunWaits, p95, read_waits_since, waits_by_pool_day
+from tests.reliability.harness import queue_run, report_run_event
+from tests.support.aws import dagster  # noqa: F401  (fixture)
+
+
+def test_the_p95_is_the_nearest_rank_and_days_are_utc():
+    assert p95([]) is None and p95([7.0]) == 7.0
+    assert p95(range(1, 101)) == 95 and p95(range(1, 21)) == 19
+    day = 1_796_515_200.0  # 2026-12-06 00:00 UTC
+    waits = [RunWait("a", "etl", day - 30, day - 10), RunWait("b", "etl", day + 5, day + 65),
+             RunWait("c", "etl", day + 100, day + 110), RunWait("d", "gpu", day, day + 1)]
+    shown = waits_by_pool_day(waits, {"etl": 30.0})
+    assert [(d.pool, d.day, d.runs, d.p95_s, d.held) for d in shown] == [
+        ("etl", "2026-12-05", 1, 20.0, True), ("etl", "2026-12-06", 2, 60.0, False), ("gpu", "2026-12-06", 1, 1.0, None)]
+
+
+def test_a_run_s_wait_runs_from_queued_to_started_and_is_read_once(dagster):
+    before = time.time() - 1
+    slow = queue_run(dagster, "spot-etl", cpus=1)
+    other = queue_run(dagster, "elsewhere", cpus=1)
+    time.sleep(1.0)
+    for run_id in (slow, other):
+        report_run_event(dagster, run_id, DagsterEventType.RUN_START)
+    reader = RunWaits(frozenset({"spot-etl"}))
+    [wait] = reader.read(dagster)
+    assert (wait.run_id, wait.pool) == (slow, "spot-etl") and 1.0 <= wait.seconds < 10
+    assert reader.read(dagster) == [], "each start is read once"
+    fast = queue_run(dagster, "spot-etl", cpus=1)
+    report_run_event(dagster, fast, DagsterEventType.RUN_START)
+    [again] = reader.read(dagster)
+    assert again.run_id == fast and again.seconds < wait.seconds
+    assert {w.run_id for w in read_waits_since(dagster, before, ["spot-etl"])} == {slow, fast}
+    assert read_waits_since(dagster, time.time() + 60) == []
+
+
+def test_dpe_pools_shows_today_s_p95_wait(dagster, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dpe_dagster.cli import app
+
+    (tmp_path / "dagster.yaml").write_text("")  # the instance `dpe pools` reads (DAGSTER_HOME)
+    config = tmp_path / "pools.yaml"
+    config.write_text(f"pools:\n  spot-etl: {{provider: local, max_size: 1, node_cpus: 2, node_memory_gb: 2, "
+                      f"price_per_node_hour: 0.02, settings: {{state_dir: {tmp_path / 'state'}}}}}\n")
+    monkeypatch.setenv("DPE_CONFIG", str(config))
+    run_id = queue_run(dagster, "spot-etl", cpus=1)
+    time.sleep(0.5)
+    report_run_event(dagster, run_id, DagsterEventType.RUN_START)
+    result = CliRunner().invoke(app, ["pools", "--json"])
+    assert result.exit_code == 0, result.output
+    [pool] = json.loads(result.output)
+    assert pool["waits_today"]["runs"] == 1 and pool["waits_today"]["p95_s"] >= 0.5
+    table = CliRunner().invoke(app, ["pools"], env={"COLUMNS": "300"})
+    assert "wait p95 today" in table.output and "(1 run(s))" in table.output
