@@ -374,9 +374,9 @@ def reader_for(env: Environment, instance: Any | None = None) -> InterruptionRea
     if any(dict(config.settings).get("busy_source", "kubernetes") == "kubernetes" for config in env.pools.values()
            if config.provider == "aws_asg"):
         from dpe_dagster.kube.nodes import KubeNodes, not_a_daemon
-        from dpe_dagster.pools.aws.asg import instance_id
+        from dpe_dagster.pools.aws.asg import node_instance_id
 
-        nodes = KubeNodes.from_environment(None, instance_id)
+        nodes = KubeNodes.from_environment(None, node_instance_id)
         kube = {"cordon": nodes.cordon_instances, "pods_left": nodes.pods_left,
                 "drain": lambda ids: nodes.evict(ids, not_a_daemon, grace_period_s=DRAIN_GRACE_S)}
     return InterruptionReader(sqs_client(env), url, env, pools, instance=instance, **kube)
