@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,17 @@ def test_a_run_with_bad_tags_fails_with_a_clear_message_and_scales_nothing(isola
         stop_process_group(daemon)
 
 
+def shown_value(dom: str, label: str) -> str:
+    """The text of the metadata table's cell beside `label` in a page's DOM."""
+    text = re.sub(r"\s*(<[^>]*>\s*)+", "|", dom)
+    match = re.search(rf"\|{re.escape(label)}\|([^|]+)\|", text)
+    assert match, f"{label} is not shown"
+    return match.group(1)
+
+
 def test_the_ui_shows_cost_on_the_asset_page(demo, tmp_path):
-    """A real browser on the Dagster UI: the query asset's page shows its cost metadata."""
+    """A real browser on the Dagster UI: the query asset's page shows its cost metadata, and the
+    run's usage record shows its times as dates and its cost to a millionth of a dollar."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         message = "headless Chromium is not installed (apt-get install chromium)"
@@ -118,19 +128,37 @@ def test_the_ui_shows_cost_on_the_asset_page(demo, tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, (tmp_path / "webserver.log").read_text()[-3000:]
                 time.sleep(1)
-        url = f"http://127.0.0.1:{port}/assets/tpch_q1?view=events"
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--lang=en-US",
                  f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000",
                  "--window-size=1400,1000"]
+        browser_env = dict(os.environ, TZ="UTC")  # the UI shows times in the browser's zone
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        screenshot = ARTIFACTS / "asset_page_cost.png"
-        subprocess.run([chromium, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        pages = {}
+        for name, path in (("asset_page_cost", "assets/tpch_q1"), ("run_usage_page", "assets/dpe/run_usage")):
+            url = f"http://127.0.0.1:{port}/{path}?view=events"
+            screenshot = ARTIFACTS / f"{name}.png"
+            subprocess.run([chromium, *flags, f"--screenshot={screenshot}", url], env=browser_env,
+                           capture_output=True, timeout=120)
+            pages[name] = subprocess.run([chromium, *flags, "--dump-dom", url], env=browser_env, capture_output=True,
+                                         text=True, timeout=120).stdout
+            assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
     finally:
         stop_process_group(webserver)
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
-    assert "dpe/cost_usd" in dom and "dpe/node_seconds" in dom, "the asset page must show its cost metadata"
+    asset_page = pages["asset_page_cost"]
+    assert "dpe/cost_usd" in asset_page and "dpe/node_seconds" in asset_page, \
+        "the asset page must show its cost metadata"
+    assert re.fullmatch(r"0\.\d{1,6}", shown_value(asset_page, "dpe/cost_usd"))
+    assert re.fullmatch(r"\d+(\.\d)?", shown_value(asset_page, "dpe/node_seconds"))
+
+    (record,) = json.loads(dpe("usage", "--json", env=env).stdout)
+    run_page = pages["run_usage_page"]
+    assert float(shown_value(run_page, "cost_usd")) == round(record["cost_usd"], 6) > 0
+    assert float(shown_value(run_page, "node_seconds")) == round(record["node_seconds"], 1)
+    for name in ("started_at", "ended_at"):
+        at = datetime.fromisoformat(record[name])
+        assert shown_value(run_page, name) == f"{at:%b} {at.day}, {at.hour % 12 or 12}:{at:%M:%S %p} UTC"
+        assert str(int(at.timestamp())) not in run_page, f"{name} must show as a date, not as unix seconds"
 
 
 def test_aws_sim_demo_ends_with_every_group_at_its_minimum(tmp_path):

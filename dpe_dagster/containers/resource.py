@@ -19,7 +19,9 @@ from dpe_dagster.pools.base import PoolError
 from dpe_dagster.tags import TEAM_TAG
 from dpe_dagster.usage.records import UNASSIGNED
 from dpe_dagster.usage.pods import PodSpan, record_pod_span, record_pod_usage
-from dpe_dagster.usage.records import ASSET_COST, ASSET_COST_BASIS, ASSET_NODE_SECONDS, ASSET_POD, ASSET_POOL, UsageRecord
+from dpe_dagster.usage.records import (
+    ASSET_COST, ASSET_COST_BASIS, ASSET_NODE_SECONDS, ASSET_POD, ASSET_POOL, UsageRecord, shown,
+)
 
 PIPES_VERSION = "1.13.27"  # dagster-pipes, as locked for this project
 SCRIPT_ENV = "DPE_PIPES_SCRIPT"
@@ -69,8 +71,8 @@ class ContainerRun:
     def cost_metadata(self) -> dict[str, Any]:
         metadata: dict[str, Any] = {ASSET_POOL: MetadataValue.text(self.pool), ASSET_POD: MetadataValue.text(self.pod)}
         if self.usage is not None:
-            metadata[ASSET_COST] = MetadataValue.float(self.usage.cost_usd)
-            metadata[ASSET_NODE_SECONDS] = MetadataValue.float(self.usage.node_seconds)
+            metadata[ASSET_COST] = shown(ASSET_COST, self.usage.cost_usd)
+            metadata[ASSET_NODE_SECONDS] = shown(ASSET_NODE_SECONDS, self.usage.node_seconds)
             metadata[ASSET_COST_BASIS] = MetadataValue.text(
                 f"ledger: the container's share of pool {self.pool}'s nodes while it ran "
                 f"(price source: {self.usage.price_source})")

@@ -13,6 +13,7 @@ from dpe_dagster.config import PoolConfig
 from dpe_dagster.pools.base import Node
 from dpe_dagster.tags import HOLD_REASON_TAG, HOLD_TAG, POOL_TAG
 from dpe_dagster.usage.eventlog import observations, read_node_lifetimes
+from dpe_dagster.usage.records import shown
 from dpe_dagster.usage.spans import Pricer
 from dpe_dagster.usage.summary import day_start
 from dpe_dagster.usage.writes import write_once
@@ -66,8 +67,8 @@ def alert_once(instance: DagsterInstance, pool: PoolConfig, spent: float, block:
     def write(_: bool) -> bool:
         instance.report_runless_asset_event(AssetObservation(
             asset_key=BUDGET_ALERTS_KEY, description=block,
-            metadata={"pool": MetadataValue.text(pool.name), "spent_usd": MetadataValue.float(spent),
-                      "budget_usd": MetadataValue.float(pool.daily_budget_usd or 0.0),
+            metadata={"pool": MetadataValue.text(pool.name), "spent_usd": shown("spent_usd", spent),
+                      "budget_usd": shown("budget_usd", pool.daily_budget_usd or 0.0),
                       "message": MetadataValue.text(block)},
         ))
         return True

@@ -6,6 +6,8 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
 
+from dpe_dagster.usage.records import shown
+
 PAID_CHECK = "paid_is_attributed_plus_idle"
 CENT = 0.005  # half a cent: a gap that rounds to no cent at all
 
@@ -38,5 +40,5 @@ def paid_check(pool_days: list[dict[str, Any]]) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=PAID_CHECK, passed=not gaps, severity=AssetCheckSeverity.ERROR, description=description,
         metadata={"pool_days": MetadataValue.int(len(pool_days)), "failing": MetadataValue.json(gaps),
-                  "largest_gap_usd": MetadataValue.float(worst)},
+                  "largest_gap_usd": shown("largest_gap_usd", worst)},
     )

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from dpe_dagster.tags import TagError, pool_request
-from dpe_dagster.usage.records import ASSET_COST, ASSET_COST_BASIS, ASSET_NODE_SECONDS, ASSET_POOL
+from dpe_dagster.usage.records import ASSET_COST, ASSET_COST_BASIS, ASSET_NODE_SECONDS, ASSET_POOL, shown
 
 
 def estimate(tags: dict[str, str], seconds: float) -> dict[str, Any]:
@@ -31,8 +31,8 @@ def estimate(tags: dict[str, str], seconds: float) -> dict[str, Any]:
     pool = env.pools[request.pool]
     node_seconds = seconds * node_share(request.cpus, request.memory_gb, pool)
     return {
-        ASSET_COST: MetadataValue.float(node_seconds / 3600 * pool.price_per_node_hour),
-        ASSET_NODE_SECONDS: MetadataValue.float(node_seconds),
+        ASSET_COST: shown(ASSET_COST, node_seconds / 3600 * pool.price_per_node_hour),
+        ASSET_NODE_SECONDS: shown(ASSET_NODE_SECONDS, node_seconds),
         ASSET_POOL: MetadataValue.text(pool.name),
         ASSET_COST_BASIS: MetadataValue.text("estimate: step time x requested share x configured price"),
     }

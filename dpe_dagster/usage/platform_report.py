@@ -16,6 +16,7 @@ from dpe_dagster.paths import dpe_home
 from dpe_dagster.usage.checks import paid_check, paid_spec
 from dpe_dagster.usage.eventlog import read_usage
 from dpe_dagster.usage.live import BusySoFar, report_nodes
+from dpe_dagster.usage.records import shown
 from dpe_dagster.usage.summary import DAY, Window, always_on_cost, by_asset, by_day, by_pool, by_pool_day, day_start
 
 PLATFORM_USAGE_KEY = AssetKey(["dpe", "platform_usage"])
@@ -104,10 +105,8 @@ def build_platform_usage(env: Environment, busy_so_far: BusySoFar):
         chart = plot_days(report["days"], report["always_on"]["cost_usd"] / days_covered,
                           folder / f"platform_usage-{stamp}.png")
         return MaterializeResult(metadata={
-            "paid_usd": MetadataValue.float(report["paid_usd"]),
-            "attributed_usd": MetadataValue.float(report["attributed_usd"]),
-            "idle_usd": MetadataValue.float(report["idle_usd"]),
-            "always_on_usd": MetadataValue.float(report["always_on"]["cost_usd"]),
+            **{name: shown(name, report[name]) for name in ("paid_usd", "attributed_usd", "idle_usd")},
+            "always_on_usd": shown("always_on_usd", report["always_on"]["cost_usd"]),
             "days": MetadataValue.md(_markdown(report["days"], ["day", "runs", "paid_usd", "attributed_usd",
                                                                 "idle_usd"])),
             "assets": MetadataValue.json(report["assets"]),

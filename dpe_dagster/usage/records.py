@@ -1,6 +1,8 @@
 """What the ledger stores: one `UsageRecord` per ended run, one `NodeLifetime` per removed node.
 
-Both travel as Dagster asset-observation metadata; numbers stay numbers so the UI can plot them.
+Both travel as Dagster asset-observation metadata, shown as a person reads them (`shown`): times
+as dates, money and durations rounded, and numbers stay numbers so the UI can plot them. What the
+rounding changes is kept exactly in the record's `exact` entry, which the readers read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,40 @@ ASSET_TEAM = "dpe/team"
 ASSET_COST_BASIS = "dpe/cost_basis"  # how the cost was found (an estimate, or measured)
 ASSET_POD = "dpe/pod"  # the pod of a container asset
 UNASSIGNED = "unassigned"  # the team of a record no team owns
+EXACT = "exact"  # a record's metadata entry: the values it shows rounded, at full precision
+
+
+def digits(name: str) -> int:
+    """The decimals a number is shown with, by its name: money (`*_usd`, prices) to a millionth
+    of a dollar, as `dpe usage` prints it (a small run costs a fraction of a cent), durations
+    (`*_seconds`) to a tenth of a second, anything else (shares, CPUs, GB) to 4."""
+    if name.endswith("_usd") or name.startswith("price"):
+        return 6
+    if name.endswith("_seconds"):
+        return 1
+    return 4
+
+
+def rounded(name: str, value: Any) -> Any:
+    """`value` with every number in it rounded by its name (`digits`); in a JSON value, a number
+    goes by its own key."""
+    if isinstance(value, Mapping):
+        return {k: rounded(k, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(name, v) for v in value]
+    if isinstance(value, float):
+        return round(value, digits(name))
+    return value
+
+
+def shown(name: str, value: float | list | dict) -> MetadataValue:
+    """A number or JSON value as the Dagster UI shows it: a time (`*_at`, unix seconds) as a date,
+    anything else rounded (`rounded`), numbers still numbers, so the asset page plots them."""
+    if isinstance(value, (list, dict)):
+        return MetadataValue.json(rounded(name, value))
+    if name.endswith("_at"):
+        return MetadataValue.timestamp(value)
+    return MetadataValue.float(rounded(name, float(value)))
 
 
 def cost_of(node_seconds: float, price_per_node_hour: float) -> float:
@@ -109,11 +145,8 @@ class NodeLifetime:
 
     def to_metadata(self) -> dict[str, Any]:
         metadata = to_metadata(self)
-        metadata.update(
-            lifetime_seconds=MetadataValue.float(self.lifetime_seconds),
-            idle_seconds=MetadataValue.float(self.idle_seconds),
-            cost_usd=MetadataValue.float(self.cost_usd),
-        )
+        for name in ("lifetime_seconds", "idle_seconds", "cost_usd"):
+            metadata[name] = shown(name, getattr(self, name))
         return metadata
 
     @classmethod
@@ -123,26 +156,36 @@ class NodeLifetime:
 
 def to_metadata(record: Any) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
+    exact: dict[str, Any] = {}
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
         if isinstance(value, tuple):
-            metadata[f.name] = MetadataValue.json([dict(v) if isinstance(v, Mapping) else v for v in value])
+            value = [dict(v) if isinstance(v, Mapping) else v for v in value]
         elif isinstance(value, Mapping):
-            metadata[f.name] = MetadataValue.json({k: dict(v) for k, v in value.items()})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            metadata[f.name] = MetadataValue.float(float(value))
+            value = {k: dict(v) for k, v in value.items()}
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, (float, list, dict)):
+            metadata[f.name] = shown(f.name, value)
+            if metadata[f.name].value != value:
+                exact[f.name] = value
         elif value is None:
             metadata[f.name] = MetadataValue.null()
         else:
             metadata[f.name] = MetadataValue.text(str(value))
+    if exact:
+        metadata[EXACT] = MetadataValue.json(exact)
     return metadata
 
 
 def from_metadata(cls: type, metadata: Mapping[str, Any]) -> Any:
+    """The record `to_metadata` wrote, what it rounded read from `exact`. Metadata without
+    `exact`, or with times as plain numbers, reads the same way."""
+    exact = getattr(metadata.get(EXACT), "value", None) or {}
     values = {}
     for f in dataclasses.fields(cls):
         raw = metadata.get(f.name)
-        value = getattr(raw, "value", raw)
+        value = exact.get(f.name, getattr(raw, "value", raw))
         if f.name == "assets":
             value = tuple(value or ())
         elif f.name == "nodes" and cls is UsageRecord:

@@ -28,7 +28,7 @@ from dpe_dagster.usage.charges import Owners, usage_for_run
 from dpe_dagster.usage.eventlog import latest_run_usage, read_node_lifetimes
 from dpe_dagster.usage.records import (
     ASSET_COST, ASSET_NODE_SECONDS, ASSET_POOL, ASSET_RUN_ID, ASSET_TEAM, NODE_USAGE_KEY, RUN_USAGE_KEY, NodeLifetime,
-    UsageRecord,
+    UsageRecord, shown,
 )
 from dpe_dagster.usage.spans import Pricer
 
@@ -130,8 +130,8 @@ def write_run_usage(instance: DagsterInstance, job_name: str, usage: UsageRecord
         if only is not None and key not in only:
             continue
         observation = AssetObservation(asset_key=key, metadata={
-            ASSET_COST: MetadataValue.float(part["cost_usd"]),
-            ASSET_NODE_SECONDS: MetadataValue.float(part["node_seconds"]),
+            ASSET_COST: shown(ASSET_COST, part["cost_usd"]),
+            ASSET_NODE_SECONDS: shown(ASSET_NODE_SECONDS, part["node_seconds"]),
             ASSET_RUN_ID: MetadataValue.text(usage.run_id),
             ASSET_POOL: MetadataValue.text(usage.pool),
             ASSET_TEAM: MetadataValue.text(part["team"]),

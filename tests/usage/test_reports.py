@@ -94,8 +94,12 @@ def test_platform_usage_and_the_cli_agree_to_the_cent(ledger_home):
     assert all(abs(from_cli[k] - from_asset[k]) < 0.005 for k in from_cli), (from_cli, from_asset)
     assert {team for _, team in from_cli} == {"analytics", "finance"}
 
-    paid, attributed, idle = (metadata[k].value for k in ("paid_usd", "attributed_usd", "idle_usd"))
+    report = json.loads(Path(metadata["report"].value).read_text())
+    paid, attributed, idle = (report[k] for k in ("paid_usd", "attributed_usd", "idle_usd"))
     assert paid == pytest.approx(attributed + idle, abs=1e-9) and attributed > 0 and idle > 0
+    # the asset page shows the report's figures to a millionth of a dollar
+    assert [metadata[k].value for k in ("paid_usd", "attributed_usd", "idle_usd")] \
+        == [round(v, 6) for v in (paid, attributed, idle)]
     assert metadata["always_on_usd"].value >= paid - 1e-9, "an always-on cluster at the same peak never costs less"
     chart = Path(metadata["chart"].value)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5_000
