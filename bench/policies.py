@@ -1,10 +1,11 @@
 """Benchmark: every scaling policy on the HPC2N trace (C = 8 and 32) and on a short-job workload.
 
     .venv/bin/python bench/policies.py            # writes bench/RESULTS.md's section and bench/busy_week.png
+    .venv/bin/python bench/policies.py --one --trace gen:bursty --policy dpe    # one replay, its row as JSON
 
-Each (workload, node size, policy) runs in a fresh process, so its time and peak memory are its own;
-the baseline measured in the same run is reading the trace alone (time and peak memory).
-The HPC2N trace is read from ../shared/traces (never copied into the repository).
+Each (workload, node size, policy) runs in a fresh process, so its time and peak memory are its own,
+`--jobs` of them at once; the baseline measured in the same run is reading the trace alone (time and
+peak memory). The HPC2N trace is read from ../shared/traces (never copied into the repository).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 PNG = ROOT / "bench" / "busy_week.png"
 HEADING = "## Scaling policies on job traces (issue 5)"
 GOALS = "### Goals, against the tables above"
-WORKERS = 4  # policies replayed at once, each in its own process
 SHORT_DAYS, SHORT_RATE = 2.0, 300.0  # the short-job workload: days, pipeline runs per hour at the peak
 # `dpe` is the pool that production deploys, as it deploys it: this environment's pool, with only
 # the node shape set by the trace (and the price set to 1 per node-hour for every policy).
@@ -60,7 +60,18 @@ BURSTY = {"days": 2.0, "tasks_per_day": 70000.0, "seed": 1}
 PIPELINES = {"days": 28.0, "daily": 60, "hourly": 30, "adhoc_per_day": 3000.0, "seed": 1}
 
 
-def load(trace: str, schedules: str | None):
+def busier(trace: Trace, speedup: float, first: int | None) -> Trace:
+    """The trace's first `first` jobs (None: all), arriving `speedup` times as fast: the same jobs
+    with `speedup` times the offered load."""
+    out = Trace(f"{trace.name} x{speedup:g}", start_unix=trace.start_unix)
+    origin = trace.arrival[0] if len(trace) else 0.0
+    for i in range(len(trace) if first is None else min(first, len(trace))):
+        out.add(origin + (trace.arrival[i] - origin) / speedup, trace.duration[i], trace.cpus[i], trace.memory_gb[i],
+                trace.key[i], trace.requested_s[i])
+    return out
+
+
+def load(trace: str, schedules: str | None, speedup: float = 1.0, first: int | None = None):
     if trace == "gen:bursty":
         from workloads import bursty_tasks
 
@@ -73,6 +84,8 @@ def load(trace: str, schedules: str | None):
 
         return spark_pipelines(**PIPELINES)
     loaded = read_trace(trace)
+    if speedup != 1.0 or first is not None:
+        loaded = busier(loaded, speedup, first)
     runs = []
     if schedules:
         runs = runs_during_trace(parse_schedules(schedules), loaded.start_unix, loaded.arrival[0], loaded.arrival[-1])
@@ -83,7 +96,7 @@ def one(args) -> None:
     """Child process: one policy on one workload, or (no policy) reading the trace alone; prints a
     JSON line."""
     began = time.process_time()
-    work = load(args.trace, args.schedules)
+    work = load(args.trace, args.schedules, args.speedup, args.first)
     read_s = time.process_time() - began
     read_mb = peak_mb()
     if args.policy is None:
@@ -190,15 +203,40 @@ def write_section(text: str) -> None:
     RESULTS.write_text(old)
 
 
+def positive(kind: type):
+    """An option's parser: a number of this kind above 0 (argparse names the option in the error)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}; got {text!r}")
+        return value
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--trace")
-    parser.add_argument("--cpus", type=float, default=8.0)
+    parser.add_argument("--one", action="store_true",
+                        help="replay one policy (--policy; none: read the trace alone, the baseline) on one workload "
+                             "(--trace) in this process and print its row as JSON, CPU seconds included")
+    parser.add_argument("--trace", help="with --one: a trace file, gen:bursty or gen:pipelines")
+    parser.add_argument("--cpus", type=positive(float), default=8.0, help="CPUs per node (default 8)")
     parser.add_argument("--policy", choices=list(POLICIES))
-    parser.add_argument("--schedules")
+    parser.add_argument("--schedules", help="cron schedules whose runs are added to the trace")
+    parser.add_argument("--speedup", type=positive(float), default=1.0,
+                        help="with --one and a trace file: its jobs arrive this many times as fast (default 1)")
+    parser.add_argument("--first", type=positive(int),
+                        help="with --one and a trace file: only its first this many jobs")
+    parser.add_argument("--jobs", type=positive(int), default=os.cpu_count() or 1,
+                        help="replays run at once, each in its own process (default: the CPU count)")
     args = parser.parse_args()
     if args.one:
+        if not args.trace:
+            parser.error("--trace: required with --one (a trace file, gen:bursty or gen:pipelines)")
+        if args.trace.startswith("gen:") and (args.speedup != 1.0 or args.first is not None):
+            parser.error(f"--speedup, --first: only for a trace file, not {args.trace}")
         one(args)
         return
     if not HPC2N.exists():
@@ -218,7 +256,7 @@ def main() -> None:
                 ("Spark-like pipelines, daily and hourly schedules", "gen:pipelines", 8.0, None)]
         results = []
         # children run side by side (each measures its own CPU time and peak memory)
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             jobs = {(k, policy): pool.submit(child, trace, cpus, policy, schedules)
                     for k, (label, trace, cpus, schedules) in enumerate(runs)
                     for policy in (None, *policies)}
@@ -257,7 +295,7 @@ def main() -> None:
         "  not evictable (`safe-to-evict: false` / `do-not-disrupt`), as batch jobs usually are.",
         "- idle / boot / fragmented: paid node-hours with no job, while booting, and the unused share",
         "  of busy nodes (including whole-node rounding).",
-        f"- sim CPU s: CPU time of the replay ({WORKERS} replays ran at once and the machine was shared with",
+        f"- sim CPU s: CPU time of the replay ({args.jobs} replays ran at once and the machine was shared with",
         "  other work, so wall time, also shown, is much noisier); peak MB: peak resident memory of the",
         "  process. Both also as a ratio",
         "  to the baseline measured in the same run: reading and preparing the trace alone (CPU time,",

@@ -27,7 +27,8 @@ PLACEMENTS = ("first-fit", "ending-together")
 # The defaults every environment gets unless it says otherwise, chosen by replaying traces through
 # the production control loop (bench/RESULTS.md, "Goals, against the tables above").
 DEFAULT_IDLE_TIMEOUT_MODE = "auto"
-DEFAULT_QUEUE_ALLOWANCE_S = 10.0
+# How long a run may wait for room, at p95 (`wait_target_s`).
+DEFAULT_WAIT_TARGET_S = 10.0
 DEFAULT_PLACEMENT = "first-fit"
 # A node whose busy status the provider cannot tell counts as busy, but only for its idle timeout
 # plus this long: a failure that hides the truth must not keep paying for nodes forever.
@@ -181,9 +182,10 @@ class PoolConfig(ConfigModel):
     daily_budget_usd: Number(gt=0, optional=True, description="once paid today (UTC), no more scale-up until "
                                                               "tomorrow") = None
     placement: Choice(PLACEMENTS) = DEFAULT_PLACEMENT
-    queue_allowance_s: Number(ge=0, description="a waiting run may wait this long (never longer than a boot) for "
-                                                "room running runs free, instead of a boot; 0: always boot") = \
-        DEFAULT_QUEUE_ALLOWANCE_S
+    wait_target_s: Number(ge=0, description="how long a run may wait for room, at p95 (a run's dpe/wait_target_s "
+                                            "tag overrides it): room running runs free within it counts instead of "
+                                            "a boot, and the longer it is the sooner idle nodes go") = \
+        DEFAULT_WAIT_TARGET_S
     unknown_busy_grace_s: Number(ge=0, description="a node whose busy status stays unknown longer than "
                                                    "idle_timeout_s plus this is removed") = DEFAULT_UNKNOWN_BUSY_GRACE_S
     reserved_cpus: Number(ge=0, optional=True, description="CPUs of each node that runs cannot have: the kubelet's "

@@ -13,7 +13,10 @@ from dpe_dagster.config import POOL_NAME, ConfigError, Environment, PoolConfig
 POOL_TAG = "dpe/node_pool"
 CPU_TAG = "dpe/cpu"
 MEMORY_TAG = "dpe/memory"
+# How long this run may wait for room (seconds), instead of its pool's `wait_target_s`.
+WAIT_TARGET_TAG = "dpe/wait_target_s"
 MAX_CPUS = 4096
+MAX_WAIT_TARGET_S = 86_400.0
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(g|gb|gi|m|mb|mi)?\s*$", re.IGNORECASE)
 
 
@@ -26,6 +29,7 @@ class PoolRequest:
     pool: str
     cpus: float
     memory_gb: float
+    wait_target_s: float | None = None  # how long the run may wait for room (None: the pool's)
 
 
 def parse_cpus(value: str) -> float:
@@ -52,6 +56,17 @@ def parse_memory_gb(value: str) -> float:
     return amount / 1024 if unit.startswith("m") else amount
 
 
+def parse_wait_target_s(value: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (0 <= seconds <= MAX_WAIT_TARGET_S):
+        raise TagError(f"tag {WAIT_TARGET_TAG}: must be a number of seconds in [0, {MAX_WAIT_TARGET_S:g}], like '600'; "
+                       f"got {value!r}")
+    return seconds
+
+
 def pool_request(tags: Mapping[str, str], env: Environment) -> PoolRequest | None:
     """What a run with these tags asks of which pool; None when it names no pool."""
     pool_name = tags.get(POOL_TAG)
@@ -67,11 +82,15 @@ def request_on(tags: Mapping[str, str], pool: PoolConfig) -> PoolRequest:
     """What a run with these tags asks of `pool` (the pool they name)."""
     cpus = requested_cpus(tags, pool.default_run_cpus)
     memory = parse_memory_gb(tags[MEMORY_TAG]) if MEMORY_TAG in tags else pool.default_run_memory_gb
-    return PoolRequest(pool.name, cpus, memory)
+    wait = parse_wait_target_s(tags[WAIT_TARGET_TAG]) if WAIT_TARGET_TAG in tags else None
+    return PoolRequest(pool.name, cpus, memory, wait)
 
 
-def pool_tags(pool: str, cpus: float | None = None, memory: str | None = None) -> dict[str, str]:
-    """Run tags that place a job on a node pool; checked here so a typo fails at load time."""
+def pool_tags(pool: str, cpus: float | None = None, memory: str | None = None,
+              wait_target_s: float | None = None) -> dict[str, str]:
+    """Run tags that place a job on a node pool (and, with `wait_target_s`, say how long its runs
+    may wait for room, e.g. a backfill longer than its pool's target); checked here so a typo
+    fails at load time."""
     if not POOL_NAME.match(pool):
         raise TagError(f"tag {POOL_TAG}: {pool!r} is not a valid pool name (lowercase letters, digits, '-')")
     tags = {POOL_TAG: pool}
@@ -81,6 +100,9 @@ def pool_tags(pool: str, cpus: float | None = None, memory: str | None = None) -
     if memory is not None:
         parse_memory_gb(memory)
         tags[MEMORY_TAG] = memory
+    if wait_target_s is not None:
+        parse_wait_target_s(str(wait_target_s))
+        tags[WAIT_TARGET_TAG] = f"{wait_target_s:g}"
     return tags
 
 

@@ -96,6 +96,8 @@ def test_the_example_pipelines_scale_factor_is_checked(monkeypatch):
         ({"dpe/node_pool": "spot-etl", "dpe/cpu": "lots"}, r"tag dpe/cpu: must be a number of CPUs in \(0, 4096\]"),
         ({"dpe/node_pool": "spot-etl", "dpe/cpu": "-1"}, r"tag dpe/cpu: .*got '-1'"),
         ({"dpe/node_pool": "spot-etl", "dpe/memory": "2 TB"}, r"tag dpe/memory: must be a positive size like '4g'"),
+        ({"dpe/node_pool": "spot-etl", "dpe/wait_target_s": "soon"},
+         r"tag dpe/wait_target_s: must be a number of seconds in \[0, 86400\], like '600'; got 'soon'"),
     ],
 )
 def test_bad_run_tags_are_named(tags, message):
@@ -147,6 +149,9 @@ def test_tags_default_to_the_pool_shape_and_parse_units():
     assert pool_request({"other": "x"}, env) is None
     assert pool_tags("spot-etl", cpus=2, memory="4g") == {"dpe/node_pool": "spot-etl", "dpe/cpu": "2",
                                                           "dpe/memory": "4g"}
+    assert pool_request({"dpe/node_pool": "spot-etl"}, env).wait_target_s is None  # the pool's
+    backfill = pool_tags("spot-etl", wait_target_s=1800)
+    assert backfill["dpe/wait_target_s"] == "1800" and pool_request(backfill, env).wait_target_s == 1800
 
 
 def test_cli_reports_a_bad_environment_without_a_traceback(tmp_path):

@@ -68,4 +68,4 @@ def pool_activity(config: PoolConfig, rate: ArrivalRate | None, now: float) -> P
     a launcher, which keeps none, says 0: it never scales down, where the rate matters), a typical
     boot, and the pool's queueing allowance."""
     return PoolActivity(rate.at_time(now) if rate is not None else 0.0, typical_boot_s(config.boot_timeout_s),
-                        config.queue_allowance_s)
+                        config.wait_target_s)

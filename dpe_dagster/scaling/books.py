@@ -38,8 +38,10 @@ class Books(Protocol):
     def record_lifetime(self, lifetime: NodeLifetime) -> bool:
         """Write a node's lifetime once; False if it was already written."""
 
-    def busy_seconds(self, config: PoolConfig, node: NodeSpan, alive: list[NodeSpan], observed: float) -> float:
-        """What a leaving node's lifetime records as busy; `observed`: what the loop saw busy."""
+    def busy_seconds(self, config: PoolConfig, node: NodeSpan, alive: Callable[[], list[NodeSpan]],
+                     observed: float) -> float:
+        """What a leaving node's lifetime records as busy; `observed`: what the loop saw busy;
+        `alive()`: the pool's nodes not in the ledger yet, ending when `node` does (built when called)."""
 
     def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
         """Why the pool may not grow now (its budget is spent), or None."""
@@ -63,11 +65,12 @@ class DagsterBooks:
     def record_lifetime(self, lifetime: NodeLifetime) -> bool:
         return record_node_lifetime(self.instance, lifetime)
 
-    def busy_seconds(self, config: PoolConfig, node: NodeSpan, alive: list[NodeSpan], observed: float) -> float:
+    def busy_seconds(self, config: PoolConfig, node: NodeSpan, alive: Callable[[], list[NodeSpan]],
+                     observed: float) -> float:
         # The node-seconds its runs were charged, not what ticks saw: a run is charged from its
         # start (steps before Spark included) to its end, and ticks see busy only while Spark
         # holds cores, between ticks. One figure, so a node is never less busy than its runs.
-        return charged_busy_seconds(self.instance, config, node, alive)
+        return charged_busy_seconds(self.instance, config, node, alive())
 
     def scale_up_blocked(self, config: PoolConfig, nodes: list[Node], now: float) -> str | None:
         return check_budget(self.instance, config, nodes, self.price, now)

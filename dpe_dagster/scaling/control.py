@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Callable
 
 from dagster import DagsterInstance
@@ -39,9 +40,10 @@ def vanished(books: Books, config: PoolConfig, nodes: list[Node], memory: dict[s
             if node_id not in listed and mem.launched_at is not None and mem.last_seen is not None}
     out = []
     for node_id, (node, removed_at) in gone.items():
-        others = [*_spans(config, nodes, removed_at),
-                  *(_span(config, other, min(end, removed_at)) for other, end in gone.values())]
-        lifetime = _lifetime(books, config, node, removed_at, others, memory[node_id], REMOVED_VANISHED)
+        def alive(removed_at: float = removed_at) -> list[NodeSpan]:
+            return [*_spans(config, nodes, removed_at),
+                    *(_span(config, other, min(end, removed_at)) for other, end in gone.values())]
+        lifetime = _lifetime(books, config, node, removed_at, alive, memory[node_id], REMOVED_VANISHED)
         if books.record_lifetime(lifetime):
             out.append(lifetime)
     return out
@@ -55,10 +57,11 @@ def _spans(config: PoolConfig, nodes: list[Node], end: float) -> list[NodeSpan]:
     return [_span(config, node, end) for node in nodes]
 
 
-def _lifetime(books: Books, config: PoolConfig, node: Node, removed_at: float, alive: list[NodeSpan],
+def _lifetime(books: Books, config: PoolConfig, node: Node, removed_at: float, alive: Callable[[], list[NodeSpan]],
               mem: NodeMemory, removed_because: str) -> NodeLifetime:
-    """The record of a node leaving the pool; `alive`: the pool's nodes meanwhile, the ledger aside;
-    `mem`: what the loop saw of it (busy, status unknown, the cloud's warning)."""
+    """The record of a node leaving the pool, from what the loop saw of it (`mem`: busy, status
+    unknown, the cloud's warning); `alive()`: the pool's nodes meanwhile, the ledger aside, built
+    only if the books ask for them."""
     price = books.price(config, node)
     span = NodeSpan(node.id, config.name, price.usd_per_hour, node.launched_at, removed_at)
     unknown_until_removed = (max(0.0, removed_at - mem.last_seen)
@@ -82,6 +85,23 @@ class PoolTick:
     removed: list[NodeLifetime] = field(default_factory=list)
     # Nodes that disappeared without this loop removing them, recorded this tick.
     lost: list[NodeLifetime] = field(default_factory=list)
+
+
+def pool_state(target: int, nodes: list[Node], memory: dict[str, NodeMemory], scale_up_blocked: str | None,
+               activity: PoolActivity | None) -> PoolState:
+    """The pool as a pass gives it to the policy: the provider's target and nodes, with when the
+    loop first saw each node idle, its busy status unknown, or not ready (`memory`; empty for the
+    launcher's pass, which keeps none)."""
+    idle_since, unknown_since, not_ready_since = {}, {}, {}
+    for node_id, mem in memory.items():
+        if mem.idle_since is not None:
+            idle_since[node_id] = mem.idle_since
+        if mem.unknown_since is not None:
+            unknown_since[node_id] = mem.unknown_since
+        if mem.not_ready_since is not None:
+            not_ready_since[node_id] = mem.not_ready_since
+    return PoolState(target=target, nodes=tuple(nodes), idle_since=idle_since, activity=activity,
+                     scale_up_blocked=scale_up_blocked, unknown_since=unknown_since, not_ready_since=not_ready_since)
 
 
 def control_step(
@@ -114,18 +134,12 @@ def control_step(
 
     def look(demand: list[RunDemand]) -> tuple[PoolState, Plan, list[Node]]:
         nodes = pool.nodes()
-        idle_since: dict[str, float] = {}
         if sensing:
             lost.extend(vanished(books, config, nodes, memory))
             seen = observe(nodes, memory, now)
             memory.clear()
             memory.update(seen)
-            idle_since = {node_id: m.idle_since for node_id, m in memory.items() if m.idle_since is not None}
-        state = PoolState(target=pool.target(), nodes=tuple(nodes), idle_since=idle_since,
-                          scale_up_blocked=books.scale_up_blocked(config, nodes, now), activity=activity,
-                          unknown_since={i: m.unknown_since for i, m in memory.items() if m.unknown_since is not None},
-                          not_ready_since={i: m.not_ready_since for i, m in memory.items()
-                                           if m.not_ready_since is not None})
+        state = pool_state(pool.target(), nodes, memory, books.scale_up_blocked(config, nodes, now), activity)
         plan = plan_pool(config, state, demand, now)
         if not sensing and (plan.remove or plan.target < state.target):  # the launcher never scales down
             # (but it asks for the replacements of nodes that go whatever the demand)
@@ -191,9 +205,9 @@ def _remove(books: Books, config: PoolConfig, pool: NodePool, plan: Plan,
     else:  # as every provider takes it
         pool.remove_nodes(plan.remove)
     removed_at = books.clock()  # after the provider acted: removing takes time
+    alive = cache(lambda: _spans(config, nodes, removed_at))  # the same for every node removed here
     for node_id in plan.remove:
-        lifetime = _lifetime(books, config, by_id[node_id], removed_at, _spans(config, nodes, removed_at),
-                             memory.pop(node_id), why[node_id])
+        lifetime = _lifetime(books, config, by_id[node_id], removed_at, alive, memory.pop(node_id), why[node_id])
         books.record_lifetime(lifetime)
         tick.removed.append(lifetime)
 

@@ -42,7 +42,8 @@ def run_pods(request: PoolRequest, env: Environment) -> RunPods:
     if env.driver_pool is None:
         return RunPods(request)
     driver = env.pool(env.driver_pool)
-    return RunPods(PoolRequest(driver.name, driver.default_run_cpus, driver.default_run_memory_gb),
+    return RunPods(PoolRequest(driver.name, driver.default_run_cpus, driver.default_run_memory_gb,
+                               request.wait_target_s),
                    tuple(executor_pods(request, env.spark.conf_for(request.pool))))
 
 
@@ -53,7 +54,7 @@ def executor_pods(request: PoolRequest, conf: Mapping[str, str]) -> list[PoolReq
     size = executor_pod_size(conf)
     if size is None:
         return [request]
-    return [PoolRequest(request.pool, *size)] * max_executors(request.cpus, dict(conf))
+    return [PoolRequest(request.pool, *size, request.wait_target_s)] * max_executors(request.cpus, dict(conf))
 
 
 @dataclass
@@ -103,7 +104,8 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
             continue
         if request is not None:
             for pod in run_pods(request, env).pods():
-                demand.by_pool[pod.pool].append(RunDemand(run.run_id, pod.cpus, pod.memory_gb))
+                demand.by_pool[pod.pool].append(RunDemand(run.run_id, pod.cpus, pod.memory_gb,
+                                                          wait_target_s=pod.wait_target_s))
     if pools is not None:
         add_nodes_and_expected_ends(demand, runs, pools, instance, time.time() if now is None else now)
         add_stranded_pods(demand, env, pools)

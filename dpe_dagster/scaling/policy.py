@@ -23,7 +23,7 @@ Optional knowledge, used when the caller has it (the defaults give the rules abo
   would not need one;
 - the pool's recent `activity` (arrival rate, boot time), with `idle_timeout_mode: auto`: the
   idle timeouts in force are decided per plan (see `idle_timeouts`), never above `idle_timeout_s`;
-  and with a queueing allowance, room that runs free within it (by `expected_end`) counts;
+  and with a wait target (`wait_target_s`), room that runs free within it (by `expected_end`) counts;
 - a run's `expected_end`, for `place_run`: which node a run should go to so that nodes empty whole.
 """
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
 from dpe_dagster.packing import pack_by_size, whole_nodes as whole_nodes_of
@@ -52,6 +52,7 @@ class RunDemand:
     # A pod the cluster's scheduler could not place on any of the pool's nodes, though it fits an
     # empty one: it asks for a node of its own (the safety net for room the model overstates).
     stranded: bool = False
+    wait_target_s: float | None = None  # how long this run may wait for room (None: its pool's)
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ class PoolActivity:
     cpu_arrival_rate: float  # CPUs asked per second by runs arriving lately (a decaying average)
     boot_s: float  # typical time from asking for a node to the node taking work
     # A waiting run may wait this long for room that running runs free (by their expected ends)
-    # instead of a new node being booted for it; 0: always boot at once.
-    queue_s: float = 0.0
+    # instead of a new node being booted for it (the pool's `wait_target_s`; a run's own
+    # `wait_target_s` overrides it); 0: always boot at once.
+    wait_target_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -159,21 +161,48 @@ def idle_timeout(pool: PoolConfig, state: PoolState) -> float:
     return max(idle_timeouts(pool, state), default=pool.idle_timeout_s)
 
 
+def idle_limits(pool: PoolConfig, state: PoolState, now: float) -> list[tuple[str, float, float]]:
+    """The idle nodes (running, not busy) as the plan ranks them, with how long each has been idle
+    and the idle timeout in force for it: (node id, idle seconds, timeout). Most recently idle
+    first: it gets the longest timeout (`idle_timeouts`), the longest idle the shortest."""
+    idle_for = {node.id: now - state.idle_since.get(node.id, now)
+                for node in state.nodes if not node.busy and node.state == RUNNING}
+    ranked = sorted(idle_for, key=lambda node_id: (idle_for[node_id], node_id))
+    return [(node_id, idle_for[node_id], limit) for node_id, limit in zip(ranked, idle_timeouts(pool, state))]
+
+
+def _allowance(state: PoolState, demand: Sequence[RunDemand], now: float) -> tuple[float, float] | None:
+    """The queueing allowance's window for `nodes_for`: room that running runs free within the
+    wait target counts (the shortest target of the runs waiting for room: a run may set its own;
+    a stranded pod asks for a node of its own and sets none); None: none."""
+    activity = state.activity
+    if activity is None:
+        return None
+    target = min((activity.wait_target_s if run.wait_target_s is None else run.wait_target_s
+                  for run in demand if run.node_id is None and not run.stranded), default=activity.wait_target_s)
+    return (now, now + target) if target > 0 else None
+
+
 def stuck_nodes(pool: PoolConfig, state: PoolState, now: float) -> dict[str, str]:
     """Node id -> why it goes whatever the demand: a node that is not known busy and has not been
     ready for the boot timeout, or whose busy status has been unknown for the idle timeout plus
     the grace. Unknown counts as busy for a while, not forever."""
-    stuck = {}
+    return {node_id: why for node_id, why, since, limit in _stuck_clocks(pool, state)
+            if now - (now if since is None else since) >= limit}
+
+
+def _stuck_clocks(pool: PoolConfig, state: PoolState) -> Iterator[tuple[str, str, float | None, float]]:
+    """(node id, why, since when, for how long) of each node that goes whatever the demand once it
+    has been so for that long; since None: since the time of the plan (the state does not say)."""
     for node in state.nodes:
         if node.interrupted:  # cordoned by dpe for the cloud's warning: see `_around_interrupted`
             continue
         if not node.busy_known:  # whether it is ready is then no better known than whether it is busy
-            if now - state.unknown_since.get(node.id, now) >= pool.idle_timeout_s + pool.unknown_busy_grace_s:
-                stuck[node.id] = REMOVED_BUSY_UNKNOWN
-        elif not node.busy and node.state != RUNNING and \
-                now - state.not_ready_since.get(node.id, node.launched_at) >= pool.boot_timeout_s:
-            stuck[node.id] = REMOVED_BOOT_TIMEOUT
-    return stuck
+            yield (node.id, REMOVED_BUSY_UNKNOWN, state.unknown_since.get(node.id),
+                   pool.idle_timeout_s + pool.unknown_busy_grace_s)
+        elif not node.busy and node.state != RUNNING:
+            yield (node.id, REMOVED_BOOT_TIMEOUT, state.not_ready_since.get(node.id, node.launched_at),
+                   pool.boot_timeout_s)
 
 
 def plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
@@ -204,12 +233,7 @@ def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], 
     if state.target > len(state.nodes) or any(node.state != RUNNING for node in state.nodes):
         # A node is on its way: a pod that found no room may be waiting for that one.
         demand = [run for run in demand if not run.stranded]
-    # Room that running runs free within the queueing allowance (never longer than a boot) counts.
-    activity = state.activity
-    ending = None
-    if activity is not None and activity.queue_s > 0:
-        ending = (now, now + min(activity.queue_s, activity.boot_s))
-    needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, ending)
+    needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, _allowance(state, demand, now))
     wanted = min(max(needed, pool.min_size), pool.max_size)
     current = max(state.target, len(state.nodes))
     capped = f" (capped at max_size {pool.max_size})" if needed > pool.max_size else ""
@@ -229,16 +253,8 @@ def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], 
         return Plan(state.target, (), wanted, f"steady at {current}: {len(demand)} run(s) need {needed} node(s){capped}",
                     timeout)
 
-    idle_for = {
-        node.id: now - state.idle_since.get(node.id, now)
-        for node in state.nodes
-        if not node.busy and node.state == "running"
-    }
-    # most recently idle first: it gets the longest timeout, the longest idle the shortest
-    ranked = sorted(idle_for, key=lambda node_id: (idle_for[node_id], node_id))
-    limits = dict(zip(ranked, idle_timeouts(pool, state)))
-    expired = sorted((node_id for node_id, idle in idle_for.items() if idle >= limits[node_id]),
-                     key=lambda node_id: (-idle_for[node_id], node_id))
+    expired = [node_id for node_id, idle, limit in sorted(idle_limits(pool, state, now), key=lambda n: (-n[1], n[0]))
+               if idle >= limit]  # longest idle first
     # Capacity asked for that has no node yet and is no longer wanted is withdrawn, or it arrives
     # later for no run; nodes that exist go only by removal (idle ones, after their timeout).
     base = max(wanted, len(state.nodes)) if state.target > len(state.nodes) else current
@@ -281,6 +297,100 @@ def _around_interrupted(pool: PoolConfig, state: PoolState, demand: Sequence[Run
     return Plan(target, drop + plan.remove, plan.wanted + staying,
                 f"{plan.reason}; {len(going)} node(s) going away, not counted as room: {kinds}{dropped}",
                 plan.idle_timeout_s, {**{node_id: REMOVED_INTERRUPTED for node_id in drop}, **plan.removed_because})
+
+
+def next_change(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float,
+                activity_at: Callable[[float], PoolActivity | None],
+                moment_at_or_after: Callable[[float], float] | None = None) -> float | None:
+    """When time alone may next change the plan: the earliest time after `now` at which, with the
+    same nodes and demand (no run arrives, starts or ends, no node comes or goes), `plan_pool` may
+    plan otherwise than it does at `now`; None: time alone never changes it. `activity_at(t)`: the
+    pool's activity at a later time t if no run arrives (the idle timeouts follow it). A caller
+    that plans only at some moments (a sensor, at its ticks) passes `moment_at_or_after` (the first
+    of them at or after a time): the answer is then the first such moment. Every idle node is taken
+    to have its `idle_since`, as the sensor gives them (one missing is idle since each plan's time).
+
+    Time changes the plan when a node becomes stuck (`stuck_nodes`), when an idle node's timeout
+    runs out (`idle_limits`; a node already past it is held by the demand or min_size, which only
+    an event changes), and, while runs wait for room under a queueing allowance, when a running
+    run's expected end enters or leaves the allowance (`_allowance`)."""
+    moment = moment_at_or_after or (lambda t: t)
+    soonest = moment(math.nextafter(now, math.inf))
+    stuck, changes = set(), []
+    for node_id, _, since, limit in _stuck_clocks(pool, state):
+        if since is None:
+            continue  # since each plan's time: never stuck
+        if now - since >= limit:
+            stuck.add(node_id)
+        else:
+            changes.append(since + limit)
+    # The pool and demand `_plan_pool` plans for in the end: without the nodes that go whatever the
+    # demand (stuck, or going away), whose runs wait for room (see `plan_pool`, `_around_interrupted`).
+    gone = stuck.union(node.id for node in state.nodes if node.interrupted)
+    if gone:
+        state, demand = _without(state, demand, gone)
+    window = _allowance(state, demand, now)
+    ending = None if window is None else _allowance_change(pool, demand, window)
+    if ending is not None:
+        changes.append(ending)
+    first = min((moment(max(t, soonest)) for t in changes), default=None)
+    expiry = _first_expiry(pool, state, now, activity_at, moment, soonest)
+    return min((t for t in (first, expiry) if t is not None), default=None)
+
+
+def _allowance_change(pool: PoolConfig, demand: Sequence[RunDemand], window: tuple[float, float]) -> float | None:
+    """The first time a running run's expected end enters or leaves the queueing allowance's
+    `window`. None while no run waits for room on one node, or while a scheduled run is about to
+    fire: `nodes_for` then has no use for the room they free."""
+    def one_node(run: RunDemand) -> bool:
+        return not whole_nodes_of(run.cpus, run.memory_gb, pool.room_cpus, pool.room_memory_gb)
+
+    waiting = [run for run in demand if run.node_id is None]
+    if not any(one_node(run) for run in waiting) or any(run.upcoming for run in demand):
+        return None
+    lo, hi = window
+    first = math.inf
+    for run in demand:
+        end = run.expected_end
+        if run.node_id is None or end is None or end < lo:
+            continue
+        change = end - (hi - lo) if end > hi else math.nextafter(end, math.inf)  # enters, or leaves
+        if change < first and one_node(run):
+            first = change
+    return None if first == math.inf else first
+
+
+def _first_expiry(pool: PoolConfig, state: PoolState, now: float, activity_at: Callable[[float], PoolActivity | None],
+                  moment: Callable[[float], float], soonest: float) -> float | None:
+    """The first moment from `soonest` at which an idle node not yet past its idle timeout at `now`
+    is past it, with the timeouts in force then, by the nodes' ranks (found by bisection: the
+    timeouts shrink as the arrival rate decays); None: no such node."""
+    ranked = idle_limits(pool, state, now)
+    waiting = [(rank, state.idle_since[node_id]) for rank, (node_id, idle, limit) in enumerate(ranked)
+               if idle < limit and node_id in state.idle_since]
+    if not waiting:
+        return None
+
+    def limits_at(t: float) -> list[float]:
+        return idle_timeouts(pool, replace(state, activity=activity_at(t)))
+
+    def expired(t: float) -> bool:
+        limits = limits_at(t)
+        return any(t - since >= limits[rank] for rank, since in waiting)
+
+    lo = soonest
+    if expired(lo):
+        return lo
+    limits = limits_at(lo)
+    hi = moment(max(lo, min(since + limits[rank] for rank, since in waiting)))
+    while True:  # not expired at lo; expired at hi, unless the timeouts grew meanwhile (then hi is a guess)
+        mid = moment(lo + (hi - lo) / 2)
+        if not lo < mid < hi:
+            return hi
+        if expired(mid):
+            hi = mid
+        else:
+            lo = mid
 
 
 @dataclass(frozen=True)

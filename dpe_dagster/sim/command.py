@@ -84,7 +84,7 @@ def replay_summary(deployed: PoolConfig, setup: "Setup") -> dict:
     pool = setup.pool()
     return {"environment_pool": deployed.name, "node_cpus": pool.node_cpus, "sensor_interval_s": setup.sensor_interval_s,
             **{name: getattr(pool, name) for name in ("idle_timeout_s", "idle_timeout_mode", "placement",
-                                                      "queue_allowance_s", "boot_timeout_s", "min_size")}}
+                                                      "wait_target_s", "boot_timeout_s", "min_size")}}
 
 
 def render_table(result: dict, console: Console) -> None:
@@ -142,6 +142,9 @@ def register(app: typer.Typer) -> None:
             False, "--skip-bad-lines", help="Skip and count malformed trace lines instead of failing."),
         placement: Optional[str] = typer.Option(
             None, "--placement", help="Override the pool's placement: ending-together (by expected end) or first-fit."),
+        wait_target: Optional[float] = typer.Option(
+            None, "--wait-target", help="Replay the pool at another wait_target_s: how long a run may wait for room, "
+            "at p95 (seconds >= 0)."),
         evictable: bool = typer.Option(
             False, "--evictable", help="Let reactive and consolidating evict running jobs (they restart) "
             "to remove underused nodes; by default jobs are marked not evictable."),
@@ -164,6 +167,7 @@ def register(app: typer.Typer) -> None:
         _positive("--price", price, allow_zero=True)
         _positive("--spot-interruptions-per-hour", spot_rate, allow_zero=True)
         _positive("--fallback-price", fallback_price, allow_zero=True)
+        _positive("--wait-target", wait_target, allow_zero=True)
         try:
             boot = BootTime.parse(boot_seconds)
         except ValueError as error:
@@ -171,6 +175,8 @@ def register(app: typer.Typer) -> None:
         extra = parse_idle_timeout(idle_timeout) if idle_timeout is not None else {}
         if placement is not None:
             extra["placement"] = placement
+        if wait_target is not None:
+            extra["wait_target_s"] = wait_target
         try:
             config, interval = replayed_pool(environment, pool_name)
             loaded = read_trace(trace, skip_bad_lines=skip_bad_lines)

@@ -11,9 +11,11 @@ trace as the source of runs, and `ReplayBooks` (no locks, lifetimes kept in memo
   production keeps in the sensor's cursor.
 
 Production's sensor ticks at every grid point. A tick at which nothing has changed since the last
-one is a no-op unless an idle node's timeout runs out, so only the others are simulated: the first
-tick after anything changed, every tick while runs wait, the first tick at which an idle node's
-timeout has run out, and the ticks at which a schedule's run enters the look-ahead.
+one plans as the last one did unless time alone changes the plan, which the policy itself says
+(`policy.next_change`: an idle node's timeout runs out, a node becomes stuck, a run's expected end
+enters or leaves the queueing allowance), so only the others are simulated: the first tick after
+anything changed (the sensor's own action included), the first tick at or after the policy's next
+change, and the ticks at which a schedule's run enters the look-ahead.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Sequence
 from dpe_dagster.config import PoolConfig
 from dpe_dagster.pools.base import Node, PoolError
 from dpe_dagster.scaling.activity import ArrivalRate, pool_activity
-from dpe_dagster.scaling.control import control_step
+from dpe_dagster.scaling.control import PoolTick, control_step, pool_state
 from dpe_dagster.scaling.cursor import NodeMemory
-from dpe_dagster.scaling.policy import PoolActivity, PoolState, RunDemand, idle_timeouts
+from dpe_dagster.scaling.policy import PoolActivity, RunDemand, next_change
 from dpe_dagster.scaling.schedules import ScheduledRuns, upcoming_runs
 from dpe_dagster.sim.engine import Simulation
 from dpe_dagster.sim.placement import for_placement
@@ -190,27 +192,28 @@ class DpeScaler:
         if arrived:
             self._arrived_cpus += sum(sim.work.cpus[j] for j in sim.arrivals)
             self._launcher(sim)
-        if ticked:
-            self._sensor(sim)
-        elif arrived or changed:
-            self._dirty = True
-        self._next_tick(sim)
+        seen = self._sensor(sim) if ticked else None
+        if (arrived or changed) and not ticked or seen is not None and seen.plan.changes(seen.state):
+            self._dirty = True  # (nodes the sensor's pass asked for are first seen at its next tick)
+        self._next_tick(sim, seen)
 
     def _launcher(self, sim) -> None:
         self.step_function(self.books, self.pool, self.provider, self.demand(sim), None, sim.now,
                            activity=pool_activity(self.pool, None, sim.now))
 
-    def _sensor(self, sim) -> None:
+    def _sensor(self, sim) -> PoolTick:
         now = sim.now
         if self._arrived_cpus:
             self._arrivals = self._arrivals.add(self._arrived_cpus, now)
             self._arrived_cpus = 0.0
         self._dirty = False
         self._last_tick = now
-        _, self.memory = self.step_function(self.books, self.pool, self.provider, self.demand(sim), self.memory,
-                                            now, activity=self.activity(now))
+        tick, self.memory = self.step_function(self.books, self.pool, self.provider, self.demand(sim), self.memory,
+                                               now, activity=self.activity(now))
+        return tick
 
-    def _next_tick(self, sim) -> None:
+    def _next_tick(self, sim, seen: PoolTick | None) -> None:
+        """Wake the sensor at its next tick that may act; `seen`: the sensor's pass just made."""
         now = sim.now
         after = grid_at_or_after(now, self.interval)
         if after <= self._last_tick:
@@ -218,62 +221,15 @@ class DpeScaler:
         if self._dirty:
             sim.wake_at(after)
             return
-        wakes = [self._first_expiry(sim, after), self._allowance_ends(sim, after)]
-        soonest = min((t for t in wakes if t is not None), default=None)
-        if soonest is not None:
-            sim.wake_at(soonest)
-
-    def _allowance_ends(self, sim, after: float) -> float | None:
-        """While runs wait under a queueing allowance, the plan changes when a running run
-        outlives its expected end (its room no longer counts as about to be freed): the first
-        tick after the soonest such end."""
-        if not sim.pending or self.pool.queue_allowance_s <= 0:
-            return None
-        now, start, expected = sim.now, sim.start, sim.work.expected
-        ends = [start[job] + (expected[job] or 0.0) for job in sim.running]
-        future = [end for end in ends if end >= now]
-        if not future:
-            return None
-        return max(after, grid_at_or_after(min(future) + 1e-6, self.interval))
-
-    def _first_expiry(self, sim, after: float) -> float | None:
-        """The first grid tick at or after `after` at which an idle node (as the sensor saw it)
-        has been idle for its idle timeout. Timeouts only shrink while nothing arrives (the
-        arrival rate decays), so the earliest such tick is found by bisection between `after`
-        and the tick at which the current timeouts would run out."""
-        nodes = sim.nodes
-        idle = [(mem.idle_since, node_id) for node_id, mem in self.memory.items()
-                if mem.idle_since is not None and node_id in nodes and nodes[node_id].ready]
-        if not idle:
-            return None
-        idle.sort(key=lambda pair: (-pair[0], pair[1]))  # most recently idle first, as plan_pool ranks them
-        views = tuple(Node(node_id, "running", 0.0, False) for _, node_id in idle)
-
-        def limits(t: float) -> list[float]:
-            return idle_timeouts(self.pool, PoolState(len(views), views, activity=self.activity(t)))
-
-        # Nodes already past their timeout were kept for a reason (min_size, demand): only a
-        # change, which wakes the sensor anyway, can release them.
-        now = sim.now
-        waiting = [now - since < limit for (since, _), limit in zip(idle, limits(now))]
-        if not any(waiting):
-            return None
-
-        def expired(t: float) -> bool:
-            return any(wait and t - since >= limit
-                       for wait, (since, _), limit in zip(waiting, idle, limits(t)))
-
-        hi = grid_at_or_after(max(after, min(since + limit for wait, (since, _), limit
-                                             in zip(waiting, idle, limits(after)) if wait)), self.interval)
-        lo = after
-        if expired(lo):
-            return lo
-        while hi - lo > self.interval:  # invariant: not expired at lo, expired at hi
-            mid = grid_at_or_after(lo + (hi - lo) / 2, self.interval)
-            if mid >= hi:
-                break
-            if expired(mid):
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        # Nothing changed since the sensor's last pass: its next pass that acts is the first tick at
+        # which time alone changes the plan, as the policy says.
+        if seen is not None:
+            state, demand = seen.state, seen.demand  # the pool and demand as the pass saw them and left them
+        else:
+            nodes = self.provider.nodes()
+            state = pool_state(self.provider.target(), nodes, self.memory,
+                               self.books.scale_up_blocked(self.pool, nodes, now), self.activity(now))
+            demand = self.demand(sim)
+        change = next_change(self.pool, state, demand, now, self.activity, lambda t: grid_at_or_after(t, self.interval))
+        if change is not None:
+            sim.wake_at(max(after, change))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpe_dagster.config import parse_pool
 from dpe_dagster.pools.base import Node
-from dpe_dagster.scaling.policy import PoolState, RunDemand, nodes_for, plan_pool
+from dpe_dagster.scaling.policy import PoolActivity, PoolState, RunDemand, next_change, nodes_for, plan_pool
 
 
 @st.composite
@@ -148,3 +149,97 @@ def first_fit_decreasing(demand, node_cpus, node_memory_gb):
 def test_packing_a_size_at_a_time_is_first_fit_decreasing_run_by_run(runs):
     demand = [RunDemand(f"r{i}", cpus, memory, node_id=node) for i, (cpus, memory, node) in enumerate(runs)]
     assert nodes_for(demand, 8, 32) == first_fit_decreasing(demand, 8, 32)
+
+
+@st.composite
+def timed_scenarios(draw):
+    """A scenario whose plan time alone may change: idle timeouts fixed or auto (the arrival rate
+    decaying as it does with no arrival), a queueing allowance, runs on nodes with expected ends."""
+    pool, state, demand, now = draw(scenarios())
+    pool = pool.model_copy(update={"idle_timeout_mode": draw(st.sampled_from(["fixed", "auto"]))})
+    activity = draw(st.none() | st.builds(PoolActivity, st.floats(0, 0.5), st.sampled_from([30.0, 120.0]),
+                                          st.sampled_from([0.0, 10.0, 60.0])))
+    busy = [node.id for node in state.nodes if node.busy and node.busy_known and node.state == "running"]
+    if busy:
+        demand = demand + [RunDemand(f"p{i}", draw(st.sampled_from([0.5, 1, 2])), 0.5,
+                                     node_id=draw(st.sampled_from(busy)), expected_end=now + draw(st.integers(-60, 300)))
+                           for i in range(draw(st.integers(0, 4)))]
+    not_ready_since = {n.id: now - draw(st.integers(0, 400)) for n in state.nodes
+                       if n.state != "running" and draw(st.booleans())}
+    # as the sensor sees them: every idle node with the time it was first seen idle
+    idle_since = {n.id: state.idle_since.get(n.id, now - draw(st.integers(0, 1000))) for n in state.nodes
+                  if not n.busy and n.state == "running"}
+
+    def activity_at(t: float) -> PoolActivity | None:
+        return activity and replace(activity, cpu_arrival_rate=activity.cpu_arrival_rate * math.exp((now - t) / 1800))
+
+    return (pool, replace(state, activity=activity, idle_since=idle_since, not_ready_since=not_ready_since),
+            demand, now, activity_at)
+
+
+def planned_at(pool, state, demand, activity_at, t):
+    plan = plan_pool(pool, replace(state, activity=activity_at(t)), demand, t)
+    return plan.target, plan.remove
+
+
+@settings(max_examples=400, deadline=None)
+@given(timed_scenarios(), st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=6))
+def test_time_alone_changes_the_plan_no_sooner_than_next_change_says(scenario, fractions):
+    pool, state, demand, now, activity_at = scenario
+    change = next_change(pool, state, demand, now, activity_at)
+    assert change is None or change > now
+    until = now + 5000 if change is None else change
+    planned = planned_at(pool, state, demand, activity_at, now)
+    for fraction in fractions:
+        t = min(now + fraction * (until - now), math.nextafter(until, now))
+        assert planned_at(pool, state, demand, activity_at, t) == planned, (t, change)
+
+
+def test_next_change_is_when_an_idle_timeout_runs_out_or_a_node_misses_its_boot_timeout():
+    pool = parse_pool("etl", {"provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
+                              "price_per_node_hour": 0.1, "idle_timeout_s": 60, "idle_timeout_mode": "fixed",
+                              "boot_timeout_s": 300})
+    nodes = (Node("x", "running", 0, busy=False), Node("y", "running", 0, busy=True))
+    state = PoolState(2, nodes, {"x": 100})
+
+    def quiet(t):
+        return None
+
+    assert next_change(pool, state, [], 120, quiet) == 160  # x has been idle for the idle timeout
+    assert planned_at(pool, state, [], quiet, 160) != planned_at(pool, state, [], quiet, 159.9)
+    # a sensor ticking every 30 s plans at its first tick from then on
+    assert next_change(pool, state, [], 120, quiet, lambda t: math.ceil(t / 30) * 30) == 180
+    assert next_change(pool, PoolState(2, nodes), [], 120, quiet) is None  # x not seen idle: idle since each plan
+    booting = PoolState(3, (*nodes, Node("z", "pending", 50, busy=False)), {"x": 100})
+    assert next_change(pool, booting, [], 200, quiet) == 350  # launched at 50, not ready by 350: replaced
+
+
+def test_next_change_is_when_a_runs_expected_end_enters_or_leaves_the_queueing_allowance():
+    pool = parse_pool("etl", {"provider": "local", "max_size": 4, "node_cpus": 8, "node_memory_gb": 32,
+                              "price_per_node_hour": 0.1})
+    state = PoolState(1, (Node("n1", "running", 0, True),), activity=PoolActivity(0.0, 120.0, wait_target_s=10.0))
+
+    def same(t):
+        return state.activity
+
+    demand = [RunDemand("a", 6, 1, node_id="n1", expected_end=1000), RunDemand("w", 6, 1)]
+    assert next_change(pool, state, demand, 900, same) == 990  # a ends within the allowance: w waits for it
+    assert planned_at(pool, state, demand, same, 990)[0] == 1 < planned_at(pool, state, demand, same, 989)[0]
+    assert next_change(pool, state, demand, 995, same) == math.nextafter(1000, math.inf)  # a outlives its estimate
+    assert planned_at(pool, state, demand, same, 1000.001)[0] == 2
+    assert next_change(pool, state, demand[:1], 900, same) is None  # no run waits: the allowance changes nothing
+
+
+def test_a_run_waits_for_room_that_frees_within_its_wait_target_even_past_a_boot():
+    """With a wait target longer than a boot, room that a running run frees within it is room: no
+    node is booted for the waiting run. A run whose own target is shorter (its tag) gets a node."""
+    pool = parse_pool("etl", {"provider": "local", "max_size": 4, "node_cpus": 8, "node_memory_gb": 32,
+                              "price_per_node_hour": 0.1, "wait_target_s": 600})
+    assert pool.wait_target_s == 600
+    state = PoolState(1, (Node("n1", "running", 0, True),), activity=PoolActivity(0.0, 120.0, wait_target_s=600))
+    running = RunDemand("a", 6, 1, node_id="n1", expected_end=1300)  # frees its room 300 s from now
+    assert plan_pool(pool, state, [running, RunDemand("w", 6, 1)], 1000).target == 1, "w waits 300 s for a's room"
+    hurried = RunDemand("w", 6, 1, wait_target_s=60)  # a scheduled run, say: 60 s
+    assert plan_pool(pool, state, [running, hurried], 1000).target == 2
+    late = RunDemand("a", 6, 1, node_id="n1", expected_end=1700)  # beyond the target: a node is booted
+    assert plan_pool(pool, state, [late, RunDemand("w", 6, 1)], 1000).target == 2

@@ -62,3 +62,20 @@ def test_dpe_pools_shows_today_s_p95_wait(dagster, tmp_path, monkeypatch):
     assert pool["waits_today"]["runs"] == 1 and pool["waits_today"]["p95_s"] >= 0.5
     table = CliRunner().invoke(app, ["pools"], env={"COLUMNS": "300"})
     assert "wait p95 today" in table.output and "(1 run(s))" in table.output
+
+
+def test_a_run_s_wait_target_tag_reaches_the_policy_s_demand(dagster, tmp_path):
+    from dagster import DagsterRunStatus
+
+    from dpe_dagster.config import parse_environment
+    from dpe_dagster.scaling.demand import read_demand
+    from dpe_dagster.tags import pool_tags
+    from tests.reliability.harness import new_run
+
+    env = parse_environment("t", {"pools": {"spot-etl": {
+        "provider": "local", "max_size": 2, "node_cpus": 2, "node_memory_gb": 2, "price_per_node_hour": 0.02,
+        "wait_target_s": 30, "settings": {"state_dir": str(tmp_path)}}}})
+    backfill = new_run(dagster, pool_tags("spot-etl", cpus=1, wait_target_s=1800), DagsterRunStatus.QUEUED).run_id
+    scheduled = new_run(dagster, pool_tags("spot-etl", cpus=1), DagsterRunStatus.QUEUED).run_id
+    waits = {run.run_id: run.wait_target_s for run in read_demand(dagster, env).of("spot-etl")}
+    assert waits == {backfill: 1800.0, scheduled: None}  # None: the pool's 30 s

@@ -90,8 +90,12 @@ def test_dpe_replays_the_pool_an_environment_deploys(app, trace):
     replayed = json.loads(result.stdout)["dpe_pool"]
     assert replayed["environment_pool"] == "ondemand-etl" and replayed["node_cpus"] == 8
     assert replayed["sensor_interval_s"] == repository_environment("prod").sensor_interval_s
-    for name in ("idle_timeout_s", "idle_timeout_mode", "placement", "queue_allowance_s", "boot_timeout_s"):
+    for name in ("idle_timeout_s", "idle_timeout_mode", "placement", "wait_target_s", "boot_timeout_s"):
         assert replayed[name] == getattr(deployed, name), name
+    other = run(app, "--trace", str(trace), "--json", "--policy", "dpe", "--environment", "prod",
+                "--pool", "ondemand-etl", "--node-cpus", "8", "--wait-target", "300")
+    assert other.exit_code == 0, other.output
+    assert json.loads(other.stdout)["dpe_pool"]["wait_target_s"] == 300, "replayed at another wait target"
 
 
 def test_bad_line_fails_with_its_number(app, tmp_path):
@@ -113,6 +117,7 @@ def test_bad_line_fails_with_its_number(app, tmp_path):
     (["--boot-seconds", "soon"], "--boot-seconds: 'soon' is not allowed"),
     (["--idle-timeout", "-1"], "--idle-timeout: must be a number of seconds >= 0 or 'auto'"),
     (["--placement", "random"], "--placement: must be one of first-fit, ending-together; got 'random'"),
+    (["--wait-target", "-5"], "--wait-target: must be a finite number >= 0; got -5"),
     (["--environment", "moon"], "--environment: unknown environment 'moon'; allowed: aws-sim, eks-sim, local, prod, staging"),
     (["--environment", "prod", "--pool", "gpu"],
      "--pool: no pool 'gpu' in environment 'prod'; allowed: ondemand-driver, ondemand-etl, spot-etl"),

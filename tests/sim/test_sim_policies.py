@@ -262,3 +262,24 @@ def test_sensor_ticks_fall_on_the_grid_even_with_rounding():
 
     assert grid_at_or_after(4920150.0 + 1e-9, 30.0) > 4920150.0
     assert grid_at_or_after(60.0, 30.0) == 60.0
+
+
+def test_the_replays_sensor_wakes_when_the_policys_own_rule_says(monkeypatch):
+    """The replay skips the sensor's ticks at which nothing changes, asking the policy itself when
+    time alone changes its plan: vary the idle timeout rule in policy.py and the idle node goes
+    when the varied rule says (a simulator with its own copy of the rule would wake at 540)."""
+    from dpe_dagster.scaling import policy
+
+    trace = Trace("one")
+    trace.add(0, 100, 2)
+    trace.add(5000, 100, 2)
+    setup = Setup(node_cpus=8, idle_timeout_s=300, sensor_interval_s=30, pool_extra={"idle_timeout_mode": "fixed"})
+
+    def first_node_removed_at() -> float:
+        _, sim = simulate_policy("dpe", build_workload(trace), setup)
+        return sim.scaler.books.lifetimes["n1"].removed_at
+
+    # ready at 120, idle from 220, first seen idle at the tick at 240: gone at the tick 300 s later
+    assert first_node_removed_at() == 540
+    monkeypatch.setattr(policy, "idle_timeouts", lambda pool, state: [45.0] * len(state.nodes))
+    assert first_node_removed_at() == 300  # 240 + 45, at the next tick

@@ -52,7 +52,7 @@ def test_room_freed_within_the_queueing_allowance_counts():
     demand = [RunDemand("a", 6, 1, node_id="n1", expected_end=105), RunDemand("w", 6, 1)]
     no_allowance = PoolState(1, nodes, activity=PoolActivity(0.0, 120.0))
     assert plan_pool(pool(), no_allowance, demand, 100).target == 2
-    allowance = PoolState(1, nodes, activity=PoolActivity(0.0, 120.0, queue_s=10.0))
+    allowance = PoolState(1, nodes, activity=PoolActivity(0.0, 120.0, wait_target_s=10.0))
     assert plan_pool(pool(), allowance, demand, 100).target == 1  # a ends in 5 s: w waits for it
     late = [RunDemand("a", 6, 1, node_id="n1", expected_end=150), RunDemand("w", 6, 1)]
     assert plan_pool(pool(), allowance, late, 100).target == 2  # 50 s away: boot a node
@@ -95,7 +95,7 @@ def test_auto_mode_keeps_the_policy_rules(min_size, idle, busy, rate, cap, runs)
     nodes = tuple(Node(f"i{k}", "running", 0, False) for k in range(len(idle)))
     nodes += tuple(Node(f"b{k}", "running", 0, True) for k in range(busy))
     state = PoolState(len(nodes), nodes, {f"i{k}": now - s for k, s in enumerate(idle)},
-                      PoolActivity(cpu_arrival_rate=rate, boot_s=120.0, queue_s=10.0))
+                      PoolActivity(cpu_arrival_rate=rate, boot_s=120.0, wait_target_s=10.0))
     demand = [RunDemand(f"r{k}", c, 1, node_id=f"b{k}" if k < busy else None, expected_end=now + 5 * k)
               for k, c in enumerate(runs)]
     plan = plan_pool(auto, state, demand, now)
@@ -130,7 +130,7 @@ def test_place_run_counts_extensions_within_a_factor_of_two_as_equal_and_then_ta
 
 def test_a_scheduled_run_about_to_fire_is_not_bet_on_estimated_ends():
     nodes = (Node("n1", "running", 0, True),)
-    allowance = PoolState(1, nodes, activity=PoolActivity(0.0, 120.0, queue_s=10.0))
+    allowance = PoolState(1, nodes, activity=PoolActivity(0.0, 120.0, wait_target_s=10.0))
     ending_soon = RunDemand("a", 6, 1, node_id="n1", expected_end=105)
     assert plan_pool(pool(), allowance, [ending_soon, RunDemand("w", 6, 1)], 100).target == 1
     upcoming = RunDemand("s", 6, 1, upcoming=True)
