@@ -59,12 +59,23 @@ def install_crds(cluster: ControlPlane, timeout_s: float = 30) -> None:
             if error.status != 409:
                 raise
     deadline = time.monotonic() + timeout_s
+    custom = client.CustomObjectsApi(cluster.api_client())
     for plural in CRDS:
         while not any(c.type == "Established" and c.status == "True" for c in
                       api.read_custom_resource_definition(f"{plural}.{GROUP}").status.conditions or []):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"CRD {plural}.{GROUP} not established within {timeout_s:g}s")
             time.sleep(0.1)
+        # Established, and then served: the API server's handler for a new CRD may answer 404 a
+        # moment longer (as `kubectl wait --for condition=established` leaves to the next call).
+        while True:
+            try:
+                custom.list_cluster_custom_object(GROUP, VERSION, plural, limit=1)
+                break
+            except client.ApiException as error:
+                if error.status != 404 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 def _mib(quantity: str) -> float:
