@@ -64,7 +64,9 @@ def environment(namespace: str, **overrides) -> Environment:
         "lifecycle": "spot", "price_per_node_hour": 0.035, "idle_timeout_s": 30, "boot_timeout_s": 60,
         # What the cluster's DaemonSets (kube-proxy, aws-node) take of each node, rounded up.
         "reserved_cpus": 0.25, "reserved_memory_gb": 0.5,
-        "labels": {"dpe.io/pool": "spot-etl"},
+        # The test's namespace too: its pods go only to its own Machines' Nodes, never to a node
+        # another test's stand-ins left labelled spot-etl.
+        "labels": {"dpe.io/pool": "spot-etl", "dpe.test/namespace": namespace},
         "settings": {"namespace": namespace, "machine_deployment": DEPLOYMENT},
     }
     pool.update(overrides)
