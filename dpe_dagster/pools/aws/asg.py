@@ -643,7 +643,7 @@ class AwsAsgPool(SafeRemoval, MarkedHealth):
         # A node has arrived when it is running as dpe sees it (on Kubernetes: joined and Ready),
         # not when EC2 runs its instance.
         nodes = self.nodes()
-        group = self._group()
+        group = self._group_for_look()  # the description nodes() just read, handed on: no second call
         return (int(group["DesiredCapacity"]), sum(n.state == RUNNING for n in nodes), len(nodes),
                 int(group["MinSize"]))
 
