@@ -68,7 +68,7 @@ class MarkedHealth(PoolCapabilities):
         now = time.time() if now is None else now
         marks = self.read_marks()
         desired, running, _, _ = self.sizes()
-        since = _float(marks.get(SCALE_UP_SINCE))
+        since = float_or_none(marks.get(SCALE_UP_SINCE))
         arrived = ScaleUpHealth(False, f"{running} of {desired} node(s) running", desired, running)
         if running >= desired:
             if since is not None:
@@ -123,13 +123,14 @@ class MarkedHealth(PoolCapabilities):
 
 def backoff_reason(marks: Mapping[str, str], now: float) -> str | None:
     """Why a pool with these marks is backed off at `now`, or None."""
-    until = _float(marks.get(BACKOFF_UNTIL))
+    until = float_or_none(marks.get(BACKOFF_UNTIL))
     if until is not None and until > now:
         return f"backed off for {until - now:.0f}s more: {marks.get(BACKOFF_REASON) or 'scale-up failed'}"
     return None
 
 
-def _float(value: str | None) -> float | None:
+def float_or_none(value: str | None) -> float | None:
+    """A mark's (or tag's) number, or None when it has none or it is not one."""
     try:
         return float(value) if value is not None else None
     except ValueError:

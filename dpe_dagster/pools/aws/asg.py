@@ -38,7 +38,7 @@ from pydantic import Field
 from dpe_dagster.config import Checked, Choice, ConfigModel, Environment, Number, PoolConfig, validated
 from dpe_dagster.errors import PoolBusy
 from dpe_dagster.pools.base import INTERRUPTIONS, PENDING, RUNNING, Node, PoolError
-from dpe_dagster.pools.health import MARKS, MarkedHealth
+from dpe_dagster.pools.health import MARKS, MarkedHealth, float_or_none
 from dpe_dagster.pools.removal import SafeRemoval
 from dpe_dagster.pools.aws.tags import INSTANCE_INTERRUPTED_TAG, MARK_PREFIX
 
@@ -705,11 +705,4 @@ def _interruption(tags: Iterable[Mapping[str, str]]) -> tuple[str, float | None]
     """(kind, warned at) from an instance's INSTANCE_INTERRUPTED_TAG; ("", None) when it has none we wrote."""
     value = next((tag.get("Value", "") for tag in tags if tag.get("Key") == INSTANCE_INTERRUPTED_TAG), "")
     kind, _, at = value.partition(" ")
-    return (kind, _float(at)) if kind in INTERRUPTIONS else ("", None)
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    return (kind, float_or_none(at)) if kind in INTERRUPTIONS else ("", None)
