@@ -7,7 +7,7 @@ and changes nothing. Its sources:
   nodes, nodes not ready past their boot timeout), looked at once per scrape as the autoscaler's
   tick looks at them (`look_ahead`);
 - the run queue: runs waiting for room (queued or starting) per pool, their CPUs, the longest
-  wait, and the runs a budget holds;
+  wait (next to the pool's `wait_target_s`, from the configuration), and the runs a budget holds;
 - the autoscaler's cursor, as the daemon stored it: when each pool was last looked at, how long
   its part of the tick took, since when it has been failing;
 - the budgets: what each pool with a `daily_budget_usd` has spent today;
@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from dpe_dagster.config import Environment
+from dpe_dagster.config import DEFAULT_WAIT_TARGET_S, Environment
 from dpe_dagster.pools import NodePool, PoolError, look_ahead, open_pool
 from dpe_dagster.pools.base import NODE_STATES, RUNNING
 from dpe_dagster.scaling.cursor import read_ticks
@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 GAUGE, COUNTER, HISTOGRAM = "gauge", "counter", "histogram"
 OTHER = "other"
 DEFAULT_MAX_NAMES = 50
-# Waits for room, seconds: from a few seconds (room was there) to an hour (a pool at its max).
-WAIT_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+# Waits for room, seconds: from a few seconds (room was there) to an hour (a pool at its max). The
+# default wait target is a bound, so the share of runs within it is exact for pools that keep it.
+WAIT_BUCKETS = tuple(sorted({5.0, DEFAULT_WAIT_TARGET_S, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0}))
 _WAITING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING]
 
 
@@ -81,6 +82,8 @@ METRICS: dict[str, Metric] = {
     "dpe_pool_waiting_cpus": Metric(GAUGE, "CPUs those runs ask for.", ("pool",)),
     "dpe_pool_oldest_wait_seconds": Metric(GAUGE, "How long the longest-waiting of those runs has waited "
                                                   "(0 when none waits).", ("pool",)),
+    "dpe_pool_wait_target_seconds": Metric(GAUGE, "The pool's wait_target_s: how long a run may wait for room, "
+                                                  "at p95 (a run's dpe/wait_target_s tag sets its own).", ("pool",)),
     "dpe_pool_held_runs": Metric(GAUGE, "Queued runs held because the pool has spent its daily budget.", ("pool",)),
     "dpe_pool_budget_usd": Metric(GAUGE, "The pool's daily_budget_usd (pools with a budget only).", ("pool",)),
     "dpe_pool_spent_today_usd": Metric(GAUGE, "What the pool has paid for nodes since 00:00 UTC (pools with a "
@@ -269,6 +272,7 @@ class DpeCollector:
             out["dpe_pool_min_nodes"].append(((name,), config.min_size))
             out["dpe_pool_max_nodes"].append(((name,), config.max_size))
             out["dpe_pool_boot_timeout_seconds"].append(((name,), config.boot_timeout_s))
+            out["dpe_pool_wait_target_seconds"].append(((name,), config.wait_target_s))
             try:
                 nodes, target = pool.nodes(), pool.target()
             except PoolError as error:

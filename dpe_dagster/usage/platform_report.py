@@ -1,5 +1,6 @@
 """The `dpe/platform_usage` asset: a daily report of what the platform paid, what runs were
-charged, what stood idle, and what an always-on cluster sized for the same peak would have cost."""
+charged, what stood idle, what an always-on cluster sized for the same peak would have cost, and
+how long runs waited for room per pool and day against the pool's wait target."""
 
 
 import json
@@ -13,6 +14,7 @@ from dagster import (
 
 from dpe_dagster.config import Environment
 from dpe_dagster.paths import dpe_home
+from dpe_dagster.scaling.waits import DayWaits, read_waits_since, wait_targets, waits_by_pool_day
 from dpe_dagster.usage.checks import paid_check, paid_spec
 from dpe_dagster.usage.eventlog import read_usage
 from dpe_dagster.usage.live import BusySoFar, report_nodes
@@ -62,7 +64,16 @@ def plot_days(days: list[dict], always_on_daily: float, path: Path) -> Path:
     return path
 
 
-def build_report(records, nodes, window: Window) -> dict:
+def waits_table(waits: list[DayWaits]) -> str:
+    """The waits per pool and day as the asset page shows them (seconds to a tenth)."""
+    return _markdown([{"day": w.day, "pool": w.pool, "runs": w.runs, "p95 wait": f"{w.p95_s:.1f}s",
+                       "wait target": "-" if w.target_s is None else f"{w.target_s:g}s",
+                       "past target": "-" if w.past_target is None else w.past_target,
+                       "held": {True: "yes", False: "no", None: "-"}[w.held]} for w in waits],
+                     ["day", "pool", "runs", "p95 wait", "wait target", "past target", "held"])
+
+
+def build_report(records, nodes, window: Window, waits: list[DayWaits] = ()) -> dict:
     days = by_day(records, nodes, window)
     always_on = always_on_cost(nodes, window, records)
     return {
@@ -71,6 +82,7 @@ def build_report(records, nodes, window: Window) -> dict:
         "assets": by_asset(records, window),
         "pools": by_pool(records, nodes, window),
         "pool_days": by_pool_day(records, nodes, window),
+        "waits": [w.as_json() for w in waits],
         "always_on": always_on,
         "paid_usd": sum(d["paid_usd"] for d in days),
         "attributed_usd": sum(d["attributed_usd"] for d in days),
@@ -85,8 +97,8 @@ def build_platform_usage(env: Environment, busy_so_far: BusySoFar):
     @asset(key=PLATFORM_USAGE_KEY, group_name="dpe_platform", kinds={"python"},
            check_specs=[paid_spec(PLATFORM_USAGE_KEY)],
            description="Daily usage report from the ledger and the nodes alive now: paid vs attributed vs idle "
-                       "per day, cost per asset and pool, and what a 24x7 cluster sized for the same peak would "
-                       "have cost.")
+                       "per day, cost per asset and pool, what a 24x7 cluster sized for the same peak would "
+                       "have cost, and each pool's p95 wait for room per day against its wait target.")
     def platform_usage(context: AssetExecutionContext, config: PlatformUsageConfig) -> MaterializeResult:
         if config.days < 1:
             raise ValueError(f"days: must be an integer >= 1; got {config.days}")
@@ -95,7 +107,9 @@ def build_platform_usage(env: Environment, busy_so_far: BusySoFar):
         nodes, unread = report_nodes(context.instance, env, now, busy_so_far)
         for pool, error in unread.items():
             context.log.warning(f"pool {pool}: its live nodes are left out of this report: {error}")
-        report = build_report(read_usage(context.instance), nodes, window)
+        # Every pool's runs, those of pools no longer configured too (their target unknown).
+        waits = waits_by_pool_day(read_waits_since(context.instance, window.since), wait_targets(env))
+        report = build_report(read_usage(context.instance), nodes, window, waits)
         report["live_nodes_unread"] = unread
         folder = dpe_home() / "reports"
         stamp = time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -113,6 +127,7 @@ def build_platform_usage(env: Environment, busy_so_far: BusySoFar):
             "pools": MetadataValue.md(_markdown(report["pools"], ["pool", "runs", "paid_usd", "attributed_usd",
                                                                   "idle_usd"])),
             "pool_days": MetadataValue.json(report["pool_days"]),
+            "waits": MetadataValue.md(waits_table(waits)),
             "live_nodes_unread": MetadataValue.json(unread),
             "chart": MetadataValue.path(str(chart)),
             "report": MetadataValue.path(str(folder / f"platform_usage-{stamp}.json")),

@@ -66,6 +66,8 @@ def test_the_ledgers_series_are_what_dpe_usage_says_and_each_record_counts_once(
         sum(cost_of(n.idle_seconds, n.price_per_node_hour) for n in nodes), abs=1e-12)
     assert total(first, "dpe_asset_cost_usd_total", asset="sales") > 0
     assert total(first, "dpe_run_wait_seconds_count", pool="spot-etl") == 2
+    # The default wait target (10 s) is a bucket's bound: both runs started within it.
+    assert total(first, "dpe_run_wait_seconds_bucket", pool="spot-etl", le="10.0") == 2
 
     # Scraped again with nothing new: the same values (nothing read twice).
     assert scrape(collector)["dpe_cost_usd_total"] == first["dpe_cost_usd_total"]
@@ -122,6 +124,11 @@ def test_runs_waiting_for_room_and_held_by_the_budget(instance):
     assert total(samples, "dpe_pool_waiting_cpus", pool="spot-etl") == 3
     assert total(samples, "dpe_pool_held_runs", pool="spot-etl") == 1
     assert 0 <= total(samples, "dpe_pool_oldest_wait_seconds", pool="spot-etl") <= time.time() - created + 1
+    # Next to the pool's wait target, as configured (the default 10 s, or the pool's own).
+    assert samples["dpe_pool_wait_target_seconds"] == {(("pool", "spot-etl"),): 10.0}
+    patient = ENV.model_copy(update={"pools": {"spot-etl": ENV.pool("spot-etl").model_copy(
+        update={"wait_target_s": 600.0})}})
+    assert scrape(DpeCollector(instance, patient))["dpe_pool_wait_target_seconds"] == {(("pool", "spot-etl"),): 600.0}
     # The local pool has no node here: its states are there, at 0, for queries to see.
     assert total(samples, "dpe_pool_nodes", pool="spot-etl") == 0
     assert samples["dpe_pool_nodes"] and samples["dpe_pool_up"] == {(("pool", "spot-etl"),): 1.0}

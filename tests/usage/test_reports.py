@@ -75,6 +75,12 @@ def ledger_home(request, tmp_path):
             instance.wipe()
 
 
+def table_rows(markdown: str) -> list[dict[str, str]]:
+    """A markdown table of the asset page as rows of its cells, by column."""
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines()]
+    return [dict(zip(header, row)) for row in rows]
+
+
 def dpe_usage(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "dpe"), "usage", *args], capture_output=True, text=True,
                           env=dict(os.environ, DAGSTER_HOME=str(home)), timeout=120)
@@ -103,6 +109,40 @@ def test_platform_usage_and_the_cli_agree_to_the_cent(ledger_home):
     assert metadata["always_on_usd"].value >= paid - 1e-9, "an always-on cluster at the same peak never costs less"
     chart = Path(metadata["chart"].value)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5_000
+    # Today's three runs waited for room well within the pool's default 10 s target.
+    [waits] = table_rows(metadata["waits"].value)
+    assert {k: waits[k] for k in ("day", "pool", "runs", "wait target", "past target", "held")} == {
+        "day": time.strftime("%Y-%m-%d", time.gmtime()), "pool": "spot-etl", "runs": "3", "wait target": "10s",
+        "past target": "0", "held": "yes"}
+    [saved] = report["waits"]
+    assert (saved["runs"], saved["wait_target_s"], saved["held"]) == (3, 10.0, True) and saved["p95_s"] < 10
+    assert waits["p95 wait"] == f"{saved['p95_s']:.1f}s"
+
+
+def test_platform_usage_shows_a_wait_past_the_pool_s_target_as_not_held(sqlite_instance):
+    from dagster import DagsterEventType
+
+    from tests.reliability.harness import queue_run, report_run_event
+
+    env = parse_environment("local", {"pools": {"spot-etl": {
+        "provider": "local", "max_size": 4, "node_cpus": 2, "node_memory_gb": 8, "price_per_node_hour": 0.36,
+        "wait_target_s": 1}}})
+    late = queue_run(sqlite_instance, "spot-etl", cpus=1)
+    retired = queue_run(sqlite_instance, "retired-etl", cpus=1)  # a pool no longer configured: no target
+    time.sleep(1.2)
+    for run_id in (late, retired):
+        report_run_event(sqlite_instance, run_id, DagsterEventType.RUN_START)
+    result = materialize([build_platform_usage(env, read_busy_seconds)], instance=sqlite_instance)
+    metadata = result.asset_materializations_for_node("dpe__platform_usage")[0].metadata
+    rows = {row["pool"]: row for row in table_rows(metadata["waits"].value)}
+    assert {k: rows["spot-etl"][k] for k in ("runs", "wait target", "past target", "held")} == {
+        "runs": "1", "wait target": "1s", "past target": "1", "held": "no"}
+    assert float(rows["spot-etl"]["p95 wait"].removesuffix("s")) >= 1.2
+    assert {k: rows["retired-etl"][k] for k in ("runs", "wait target", "past target", "held")} == {
+        "runs": "1", "wait target": "-", "past target": "-", "held": "-"}
+    report = json.loads(Path(metadata["report"].value).read_text())
+    assert {(w["pool"], w["wait_target_s"], w["past_target"], w["held"]) for w in report["waits"]} == {
+        ("spot-etl", 1.0, 1, False), ("retired-etl", None, None, None)}
 
 
 def test_groupings_add_up(ledger_home):
