@@ -1,6 +1,6 @@
 """What a pool's recent activity is, for the policy's `auto` idle timeout and queueing allowance:
-how many CPUs arriving runs ask for per second (a decaying average), and how long a node takes to
-boot. The simulator and the production sensor keep it with the same code."""
+how many CPUs arriving runs ask for per second and how often runs arrive (decaying averages), and
+how long a node takes to boot. The simulator and the production sensor keep it with the same code."""
 
 from __future__ import annotations
 
@@ -24,16 +24,27 @@ def typical_boot_s(boot_timeout_s: float) -> float:
 
 @dataclass(frozen=True)
 class ArrivalRate:
-    """CPUs asked per second by arriving runs, decaying over ARRIVAL_RATE_WINDOW_S."""
+    """CPUs asked per second by arriving runs, and how often runs arrive (sensor ticks that saw new
+    runs, per second: a burst of runs counts once), both decaying over ARRIVAL_RATE_WINDOW_S."""
 
     rate: float = 0.0
-    at: float = 0.0  # when `rate` was last updated (unix s)
+    at: float = 0.0  # when `rate` and `moments` were last updated (unix s)
+    moments: float | None = 0.0  # None: not known (a memory kept before it was counted)
+
+    def _decay(self, now: float) -> float:
+        return math.exp(-max(0.0, now - self.at) / ARRIVAL_RATE_WINDOW_S)
 
     def at_time(self, now: float) -> float:
-        return self.rate * math.exp(-max(0.0, now - self.at) / ARRIVAL_RATE_WINDOW_S)
+        return self.rate * self._decay(now)
+
+    def moments_at(self, now: float) -> float | None:
+        return None if self.moments is None else self.moments * self._decay(now)
 
     def add(self, cpus: float, now: float) -> "ArrivalRate":
-        return ArrivalRate(self.at_time(now) + cpus / ARRIVAL_RATE_WINDOW_S, now)
+        """The rate after one sensor tick that saw new runs asking for `cpus` CPUs in all."""
+        moments = self.moments_at(now)
+        return ArrivalRate(self.at_time(now) + cpus / ARRIVAL_RATE_WINDOW_S, now,
+                           None if moments is None else moments + 1.0 / ARRIVAL_RATE_WINDOW_S)
 
 
 @dataclass(frozen=True)
@@ -55,11 +66,14 @@ class PoolArrivals:
         return pool_activity(config, self.rate, now)
 
     def to_json(self) -> dict[str, Any]:
-        return {"rate": self.rate.rate, "at": self.rate.at, "counted": sorted(self.counted)}
+        return {"rate": self.rate.rate, "at": self.rate.at, "moments": self.rate.moments,
+                "counted": sorted(self.counted)}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "PoolArrivals":
-        return cls(ArrivalRate(float(raw.get("rate", 0.0)), float(raw.get("at", 0.0))),
+        moments = raw.get("moments")
+        return cls(ArrivalRate(float(raw.get("rate", 0.0)), float(raw.get("at", 0.0)),
+                               None if moments is None else float(moments)),
                    frozenset(str(run_id) for run_id in raw.get("counted", ())))
 
 
@@ -68,4 +82,4 @@ def pool_activity(config: PoolConfig, rate: ArrivalRate | None, now: float) -> P
     a launcher, which keeps none, says 0: it never scales down, where the rate matters), a typical
     boot, and the pool's queueing allowance."""
     return PoolActivity(rate.at_time(now) if rate is not None else 0.0, typical_boot_s(config.boot_timeout_s),
-                        config.wait_target_s)
+                        config.wait_target_s, rate.moments_at(now) if rate is not None else 0.0)

@@ -65,6 +65,9 @@ class PoolActivity:
     # instead of a new node being booted for it (the pool's `wait_target_s`; a run's own
     # `wait_target_s` overrides it); 0: always boot at once.
     wait_target_s: float = 0.0
+    # How often runs arrive (sensor ticks that saw new runs, per second: a burst counts once, however
+    # many runs it holds); None: not known.
+    arrivals_per_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,19 +143,31 @@ def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
     """The idle timeouts in force, for the idle nodes ranked from the most recently idle (first)
     to the longest idle (last). `fixed` (or no activity known): the pool's `idle_timeout_s` for all.
 
-    `auto`: keeping an idle node costs its price for as long as it waits; removing it costs, when
-    demand comes back, a paid boot, plus the runs that arrive meanwhile waiting that boot. Those
-    runs ask for about arrival rate * boot CPUs; the k-th idle node is needed
-    only if they fill k nodes, so its share of the wait is that amount / (node CPUs * k). Waiting
-    the break-even time, boot * (1 + share), and then removing never costs more than twice the
-    better choice made in hindsight (the ski-rental rule). Capped at `idle_timeout_s`."""
+    `auto`: an idle node is worth keeping only if the work arriving within a boot needs it. The
+    k-th idle node is needed only if that work fills k nodes: its share is the work's CPUs
+    (arrival rate * boot) / (node CPUs * k), and at most how many times work arrives within a boot
+    (a burst of runs needs the node once, however many runs it holds). Each time, the node saves a
+    paid boot and the part of the boot's wait beyond the wait target W (boot - W; none when
+    W >= boot), a late second weighing boot / W seconds of node time: the shorter the target, the
+    more a second past it costs. A node whose share of that is worth less than a boot goes at once.
+    One that is worth it is kept for a boot when W covers a boot (the ski-rental rule: never more
+    than twice the better choice made in hindsight), and longer the shorter W is, up to
+    `idle_timeout_s` at W = 0: room is kept for the arrivals that would otherwise wait past the
+    target. W is floored at 1 s where it divides."""
     idle_nodes = sum(1 for node in state.nodes if not node.busy and node.state == "running")
     activity = state.activity
     if pool.idle_timeout_mode != "auto" or activity is None:
         return [pool.idle_timeout_s] * idle_nodes
+    cap = pool.idle_timeout_s
     boot = max(0.0, activity.boot_s)
+    if boot == 0:
+        return [0.0] * idle_nodes  # a node comes at once: nothing to keep one for
     cpus_soon = max(0.0, activity.cpu_arrival_rate) * boot
-    return [min(pool.idle_timeout_s, boot * (1.0 + cpus_soon / (pool.room_cpus * k)))
+    times_soon = math.inf if activity.arrivals_per_s is None else max(0.0, activity.arrivals_per_s) * boot
+    late = max(0.0, boot - activity.wait_target_s)  # how much longer than the target a boot keeps a run waiting
+    keep = min(cap, boot + max(0.0, cap - boot) * late / boot)
+    saved = boot + late * boot / max(activity.wait_target_s, 1.0)  # what a node saves each time it is needed
+    return [keep if min(times_soon, cpus_soon / (pool.room_cpus * k)) * saved >= boot else 0.0
             for k in range(1, idle_nodes + 1)]
 
 

@@ -42,11 +42,16 @@ def test_the_auto_idle_timeout_follows_arrivals():
         "idle_timeout_s": 900, "idle_timeout_mode": "auto"}}}).pool("p")
     idle = (Node("n1", "running", 0, False), Node("n2", "running", 0, False))
     quiet = PoolArrivals().activity(boot_timeout(600), 0)
-    busy = PoolArrivals().see([RunDemand(str(i), 2, 1) for i in range(200)], 0).activity(boot_timeout(600), 0)
-    timeouts = [idle_timeout(config, PoolState(2, idle, activity=a)) for a in (None, quiet, busy)]
+    burst = PoolArrivals().see([RunDemand(str(i), 2, 1) for i in range(200)], 0).activity(boot_timeout(600), 0)
+    stream = PoolArrivals()
+    for t in range(0, 1800, 15):  # a run of 2 CPUs at every tick for half an hour
+        stream = stream.see([RunDemand(str(t), 2, 1)], t)
+    steady = stream.activity(boot_timeout(600), 1800)
+    timeouts = [idle_timeout(config, PoolState(2, idle, activity=a)) for a in (None, quiet, burst, steady)]
     assert timeouts[0] == 900, "no activity known: the pool's fixed timeout"
-    assert timeouts[1] == TYPICAL_BOOT_S, "nothing arriving: wait one boot, then remove"
-    assert TYPICAL_BOOT_S < timeouts[2] <= 900, "runs arriving: keep nodes longer, never past the cap"
+    assert timeouts[1] == 0, "nothing arriving: nothing to wait for"
+    assert timeouts[2] == 0, "one burst in half an hour needs a node once, not 200 times: not worth keeping it"
+    assert TYPICAL_BOOT_S < timeouts[3] <= 900, "runs arriving all along: keep nodes longer, never past the cap"
 
 
 def test_the_sensor_keeps_arrivals_in_its_cursor_and_counts_a_run_once(aws_sim):

@@ -15,6 +15,7 @@ from dpe_dagster.scaling.policy import (
     PoolState,
     RunDemand,
     extension_class,
+    idle_limits,
     idle_timeouts,
     nodes_for,
     place_run,
@@ -64,10 +65,44 @@ def test_fixed_mode_ignores_activity_and_auto_adapts():
     busy = PoolState(2, nodes, activity=PoolActivity(cpu_arrival_rate=1.0, boot_s=120.0))
     assert idle_timeouts(pool(idle_timeout_s=300), busy) == [300, 300]
     auto = pool(idle_timeout_s=1800, idle_timeout_mode="auto")
-    assert idle_timeouts(auto, quiet) == [120, 120]  # nothing arrives: wait one boot, then go
-    # 120 CPUs arrive per boot: the most recently idle node is kept longest (1920 s, capped)
-    assert idle_timeouts(auto, busy) == [1800, pytest.approx(120 * (1 + 120 / 16))]
-    assert idle_timeouts(pool(idle_timeout_s=600, idle_timeout_mode="auto"), busy)[0] == 600  # capped
+    assert idle_timeouts(auto, quiet) == [0, 0]  # nothing arrives: nothing to keep a node for
+    # 120 CPUs arrive per boot and no run may wait: both nodes are kept as long as the cap allows
+    assert idle_timeouts(auto, busy) == [1800, 1800]
+    assert idle_timeouts(pool(idle_timeout_s=600, idle_timeout_mode="auto"), busy) == [600, 600]
+
+
+def test_a_wait_target_shortens_the_idle_timeouts_to_one_boot_once_it_covers_a_boot():
+    nodes = (Node("i1", "running", 0, False), Node("i2", "running", 0, False))
+    auto = pool(idle_timeout_s=1800, idle_timeout_mode="auto")
+
+    def timeouts(target: float, rate: float = 1.0) -> list[float]:
+        return idle_timeouts(auto, PoolState(2, nodes, activity=PoolActivity(rate, 120.0, wait_target_s=target)))
+
+    assert timeouts(0) == [1800, 1800]  # a run that finds no room waits a boot, 120 s: all of it late
+    assert timeouts(60) == [pytest.approx(120 + 1680 * 60 / 120)] * 2  # half of it late: half way to the cap
+    # a run may wait a boot: an idle node only pays for the boot it may save (ski rental)
+    assert timeouts(120) == timeouts(3600) == [120, 120]
+    # 12 CPUs per boot fill the first node 1.5 times, the second 0.75 times: not worth a boot of it
+    assert timeouts(120, rate=0.1) == [120, 0]
+
+
+def test_a_burst_needs_an_idle_node_once_however_many_runs_it_holds():
+    nodes = (Node("i1", "running", 0, False), Node("i2", "running", 0, False))
+    auto = pool(idle_timeout_s=1800, idle_timeout_mode="auto")
+
+    def timeouts(arrivals_per_s: float, target: float) -> list[float]:
+        activity = PoolActivity(1.0, 120.0, wait_target_s=target, arrivals_per_s=arrivals_per_s)
+        return idle_timeouts(auto, PoolState(2, nodes, activity=activity))
+
+    # the same 120 CPUs per boot in one burst every 10 minutes: a burst comes within a boot 0.2 times.
+    # Once the target covers a boot, each time saves at most a boot: not worth keeping a node for
+    assert timeouts(1 / 600, 120) == [0, 0]
+    # while no run may wait, a late second weighs more the shorter the target: worth keeping then
+    assert timeouts(1 / 600, 0) == [1800, 1800]
+    # every 3 minutes, 0.67 times: worth it at a 60 s target (a late second weighs 2), not at 120 s
+    assert timeouts(1 / 180, 60) == [960, 960] and timeouts(1 / 180, 120) == [0, 0]
+    # as a stream (a tick in every 15 s sees runs arrive): needed 8 and 7.5 times within a boot
+    assert timeouts(1 / 15, 120) == [120, 120]
 
 
 def test_auto_mode_removes_the_longest_idle_node_first_and_only_after_its_timeout():
@@ -99,12 +134,13 @@ def test_auto_mode_keeps_the_policy_rules(min_size, idle, busy, rate, cap, runs)
     demand = [RunDemand(f"r{k}", c, 1, node_id=f"b{k}" if k < busy else None, expected_end=now + 5 * k)
               for k, c in enumerate(runs)]
     plan = plan_pool(auto, state, demand, now)
+    limits = {node_id: limit for node_id, _, limit in idle_limits(auto, state, now)}
     assert plan.target <= max(auto.max_size, len(nodes))
     if plan.remove:
         assert plan.target >= auto.min_size
         for node_id in plan.remove:
             assert node_id.startswith("i")  # never a busy node
-            assert now - state.idle_since[node_id] >= min(cap, 120.0)  # at least one boot (or the cap)
+            assert now - state.idle_since[node_id] >= limits[node_id]  # after its own timeout
 
 
 def test_place_run_groups_runs_that_end_together():
