@@ -42,6 +42,8 @@ def environment(endpoint: str, **spot_overrides) -> object:
     spot = {
         "provider": "aws_asg", "min_size": 0, "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
         "lifecycle": "spot", "price_per_node_hour": 0.035, "idle_timeout_s": 30, "boot_timeout_s": 60,
+        # idle nodes go after idle_timeout_s, as the tests count on (the auto rule: tests/sim)
+        "idle_timeout_mode": "fixed",
         "default_run_cpus": 2, "default_run_memory_gb": 4, "fallback": "ondemand-etl", "backoff_s": 300,
         "settings": {"group_name": "test-spot", "busy_source": "dagster_runs",
                      "instance_types": ["m6i.large", "m5.large", "m5a.large"]},
@@ -54,7 +56,7 @@ def environment(endpoint: str, **spot_overrides) -> object:
             "ondemand-etl": {
                 "provider": "aws_asg", "min_size": 0, "max_size": 2, "node_cpus": 2, "node_memory_gb": 8,
                 "lifecycle": "on-demand", "price_per_node_hour": 0.096, "idle_timeout_s": 30,
-                "default_run_cpus": 2, "default_run_memory_gb": 4,
+                "idle_timeout_mode": "fixed", "default_run_cpus": 2, "default_run_memory_gb": 4,
                 "settings": {"group_name": "test-ondemand", "busy_source": "dagster_runs"},
             },
         },

@@ -62,6 +62,7 @@ def environment(namespace: str, **overrides) -> Environment:
     pool = {
         "provider": "clusterapi", "min_size": 0, "max_size": 4, "node_cpus": 2, "node_memory_gb": 8,
         "lifecycle": "spot", "price_per_node_hour": 0.035, "idle_timeout_s": 30, "boot_timeout_s": 60,
+        "idle_timeout_mode": "fixed",  # idle nodes go after idle_timeout_s, as the tests count on
         # What the cluster's DaemonSets (kube-proxy, aws-node) take of each node, rounded up.
         "reserved_cpus": 0.25, "reserved_memory_gb": 0.5,
         # The test's namespace too: its pods go only to its own Machines' Nodes, never to a node

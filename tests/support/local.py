@@ -32,6 +32,9 @@ def local_environment(tmp_path, **pool_overrides):
         "lifecycle": "spot",
         "price_per_node_hour": 0.036,
         "idle_timeout_s": 3,
+        # An idle node goes after idle_timeout_s, as the tests that use this pool count on; the auto
+        # rule is the policy's, tested against it (tests/sim, tests/scaling/test_activity.py).
+        "idle_timeout_mode": "fixed",
         "boot_timeout_s": 60,
         "default_run_cpus": 1,
         "default_run_memory_gb": 1,
