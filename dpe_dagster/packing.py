@@ -50,6 +50,8 @@ def pack_by_size(waiting: Mapping[tuple[float, float], int], rooms: list[list[fl
     new = 0
     for (cpus, memory), count in sorted(waiting.items(), reverse=True):
         for room in rooms:
+            if (cpus > 0 and (room[0] + SLACK) / cpus < 1.0) or (memory > 0 and (room[1] + SLACK) / memory < 1.0):
+                continue  # no room for one (`how_many_fit`'s test, without a call: most rooms are full)
             fit = how_many_fit(room, cpus, memory)
             if fit:
                 taken = min(fit, count)
@@ -58,12 +60,13 @@ def pack_by_size(waiting: Mapping[tuple[float, float], int], rooms: list[list[fl
                 count -= taken
                 if not count:
                     break
+        # The rest on new nodes, as many on each as fit, the last one taking what is left.
         per_node = how_many_fit([node_cpus, node_memory_gb], cpus, memory)
-        while count:
-            taken = min(per_node, count)
-            rooms.append([node_cpus - taken * cpus, node_memory_gb - taken * memory])
-            new += 1
-            count -= taken
+        full, last = divmod(count, per_node)
+        rooms += [[node_cpus - per_node * cpus, node_memory_gb - per_node * memory] for _ in range(full)]
+        if last:
+            rooms.append([node_cpus - last * cpus, node_memory_gb - last * memory])
+        new += full + (1 if last else 0)
     return new
 
 

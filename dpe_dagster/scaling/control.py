@@ -34,6 +34,8 @@ def vanished(books: Books, config: PoolConfig, nodes: list[Node], memory: dict[s
     charged up to the last tick that saw it (never more than it ran). If writing fails, the tick
     fails before the cursor is saved, and the next tick tries again."""
     listed = {node.id for node in nodes}
+    if listed.issuperset(memory):  # (most ticks: every node remembered is still listed)
+        return []
     gone = {node_id: (Node(id=node_id, state="gone", launched_at=mem.launched_at, busy=False, lifecycle=mem.lifecycle,
                            instance_type=mem.instance_type, zone=mem.zone), max(mem.last_seen, mem.launched_at))
             for node_id, mem in memory.items()

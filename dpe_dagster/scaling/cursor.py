@@ -77,22 +77,26 @@ class NodeMemory:
 
 
 def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dict[str, NodeMemory]:
-    """Fold this tick's view of the nodes into what was seen before."""
+    """Fold this tick's view of the nodes into what was seen before. Every tick runs this for
+    every node: a busy node's path, the commonest, comes first, and clears no field already clear."""
     seen = {}
     for node in nodes:
         known = memory.get(node.id)
         mem = known or NodeMemory(last_seen=None)
-        if not node.busy_known:
+        last_seen = mem.last_seen
+        if node.busy and node.busy_known:
+            if mem.unknown_since is not None:
+                mem.unknown_since = None
+            if last_seen is not None and now > last_seen:
+                mem.busy_seconds += now - last_seen
+            if mem.idle_since is not None:
+                mem.idle_since = None
+        elif not node.busy_known:
             if mem.unknown_since is None:
                 mem.unknown_since = now
-            elif mem.last_seen is not None:
-                mem.unknown_seconds += max(0.0, now - mem.last_seen)
+            elif last_seen is not None:
+                mem.unknown_seconds += max(0.0, now - last_seen)
             mem.idle_since = None  # it may have worked meanwhile: idle time starts again once known
-        elif node.busy:
-            mem.unknown_since = None
-            if mem.last_seen is not None:
-                mem.busy_seconds += max(0.0, now - mem.last_seen)
-            mem.idle_since = None
         else:
             mem.unknown_since = None
             if mem.idle_since is None:
@@ -100,7 +104,8 @@ def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dic
                 # longer, never shorter, so the idle timeout is never cut short.
                 mem.idle_since = now
         if node.state == "running":
-            mem.not_ready_since = None
+            if mem.not_ready_since is not None:
+                mem.not_ready_since = None
         elif mem.not_ready_since is None:
             # A node first seen not ready has been so since its launch (never later than now: the cloud
             # may not list a new instance's launch time yet); one seen ready before, since now.

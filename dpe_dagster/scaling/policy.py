@@ -30,6 +30,7 @@ Optional knowledge, used when the caller has it (the defaults give the rules abo
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -108,35 +109,43 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     while a scheduled run is about to fire (an `upcoming` run): it must start on time, not bet on
     estimated ends."""
     whole_nodes = 0
-    waiting: dict[tuple[float, float], int] = {}  # runs of each (cpus, memory) without a node
-    upcoming = False
-    count_of = waiting.get
+    # Runs without a node, by (cpus, memory): one look-up per run (hashing a size is most of the
+    # cost of a run in this loop); counted, and the sizes that take whole nodes taken out, below.
+    waiting: dict[tuple[float, float], list[RunDemand]] = defaultdict(list)
     placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
     freeing = []  # (room, cpus, memory) of placed runs expected to end within `ending`
     lo, hi = ending if ending is not None else (math.inf, -math.inf)
+    upcoming = False
     for run in demand:  # the hot loop of a replay: one pass, no more work per run than needed
         if run.upcoming:
             upcoming = True
+        node_id = run.node_id
+        if node_id is None:
+            waiting[run.cpus, run.memory_gb].append(run)
+            continue
         cpus, memory = run.cpus, run.memory_gb
-        whole = whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
+        if not (cpus <= node_cpus and memory <= node_memory_gb):  # (`whole_nodes_of`'s test, without a call)
+            whole_nodes += whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
+            continue
+        room = placed.get(node_id)
+        if room is None:
+            room = placed[node_id] = [node_cpus, node_memory_gb]
+        room[0] -= cpus
+        room[1] -= memory
+        if run.expected_end is not None and lo <= run.expected_end <= hi:
+            freeing.append((room, cpus, memory))
+    counts: dict[tuple[float, float], int] = {}  # waiting runs of each size that fits on one node
+    for size, runs in waiting.items():
+        whole = whole_nodes_of(*size, node_cpus, node_memory_gb)
         if whole:
-            whole_nodes += whole
-        elif run.node_id is None:
-            size = (cpus, memory)
-            waiting[size] = count_of(size, 0) + 1
+            whole_nodes += whole * len(runs)
         else:
-            room = placed.get(run.node_id)
-            if room is None:
-                room = placed[run.node_id] = [node_cpus, node_memory_gb]
-            room[0] -= cpus
-            room[1] -= memory
-            if run.expected_end is not None and lo <= run.expected_end <= hi:
-                freeing.append((room, cpus, memory))
+            counts[size] = len(runs)
     if not upcoming:
         for room, cpus, memory in freeing:
             room[0] += cpus
             room[1] += memory
-    return whole_nodes + len(placed) + pack_by_size(waiting, list(placed.values()), node_cpus, node_memory_gb)
+    return whole_nodes + len(placed) + pack_by_size(counts, list(placed.values()), node_cpus, node_memory_gb)
 
 
 def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
@@ -380,6 +389,8 @@ def _first_expiry(pool: PoolConfig, state: PoolState, now: float, activity_at: C
     """The first moment from `soonest` at which an idle node not yet past its idle timeout at `now`
     is past it, with the timeouts in force then, by the nodes' ranks (found by bisection: the
     timeouts shrink as the arrival rate decays); None: no such node."""
+    if not state.idle_since:  # no node has an idle clock running (a busy pool, most ticks)
+        return None
     ranked = idle_limits(pool, state, now)
     waiting = [(rank, state.idle_since[node_id]) for rank, (node_id, idle, limit) in enumerate(ranked)
                if idle < limit and node_id in state.idle_since]
@@ -389,20 +400,19 @@ def _first_expiry(pool: PoolConfig, state: PoolState, now: float, activity_at: C
     def limits_at(t: float) -> list[float]:
         return idle_timeouts(pool, replace(state, activity=activity_at(t)))
 
-    def expired(t: float) -> bool:
-        limits = limits_at(t)
+    def expired(t: float, limits: list[float]) -> bool:
         return any(t - since >= limits[rank] for rank, since in waiting)
 
     lo = soonest
-    if expired(lo):
-        return lo
     limits = limits_at(lo)
+    if expired(lo, limits):
+        return lo
     hi = moment(max(lo, min(since + limits[rank] for rank, since in waiting)))
     while True:  # not expired at lo; expired at hi, unless the timeouts grew meanwhile (then hi is a guess)
         mid = moment(lo + (hi - lo) / 2)
         if not lo < mid < hi:
             return hi
-        if expired(mid):
+        if expired(mid, limits_at(mid)):
             hi = mid
         else:
             lo = mid

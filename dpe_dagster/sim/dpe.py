@@ -171,10 +171,8 @@ class DpeScaler:
         production), plus runs that schedules will start within the look-ahead (pre-warming)."""
         cache, placed = self._demand, self._placed
         out = [cache[job] or self._waiting_demand(sim, job) for job in sim.pending]
-        for job, nodes in sim.running.items():
-            known = placed[job]
-            out.append(known if known is not None and known.node_id == nodes[0].id
-                       else self._placed_demand(sim, job, nodes[0].id))
+        out += [known if (known := placed[job]) is not None and known.node_id == nodes[0].id
+                else self._placed_demand(sim, job, nodes[0].id) for job, nodes in sim.running.items()]
         out += self._upcoming(sim.now, self.lookahead + self.interval)
         return out
 
