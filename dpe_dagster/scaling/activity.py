@@ -1,4 +1,4 @@
-"""What a pool's recent activity is, for the policy's `auto` idle timeout and queueing allowance:
+"""What a pool's recent activity is, for the policy's `auto` idle timeout and wait target:
 how many CPUs arriving runs ask for per second and how often runs arrive (decaying averages), and
 how long a node takes to boot. The simulator and the production sensor keep it with the same code."""
 
@@ -29,7 +29,7 @@ class ArrivalRate:
 
     rate: float = 0.0
     at: float = 0.0  # when `rate` and `moments` were last updated (unix s)
-    moments: float | None = 0.0  # None: not known (a memory kept before it was counted)
+    moments: float | None = 0.0  # None: not known (a cursor that does not hold it)
 
     def _decay(self, now: float) -> float:
         return math.exp(-max(0.0, now - self.at) / ARRIVAL_RATE_WINDOW_S)
@@ -79,7 +79,7 @@ class PoolArrivals:
 
 def pool_activity(config: PoolConfig, rate: ArrivalRate | None, now: float) -> PoolActivity:
     """What the policy is told of a pool's recent activity: the arrival rate (the sensor keeps it;
-    a launcher, which keeps none, says 0: it never scales down, where the rate matters), a typical
-    boot, and the pool's queueing allowance."""
+    a launcher, which keeps none, says 0: it never scales down, where the rate matters), how often
+    runs arrive, a typical boot, and the pool's wait target."""
     return PoolActivity(rate.at_time(now) if rate is not None else 0.0, typical_boot_s(config.boot_timeout_s),
                         config.wait_target_s, rate.moments_at(now) if rate is not None else 0.0)
