@@ -123,7 +123,7 @@ def pools(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     from dpe_dagster.paths import dagster_home
     from dpe_dagster.pools import PoolError, open_pool
     from dpe_dagster.scaling.cursor import read_failures
-    from dpe_dagster.scaling.waits import read_waits_since, wait_targets, waits_by_pool_day
+    from dpe_dagster.usage.waits import read_waits_since, wait_targets, waits_by_pool_day
     from dpe_dagster.usage.summary import day_start
 
     env = command_environment()

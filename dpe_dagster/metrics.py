@@ -40,7 +40,7 @@ from dpe_dagster.config import DEFAULT_WAIT_TARGET_S, Environment
 from dpe_dagster.pools import NodePool, PoolError, look_ahead, open_pool
 from dpe_dagster.pools.base import NODE_STATES, RUNNING
 from dpe_dagster.scaling.cursor import read_ticks
-from dpe_dagster.scaling.waits import RunWaits
+from dpe_dagster.usage.waits import RunWaits
 from dpe_dagster.tags import HOLD_TAG, TagError, pool_request
 from dpe_dagster.usage.budget import BUDGET_HOLD, spent_today
 from dpe_dagster.usage.eventlog import observations_after

@@ -14,7 +14,7 @@ from dagster import (
 
 from dpe_dagster.config import Environment
 from dpe_dagster.paths import dpe_home
-from dpe_dagster.scaling.waits import DayWaits, read_waits_since, wait_targets, waits_by_pool_day
+from dpe_dagster.usage.waits import DayWaits, read_waits_since, wait_targets, waits_by_pool_day
 from dpe_dagster.usage.checks import paid_check, paid_spec
 from dpe_dagster.usage.eventlog import read_usage
 from dpe_dagster.usage.live import BusySoFar, report_nodes

@@ -8,7 +8,7 @@ import time
 
 from dagster import DagsterEventType
 
-from dpe_dagster.scaling.waits import RunWait, RunWaits, p95, read_waits_since, waits_by_pool_day
+from dpe_dagster.usage.waits import RunWait, RunWaits, p95, read_waits_since, waits_by_pool_day
 from tests.reliability.harness import queue_run, report_run_event
 from tests.support.aws import dagster  # noqa: F401  (fixture)
 
