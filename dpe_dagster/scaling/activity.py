@@ -28,8 +28,8 @@ class ArrivalRate:
     runs, per second: a burst of runs counts once), both decaying over ARRIVAL_RATE_WINDOW_S."""
 
     rate: float = 0.0
-    at: float = 0.0  # when `rate` and `moments` were last updated (unix s)
-    moments: float | None = 0.0  # None: not known (a cursor that does not hold it)
+    at: float = 0.0  # when `rate` and `arrivals_per_s` were last updated (unix s)
+    arrivals_per_s: float | None = 0.0  # None: not known (a cursor that does not hold it)
 
     def _decay(self, now: float) -> float:
         return math.exp(-max(0.0, now - self.at) / ARRIVAL_RATE_WINDOW_S)
@@ -37,14 +37,14 @@ class ArrivalRate:
     def at_time(self, now: float) -> float:
         return self.rate * self._decay(now)
 
-    def moments_at(self, now: float) -> float | None:
-        return None if self.moments is None else self.moments * self._decay(now)
+    def arrivals_per_s_at(self, now: float) -> float | None:
+        return None if self.arrivals_per_s is None else self.arrivals_per_s * self._decay(now)
 
     def add(self, cpus: float, now: float) -> "ArrivalRate":
         """The rate after one sensor tick that saw new runs asking for `cpus` CPUs in all."""
-        moments = self.moments_at(now)
+        arrivals = self.arrivals_per_s_at(now)
         return ArrivalRate(self.at_time(now) + cpus / ARRIVAL_RATE_WINDOW_S, now,
-                           None if moments is None else moments + 1.0 / ARRIVAL_RATE_WINDOW_S)
+                           None if arrivals is None else arrivals + 1.0 / ARRIVAL_RATE_WINDOW_S)
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,14 @@ class PoolArrivals:
         return pool_activity(config, self.rate, now)
 
     def to_json(self) -> dict[str, Any]:
-        return {"rate": self.rate.rate, "at": self.rate.at, "moments": self.rate.moments,
+        return {"rate": self.rate.rate, "at": self.rate.at, "arrivals_per_s": self.rate.arrivals_per_s,
                 "counted": sorted(self.counted)}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "PoolArrivals":
-        moments = raw.get("moments")
+        arrivals = raw.get("arrivals_per_s")
         return cls(ArrivalRate(float(raw.get("rate", 0.0)), float(raw.get("at", 0.0)),
-                               None if moments is None else float(moments)),
+                               None if arrivals is None else float(arrivals)),
                    frozenset(str(run_id) for run_id in raw.get("counted", ())))
 
 
@@ -82,4 +82,4 @@ def pool_activity(config: PoolConfig, rate: ArrivalRate | None, now: float) -> P
     a launcher, which keeps none, says 0: it never scales down, where the rate matters), how often
     runs arrive, a typical boot, and the pool's wait target."""
     return PoolActivity(rate.at_time(now) if rate is not None else 0.0, typical_boot_s(config.boot_timeout_s),
-                        config.wait_target_s, rate.moments_at(now) if rate is not None else 0.0)
+                        config.wait_target_s, rate.arrivals_per_s_at(now) if rate is not None else 0.0)
