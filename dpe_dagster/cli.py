@@ -148,7 +148,8 @@ def pools(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
                        "lifecycle": n.lifecycle, "zone": n.zone, "launched_at": n.launched_at} for n in nodes],
             "wait_target_s": config.wait_target_s,
             "waits_today": None if name not in waits else {
-                key: waits[name].as_json()[key] for key in ("runs", "p95_s", "past_target", "held")},
+                key: value for key, value in waits[name].as_json().items()
+                if key in ("runs", "p95_s", "past_target", "held")},
             "last_failure": failures.get(name),
         })
     if as_json:
