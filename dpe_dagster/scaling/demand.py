@@ -78,8 +78,8 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
     With `pools` (provider objects by pool name, the caller's own), the demand also knows what
     the simulator's dpe knows: which node each run holds (`RunDemand.node_id`, from the pool's
     `run_nodes`, asked only of pools with active runs) and when it should end
-    (`RunDemand.expected_end`, from past runs of its job: scaling/history.py, one indexed query per
-    distinct job, and one by run id for start times). Without, runs carry neither (the policy
+    (`RunDemand.expected_end`, and how long it takes, `expected_s`, from past runs of its job:
+    scaling/history.py, one indexed query per distinct job, and one by run id for start times). Without, runs carry neither (the policy
     packs them from scratch).
 
     Only the status filter goes to run storage: it is indexed, so a read costs what the active
@@ -143,5 +143,6 @@ def add_nodes_and_expected_ends(demand: Demand, runs: Sequence[DagsterRun], pool
         for run in pool_runs:
             node_id = None if run.run_id in placed else nodes.get(run.run_id)
             placed.add(run.run_id)
-            with_nodes.append(dataclasses.replace(run, node_id=node_id, expected_end=ends.get(run.run_id)))
+            end, duration = ends.get(run.run_id, (None, None))
+            with_nodes.append(dataclasses.replace(run, node_id=node_id, expected_end=end, expected_s=duration))
         demand.by_pool[name] = with_nodes

@@ -80,14 +80,15 @@ class RunDurations:
 
 
 
-def expected_ends(instance: DagsterInstance, runs: Sequence[DagsterRun], now: float) -> dict[str, float]:
-    """Run id -> expected end (`expected_end`), for the runs whose job has an estimate. Reads one
-    history query per distinct job, plus one by run id (the unique index) for the start times of
-    the STARTED ones; a run not in storage (a caller's own demand) counts as not started."""
+def expected_ends(instance: DagsterInstance, runs: Sequence[DagsterRun], now: float) -> dict[str, tuple[float, float]]:
+    """Run id -> (expected end (`expected_end`), expected duration), for the runs whose job has an
+    estimate. Reads one history query per distinct job, plus one by run id (the unique index) for
+    the start times of the STARTED ones; a run not in storage (a caller's own demand) counts as
+    not started."""
     durations = RunDurations(instance)
     expected = {run.run_id: durations.expected(run.job_name, run.tags.get(PARTITION_SET_TAG)) for run in runs}
     started = [run.run_id for run in runs if run.status == DagsterRunStatus.STARTED and expected[run.run_id] is not None]
     starts = {record.dagster_run.run_id: record.start_time
               for record in (instance.get_run_records(filters=RunsFilter(run_ids=started)) if started else [])}
-    return {run_id: end for run_id, duration in expected.items()
+    return {run_id: (end, duration) for run_id, duration in expected.items()
             if (end := expected_end(starts.get(run_id), duration, now)) is not None}

@@ -23,19 +23,21 @@ Optional knowledge, used when the caller has it (the defaults give the rules abo
   would not need one;
 - the pool's recent `activity` (arrival rate, boot time), with `idle_timeout_mode: auto`: the
   idle timeouts in force are decided per plan (see `idle_timeouts`), never above `idle_timeout_s`;
-  and with a wait target (`wait_target_s`), room that runs free within it (by `expected_end`) counts;
+  and with a wait target (`wait_target_s`), room that runs free within it (by `expected_end`) counts,
+  taken in turn by waiting runs whose durations are known (`expected_s`; see `nodes_for`);
 - a run's `expected_end`, for `place_run`: which node a run should go to so that nodes empty whole.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
-from dpe_dagster.packing import pack_by_size, whole_nodes as whole_nodes_of
+from dpe_dagster.packing import SLACK, pack_by_size, whole_nodes as whole_nodes_of
 from dpe_dagster.pools.base import (REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN, REMOVED_IDLE, REMOVED_INTERRUPTED, RUNNING,
                                     Node)
 
@@ -54,6 +56,8 @@ class RunDemand:
     # empty one: it asks for a node of its own (the safety net for room the model overstates).
     stranded: bool = False
     wait_target_s: float | None = None  # how long this run may wait for room (None: its pool's)
+    # How long the run should take once started (s), from past runs of the same job; None: not known.
+    expected_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,19 +105,23 @@ class Plan:
 
 
 def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: float,
-              ending: tuple[float, float] | None = None) -> int:
+              ending: tuple[float, float] | None = None, new_node_at: float = math.inf) -> int:
     """How many nodes of this shape hold the demand, packed first-fit decreasing. Runs that name
     the node they hold stay there; the others are packed into the room left, then onto new nodes.
-    `ending` = (now, by): a placed run expected to end within [now, by] leaves its room to the
-    waiting runs (one of them each), since a node asked for now would not be ready sooner; not
+
+    `ending` = (now, by): the queueing allowance. A placed run expected to end within [now, by]
+    leaves its room to the waiting runs, since a node asked for now would not be ready sooner; not
     while a scheduled run is about to fire (an `upcoming` run): it must start on time, not bet on
-    estimated ends."""
+    estimated ends. Waiting runs whose duration is known (`expected_s`) drain through that room in
+    turn (`_drain`): a run that starts on freed room and ends before `by` frees it again, and a new
+    node, taking work at `new_node_at`, holds one after another until `by`. Without known
+    durations, each freed slot counts for one waiting run."""
     whole_nodes = 0
     # Runs without a node, by (cpus, memory): one look-up per run (hashing a size is most of the
     # cost of a run in this loop); counted, and the sizes that take whole nodes taken out, below.
     waiting: dict[tuple[float, float], list[RunDemand]] = defaultdict(list)
     placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
-    freeing = []  # (room, cpus, memory) of placed runs expected to end within `ending`
+    freeing = []  # (end, room, cpus, memory) of placed runs expected to end within `ending`
     lo, hi = ending if ending is not None else (math.inf, -math.inf)
     upcoming = False
     for run in demand:  # the hot loop of a replay: one pass, no more work per run than needed
@@ -132,20 +140,71 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
             room = placed[node_id] = [node_cpus, node_memory_gb]
         room[0] -= cpus
         room[1] -= memory
-        if run.expected_end is not None and lo <= run.expected_end <= hi:
-            freeing.append((room, cpus, memory))
+        end = run.expected_end
+        if end is not None and lo <= end <= hi:
+            freeing.append((end, room, cpus, memory))
     counts: dict[tuple[float, float], int] = {}  # waiting runs of each size that fits on one node
-    for size, runs in waiting.items():
+    for size, runs in list(waiting.items()):
         whole = whole_nodes_of(*size, node_cpus, node_memory_gb)
         if whole:
             whole_nodes += whole * len(runs)
+            del waiting[size]
         else:
             counts[size] = len(runs)
-    if not upcoming:
-        for room, cpus, memory in freeing:
-            room[0] += cpus
-            room[1] += memory
-    return whole_nodes + len(placed) + pack_by_size(counts, list(placed.values()), node_cpus, node_memory_gb)
+    rooms = list(placed.values())
+    if not upcoming and ending is not None:
+        if any(run.expected_s is not None for runs in waiting.values() for run in runs):
+            counts = _drain(waiting, rooms, freeing, lo, hi, new_node_at)
+        else:
+            for _, room, cpus, memory in freeing:
+                room[0] += cpus
+                room[1] += memory
+    return whole_nodes + len(placed) + pack_by_size(counts, rooms, node_cpus, node_memory_gb)
+
+
+def _drain(waiting: Mapping[tuple[float, float], list[RunDemand]], rooms: list[list[float]],
+           freeing: list[tuple[float, list[float], float, float]], now: float, by: float,
+           new_node_at: float) -> dict[tuple[float, float], int]:
+    """The waiting runs drained through the room that placed runs have and free within [now, by]
+    (`rooms` updated in place), as the cluster would start them: each room, when it frees, takes
+    the largest waiting runs that fit, the shortest of a size first; a run started at t that is
+    expected to end by `by` frees its room again at its end. Returns what is left to pack onto new
+    nodes, how many of each size, counted in the node slots they take: a new node's slot holds a
+    run of duration d from `new_node_at`, then another each d until `by` (one when d is unknown)."""
+    queues = {size: sorted((math.inf if run.expected_s is None else max(run.expected_s, 1.0) for run in runs),
+                           reverse=True) for size, runs in waiting.items()}  # the shortest last: popped first
+    sizes = sorted(queues, reverse=True)
+    events = [(end, i, room, cpus, memory) for i, (end, room, cpus, memory) in enumerate(freeing)]
+    heapq.heapify(events)
+    order = len(events)
+
+    def fill(room: list[float], at: float) -> None:
+        nonlocal order
+        for size in sizes:
+            queue = queues[size]
+            cpus, memory = size
+            while queue and room[0] + SLACK >= cpus and room[1] + SLACK >= memory:
+                duration = queue.pop()
+                room[0] -= cpus
+                room[1] -= memory
+                if at + duration <= by:
+                    heapq.heappush(events, (at + duration, order, room, cpus, memory))
+                    order += 1
+
+    for room in rooms:
+        fill(room, now)
+    while events and any(queues.values()):
+        at, _, room, cpus, memory = heapq.heappop(events)
+        room[0] += cpus
+        room[1] += memory
+        fill(room, at)
+    for _, _, room, cpus, memory in events:  # room freed within the window that no waiting run took
+        room[0] += cpus
+        room[1] += memory
+    span = by - new_node_at
+    return {size: math.ceil(sum(1.0 / (1 + math.floor(span / d)) if span >= 0 and d != math.inf else 1.0
+                                for d in queue) - 1e-9)
+            for size, queue in queues.items() if queue}
 
 
 def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
@@ -257,7 +316,8 @@ def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], 
     if state.target > len(state.nodes) or any(node.state != RUNNING for node in state.nodes):
         # A node is on its way: a pod that found no room may be waiting for that one.
         demand = [run for run in demand if not run.stranded]
-    needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, _allowance(state, demand, now))
+    needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, _allowance(state, demand, now),
+                       now + state.activity.boot_s if state.activity is not None else math.inf)
     wanted = min(max(needed, pool.min_size), pool.max_size)
     current = max(state.target, len(state.nodes))
     capped = f" (capped at max_size {pool.max_size})" if needed > pool.max_size else ""
@@ -364,15 +424,20 @@ def next_change(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand],
 
 def _allowance_change(pool: PoolConfig, demand: Sequence[RunDemand], window: tuple[float, float]) -> float | None:
     """The first time a running run's expected end enters or leaves the queueing allowance's
-    `window`. None while no run waits for room on one node, or while a scheduled run is about to
-    fire: `nodes_for` then has no use for the room they free."""
+    `window` (at once while waiting runs drain through room, see `nodes_for`). None while no run
+    waits for room on one node, or while a scheduled run is about to fire: `nodes_for` then has no
+    use for the room they free."""
     def one_node(run: RunDemand) -> bool:
         return not whole_nodes_of(run.cpus, run.memory_gb, pool.room_cpus, pool.room_memory_gb)
 
-    waiting = [run for run in demand if run.node_id is None]
-    if not any(one_node(run) for run in waiting) or any(run.upcoming for run in demand):
+    waiting = [run for run in demand if run.node_id is None and one_node(run)]
+    if not waiting or any(run.upcoming for run in demand):
         return None
     lo, hi = window
+    if any(run.expected_s is not None for run in waiting):
+        # Waiting runs drain through room in turn (`_drain`): when a drained run's end enters the
+        # window depends on the whole chain, so the plan may change at any moment.
+        return math.nextafter(lo, math.inf)
     first = math.inf
     for run in demand:
         end = run.expected_end

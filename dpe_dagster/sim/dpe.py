@@ -155,7 +155,7 @@ class DpeScaler:
 
     # -- the source of runs: what run storage and the provider say in production --------------
     def _waiting_demand(self, sim, job: int) -> RunDemand:
-        demand = RunDemand(run_id(job), sim.work.cpus[job], sim.work.memory_gb[job])
+        demand = RunDemand(run_id(job), sim.work.cpus[job], sim.work.memory_gb[job], expected_s=sim.work.expected[job])
         self._demand[job] = demand
         return demand
 

@@ -164,6 +164,9 @@ def timed_scenarios(draw):
         demand = demand + [RunDemand(f"p{i}", draw(st.sampled_from([0.5, 1, 2])), 0.5,
                                      node_id=draw(st.sampled_from(busy)), expected_end=now + draw(st.integers(-60, 300)))
                            for i in range(draw(st.integers(0, 4)))]
+    if draw(st.booleans()):  # waiting runs whose durations are known drain through room in turn
+        demand = [replace(run, expected_s=draw(st.sampled_from([5.0, 30.0, 200.0]))) if run.node_id is None else run
+                  for run in demand]
     not_ready_since = {n.id: now - draw(st.integers(0, 400)) for n in state.nodes
                        if n.state != "running" and draw(st.booleans())}
     # as the sensor sees them: every idle node with the time it was first seen idle
@@ -243,3 +246,39 @@ def test_a_run_waits_for_room_that_frees_within_its_wait_target_even_past_a_boot
     assert plan_pool(pool, state, [running, hurried], 1000).target == 2
     late = RunDemand("a", 6, 1, node_id="n1", expected_end=1700)  # beyond the target: a node is booted
     assert plan_pool(pool, state, [late, RunDemand("w", 6, 1)], 1000).target == 2
+
+
+def test_waiting_runs_of_known_duration_drain_through_room_in_turn_within_the_wait_target():
+    """Room that frees within the target takes one waiting run after another, as long as each
+    starts by the target; without known durations a freed slot counts for one run."""
+    running = RunDemand("a", 8, 1, node_id="n1", expected_end=1010)  # frees the whole node at 1010
+    queued = [RunDemand(f"w{i}", 8, 1, expected_s=20) for i in range(4)]  # at 1010, 1030, 1050, 1070
+    assert nodes_for([running, *queued[:3]], 8, 32, (1000, 1060)) == 1  # the third starts at 1050
+    assert nodes_for([running, *queued], 8, 32, (1000, 1060)) == 2  # the fourth would start at 1070
+    blind = [replace(run, expected_s=None) for run in queued[:3]]
+    assert nodes_for([running, *blind], 8, 32, (1000, 1060)) == 3
+    assert nodes_for([running, *queued[:3]], 8, 32) == 4  # no allowance: every waiting run gets room now
+    # The shortest runs of a size go first: more of them start within the target.
+    mixed = [RunDemand("long", 8, 1, expected_s=100), RunDemand("s1", 8, 1, expected_s=10),
+             RunDemand("s2", 8, 1, expected_s=10)]
+    assert nodes_for([running, *mixed], 8, 32, (1000, 1060)) == 1  # s1 at 1010, s2 at 1020, long at 1030
+
+
+def test_a_new_node_holds_one_waiting_run_after_another_when_the_target_outlasts_its_boot():
+    queued = [RunDemand(f"w{i}", 8, 1, expected_s=30) for i in range(6)]
+    # ready at 1120, the target ends at 1200: runs start at 1120, 1150 and 1180 on each new node
+    assert nodes_for(queued, 8, 32, (1000, 1200), new_node_at=1120) == 2
+    assert nodes_for(queued, 8, 32, (1000, 1010), new_node_at=1120) == 6  # a target shorter than a boot
+    pool = parse_pool("etl", {"provider": "local", "max_size": 10, "node_cpus": 8, "node_memory_gb": 32,
+                              "price_per_node_hour": 0.1, "wait_target_s": 200})
+    empty = PoolState(0, (), activity=PoolActivity(0.0, 120.0, wait_target_s=200))
+    assert plan_pool(pool, empty, queued, 1000).target == 2
+    assert plan_pool(pool, replace(empty, activity=PoolActivity(0.0, 120.0, wait_target_s=10)), queued, 1000).target == 6
+
+
+def test_next_change_is_the_next_moment_while_waiting_runs_drain():
+    pool = parse_pool("etl", {"provider": "local", "max_size": 4, "node_cpus": 8, "node_memory_gb": 32,
+                              "price_per_node_hour": 0.1})
+    state = PoolState(1, (Node("n1", "running", 0, True),), activity=PoolActivity(0.0, 120.0, wait_target_s=60.0))
+    demand = [RunDemand("a", 8, 1, node_id="n1", expected_end=1100), RunDemand("w", 8, 1, expected_s=20)]
+    assert next_change(pool, state, demand, 1000, lambda t: state.activity, lambda t: math.ceil(t / 15) * 15) == 1005
