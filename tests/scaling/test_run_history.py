@@ -97,6 +97,8 @@ def test_demand_gives_started_runs_their_start_plus_and_waiting_runs_now_plus_th
     assert demand[started].expected_end == T0 + 50_000 + 200
     assert demand[waiting].expected_end == now + 200
     assert demand[new_job].expected_end is None
+    # How long each takes, which the policy drains waiting runs by: the median of the job's successes.
+    assert (demand[started].expected_s, demand[waiting].expected_s, demand[new_job].expected_s) == (200, 200, None)
     # One history read per distinct job among the active runs, one for the start times.
     assert sorted(job for job in asked if job) == ["etl", "never-ran"] and len(asked) == 3
 
