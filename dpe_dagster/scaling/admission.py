@@ -1,4 +1,5 @@
-"""Which queued runs can start: those Dagster's run queue would hand to the launcher now.
+"""Which queued runs can start: those Dagster's run queue would hand to the launcher now; and how
+many runs not submitted yet (a backfill's runs to come) it would start next to them.
 
 A run the queue holds back (the instance's `max_concurrent_runs`, or a `tag_concurrency_limits`
 entry, e.g. a pool over its daily budget) would only idle the node bought for it, so it is not
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES, DagsterRun
 from dagster._core.storage.tags import PRIORITY_TAG
@@ -69,6 +70,21 @@ def dequeued_now(runs: Sequence[DagsterRun], limits: RunQueueLimits) -> list[Dag
         counter.update_counters_with_launched_item(run)
         out.append(run)
     return out
+
+
+def room_for_more(instance: DagsterInstance) -> int | None:
+    """How many runs not yet submitted the instance's run queue would start next to the runs it
+    holds: `max_concurrent_runs` minus the runs in progress and the queued runs it would dequeue now,
+    never negative; None when nothing limits it (no queue, or no `max_concurrent_runs`). The active
+    runs are read only when there is a limit. Tag limits are not applied to the runs to come (more
+    demand, never less)."""
+    limits = queue_limits(instance)
+    if limits is None or limits.max_concurrent_runs == NO_LIMIT:
+        return None
+    runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.QUEUED, *ACTIVE_RUN_STATUSES]))
+    in_progress = sum(run.status in ACTIVE_RUN_STATUSES for run in runs)
+    dequeued = len(dequeued_now(list(reversed(runs)), limits))  # oldest first, as the queue takes them
+    return max(0, limits.max_concurrent_runs - in_progress - dequeued)
 
 
 def startable(instance: DagsterInstance, runs: Sequence[DagsterRun]) -> list[DagsterRun]:

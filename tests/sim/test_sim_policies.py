@@ -283,3 +283,25 @@ def test_the_replays_sensor_wakes_when_the_policys_own_rule_says(monkeypatch):
     assert first_node_removed_at() == 540
     monkeypatch.setattr(policy, "idle_timeouts", lambda pool, state: [45.0] * len(state.nodes))
     assert first_node_removed_at() == 300  # 240 + 45, at the next tick
+
+
+def test_a_burst_of_short_runs_drains_through_fewer_nodes_when_its_target_outlasts_a_boot():
+    """Runs whose duration is known (past runs of the same job) take a new node's room one after
+    another until the wait target: a target of 200 s boots a third of the nodes a 10 s one does,
+    and every run still starts within it."""
+    trace = Trace("burst")
+    for k in range(3):  # history: the job takes 30 s
+        trace.add(1000.0 * k, 30, 8, key="task")
+    for i in range(12):
+        trace.add(5000 + i * 0.1, 30, 8, key="task")
+    work = build_workload(trace)
+    launched, waits = {}, {}
+    for target in (10, 200):
+        setup = Setup(node_cpus=8, boot=BootTime.fixed(120), sensor_interval_s=15,
+                      pool_extra={"wait_target_s": target})
+        row, sim = simulate_policy("dpe", work, setup)
+        launched[target] = row["nodes_launched"]
+        waits[target] = [s - a for s, a in zip(sim.start[3:], work.arrival[3:])]
+    assert launched[10] - launched[200] == 8  # 12 nodes for the burst, against 4
+    assert max(waits[10]) <= 121 and max(waits[200]) <= 200
+    assert sorted({round(w / 30) * 30 for w in waits[200]}) == [120, 150, 180]  # three runs per node, in turn
