@@ -46,9 +46,14 @@ def queue_limits(instance: DagsterInstance) -> RunQueueLimits | None:
 
 
 def priority(run: DagsterRun) -> int:
-    """The queue's priority of a run: its `dagster/priority` tag, 0 when missing or not a number."""
+    """The queue's priority of a run: its `dagster/priority` tag (`tags_priority`)."""
+    return tags_priority(run.tags)
+
+
+def tags_priority(tags: Mapping[str, str]) -> int:
+    """The queue's priority of a run with these tags: `dagster/priority`, 0 when missing or not a number."""
     try:
-        return int(run.tags.get(PRIORITY_TAG, "0"))
+        return int(tags.get(PRIORITY_TAG, "0"))
     except ValueError:
         return 0
 

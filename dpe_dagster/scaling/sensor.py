@@ -1,4 +1,8 @@
-"""The autoscaler sensor: every tick, plan and apply each pool of the environment."""
+"""The autoscaler sensor: every tick, plan and apply each pool of the environment.
+
+A pool is sized for its demand: the active runs the run queue would start (`read_demand`), the runs
+running schedules start within one boot (`upcoming_demand`) and the runs job backfills in progress
+will still submit, as far as the queue would start them (`backfill_demand`)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, se
 from dpe_dagster.config import Environment, PoolConfig
 from dpe_dagster.pools import NodePool, PoolError, look_ahead, open_pool
 from dpe_dagster.scaling.activity import PoolArrivals
+from dpe_dagster.scaling.backfills import backfill_demand
 from dpe_dagster.scaling.control import scale_pool
 from dpe_dagster.scaling.cursor import (AUTOSCALER_SENSOR, dump_cursor, load_arrivals, load_cursor, load_failures,
                                         load_ticks)
@@ -44,12 +49,22 @@ def build_autoscaler_sensor(env: Environment):
                                       within + SCHEDULER_GRACE_S).get(name, [])
         return out
 
+    def backfill_runs(context: SensorEvaluationContext) -> dict[str, list[RunDemand]]:
+        """The runs this code location's job backfills in progress will still submit, by pool."""
+        if context.repository_def is None:
+            return {}
+        backfills = backfill_demand(context.instance, context.repository_def, context.code_location_origin, env)
+        for backfill_id, problem in backfills.rejected.items():
+            context.log.warning(f"backfill {backfill_id}: its runs to come are not counted: {problem}")
+        return dict(backfills.by_pool)
+
     @sensor(
         name=AUTOSCALER_SENSOR,
         minimum_interval_seconds=env.sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
         description="dpe: sizes every node pool for the runs that are running or that the run queue would "
-        "start now, and for the runs running schedules start within one node boot "
+        "start now, for the runs running schedules start within one node boot, and for the runs job "
+        "backfills in progress will still submit, as far as the run queue would start them "
         f"(environment {env.name}); scales down nodes idle past their pool's idle timeout.",
     )
     def dpe_autoscaler(context: SensorEvaluationContext):
@@ -63,6 +78,7 @@ def build_autoscaler_sensor(env: Environment):
             context.log.warning(f"run {run_id} asks for nothing: {problem}")
         pricer = pricer_for(env)
         upcoming = upcoming_demand(context, now)
+        to_come = backfill_runs(context)
         failures = load_failures(context.cursor)
         ticks = load_ticks(context.cursor)
         reported = {name: f["error"] for name, f in failures.items()}
@@ -80,10 +96,10 @@ def build_autoscaler_sensor(env: Environment):
                 if name in demand.failed:
                     raise PoolError(demand.failed[name])
                 tick, memory[name] = scale_pool(
-                    context.instance, config, pools[name], demand.of(name) + upcoming.get(name, []),
-                    memory.get(name, {}), now, pricer,
+                    context.instance, config, pools[name],
+                    demand.of(name) + upcoming.get(name, []) + to_come.get(name, []), memory.get(name, {}), now, pricer,
                     fresh_demand=lambda name=name: (read_demand(context.instance, env, {name: pools[name]}, now).of(name)
-                                                    + upcoming.get(name, [])),
+                                                    + upcoming.get(name, []) + to_come.get(name, [])),
                     activity=activity,
                 )
             except PoolError as error:
