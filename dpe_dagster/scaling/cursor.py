@@ -80,9 +80,11 @@ def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dic
     """Fold this tick's view of the nodes into what was seen before. Every tick runs this for
     every node: a busy node's path, the commonest, comes first, and clears no field already clear."""
     seen = {}
+    recall = memory.get
     for node in nodes:
-        known = memory.get(node.id)
-        mem = known or NodeMemory(last_seen=None)
+        node_id = node.id
+        known = recall(node_id)
+        mem = NodeMemory(last_seen=None) if known is None else known
         last_seen = mem.last_seen
         if node.busy and node.busy_known:
             if mem.unknown_since is not None:
@@ -115,7 +117,7 @@ def observe(nodes: list[Node], memory: dict[str, NodeMemory], now: float) -> dic
             node.launched_at, node.lifecycle, node.instance_type, node.zone)
         if node.interrupted:
             mem.interrupted, mem.interrupted_at = node.interrupted, node.interrupted_at
-        seen[node.id] = mem
+        seen[node_id] = mem
     return seen
 
 

@@ -140,41 +140,42 @@ class DpeScaler:
 
         self.schedules = list(schedules)  # the runs schedules will start, known ahead (pre-warming)
         self.lookahead = lookahead_s
-        self._demand: list[RunDemand | None] = []
+        # The active runs as production's run storage and provider list them, kept in the order of
+        # the simulation's `pending` and `running` as they change (this scaler is their `RunWatch`).
+        self._pending: dict[int, RunDemand] = {}
+        self._running: dict[int, RunDemand] = {}
         self._dirty = True
         self._last_tick = -math.inf
 
     def start(self, sim: Simulation) -> None:
         self.provider = SimulatedPool(self.pool, sim)
         self.books = ReplayBooks(sim)
-        self._demand = [None] * len(sim.work)
-        self._placed: list[RunDemand | None] = [None] * len(sim.work)
+        self.work = sim.work
+        self.start_times = sim.start
+        sim.run_watch = self
         for scheduled in self.schedules:
             for fire in scheduled.fire_times:
                 sim.wake_at(max(0.0, math.floor((fire - self.lookahead) / self.interval) * self.interval))
 
     # -- the source of runs: what run storage and the provider say in production --------------
-    def _waiting_demand(self, sim, job: int) -> RunDemand:
-        demand = RunDemand(run_id(job), sim.work.cpus[job], sim.work.memory_gb[job], expected_s=sim.work.expected[job])
-        self._demand[job] = demand
-        return demand
+    def queued(self, job: int) -> None:
+        work = self.work
+        self._pending[job] = RunDemand(run_id(job), work.cpus[job], work.memory_gb[job], expected_s=work.expected[job])
 
-    def _placed_demand(self, sim, job: int, node_id: str) -> RunDemand:
-        work = sim.work
-        demand = RunDemand(run_id(job), work.cpus[job], work.memory_gb[job], node_id=node_id,
-                           expected_end=sim.start[job] + (work.expected[job] or 0.0))
-        self._placed[job] = demand
-        return demand
+    def started(self, job: int, nodes: list) -> None:
+        work = self.work
+        del self._pending[job]
+        self._running[job] = RunDemand(run_id(job), work.cpus[job], work.memory_gb[job], node_id=nodes[0].id,
+                                       expected_end=self.start_times[job] + (work.expected[job] or 0.0))
+
+    def ended(self, job: int) -> None:
+        del self._running[job]
 
     def demand(self, sim) -> list[RunDemand]:
         """Active runs, each running one on the node it holds (as `read_demand` says in
         production), plus runs that schedules will start within the look-ahead (pre-warming)."""
-        cache, placed = self._demand, self._placed
-        out = [cache[job] or self._waiting_demand(sim, job) for job in sim.pending]
-        out += [known if (known := placed[job]) is not None and known.node_id == nodes[0].id
-                else self._placed_demand(sim, job, nodes[0].id) for job, nodes in sim.running.items()]
-        out += self._upcoming(sim.now, self.lookahead + self.interval)
-        return out
+        return [*self._pending.values(), *self._running.values(),
+                *self._upcoming(sim.now, self.lookahead + self.interval)]
 
     def _upcoming(self, now: float, within: float) -> list[RunDemand]:
         """Runs that schedules will start in (now, now + within], as the production sensor adds them."""

@@ -86,6 +86,20 @@ class SimNode:
 NodeChoice = Callable[["Simulation", int, AbstractSet[SimNode]], "SimNode | None"]
 
 
+class RunWatch(Protocol):
+    """Told of every change to `Simulation.pending` and `Simulation.running`, in the order made, so
+    that a scaler can keep its own view of the active jobs in their order without a pass over them."""
+
+    def queued(self, job: int) -> None:
+        """The job entered `pending` (it arrived, or was evicted)."""
+
+    def started(self, job: int, nodes: list[SimNode]) -> None:
+        """The job left `pending` and entered `running`, on these nodes (`start[job]` is set)."""
+
+    def ended(self, job: int) -> None:
+        """The job left `running` (it completed, or was evicted)."""
+
+
 class Scaler(Protocol):
     """An autoscaler under replay: every policy of `sim.policies` builds one."""
 
@@ -151,6 +165,7 @@ class Simulation:
         # how many ready nodes that run jobs have each amount of free CPUs (empty ones are `idle_nodes`)
         self._busy_free: dict[float, int] = {}
         self._busy_free_max: float | None = None  # cached max of `_busy_free`'s keys; None: stale
+        self.run_watch: RunWatch | None = None  # set by a scaler that keeps its own view of the active jobs
         self.placement_attempts = 0  # pending jobs offered to the scaler's `choose` (a measure of work)
         self.scheduling_passes = 0
 
@@ -195,6 +210,8 @@ class Simulation:
             self._version[job] += 1
             for held in self.running.pop(job):
                 self._release(held, job)
+            if self.run_watch is not None:
+                self.run_watch.ended(job)
             self._enqueue(job)
             self._requeued = True
         return jobs
@@ -369,6 +386,8 @@ class Simulation:
 
     def _enqueue(self, job: int) -> None:
         self.pending[job] = None
+        if self.run_watch is not None:
+            self.run_watch.queued(job)
         self._pending_seq[job] = next(self._entered)
         group = WHOLE if self.whole[job] else self.work.cpus[job]
         jobs = self._pending_by_cpus.get(group)
@@ -460,6 +479,8 @@ class Simulation:
             self._count_free(node, 1)
             node.measure()
         self.running[job] = nodes
+        if self.run_watch is not None:
+            self.run_watch.started(job, nodes)
         self._push(now + work.duration[job], COMPLETE, (job, self._version[job]))
 
     def _release(self, node: SimNode, job: int) -> None:
@@ -483,6 +504,8 @@ class Simulation:
     def _complete(self, job: int) -> None:
         for node in self.running.pop(job):
             self._release(node, job)
+        if self.run_watch is not None:
+            self.run_watch.ended(job)
         self._demand_cpus -= self.work.cpus[job]
         self.done += 1
         if self.timeline is not None and self.done % 16 == 0:
