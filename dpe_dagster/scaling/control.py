@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import repeat
-from operator import attrgetter
 from typing import Callable
 
 from dagster import DagsterInstance
@@ -30,15 +29,12 @@ from dpe_dagster.usage.pricing import Price, pricer_for
 from dpe_dagster.usage.records import NodeLifetime
 
 
-_NODE_ID = attrgetter("id")
-
-
 def vanished(books: Books, config: PoolConfig, nodes: list[Node], memory: dict[str, NodeMemory]) -> list[NodeLifetime]:
     """Record the lifetime of every remembered node the provider no longer lists. The ledger writes
     each node once, so a node this or another controller already recorded is not doubled. It is
     charged up to the last tick that saw it (never more than it ran). If writing fails, the tick
     fails before the cursor is saved, and the next tick tries again."""
-    listed = set(map(_NODE_ID, nodes))
+    listed = {node.id for node in nodes}
     if listed.issuperset(memory):  # (most ticks: every node remembered is still listed)
         return []
     gone = {node_id: (Node(id=node_id, state="gone", launched_at=mem.launched_at, busy=False, lifecycle=mem.lifecycle,

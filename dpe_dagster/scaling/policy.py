@@ -34,41 +34,12 @@ import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from itertools import compress, repeat
-from operator import attrgetter, ge, is_, not_, sub
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
 from dpe_dagster.packing import SLACK, pack_by_size, whole_nodes as whole_nodes_of
 from dpe_dagster.pools.base import (REMOVED_BOOT_TIMEOUT, REMOVED_BUSY_UNKNOWN, REMOVED_IDLE, REMOVED_INTERRUPTED, RUNNING,
                                     Node)
-
-
-# The passes over every node and run that each plan makes read fields through these, so that a scan
-# runs at C speed (`map`, `list.count`, `compress`) and Python code runs only for the few nodes or
-# runs it selects: a plan's cost grows with those, not with the pool's size.
-_IDLE_KEY = attrgetter("busy", "state")  # (False, RUNNING): an idle node
-_ID = attrgetter("id")
-_BUSY = attrgetter("busy")
-_BUSY_KNOWN = attrgetter("busy_known")
-_LAUNCHED_AT = attrgetter("launched_at")
-_INTERRUPTED = attrgetter("interrupted")
-_STATE = attrgetter("state")
-_STRANDED = attrgetter("stranded")
-_WAIT_TARGET = attrgetter("wait_target_s")
-_KNOWN_STATE = attrgetter("busy_known", "state")  # (True, RUNNING): a node that cannot be stuck
-_NODE_ID = attrgetter("node_id")
-_UPCOMING = attrgetter("upcoming")
-
-
-def _idle_count(nodes: Sequence[Node]) -> int:
-    """How many nodes are idle: running, and not busy."""
-    return sum(compress(map(not_, map(_BUSY, nodes)), map(RUNNING.__eq__, map(_STATE, nodes))))
-
-
-def _waiting(demand: Sequence[RunDemand]) -> Iterator[RunDemand]:
-    """The runs without a node (waiting for room, or upcoming), in their order."""
-    return compress(demand, map(is_, map(_NODE_ID, demand), repeat(None)))
 
 
 @dataclass(frozen=True)
@@ -251,7 +222,7 @@ def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
     than twice the better choice made in hindsight), and longer the shorter W is, up to
     `idle_timeout_s` at W = 0: room is kept for the arrivals that would otherwise wait past the
     target. W is floored at 1 s where it divides."""
-    idle_nodes = _idle_count(state.nodes)
+    idle_nodes = sum(1 for node in state.nodes if not node.busy and node.state == "running")
     activity = state.activity
     if pool.idle_timeout_mode != "auto" or activity is None:
         return [pool.idle_timeout_s] * idle_nodes
@@ -292,11 +263,12 @@ def idle_limits(pool: PoolConfig, state: PoolState, now: float,
     and the idle timeout in force for it: (node id, idle seconds, timeout). Most recently idle
     first: it gets the longest timeout (`idle_timeouts`; `timeouts`: what it gave for this state,
     when the caller has it already), the longest idle the shortest."""
-    ids = list(map(_ID, compress(state.nodes, map((False, RUNNING).__eq__, map(_IDLE_KEY, state.nodes)))))
-    ranked = sorted(zip(map(sub, repeat(now), map(state.idle_since.get, ids, repeat(now))), ids))  # (idle s, id)
+    idle_for = {node.id: now - state.idle_since.get(node.id, now)
+                for node in state.nodes if not node.busy and node.state == RUNNING}
+    ranked = sorted(idle_for, key=lambda node_id: (idle_for[node_id], node_id))
     if timeouts is None:
         timeouts = idle_timeouts(pool, state)
-    return [(node_id, idle, limit) for (idle, node_id), limit in zip(ranked, timeouts)]
+    return [(node_id, idle_for[node_id], limit) for node_id, limit in zip(ranked, timeouts)]
 
 
 def _allowance(state: PoolState, demand: Sequence[RunDemand], now: float) -> tuple[float, float] | None:
@@ -306,12 +278,8 @@ def _allowance(state: PoolState, demand: Sequence[RunDemand], now: float) -> tup
     activity = state.activity
     if activity is None:
         return None
-    waiting = list(_waiting(demand))
-    targets = set(map(_WAIT_TARGET, compress(waiting, map(not_, map(_STRANDED, waiting)))))  # None: the pool's
-    if None in targets:
-        targets.discard(None)
-        targets.add(activity.wait_target_s)
-    target = min(targets, default=activity.wait_target_s)
+    target = min((activity.wait_target_s if run.wait_target_s is None else run.wait_target_s
+                  for run in demand if run.node_id is None and not run.stranded), default=activity.wait_target_s)
     return (now, now + target) if target > 0 else None
 
 
@@ -319,16 +287,6 @@ def stuck_nodes(pool: PoolConfig, state: PoolState, now: float) -> dict[str, str
     """Node id -> why it goes whatever the demand: a node that is not known busy and has not been
     ready for the boot timeout, or whose busy status has been unknown for the idle timeout plus
     the grace. Unknown counts as busy for a while, not forever."""
-    nodes = state.nodes
-    maybe = list(compress(nodes, map((True, RUNNING).__ne__, map(_KNOWN_STATE, nodes))))  # see `_stuck_clocks`
-    if not maybe:
-        return {}
-    if all(map(_BUSY_KNOWN, maybe)) and not any(map(_BUSY, maybe)) and not any(map(_INTERRUPTED, maybe)):
-        # All are nodes on their way (most plans while the pool grows): none is stuck before the one
-        # not ready for longest has been so for the boot timeout.
-        since = map(state.not_ready_since.get, map(_ID, maybe), map(_LAUNCHED_AT, maybe))
-        if not any(map(ge, map(sub, repeat(now), since), repeat(pool.boot_timeout_s))):
-            return {}
     return {node_id: why for node_id, why, since, limit in _stuck_clocks(pool, state)
             if now - (now if since is None else since) >= limit}
 
@@ -336,10 +294,7 @@ def stuck_nodes(pool: PoolConfig, state: PoolState, now: float) -> dict[str, str
 def _stuck_clocks(pool: PoolConfig, state: PoolState) -> Iterator[tuple[str, str, float | None, float]]:
     """(node id, why, since when, for how long) of each node that goes whatever the demand once it
     has been so for that long; since None: since the time of the plan (the state does not say)."""
-    # Only a node whose busy status is unknown or that is not running can be stuck: the others are
-    # left out at C speed.
-    nodes = state.nodes
-    for node in compress(nodes, map((True, RUNNING).__ne__, map(_KNOWN_STATE, nodes))):
+    for node in state.nodes:
         if node.interrupted:  # cordoned by dpe for the cloud's warning: see `_around_interrupted`
             continue
         if not node.busy_known:  # whether it is ready is then no better known than whether it is busy
@@ -373,9 +328,9 @@ def _without(state: PoolState, demand: Sequence[RunDemand], gone: set[str]) -> t
 
 
 def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
-    if any(map(_INTERRUPTED, state.nodes)):
+    if any(node.interrupted for node in state.nodes):
         return _around_interrupted(pool, state, demand, now)
-    if state.target > len(state.nodes) or any(map(RUNNING.__ne__, map(_STATE, state.nodes))):
+    if state.target > len(state.nodes) or any(node.state != RUNNING for node in state.nodes):
         # A node is on its way: a pod that found no room may be waiting for that one.
         demand = [run for run in demand if not run.stranded]
     needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, _allowance(state, demand, now),
@@ -494,8 +449,8 @@ def _allowance_change(pool: PoolConfig, demand: Sequence[RunDemand], window: tup
     def one_node(run: RunDemand) -> bool:
         return not whole_nodes_of(run.cpus, run.memory_gb, pool.room_cpus, pool.room_memory_gb)
 
-    waiting = [run for run in _waiting(demand) if one_node(run)]
-    if not waiting or any(map(_UPCOMING, demand)):
+    waiting = [run for run in demand if run.node_id is None and one_node(run)]
+    if not waiting or any(run.upcoming for run in demand):
         return None
     lo, hi = window
     if any(run.expected_s is not None for run in waiting):
