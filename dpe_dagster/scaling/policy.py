@@ -121,6 +121,7 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     # cost of a run in this loop); counted, and the sizes that take whole nodes taken out, below.
     waiting: dict[tuple[float, float], list[RunDemand]] = defaultdict(list)
     placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
+    whole_sizes: dict[tuple[float, float], int] = {}  # whole nodes a placed run of each size larger than a node takes
     freeing = []  # (end, room, cpus, memory) of placed runs expected to end within `ending`
     lo, hi = ending if ending is not None else (math.inf, -math.inf)
     upcoming = False
@@ -133,7 +134,10 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
             continue
         cpus, memory = run.cpus, run.memory_gb
         if not (cpus <= node_cpus and memory <= node_memory_gb):  # (`whole_nodes_of`'s test, without a call)
-            whole_nodes += whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
+            whole = whole_sizes.get((cpus, memory))  # a look-up is cheaper than the count
+            if whole is None:
+                whole = whole_sizes[cpus, memory] = whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
+            whole_nodes += whole
             continue
         room = placed.get(node_id)
         if room is None:
@@ -328,9 +332,13 @@ def _without(state: PoolState, demand: Sequence[RunDemand], gone: set[str]) -> t
 
 
 def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
-    if any(node.interrupted for node in state.nodes):
-        return _around_interrupted(pool, state, demand, now)
-    if state.target > len(state.nodes) or any(node.state != RUNNING for node in state.nodes):
+    on_its_way = state.target > len(state.nodes)
+    for node in state.nodes:  # one pass over the nodes for both questions
+        if node.interrupted:
+            return _around_interrupted(pool, state, demand, now)
+        if node.state != RUNNING:
+            on_its_way = True
+    if on_its_way:
         # A node is on its way: a pod that found no room may be waiting for that one.
         demand = [run for run in demand if not run.stranded]
     needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, _allowance(state, demand, now),
