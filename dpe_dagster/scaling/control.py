@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import cache
-from itertools import repeat
 from typing import Callable
 
 from dagster import DagsterInstance
@@ -195,7 +194,7 @@ def scale_pool(
 def _replaces(plan: Plan) -> bool:
     """Whether the plan removes nodes that go whatever the demand (stuck, interrupted): those are
     replaced if still wanted, where an idle node's removal only shrinks the pool."""
-    return not {REMOVED_IDLE}.issuperset(map(plan.removed_because.get, plan.remove, repeat(REMOVED_IDLE)))
+    return any(plan.removed_because.get(node_id, REMOVED_IDLE) != REMOVED_IDLE for node_id in plan.remove)
 
 
 def _remove(books: Books, config: PoolConfig, pool: NodePool, plan: Plan,
