@@ -175,20 +175,32 @@ def _drain(waiting: Mapping[tuple[float, float], list[RunDemand]], rooms: list[l
     expected to end by `by` frees its room again at its end. Returns what is left to pack onto new
     nodes, how many of each size, counted in the node slots they take: a new node's slot holds a
     run of duration d from `new_node_at`, then another each d until `by` (one when d is unknown)."""
-    queues = {size: sorted((math.inf if run.expected_s is None else max(run.expected_s, 1.0) for run in runs),
-                           reverse=True) for size, runs in waiting.items()}  # the shortest last: popped first
+    # Each size's durations, the shortest last (popped first). Only a run short enough to end within
+    # the window, or to share a new node's slot, makes the order matter: otherwise none is sorted.
+    reach = max(by - now, by - new_node_at)
+    queues = {}
+    for size, runs in waiting.items():
+        durations = [math.inf if (d := run.expected_s) is None else (d if d > 1.0 else 1.0) for run in runs]
+        if min(durations) <= reach:
+            durations.sort(reverse=True)
+        queues[size] = durations
     sizes = sorted(queues, reverse=True)
+    least_cpus, least_memory = min(cpus for cpus, _ in sizes), min(memory for _, memory in sizes)
+    left = sum(map(len, queues.values()))  # waiting runs not drained yet
     events = [(end, i, room, cpus, memory) for i, (end, room, cpus, memory) in enumerate(freeing)]
     heapq.heapify(events)
     order = len(events)
 
     def fill(room: list[float], at: float) -> None:
-        nonlocal order
+        nonlocal order, left
+        if room[0] + SLACK < least_cpus or room[1] + SLACK < least_memory:
+            return  # no waiting run fits (most rooms, most of the time)
         for size in sizes:
             queue = queues[size]
             cpus, memory = size
             while queue and room[0] + SLACK >= cpus and room[1] + SLACK >= memory:
                 duration = queue.pop()
+                left -= 1
                 room[0] -= cpus
                 room[1] -= memory
                 if at + duration <= by:
@@ -197,7 +209,7 @@ def _drain(waiting: Mapping[tuple[float, float], list[RunDemand]], rooms: list[l
 
     for room in rooms:
         fill(room, now)
-    while events and any(queues.values()):
+    while events and left:
         at, _, room, cpus, memory = heapq.heappop(events)
         room[0] += cpus
         room[1] += memory
@@ -461,9 +473,10 @@ def _allowance_change(pool: PoolConfig, demand: Sequence[RunDemand], window: tup
     if not waiting or any(run.upcoming for run in demand):
         return None
     lo, hi = window
-    if any(run.expected_s is not None for run in waiting):
-        # Waiting runs drain through room in turn (`_drain`): when a drained run's end enters the
-        # window depends on the whole chain, so the plan may change at any moment.
+    if any(run.expected_s is not None and max(run.expected_s, 1.0) <= hi - lo for run in waiting):
+        # A waiting run can start and end within the window, freeing its room again (`_drain`): when
+        # such a run's end enters the window depends on the whole chain, so the plan may change at
+        # any moment. (Runs longer than the window take freed room once, as the rule below sees.)
         return math.nextafter(lo, math.inf)
     first = math.inf
     for run in demand:

@@ -282,3 +282,6 @@ def test_next_change_is_the_next_moment_while_waiting_runs_drain():
     state = PoolState(1, (Node("n1", "running", 0, True),), activity=PoolActivity(0.0, 120.0, wait_target_s=60.0))
     demand = [RunDemand("a", 8, 1, node_id="n1", expected_end=1100), RunDemand("w", 8, 1, expected_s=20)]
     assert next_change(pool, state, demand, 1000, lambda t: state.activity, lambda t: math.ceil(t / 15) * 15) == 1005
+    # A run longer than the window takes freed room once: the plan changes only when an end enters it.
+    long = [demand[0], RunDemand("w", 8, 1, expected_s=90)]
+    assert next_change(pool, state, long, 1000, lambda t: state.activity) == 1040
