@@ -63,7 +63,9 @@ class _Running:
     name: str
     container: str
     process: subprocess.Popen | None
-    lines: list[tuple[float, str]] = field(default_factory=list)
+    # (when, in ns since the epoch, line): strictly increasing per container, as a container
+    # runtime stamps its log (RFC 3339 with nanoseconds), so no two lines share a timestamp
+    lines: list[tuple[int, str]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     deleting_since: float | None = None
 
@@ -149,9 +151,10 @@ class ProcessKubelet(Background):
                         lines = running.lines[sent:]
                         sent += len(lines)
                         for at, line in lines:
-                            if at >= since:
-                                text = (f"{datetime.datetime.fromtimestamp(at, datetime.timezone.utc):%Y-%m-%dT%H:%M:%S.%f}Z "
-                                        if timestamps else "") + line + "\n"
+                            if at / 1e9 >= since:
+                                seconds, nanos = divmod(at, 10**9)
+                                stamp = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+                                text = (f"{stamp:%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z " if timestamps else "") + line + "\n"
                                 data = text.encode()
                                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                         if not follow or (running.done.is_set() and sent >= len(running.lines)):
@@ -291,7 +294,7 @@ class ProcessKubelet(Background):
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                                start_new_session=True)
         except OSError as error:
-            running.lines.append((time.time(), str(error)))
+            running.lines.append((time.time_ns(), str(error)))
             running.done.set()
             self._status(pod, "Failed", {"terminated": {"exitCode": 128, "reason": "StartError",
                                                          "message": str(error)}}, False)
@@ -301,7 +304,10 @@ class ProcessKubelet(Background):
         def read():
             assert running.process is not None and running.process.stdout is not None
             for line in running.process.stdout:
-                running.lines.append((time.time(), line.rstrip("\n")))
+                stamp = time.time_ns()
+                if running.lines and stamp <= running.lines[-1][0]:
+                    stamp = running.lines[-1][0] + 1  # two lines read within the clock's resolution
+                running.lines.append((stamp, line.rstrip("\n")))
             running.process.wait()
             running.done.set()
 
