@@ -79,8 +79,8 @@ def read_demand(instance: DagsterInstance, env: Environment, pools: Mapping[str,
     the simulator's dpe knows: which node each run holds (`RunDemand.node_id`, from the pool's
     `run_nodes`, asked only of pools with active runs) and when it should end
     (`RunDemand.expected_end`, and how long it takes, `expected_s`, from past runs of its job:
-    scaling/history.py, one indexed query per distinct job, and one by run id for start times). Without, runs carry neither (the policy
-    packs them from scratch).
+    scaling/history.py, one indexed query per distinct job, and one by run id for start times).
+    Without, runs carry none of these (the policy packs them from scratch).
 
     Only the status filter goes to run storage: it is indexed, so a read costs what the active
     runs cost, not the history. The pool tag is matched here, not in SQL: a tag filter makes the

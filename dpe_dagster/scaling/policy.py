@@ -166,6 +166,11 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     return whole_nodes + len(placed) + pack_by_size(counts, rooms, node_cpus, node_memory_gb)
 
 
+def _duration(run: RunDemand) -> float:
+    """A waiting run's expected duration as the drain counts it: at least 1 s; unknown: forever."""
+    return math.inf if run.expected_s is None else max(run.expected_s, 1.0)
+
+
 def _drain(waiting: Mapping[tuple[float, float], list[RunDemand]], rooms: list[list[float]],
            freeing: list[tuple[float, list[float], float, float]], now: float, by: float,
            new_node_at: float) -> dict[tuple[float, float], int]:
@@ -176,12 +181,12 @@ def _drain(waiting: Mapping[tuple[float, float], list[RunDemand]], rooms: list[l
     nodes, how many of each size, counted in the node slots they take: a new node's slot holds a
     run of duration d from `new_node_at`, then another each d until `by` (one when d is unknown)."""
     # Each size's durations, the shortest last (popped first). Only a run short enough to end within
-    # the window, or to share a new node's slot, makes the order matter: otherwise none is sorted.
-    reach = max(by - now, by - new_node_at)
+    # the window makes the order matter (a new node's slot, from `new_node_at` >= now, is shorter
+    # still): otherwise none is sorted.
     queues = {}
     for size, runs in waiting.items():
-        durations = [math.inf if (d := run.expected_s) is None else (d if d > 1.0 else 1.0) for run in runs]
-        if min(durations) <= reach:
+        durations = [_duration(run) for run in runs]
+        if min(durations) <= by - now:
             durations.sort(reverse=True)
         queues[size] = durations
     sizes = sorted(queues, reverse=True)
@@ -268,9 +273,10 @@ def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
     return [keep] * kept + [0.0] * (idle_nodes - kept)
 
 
-def idle_timeout(pool: PoolConfig, state: PoolState) -> float:
-    """The longest idle timeout in force (the pool's when fixed)."""
-    return max(idle_timeouts(pool, state), default=pool.idle_timeout_s)
+def idle_timeout(pool: PoolConfig, state: PoolState, timeouts: list[float] | None = None) -> float:
+    """The longest idle timeout in force (the pool's when fixed); `timeouts`: what `idle_timeouts`
+    gave for this state, when the caller has it already."""
+    return max(idle_timeouts(pool, state) if timeouts is None else timeouts, default=pool.idle_timeout_s)
 
 
 def idle_limits(pool: PoolConfig, state: PoolState, now: float,
@@ -359,7 +365,7 @@ def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], 
     current = max(state.target, len(state.nodes))
     capped = f" (capped at max_size {pool.max_size})" if needed > pool.max_size else ""
     timeouts = idle_timeouts(pool, state)
-    timeout = max(timeouts, default=pool.idle_timeout_s)  # `idle_timeout`, from the timeouts at hand
+    timeout = idle_timeout(pool, state, timeouts)
 
     if wanted > current and state.scale_up_blocked:
         return Plan(state.target, (), wanted, f"held at {current} (want {wanted}): {state.scale_up_blocked}", timeout)
@@ -473,7 +479,7 @@ def _allowance_change(pool: PoolConfig, demand: Sequence[RunDemand], window: tup
     if not waiting or any(run.upcoming for run in demand):
         return None
     lo, hi = window
-    if any(run.expected_s is not None and max(run.expected_s, 1.0) <= hi - lo for run in waiting):
+    if any(_duration(run) <= hi - lo for run in waiting):
         # A waiting run can start and end within the window, freeing its room again (`_drain`): when
         # such a run's end enters the window depends on the whole chain, so the plan may change at
         # any moment. (Runs longer than the window take freed room once, as the rule below sees.)
