@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Callable
+from typing import Callable, Mapping
 
 from dagster import DagsterInstance
 
@@ -28,13 +28,14 @@ from dpe_dagster.usage.pricing import Price, pricer_for
 from dpe_dagster.usage.records import NodeLifetime
 
 
-def vanished(books: Books, config: PoolConfig, nodes: list[Node], memory: dict[str, NodeMemory]) -> list[NodeLifetime]:
-    """Record the lifetime of every remembered node the provider no longer lists. The ledger writes
-    each node once, so a node this or another controller already recorded is not doubled. It is
-    charged up to the last tick that saw it (never more than it ran). If writing fails, the tick
-    fails before the cursor is saved, and the next tick tries again."""
-    listed = {node.id for node in nodes}
-    if listed.issuperset(memory):  # (most ticks: every node remembered is still listed)
+def vanished(books: Books, config: PoolConfig, nodes: list[Node], memory: dict[str, NodeMemory],
+             listed: Mapping[str, NodeMemory]) -> list[NodeLifetime]:
+    """Record the lifetime of every remembered node the provider no longer lists (`listed`: this
+    tick's memory of the nodes it lists, from `observe`). The ledger writes each node once, so a
+    node this or another controller already recorded is not doubled. It is charged up to the last
+    tick that saw it (never more than it ran). If writing fails, the tick fails before the cursor
+    is saved, and the next tick tries again."""
+    if memory.keys() <= listed.keys():  # (most ticks: every node remembered is still listed)
         return []
     gone = {node_id: (Node(id=node_id, state="gone", launched_at=mem.launched_at, busy=False, lifecycle=mem.lifecycle,
                            instance_type=mem.instance_type, zone=mem.zone), max(mem.last_seen, mem.launched_at))
@@ -137,8 +138,8 @@ def control_step(
     def look(demand: list[RunDemand]) -> tuple[PoolState, Plan, list[Node]]:
         nodes = pool.nodes()
         if sensing:
-            lost.extend(vanished(books, config, nodes, memory))
-            seen = observe(nodes, memory, now)
+            seen = observe(nodes, memory, now)  # (a node no longer listed keeps what was seen of it)
+            lost.extend(vanished(books, config, nodes, memory, seen))
             memory.clear()
             memory.update(seen)
         state = pool_state(pool.target(), nodes, memory, books.scale_up_blocked(config, nodes, now), activity)

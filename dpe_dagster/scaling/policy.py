@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
@@ -51,13 +52,19 @@ class RunDemand:
     memory_gb: float
     node_id: str | None = None  # the node the run already holds; None: waiting, or not known
     expected_end: float | None = None  # when the run should end (unix s), from past runs of the same job
-    upcoming: bool = False  # not a run yet: one that a schedule will start soon (pre-warming)
+    upcoming: bool = False  # not a run yet: one that a schedule will start soon (pre-warming); no node
     # A pod the cluster's scheduler could not place on any of the pool's nodes, though it fits an
-    # empty one: it asks for a node of its own (the safety net for room the model overstates).
+    # empty one: it asks for a node of its own (the safety net for room the model overstates); no node.
     stranded: bool = False
     wait_target_s: float | None = None  # how long this run may wait for room (None: its pool's)
     # How long the run should take once started (s), from past runs of the same job; None: not known.
     expected_s: float | None = None
+
+    @cached_property
+    def holds_room_s(self) -> float:
+        """How long the run holds its room once started, as the queueing allowance counts it
+        (`nodes_for`): `expected_s`, at least 1 s; not known: forever."""
+        return math.inf if self.expected_s is None else max(self.expected_s, 1.0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,37 @@ class PoolState:
     unknown_since: Mapping[str, float] = field(default_factory=dict)
     # Since when each node that is not running has not been; missing: since its launch.
     not_ready_since: Mapping[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def kinds(self) -> NodeKinds:
+        """The nodes each rule reads, sorted out in one pass over the nodes, once per state."""
+        idle, unsure, interrupted = [], [], []
+        all_running = True
+        for node in self.nodes:
+            if node.busy and node.busy_known and not node.interrupted and node.state == RUNNING:
+                continue  # busy and ready: the commonest node, and one that none of these lists holds
+            running = node.state == RUNNING
+            if not running:
+                all_running = False
+            busy = node.busy
+            if not busy and running:
+                idle.append(node)
+            if node.interrupted:
+                interrupted.append(node)
+            elif not (busy or running) or not node.busy_known:
+                unsure.append(node)
+        return NodeKinds(tuple(idle), tuple(unsure), tuple(interrupted), all_running)
+
+
+@dataclass(frozen=True)
+class NodeKinds:
+    """A pool state's nodes as the rules read them, each in the state's order."""
+
+    idle: tuple[Node, ...]  # running and not busy: what the idle timeouts rank
+    # Not cordoned, and not known busy or neither busy nor ready: what may get stuck (`_stuck_clocks`)
+    unsure: tuple[Node, ...]
+    interrupted: tuple[Node, ...]  # cordoned for the cloud's warning (`_around_interrupted`)
+    all_running: bool  # every node listed is ready
 
 
 @dataclass(frozen=True)
@@ -120,33 +158,23 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     # Runs without a node, by (cpus, memory): one look-up per run (hashing a size is most of the
     # cost of a run in this loop); counted, and the sizes that take whole nodes taken out, below.
     waiting: dict[tuple[float, float], list[RunDemand]] = defaultdict(list)
-    placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
+    sharing: list[RunDemand] = []  # placed runs that fit on one node (they may share it)
     whole_sizes: dict[tuple[float, float], int] = {}  # whole nodes a placed run of each size larger than a node takes
-    freeing = []  # (end, room, cpus, memory) of placed runs expected to end within `ending`
-    lo, hi = ending if ending is not None else (math.inf, -math.inf)
     upcoming = False
     for run in demand:  # the hot loop of a replay: one pass, no more work per run than needed
-        if run.upcoming:
-            upcoming = True
-        node_id = run.node_id
-        if node_id is None:
+        if run.node_id is None:
             waiting[run.cpus, run.memory_gb].append(run)
+            if run.upcoming:
+                upcoming = True
             continue
         cpus, memory = run.cpus, run.memory_gb
-        if not (cpus <= node_cpus and memory <= node_memory_gb):  # (`whole_nodes_of`'s test, without a call)
-            whole = whole_sizes.get((cpus, memory))  # a look-up is cheaper than the count
-            if whole is None:
-                whole = whole_sizes[cpus, memory] = whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
-            whole_nodes += whole
+        if cpus <= node_cpus and memory <= node_memory_gb:  # (`whole_nodes_of`'s test, without a call)
+            sharing.append(run)
             continue
-        room = placed.get(node_id)
-        if room is None:
-            room = placed[node_id] = [node_cpus, node_memory_gb]
-        room[0] -= cpus
-        room[1] -= memory
-        end = run.expected_end
-        if end is not None and lo <= end <= hi:
-            freeing.append((end, room, cpus, memory))
+        whole = whole_sizes.get((cpus, memory))  # a look-up is cheaper than the count
+        if whole is None:
+            whole = whole_sizes[cpus, memory] = whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
+        whole_nodes += whole
     counts: dict[tuple[float, float], int] = {}  # waiting runs of each size that fits on one node
     for size, runs in list(waiting.items()):
         whole = whole_nodes_of(*size, node_cpus, node_memory_gb)
@@ -155,6 +183,21 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
             del waiting[size]
         else:
             counts[size] = len(runs)
+    if not counts:  # no run waits for room on one node (most passes): the runs keep the nodes they hold
+        return whole_nodes + len({run.node_id for run in sharing})
+    placed: dict[str, list[float]] = {}  # [cpus, memory] left on each node that runs hold
+    freeing = []  # (end, room, cpus, memory) of placed runs expected to end within `ending`
+    lo, hi = ending if ending is not None else (math.inf, -math.inf)
+    for run in sharing:
+        node_id, cpus, memory = run.node_id, run.cpus, run.memory_gb
+        room = placed.get(node_id)
+        if room is None:
+            room = placed[node_id] = [node_cpus, node_memory_gb]
+        room[0] -= cpus
+        room[1] -= memory
+        end = run.expected_end
+        if end is not None and lo <= end <= hi:
+            freeing.append((end, room, cpus, memory))
     rooms = list(placed.values())
     if not upcoming and ending is not None:
         if any(run.expected_s is not None for runs in waiting.values() for run in runs):
@@ -164,11 +207,6 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
                 room[0] += cpus
                 room[1] += memory
     return whole_nodes + len(placed) + pack_by_size(counts, rooms, node_cpus, node_memory_gb)
-
-
-def _duration(run: RunDemand) -> float:
-    """A waiting run's expected duration as the drain counts it: at least 1 s; unknown: forever."""
-    return math.inf if run.expected_s is None else max(run.expected_s, 1.0)
 
 
 def _drain(waiting: Mapping[tuple[float, float], list[RunDemand]], rooms: list[list[float]],
@@ -185,7 +223,7 @@ def _drain(waiting: Mapping[tuple[float, float], list[RunDemand]], rooms: list[l
     # still): otherwise none is sorted.
     queues = {}
     for size, runs in waiting.items():
-        durations = [_duration(run) for run in runs]
+        durations = [run.holds_room_s for run in runs]
         if min(durations) <= by - now:
             durations.sort(reverse=True)
         queues[size] = durations
@@ -223,9 +261,12 @@ def _drain(waiting: Mapping[tuple[float, float], list[RunDemand]], rooms: list[l
         room[0] += cpus
         room[1] += memory
     span = by - new_node_at
-    return {size: math.ceil(sum(1.0 / (1 + math.floor(span / d)) if span >= 0 and d != math.inf else 1.0
-                                for d in queue) - 1e-9)
-            for size, queue in queues.items() if queue}
+
+    def slots(queue: list[float]) -> float:  # (runs of a size share a few durations: each counted once)
+        return sum(n / (1 + math.floor(span / d)) if span >= 0 and d != math.inf else n
+                   for d, n in Counter(queue).items())
+
+    return {size: math.ceil(slots(queue) - 1e-9) for size, queue in queues.items() if queue}
 
 
 def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
@@ -243,8 +284,11 @@ def idle_timeouts(pool: PoolConfig, state: PoolState) -> list[float]:
     than twice the better choice made in hindsight), and longer the shorter W is, up to
     `idle_timeout_s` at W = 0: room is kept for the arrivals that would otherwise wait past the
     target. W is floored at 1 s where it divides."""
-    idle_nodes = sum(1 for node in state.nodes if not node.busy and node.state == "running")
-    activity = state.activity
+    return _timeouts(pool, state.activity, len(state.kinds.idle))
+
+
+def _timeouts(pool: PoolConfig, activity: PoolActivity | None, idle_nodes: int) -> list[float]:
+    """`idle_timeouts` for this many idle nodes and this activity."""
     if pool.idle_timeout_mode != "auto" or activity is None:
         return [pool.idle_timeout_s] * idle_nodes
     cap = pool.idle_timeout_s
@@ -285,8 +329,8 @@ def idle_limits(pool: PoolConfig, state: PoolState, now: float,
     and the idle timeout in force for it: (node id, idle seconds, timeout). Most recently idle
     first: it gets the longest timeout (`idle_timeouts`; `timeouts`: what it gave for this state,
     when the caller has it already), the longest idle the shortest."""
-    idle_for = {node.id: now - state.idle_since.get(node.id, now)
-                for node in state.nodes if not node.busy and node.state == RUNNING}
+    since = state.idle_since.get
+    idle_for = {node.id: now - since(node.id, now) for node in state.kinds.idle}
     ranked = sorted(idle_for, key=lambda node_id: (idle_for[node_id], node_id))
     if timeouts is None:
         timeouts = idle_timeouts(pool, state)
@@ -300,8 +344,8 @@ def _allowance(state: PoolState, demand: Sequence[RunDemand], now: float) -> tup
     activity = state.activity
     if activity is None:
         return None
-    target = min((activity.wait_target_s if run.wait_target_s is None else run.wait_target_s
-                  for run in demand if run.node_id is None and not run.stranded), default=activity.wait_target_s)
+    targets = {run.wait_target_s for run in demand if run.node_id is None and not run.stranded}
+    target = min((activity.wait_target_s if t is None else t for t in targets), default=activity.wait_target_s)
     return (now, now + target) if target > 0 else None
 
 
@@ -316,13 +360,11 @@ def stuck_nodes(pool: PoolConfig, state: PoolState, now: float) -> dict[str, str
 def _stuck_clocks(pool: PoolConfig, state: PoolState) -> Iterator[tuple[str, str, float | None, float]]:
     """(node id, why, since when, for how long) of each node that goes whatever the demand once it
     has been so for that long; since None: since the time of the plan (the state does not say)."""
-    for node in state.nodes:
-        if node.interrupted:  # cordoned by dpe for the cloud's warning: see `_around_interrupted`
-            continue
+    for node in state.kinds.unsure:  # (none cordoned for the cloud's warning: see `_around_interrupted`)
         if not node.busy_known:  # whether it is ready is then no better known than whether it is busy
             yield (node.id, REMOVED_BUSY_UNKNOWN, state.unknown_since.get(node.id),
                    pool.idle_timeout_s + pool.unknown_busy_grace_s)
-        elif not node.busy and node.state != RUNNING:
+        else:  # neither busy nor ready
             yield (node.id, REMOVED_BOOT_TIMEOUT, state.not_ready_since.get(node.id, node.launched_at),
                    pool.boot_timeout_s)
 
@@ -350,16 +392,15 @@ def _without(state: PoolState, demand: Sequence[RunDemand], gone: set[str]) -> t
 
 
 def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], now: float) -> Plan:
-    on_its_way = state.target > len(state.nodes)
-    for node in state.nodes:  # one pass over the nodes for both questions
-        if node.interrupted:
-            return _around_interrupted(pool, state, demand, now)
-        if node.state != RUNNING:
-            on_its_way = True
-    if on_its_way:
+    kinds = state.kinds
+    if kinds.interrupted:
+        return _around_interrupted(pool, state, demand, now)
+    waiting = [run for run in demand if run.node_id is None]
+    if (state.target > len(state.nodes) or not kinds.all_running) and any(run.stranded for run in waiting):
         # A node is on its way: a pod that found no room may be waiting for that one.
         demand = [run for run in demand if not run.stranded]
-    needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, _allowance(state, demand, now),
+        waiting = [run for run in waiting if not run.stranded]
+    needed = nodes_for(demand, pool.room_cpus, pool.room_memory_gb, _allowance(state, waiting, now),
                        now + state.activity.boot_s if state.activity is not None else math.inf)
     wanted = min(max(needed, pool.min_size), pool.max_size)
     current = max(state.target, len(state.nodes))
@@ -415,7 +456,7 @@ def _around_interrupted(pool: PoolConfig, state: PoolState, demand: Sequence[Run
     the runs on it counted as waiting (they need room elsewhere), and a busy one is kept on top
     until the cloud takes it (its run may still finish there). So the replacement asked for it is not
     withdrawn as capacity nodes have not filled. An idle one is removed now: it can take no work."""
-    going = {node.id: node for node in state.nodes if node.interrupted}
+    going = {node.id: node for node in state.kinds.interrupted}
     staying = sum(1 for node in going.values() if node.busy)
     drop = tuple(sorted(node_id for node_id, node in going.items() if not node.busy))
     plan = plan_pool(pool, *_without(state, demand, set(going)), now)
@@ -455,7 +496,7 @@ def next_change(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand],
             changes.append(since + limit)
     # The pool and demand `_plan_pool` plans for in the end: without the nodes that go whatever the
     # demand (stuck, or going away), whose runs wait for room (see `plan_pool`, `_around_interrupted`).
-    gone = stuck.union(node.id for node in state.nodes if node.interrupted)
+    gone = stuck.union(node.id for node in state.kinds.interrupted)
     if gone:
         state, demand = _without(state, demand, gone)
     window = _allowance(state, demand, now)
@@ -479,7 +520,7 @@ def _allowance_change(pool: PoolConfig, demand: Sequence[RunDemand], window: tup
     if not waiting or any(run.upcoming for run in demand):
         return None
     lo, hi = window
-    if any(_duration(run) <= hi - lo for run in waiting):
+    if min(run.holds_room_s for run in waiting) <= hi - lo:
         # A waiting run can start and end within the window, freeing its room again (`_drain`): when
         # such a run's end enters the window depends on the whole chain, so the plan may change at
         # any moment. (Runs longer than the window take freed room once, as the rule below sees.)
@@ -507,9 +548,10 @@ def _first_expiry(pool: PoolConfig, state: PoolState, now: float, activity_at: C
                if idle < limit and node_id in state.idle_since]
     if not waiting:
         return None
+    idle_nodes = len(ranked)
 
     def limits_at(t: float) -> list[float]:
-        return idle_timeouts(pool, replace(state, activity=activity_at(t)))
+        return _timeouts(pool, activity_at(t), idle_nodes)
 
     def expired(t: float, limits: list[float]) -> bool:
         return any(t - since >= limits[rank] for rank, since in waiting)

@@ -63,7 +63,7 @@ class SimulatedPool:
         self.sim.add_nodes(size - len(self.sim.nodes))
 
     def nodes(self) -> list[Node]:
-        return [node.view for node in self.sim.nodes.values()]
+        return list(self.sim.views.values())
 
     def remove_nodes(self, node_ids: Sequence[str], stuck: Sequence[str] = ()) -> None:
         nodes = [self.sim.nodes[node_id] for node_id in node_ids]

@@ -50,7 +50,7 @@ class PoolShape:
 
 class SimNode:
     __slots__ = ("id", "requested_at", "ready", "free_cpus", "free_mem", "jobs", "idle_since", "price",
-                 "lifecycle", "end_hint", "view", "room", "_views", "busy_since")
+                 "lifecycle", "end_hint", "room", "_views", "busy_since")
 
     def __init__(self, node_id: str, now: float, cpus: float, mem: float, price: float, lifecycle: str):
         self.id = node_id
@@ -65,7 +65,6 @@ class SimNode:
         self.end_hint = 0.0  # latest expected end of the jobs on it
         self.busy_since = 0.0
         self._views: dict[tuple[bool, bool], Node] = {}
-        self.view = self.refresh()
         self.room = NodeRoom(node_id, cpus, mem, None)
 
     def measure(self) -> None:
@@ -73,13 +72,13 @@ class SimNode:
         self.room = NodeRoom(self.id, self.free_cpus, self.free_mem, self.end_hint if self.jobs else None)
 
     def refresh(self) -> Node:
-        """This node as a provider reports it (`view`), rebuilt when its state or busyness changes."""
+        """This node as a provider reports it, now (`Simulation.views` keeps it): rebuilt when its
+        state or busyness changes."""
         key = (self.ready, bool(self.jobs))
         node = self._views.get(key)
         if node is None:
             node = Node(self.id, "running" if self.ready else "pending", self.requested_at, key[1], self.lifecycle)
             self._views[key] = node
-        self.view = node
         return node
 
 
@@ -128,6 +127,7 @@ class Simulation:
         n = len(work)
         self.whole = whole_nodes(work, shape)
         self.nodes: dict[str, SimNode] = {}  # alive (booting or ready), in launch order
+        self.views: dict[str, Node] = {}  # the same nodes as a provider lists them (`SimNode.refresh`)
         self.ready_nodes: list[SimNode] = []
         self.idle_nodes: dict[SimNode, None] = {}  # ready and empty
         self.pending: dict[int, None] = {}
@@ -181,6 +181,7 @@ class Simulation:
             lifecycle = "on-demand" if fallback or shape.spot_rate_per_hour <= 0 else "spot"
             node = SimNode(f"n{next(self._node_ids)}", self.now, shape.cpus, shape.memory_gb, price, lifecycle)
             self.nodes[node.id] = node
+            self.views[node.id] = node.refresh()
             self.nodes_launched += 1
             if ready:
                 self._ready(node)
@@ -422,7 +423,7 @@ class Simulation:
         node.ready = True
         node.idle_since = self.now
         self.idle_nodes[node] = None
-        node.refresh()
+        self.views[node.id] = node.refresh()
         self.ready_nodes.append(node)
 
     def _drop(self, node: SimNode) -> None:
@@ -434,6 +435,7 @@ class Simulation:
         self.paid_node_seconds += seconds
         self.cost_node_seconds += seconds * node.price
         del self.nodes[node.id]
+        del self.views[node.id]
         self.idle_nodes.pop(node, None)
         if node.ready:
             if node.jobs:
@@ -464,7 +466,7 @@ class Simulation:
                 node.jobs[job] = None
                 node.busy_since = now
                 self.idle_nodes.pop(node, None)
-                node.refresh()
+                self.views[node.id] = node.refresh()
             else:
                 self._count_free(node, -1)
             node.jobs[job] = None
@@ -498,7 +500,7 @@ class Simulation:
             self.idle_nodes[node] = None
             self.busy_node_seconds += self.now - node.busy_since
             node.end_hint = 0.0
-            node.refresh()
+            self.views[node.id] = node.refresh()
         node.measure()
 
     def _complete(self, job: int) -> None:

@@ -281,7 +281,7 @@ def test_the_replays_sensor_wakes_when_the_policys_own_rule_says(monkeypatch):
 
     # ready at 120, idle from 220, first seen idle at the tick at 240: gone at the tick 300 s later
     assert first_node_removed_at() == 540
-    monkeypatch.setattr(policy, "idle_timeouts", lambda pool, state: [45.0] * len(state.nodes))
+    monkeypatch.setattr(policy, "_timeouts", lambda pool, activity, idle_nodes: [45.0] * idle_nodes)
     assert first_node_removed_at() == 300  # 240 + 45, at the next tick
 
 
