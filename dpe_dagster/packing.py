@@ -10,6 +10,7 @@ emulator's model of its runs and the ledger share. Pure: no I/O, no Dagster.
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from typing import Hashable, Iterable, Mapping, Sequence
 
 # Room left by subtracting sizes one by one may be a rounding error short.
@@ -63,7 +64,7 @@ def pack_by_size(waiting: Mapping[tuple[float, float], int], rooms: list[list[fl
         # The rest on new nodes, as many on each as fit, the last one taking what is left.
         per_node = how_many_fit([node_cpus, node_memory_gb], cpus, memory)
         full, last = divmod(count, per_node)
-        rooms += [[node_cpus - per_node * cpus, node_memory_gb - per_node * memory] for _ in range(full)]
+        rooms.extend(map(list, repeat((node_cpus - per_node * cpus, node_memory_gb - per_node * memory), full)))
         if last:
             rooms.append([node_cpus - last * cpus, node_memory_gb - last * memory])
         new += full + (1 if last else 0)

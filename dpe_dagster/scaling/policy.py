@@ -35,6 +35,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from operator import attrgetter
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from dpe_dagster.config import PoolConfig
@@ -155,17 +156,12 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
     node, taking work at `new_node_at`, holds one after another until `by`. Without known
     durations, each freed slot counts for one waiting run."""
     whole_nodes = 0
-    # Runs without a node, by (cpus, memory): one look-up per run (hashing a size is most of the
-    # cost of a run in this loop); counted, and the sizes that take whole nodes taken out, below.
-    waiting: dict[tuple[float, float], list[RunDemand]] = defaultdict(list)
+    unplaced: list[RunDemand] = []  # runs without a node
     sharing: list[RunDemand] = []  # placed runs that fit on one node (they may share it)
     whole_sizes: dict[tuple[float, float], int] = {}  # whole nodes a placed run of each size larger than a node takes
-    upcoming = False
     for run in demand:  # the hot loop of a replay: one pass, no more work per run than needed
         if run.node_id is None:
-            waiting[run.cpus, run.memory_gb].append(run)
-            if run.upcoming:
-                upcoming = True
+            unplaced.append(run)
             continue
         cpus, memory = run.cpus, run.memory_gb
         if cpus <= node_cpus and memory <= node_memory_gb:  # (`whole_nodes_of`'s test, without a call)
@@ -175,6 +171,15 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
         if whole is None:
             whole = whole_sizes[cpus, memory] = whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
         whole_nodes += whole
+    # The runs without a node by (cpus, memory), in their order; a look-up only where the size
+    # changes from the run before (runs of one size come together: hashing a size is the cost here).
+    waiting: dict[tuple[float, float], list[RunDemand]] = defaultdict(list)
+    group, last_cpus, last_memory = [], None, None
+    for run in unplaced:
+        cpus, memory = run.cpus, run.memory_gb
+        if cpus != last_cpus or memory != last_memory:
+            group, last_cpus, last_memory = waiting[cpus, memory], cpus, memory
+        group.append(run)
     counts: dict[tuple[float, float], int] = {}  # waiting runs of each size that fits on one node
     for size, runs in list(waiting.items()):
         whole = whole_nodes_of(*size, node_cpus, node_memory_gb)
@@ -199,7 +204,7 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
         if end is not None and lo <= end <= hi:
             freeing.append((end, room, cpus, memory))
     rooms = list(placed.values())
-    if not upcoming and ending is not None:
+    if ending is not None and not any(run.upcoming for run in unplaced):
         if any(run.expected_s is not None for runs in waiting.values() for run in runs):
             counts = _drain(waiting, rooms, freeing, lo, hi, new_node_at)
         else:
@@ -396,7 +401,7 @@ def _plan_pool(pool: PoolConfig, state: PoolState, demand: Sequence[RunDemand], 
     if kinds.interrupted:
         return _around_interrupted(pool, state, demand, now)
     waiting = [run for run in demand if run.node_id is None]
-    if (state.target > len(state.nodes) or not kinds.all_running) and any(run.stranded for run in waiting):
+    if (state.target > len(state.nodes) or not kinds.all_running) and any(map(attrgetter("stranded"), waiting)):
         # A node is on its way: a pod that found no room may be waiting for that one.
         demand = [run for run in demand if not run.stranded]
         waiting = [run for run in waiting if not run.stranded]
