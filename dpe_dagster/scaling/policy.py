@@ -172,7 +172,7 @@ def nodes_for(demand: Sequence[RunDemand], node_cpus: float, node_memory_gb: flo
             whole = whole_sizes[cpus, memory] = whole_nodes_of(cpus, memory, node_cpus, node_memory_gb)
         whole_nodes += whole
     # The runs without a node by (cpus, memory), in their order; a look-up only where the size
-    # changes from the run before (runs of one size come together: hashing a size is the cost here).
+    # changes from the run before (a burst's runs come together: hashing a size is the cost here).
     waiting: dict[tuple[float, float], list[RunDemand]] = defaultdict(list)
     group, last_cpus, last_memory = [], None, None
     for run in unplaced:
