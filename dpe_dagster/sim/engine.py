@@ -181,7 +181,7 @@ class Simulation:
             lifecycle = "on-demand" if fallback or shape.spot_rate_per_hour <= 0 else "spot"
             node = SimNode(f"n{next(self._node_ids)}", self.now, shape.cpus, shape.memory_gb, price, lifecycle)
             self.nodes[node.id] = node
-            self.views[node.id] = node.refresh()
+            self._show(node)
             self.nodes_launched += 1
             if ready:
                 self._ready(node)
@@ -418,12 +418,16 @@ class Simulation:
         if self.timeline is not None:
             self.timeline.append((self.now, len(self.nodes), self._demand_cpus))
 
+    def _show(self, node: SimNode) -> None:
+        """List the node in `views` as it is now (after its state or busyness changed)."""
+        self.views[node.id] = node.refresh()
+
     def _ready(self, node: SimNode) -> None:
         self.boot_node_seconds += self.now - node.requested_at
         node.ready = True
         node.idle_since = self.now
         self.idle_nodes[node] = None
-        self.views[node.id] = node.refresh()
+        self._show(node)
         self.ready_nodes.append(node)
 
     def _drop(self, node: SimNode) -> None:
@@ -466,7 +470,7 @@ class Simulation:
                 node.jobs[job] = None
                 node.busy_since = now
                 self.idle_nodes.pop(node, None)
-                self.views[node.id] = node.refresh()
+                self._show(node)
             else:
                 self._count_free(node, -1)
             node.jobs[job] = None
@@ -500,7 +504,7 @@ class Simulation:
             self.idle_nodes[node] = None
             self.busy_node_seconds += self.now - node.busy_since
             node.end_hint = 0.0
-            self.views[node.id] = node.refresh()
+            self._show(node)
         node.measure()
 
     def _complete(self, job: int) -> None:
